@@ -1,0 +1,54 @@
+# Two entry points on a fresh Debian/Ubuntu machine: `make demo` and `make test`.
+# Both install what they need: Debian packages (apt-get, only when missing) and a .venv.
+
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
+                openssh-server openssh-client python3-libvirt libvirt-dev pkg-config gcc python3-venv \
+                iproute2 util-linux
+PYTEST_ARGS ?=
+
+.PHONY: demo test unit lint bench system-packages venv sandbox-up sandbox-down clean
+
+system-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:" $$missing; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# The venv's requirements come from pyproject.toml (runtime + test extras), the single list of dependencies.
+$(VENV)/.installed: pyproject.toml | system-packages
+	python3 -m venv $(VENV)
+	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	  print("\n".join(p["dependencies"] + p["optional-dependencies"]["test"]))' > $(VENV)/requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r $(VENV)/requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest -m 'not integration' $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+demo: venv
+	$(PY) -m sandbox.demo
+
+bench: venv
+	$(PY) -m sandbox.bench
+
+sandbox-up: venv
+	$(PY) -m sandbox up
+
+sandbox-down: venv
+	$(PY) -m sandbox down
+
+clean:
+	rm -rf $(VENV) .pytest_cache xml

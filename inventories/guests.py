@@ -1,0 +1,24 @@
+"""Guest inventory generated from the manifest: group ``vms``, one host per VM, reached at its ``sshHost``.
+
+Kept apart from ``manifest.py`` so a build never tries to reach a guest that does not exist yet.
+"""
+
+from inventories._loader import connection_data as _connection_data
+from inventories._loader import load_or_exit as _load_or_exit
+
+_entries = _load_or_exit()
+_guest_extra = _connection_data().get("guests", {})
+
+vms = [
+    (
+        _spec.name,
+        {
+            "ssh_hostname": _spec.ssh_host,
+            **_guest_extra.get(_spec.name, {}),
+            "kvm_vmspec": _spec.to_dict(),
+            "kvm_hypervisor": _entry.host,
+        },
+    )
+    for _entry in _entries
+    for _spec in _entry.vmspecs
+]

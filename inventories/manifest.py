@@ -1,0 +1,35 @@
+"""Cluster inventory generated from the manifest (``KVM_MANIFEST``, default ./manifest.json).
+
+Groups: ``kvm_hosts`` (one host per manifest entry; host data ``kvm_vmspecs``) and ``mgmt`` (the
+management node running dnsmasq: ``@local`` or ``KVM_MGMT_HOST``; group data ``kvm_all_vmspecs``).
+Guests are never part of this inventory: pyinfra connects to every host it lists.
+"""
+
+import os as _os
+
+from inventories._loader import MGMT_HOST_ENV as _MGMT_HOST_ENV
+from inventories._loader import connection_data as _connection_data
+from inventories._loader import load_or_exit as _load_or_exit
+
+_entries = _load_or_exit()
+_extra = _connection_data()
+_host_extra = _extra.get("hosts", {})
+_mgmt_extra = _extra.get("mgmt", {})
+
+kvm_hosts = [
+    (
+        _entry.host,
+        {
+            **_entry.ssh,
+            **_host_extra.get(_entry.host, {}),
+            "kvm_vmspecs": [_spec.to_dict() for _spec in _entry.vmspecs],
+        },
+    )
+    for _entry in _entries
+]
+
+_mgmt_name = _os.environ.get(_MGMT_HOST_ENV) or _mgmt_extra.get("name") or "@local"
+mgmt = (
+    [(_mgmt_name, dict(_mgmt_extra.get("data", {})))],
+    {"kvm_all_vmspecs": [_spec.to_dict() for _entry in _entries for _spec in _entry.vmspecs]},
+)

@@ -1,0 +1,292 @@
+"""The cluster manifest: load, validate and normalise the seed's JSON format.
+
+The JSON Schema next to this file holds the per-field rules; this module adds the
+cross-field rules a schema cannot express and turns both into one list of
+problems, each prefixed with its JSON path (``[0].vmspecs[2].memoryGb: ...``).
+Nothing here does I/O beyond reading the manifest file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+DEFAULT_SRCVM = "centos7"
+DEFAULT_POOL = "default"
+CLONE_MODES = ("full", "linked")
+
+_FIELD_HINTS = {
+    "name": "a VM name uses letters, digits, '.', '_' and '-', starts with a letter or digit, "
+    "and has at most 63 characters",
+    "hostname": "a hostname is an RFC 1123 name such as vm01.example.internal",
+    "host": "a host is an RFC 1123 name such as sm-01",
+    "ipaddress": "an IPv4 address such as 10.10.5.11",
+    "macaddress": "a unicast MAC address such as 52:54:00:12:34:56",
+}
+_FIELD_HINTS["srcvm"] = _FIELD_HINTS["name"]
+_FIELD_HINTS["pool"] = "a pool name uses letters, digits, '.', '_' and '-'"
+
+
+class ManifestError(Exception):
+    """The manifest cannot be used; ``problems`` lists every reason at once."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        if len(self.problems) == 1 and not self.problems[0].startswith("["):
+            return f"{self.source}: {self.problems[0]}"
+        lines = [f"{self.source}: {len(self.problems)} problem(s):"]
+        lines += [f"  {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """One VM of the manifest, with extension keys resolved to their defaults."""
+
+    name: str
+    hostname: str
+    ipaddress: str
+    vcpus: int
+    memory_gb: int
+    max_memory_gb: int
+    num_disks: int
+    disk_size_gb: int
+    mac: str
+    srcvm: str = DEFAULT_SRCVM
+    pool: str = DEFAULT_POOL
+    clone: str = "full"
+    autostart: bool | None = None
+    ssh_host: str = ""
+    description: str = ""
+
+    @property
+    def short_name(self) -> str:
+        return self.hostname.split(".", 1)[0]
+
+    @property
+    def memory_kib(self) -> int:
+        return self.memory_gb * 1024 * 1024
+
+    @property
+    def max_memory_kib(self) -> int:
+        return self.max_memory_gb * 1024 * 1024
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HostEntry:
+    """One hypervisor host of the manifest."""
+
+    host: str
+    vmspecs: tuple[VmSpec, ...]
+    ssh: dict[str, Any] = field(default_factory=dict)
+
+
+def mac_for(vm_name: str) -> str:
+    """A stable, locally administered-range MAC (QEMU's 52:54:00 prefix) derived from the VM name.
+
+    Stable across runs and hosts, so DHCP reservations can be written before the VM exists.
+    """
+    digest = hashlib.sha256(vm_name.encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def _json_path(parts: Iterable[Any]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out or "(top level)"
+
+
+def _schema_problem(error: jsonschema.ValidationError) -> tuple[str, str]:
+    path = _json_path(error.absolute_path)
+    if error.validator == "required":
+        missing = error.message.split("'")[1]
+        return path, f"{path}: missing required field '{missing}'"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return path, f"{path}: unknown field(s) {', '.join(map(repr, extra))} (allowed: {', '.join(allowed)})"
+    last = error.absolute_path[-1] if error.absolute_path else ""
+    if error.validator in ("pattern", "maxLength") and last in _FIELD_HINTS:
+        return path, f"{path}: {error.instance!r} is not valid: {_FIELD_HINTS[last]}"
+    if error.validator == "type":
+        return path, f"{path}: {error.instance!r} is not of type {error.validator_value}"
+    return path, f"{path}: {error.message}"
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def validate(data: Any) -> list[str]:
+    """Every problem in ``data`` (a parsed manifest), schema rules first, then cross-field rules."""
+    if not isinstance(data, list):
+        kind = {dict: "an object", str: "a string"}.get(type(data), type(data).__name__)
+        return [f"the manifest must be a JSON array of hosts, but its top level is {kind}"]
+    if not data:
+        return ["the manifest is empty: it lists no hosts"]
+
+    problems: list[str] = []
+    bad_paths: set[str] = set()
+    for error in sorted(_validator().iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        path, message = _schema_problem(error)
+        bad_paths.add(path)
+        problems.append(message)
+    problems += _cross_field_problems(data, bad_paths)
+    return problems
+
+
+def _cross_field_problems(data: list[Any], bad_paths: set[str]) -> list[str]:
+    problems: list[str] = []
+    seen: dict[str, dict[str, str]] = {"host": {}, "name": {}, "ipaddress": {}, "hostname": {}, "mac": {}}
+
+    def unique(kind: str, value: str, path: str, label: str) -> None:
+        key = value.lower()
+        if key in seen[kind]:
+            problems.append(f"{path}: {label} {value!r} is already used at {seen[kind][key]}")
+        else:
+            seen[kind][key] = path
+
+    for h, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("host"), str):
+            unique("host", entry["host"], f"[{h}].host", "host")
+        vmspecs = entry.get("vmspecs")
+        if not isinstance(vmspecs, list):
+            continue
+        for v, spec in enumerate(vmspecs):
+            if not isinstance(spec, dict):
+                continue
+            base = f"[{h}].vmspecs[{v}]"
+
+            def ok(key: str, kind: type = int, _spec: dict = spec, _base: str = base) -> bool:
+                value = _spec.get(key)
+                return (
+                    isinstance(value, kind)
+                    and not isinstance(value, bool)
+                    and f"{_base}.{key}" not in bad_paths
+                )
+
+            if ok("memoryGb") and ok("maxMemoryGb") and spec["memoryGb"] > spec["maxMemoryGb"]:
+                problems.append(
+                    f"{base}.memoryGb: {spec['memoryGb']} is greater than maxMemoryGb {spec['maxMemoryGb']}"
+                )
+            if ok("numDisks") and ok("diskSize") and spec["numDisks"] > 0 and spec["diskSize"] <= 0:
+                problems.append(
+                    f"{base}.diskSize: must be at least 1 (GiB) when numDisks is {spec['numDisks']}"
+                )
+            if ok("ipaddress", str):
+                address = ipaddress.IPv4Address(spec["ipaddress"])
+                if address.is_unspecified or address.is_multicast or str(address).endswith(".255"):
+                    problems.append(f"{base}.ipaddress: {spec['ipaddress']!r} cannot be given to a VM")
+                unique("ipaddress", spec["ipaddress"], f"{base}.ipaddress", "ipaddress")
+            if ok("hostname", str):
+                unique("hostname", spec["hostname"], f"{base}.hostname", "hostname")
+            if ok("name", str):
+                unique("name", spec["name"], f"{base}.name", "VM name")
+                if ok("macaddress", str):
+                    unique("mac", spec["macaddress"], f"{base}.macaddress", "macaddress")
+                elif "macaddress" not in spec:
+                    mac = mac_for(spec["name"])
+                    if mac in seen["mac"]:
+                        problems.append(
+                            f"{base}.name: the MAC derived from {spec['name']!r} ({mac}) collides with "
+                            f"{seen['mac'][mac]}; set macaddress explicitly"
+                        )
+                    else:
+                        seen["mac"][mac] = f"{base} (derived)"
+    return problems
+
+
+def _vmspec(spec: dict[str, Any]) -> VmSpec:
+    return VmSpec(
+        name=spec["name"],
+        hostname=spec["hostname"],
+        ipaddress=spec["ipaddress"],
+        vcpus=spec["vcpus"],
+        memory_gb=spec["memoryGb"],
+        max_memory_gb=spec["maxMemoryGb"],
+        num_disks=spec["numDisks"],
+        disk_size_gb=spec["diskSize"],
+        mac=spec.get("macaddress", "").lower() or mac_for(spec["name"]),
+        srcvm=spec.get("srcvm", DEFAULT_SRCVM),
+        pool=spec.get("pool", DEFAULT_POOL),
+        clone=spec.get("clone", "full"),
+        autostart=spec.get("autostart"),
+        ssh_host=spec.get("sshHost", spec["ipaddress"]),
+        description=spec.get("description", ""),
+    )
+
+
+def parse(data: Any, source: str = "manifest") -> list[HostEntry]:
+    """Validate parsed JSON and return the host entries, or raise ManifestError with every problem."""
+    problems = validate(data)
+    if problems:
+        raise ManifestError(source, problems)
+    return [
+        HostEntry(
+            host=entry["host"],
+            vmspecs=tuple(_vmspec(spec) for spec in entry["vmspecs"]),
+            ssh=dict(entry.get("ssh", {})),
+        )
+        for entry in data
+    ]
+
+
+def load(path: str | Path) -> list[HostEntry]:
+    """Read and validate a manifest file; every failure is a ManifestError with a readable message."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ManifestError(str(path), ["manifest file not found"]) from None
+    except OSError as exc:
+        raise ManifestError(str(path), [f"cannot read the manifest: {exc.strerror}"]) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(
+            str(path), [f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]
+        ) from None
+    return parse(data, str(path))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m inventories.manifest_model MANIFEST``: check a manifest without contacting any host."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m inventories.manifest_model MANIFEST.json", file=sys.stderr)
+        return 2
+    try:
+        hosts = load(args[0])
+    except ManifestError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    vms = sum(len(h.vmspecs) for h in hosts)
+    print(f"{args[0]}: OK ({len(hosts)} host(s), {vms} VM(s))")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
