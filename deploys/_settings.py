@@ -1,0 +1,71 @@
+"""Settings every workflow deploy reads: host/group data or ``--data key=value``, with documented defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyinfra import host
+
+from inventories.manifest_model import VmSpec
+
+DEFAULTS: dict[str, Any] = {
+    "libvirt_uri": "qemu:///system",
+    "kvm_primary_pool": "default",
+    "kvm_primary_storage": "/data01/primary",
+    "kvm_secondary_pool": "secondary",
+    "kvm_secondary_storage": "/secondary",
+    "keep_disks": False,
+    "force": False,
+    "stop_timeout": 60,
+    "overcommit": 2.0,
+    "xml_dir": "xml",
+    "dnsmasq_conf": "/etc/dnsmasq.conf",
+    "dnsmasq_pid_file": "/run/dnsmasq/dnsmasq.pid",
+    "dhcp_hostsfile": "/etc/kvm-qemu/dnsmasq/dhcp-hosts",
+    "dns_addn_hosts": "/etc/kvm-qemu/dnsmasq/hosts",
+    "dhcp_range": None,
+    "mgmt_sudo": False,
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def setting(key: str) -> Any:
+    return host.data.get(key, DEFAULTS[key])
+
+
+def flag(key: str) -> bool:
+    """A boolean setting; ``--data keep_disks=true`` arrives as a string."""
+    value = setting(key)
+    if isinstance(value, str):
+        if value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ValueError(f"--data {key}={value!r}: expected true or false")
+    return bool(value)
+
+
+def number(key: str) -> float:
+    value = setting(key)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--data {key}={value!r}: expected a number") from None
+
+
+def vmspecs() -> list[VmSpec]:
+    """The VMs the manifest puts on this host (empty on hosts that are not hypervisors)."""
+    return [VmSpec(**spec) for spec in host.data.get("kvm_vmspecs", [])]
+
+
+def all_vmspecs() -> list[VmSpec]:
+    """Every VM of the manifest (group data of the management node)."""
+    return [VmSpec(**spec) for spec in host.data.get("kvm_all_vmspecs", [])]
+
+
+def is_hypervisor() -> bool:
+    return "kvm_hosts" in host.groups
+
+
+def is_mgmt() -> bool:
+    return "mgmt" in host.groups

@@ -1,0 +1,26 @@
+"""Build the manifest: clone every vmspec on its host, converge existing VMs, then DHCP + DNS on mgmt.
+
+    pyinfra inventories/manifest.py deploys/build.py [--data overcommit=2.0]
+"""
+
+from deploys._capacity import check_capacity
+from deploys._dns import dnsmasq_arguments, entries
+from deploys._settings import is_hypervisor, is_mgmt, number, setting, vmspecs
+from operations import dnsmasq, libvirt
+
+if is_hypervisor():
+    specs = vmspecs()
+    check_capacity(specs, number("overcommit"), setting("libvirt_uri"))
+    libvirt.domains_built(
+        name="Clone and converge VMs",
+        vmspecs=[spec.to_dict() for spec in specs],
+        uri=setting("libvirt_uri"),
+    )
+
+if is_mgmt():
+    dnsmasq.dhcp_reservations(
+        name="DHCP reservations and DNS names",
+        entries=entries(),
+        dhcp_range=setting("dhcp_range"),
+        **dnsmasq_arguments(),
+    )

@@ -1,0 +1,25 @@
+"""Per VM: manifest vs actual (state, vCPUs, memory, max memory, data disks, MAC, reservation).
+
+    pyinfra inventories/manifest.py deploys/status.py
+
+Read-only: one fact per host, printed as a table; drift is marked with ``!``.
+"""
+
+from pyinfra import host, logger
+
+from deploys._settings import all_vmspecs, is_hypervisor, is_mgmt, setting, vmspecs
+from facts.dnsmasq import DnsmasqReservations
+from facts.libvirt import Hypervisor
+from operations._status import reservation_lines, status_lines
+
+if is_hypervisor():
+    snapshot = host.get_fact(Hypervisor, uri=setting("libvirt_uri"))
+    for line in status_lines(vmspecs(), snapshot):
+        logger.info(f"{host.print_prefix}{line}")
+
+if is_mgmt():
+    reservations = host.get_fact(
+        DnsmasqReservations, hostsfile=setting("dhcp_hostsfile"), addn_hosts=setting("dns_addn_hosts")
+    )
+    for line in reservation_lines(all_vmspecs(), reservations):
+        logger.info(f"{host.print_prefix}{line}")

@@ -1,0 +1,383 @@
+"""What to do to a host's domains: fact + vmspec in, per-VM plans (readable actions + one command) out.
+
+Pure: no I/O. The operations in ``operations/libvirt.py`` read the ``Hypervisor`` fact, call these
+functions and yield the commands. Every plan holds at most one command, so a VM costs one round trip.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyinfra.api import StringCommand
+
+from inventories.manifest_model import VmSpec
+from operations._domain_xml import CloneError, clone_xml, data_disk_targets, plan_disks
+from operations._virsh import all_of, q, sh, virsh
+
+GIB_KIB = 1024 * 1024
+ACTIVE_STATES = {"running", "paused", "blocked", "in shutdown", "pmsuspended"}
+
+Domain = dict[str, Any]
+Snapshot = dict[str, Any]  # the Hypervisor fact: pools, volumes, domains, capacity
+
+
+@dataclass
+class VmPlan:
+    """One VM's changes: ``actions`` say what the command does, ``notes`` what is reported but not done."""
+
+    vm: str
+    actions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    command: StringCommand | None = None
+    stdin: str | None = None
+    error: str | None = None
+
+    @property
+    def changes(self) -> bool:
+        return self.command is not None or self.error is not None
+
+    def summary(self) -> str:
+        parts = self.actions + [f"note: {n}" for n in self.notes]
+        if self.error:
+            parts.insert(0, f"error: {self.error}")
+        return f"{self.vm}: " + ("; ".join(parts) if parts else "up to date")
+
+
+def gib(kib: int) -> str:
+    value = kib / GIB_KIB
+    return f"{value:g} GiB"
+
+
+def is_active(domain: Domain) -> bool:
+    return domain.get("state") in ACTIVE_STATES
+
+
+# --- clone -------------------------------------------------------------------------------------------
+
+
+def clone_plan(spec: VmSpec, snapshot: Snapshot, uri: str) -> VmPlan:
+    """A new domain from ``spec.srcvm``: disk copies or overlays, data disks, one ``virsh define``."""
+    plan = VmPlan(spec.name)
+    source = snapshot.get("domains", {}).get(spec.srcvm)
+    pool = snapshot.get("pools", {}).get(spec.pool)
+    if source is None:
+        plan.error = f"source domain {spec.srcvm!r} is not defined on this host (see deploys/base_vm.py)"
+        return plan
+    if pool is None or not pool.get("path"):
+        plan.error = f"storage pool {spec.pool!r} is not defined on this host (see deploys/pools.py)"
+        return plan
+    try:
+        disks = plan_disks(spec, source["xml"], pool["path"])
+        xml = clone_xml(spec, source["xml"], disks)
+    except CloneError as exc:
+        plan.error = f"cannot clone {spec.srcvm!r}: {exc}"
+        return plan
+
+    paths = [d.path for d in disks]
+    steps: list[StringCommand] = []
+    for disk in disks:
+        if disk.source is None:
+            steps.append(sh("truncate", "-s", f"{disk.size_gib}G", "--", q(disk.path)))
+            plan.actions.append(f"data disk {disk.target} {disk.size_gib} GiB")
+        elif spec.clone == "linked":
+            steps.append(
+                sh("qemu-img", "create", "-q", "-f", "qcow2", "-F", q(disk.source.format),
+                   "-b", q(disk.source.path), q(disk.path))
+            )
+            plan.actions.append(f"linked clone of {disk.source.path} as {disk.path}")
+        else:
+            steps.append(sh("cp", "--sparse=always", "--", q(disk.source.path), q(disk.path)))
+            plan.actions.append(f"full copy of {disk.source.path} to {disk.path}")
+    steps.append(sh(virsh(uri, "define", "/dev/stdin"), ">/dev/null"))
+    plan.actions.insert(
+        0,
+        f"define from {spec.srcvm} with {spec.vcpus} vCPU(s), memory {spec.memory_gb} GiB "
+        f"(max {spec.max_memory_gb} GiB), MAC {spec.mac}",
+    )
+    if spec.autostart:
+        steps.append(virsh(uri, "autostart", spec.name))
+        plan.actions.append("autostart on")
+
+    quoted_paths: list[Any] = [q(p) for p in paths]
+    # Refuse to overwrite anything; once files are ours, remove them again if a later step fails.
+    plan.command = sh(
+        "set -e; cleanup() { rm -f --", *quoted_paths, "; };",
+        "for f in", *quoted_paths, "; do if [ -e \"$f\" ]; then",
+        "echo \"kvm-qemu: $f already exists; refusing to overwrite it\" >&2; exit 1; fi; done;",
+        "trap cleanup EXIT;",
+        all_of(steps), ";",
+        "trap - EXIT",
+    )
+    plan.stdin = xml
+    return plan
+
+
+# --- converge an existing domain -------------------------------------------------------------------
+
+
+def resource_plan(spec: VmSpec, domain: Domain, uri: str) -> tuple[list[StringCommand], list[str], list[str]]:
+    """Commands, actions and notes that bring vCPUs and memory to the vmspec.
+
+    Persistent config always; the running domain too where libvirt allows it (memory up to its max
+    memory, vCPUs up to its max vCPUs). Max memory / max vCPUs of a running domain change at next boot.
+    """
+    commands: list[StringCommand] = []
+    actions: list[str] = []
+    notes: list[str] = []
+    name = spec.name
+    cfg = domain.get("config") or domain
+    want_max, want_cur, want_cpu = spec.max_memory_kib, spec.memory_kib, spec.vcpus
+
+    if domain.get("persistent", True):
+        cfg_max, cfg_cur = cfg["max_memory_kib"], cfg["memory_kib"]
+        if (cfg_max, cfg_cur) != (want_max, want_cur):
+            setmax = [virsh(uri, "setmaxmem", name, want_max, "--config")] if cfg_max != want_max else []
+            setcur = [virsh(uri, "setmem", name, want_cur, "--config")] if cfg_cur != want_cur else []
+            # Lowering max below the current value would be refused, so shrink current first.
+            commands += setcur + setmax if want_max < cfg_cur else setmax + setcur
+            if cfg_max != want_max:
+                actions.append(f"max memory {gib(cfg_max)} -> {gib(want_max)} (config)")
+            if cfg_cur != want_cur:
+                actions.append(f"memory {gib(cfg_cur)} -> {gib(want_cur)} (config)")
+        cfg_vcpus, cfg_maxv = cfg["vcpus"], cfg["max_vcpus"]
+        if (cfg_vcpus, cfg_maxv) != (want_cpu, want_cpu):
+            setmaxv = [virsh(uri, "setvcpus", name, want_cpu, "--maximum", "--config")] if cfg_maxv != want_cpu else []
+            setv = [virsh(uri, "setvcpus", name, want_cpu, "--config")] if cfg_vcpus != want_cpu else []
+            commands += setmaxv + setv if want_cpu > cfg_vcpus else setv + setmaxv
+            actions.append(f"vCPUs {cfg_vcpus} (max {cfg_maxv}) -> {want_cpu} (config)")
+    else:
+        notes.append("transient domain: config changes skipped")
+
+    if is_active(domain):
+        live_cur, live_max = domain["memory_kib"], domain["max_memory_kib"]
+        if live_cur != want_cur:
+            if want_cur <= live_max:
+                commands.append(virsh(uri, "setmem", name, want_cur, "--live"))
+                actions.append(f"memory {gib(live_cur)} -> {gib(want_cur)} (live)")
+            else:
+                notes.append(f"memory {gib(want_cur)} is above the running max memory {gib(live_max)}: "
+                             "takes effect at next boot")
+        if live_max != want_max:
+            notes.append(f"max memory {gib(live_max)} -> {gib(want_max)} takes effect at next boot")
+        live_vcpus, live_maxv = domain["vcpus"], domain["max_vcpus"]
+        if live_vcpus != want_cpu:
+            if live_vcpus < want_cpu <= live_maxv:
+                commands.append(virsh(uri, "setvcpus", name, want_cpu, "--live"))
+                actions.append(f"vCPUs {live_vcpus} -> {want_cpu} (live)")
+            else:
+                notes.append(f"vCPUs {live_vcpus} -> {want_cpu} takes effect at next boot")
+        elif live_maxv != want_cpu:
+            notes.append(f"max vCPUs {live_maxv} -> {want_cpu} takes effect at next boot")
+    return commands, actions, notes
+
+
+def disk_plan(
+    spec: VmSpec, domain: Domain, snapshot: Snapshot, uri: str
+) -> tuple[list[StringCommand], list[str], list[str], list[str]]:
+    """Add missing data disks; never shrink or remove one (differences become notes).
+
+    Returns commands, actions, notes and the new files (for cleanup on failure).
+    """
+    commands: list[StringCommand] = []
+    actions: list[str] = []
+    notes: list[str] = []
+    new_files: list[str] = []
+    cfg = domain.get("config") or domain
+    disks = [d for d in cfg.get("disks", []) if d.get("device") == "disk"]
+    if not disks:
+        return commands, actions, notes, new_files
+    boot, data = disks[0], disks[1:]
+    wanted = data_disk_targets([boot["target"]], spec.num_disks)
+    present = {d["target"]: d for d in data}
+    missing = [t for t in wanted if t not in present]
+    extra = [d["target"] for d in data if d["target"] not in wanted]
+    if extra:
+        notes.append(f"has data disk(s) {', '.join(extra)} beyond numDisks {spec.num_disks}: not removed")
+    capacities = {
+        vol.get("path"): vol.get("capacity")
+        for vols in snapshot.get("volumes", {}).values()
+        for vol in vols.values()
+    }
+    for target in wanted:
+        disk = present.get(target)
+        capacity = capacities.get(disk.get("path")) if disk else None
+        if disk and capacity and capacity != spec.disk_size_gb * 1024**3:
+            notes.append(f"data disk {target} is {capacity / 1024**3:g} GiB, manifest says "
+                         f"{spec.disk_size_gb} GiB: not resized")
+    if not missing:
+        return commands, actions, notes, new_files
+    pool = snapshot.get("pools", {}).get(spec.pool)
+    if pool is None or not pool.get("path"):
+        notes.append(f"cannot add data disks: storage pool {spec.pool!r} is not defined")
+        return commands, actions, notes, new_files
+    live = ["--live"] if is_active(domain) else []
+    for target in missing:
+        path = posixpath.join(pool["path"], f"{spec.name}-{target}.img")
+        new_files.append(path)
+        commands.append(sh("truncate", "-s", f"{spec.disk_size_gb}G", "--", q(path)))
+        commands.append(virsh(uri, "attach-disk", spec.name, path, target, "--targetbus", "virtio",
+                              "--subdriver", "raw", "--config", *live))
+        actions.append(f"add data disk {target} {spec.disk_size_gb} GiB" + (" (live)" if live else ""))
+    return commands, actions, notes, new_files
+
+
+def converge_plan(spec: VmSpec, snapshot: Snapshot, uri: str, disks: bool = True) -> VmPlan:
+    """Bring an existing domain to its vmspec: resources, data disks, autostart; report the rest."""
+    domain = snapshot["domains"][spec.name]
+    plan = VmPlan(spec.name)
+    commands, plan.actions, plan.notes = resource_plan(spec, domain, uri)
+    new_files: list[str] = []
+    if disks:
+        more, actions, notes, new_files = disk_plan(spec, domain, snapshot, uri)
+        commands += more
+        plan.actions += actions
+        plan.notes += notes
+    if spec.autostart is not None and bool(domain.get("autostart")) != spec.autostart:
+        commands.append(virsh(uri, "autostart", *([] if spec.autostart else ["--disable"]), spec.name))
+        plan.actions.append(f"autostart {'on' if spec.autostart else 'off'}")
+    interfaces = (domain.get("config") or domain).get("interfaces") or []
+    if interfaces and (interfaces[0].get("mac") or "").lower() != spec.mac:
+        plan.notes.append(f"first NIC has MAC {interfaces[0].get('mac')}, manifest says {spec.mac}: "
+                          "its DHCP reservation will not match (rebuild the VM to change it)")
+    if commands:
+        plan.command = _with_cleanup(new_files, all_of(commands)) if new_files else all_of(commands)
+    return plan
+
+
+def _with_cleanup(paths: list[str], command: StringCommand) -> StringCommand:
+    quoted: list[Any] = [q(p) for p in paths]
+    return sh(
+        "set -e; cleanup() { rm -f --", *quoted, "; };",
+        "for f in", *quoted, "; do if [ -e \"$f\" ]; then",
+        "echo \"kvm-qemu: $f already exists; refusing to overwrite it\" >&2; exit 1; fi; done;",
+        "trap cleanup EXIT;", command, "; trap - EXIT",
+    )
+
+
+def build_plans(specs: list[VmSpec], snapshot: Snapshot, uri: str, clone: bool = True) -> list[VmPlan]:
+    """Clone what is missing (when ``clone``), converge what exists."""
+    plans = []
+    domains = snapshot.get("domains", {})
+    for spec in specs:
+        if spec.name in domains:
+            plans.append(converge_plan(spec, snapshot, uri))
+        elif clone:
+            plans.append(clone_plan(spec, snapshot, uri))
+        else:
+            plans.append(VmPlan(spec.name, notes=["not defined on this host (run deploys/build.py)"]))
+    return plans
+
+
+# --- power state ---------------------------------------------------------------------------------
+
+
+def power_plan(
+    names: list[str], domains: dict[str, Domain], running: bool, uri: str, force: bool = False, timeout: int = 60
+) -> VmPlan | None:
+    """One command for all of a host's VMs: start/resume, or shutdown-wait-destroy (``force``: destroy)."""
+    present = [n for n in names if n in domains]
+    if running:
+        to_start = [n for n in present if domains[n].get("state") not in ACTIVE_STATES]
+        to_resume = [n for n in present if domains[n].get("state") == "paused"]
+        if not to_start and not to_resume:
+            return None
+        plan = VmPlan(", ".join(to_start + to_resume))
+        plan.actions = [f"start {n}" for n in to_start] + [f"resume {n}" for n in to_resume]
+        plan.command = all_of([virsh(uri, "start", n) for n in to_start]
+                              + [virsh(uri, "resume", n) for n in to_resume])
+        return plan
+    to_stop = [n for n in present if is_active(domains[n])]
+    if not to_stop:
+        return None
+    plan = VmPlan(", ".join(to_stop))
+    if force:
+        plan.actions = [f"destroy (power off) {n}" for n in to_stop]
+        plan.command = all_of([virsh(uri, "destroy", n) for n in to_stop])
+        return plan
+    plan.actions = [f"shut down {n} (destroy after {timeout}s)" for n in to_stop]
+    quoted: list[Any] = [q(n) for n in to_stop]
+    # virsh() would quote "$n" literally, so the loop variable is expanded in plain shell text here.
+    state = sh("\"$(virsh -q -c", q(uri), "domstate -- \"$n\")\"")
+    plan.command = sh(
+        "for n in", *quoted, "; do virsh -q -c", q(uri), "shutdown -- \"$n\" >/dev/null || true; done;",
+        f"deadline=$(( $(date +%s) + {int(timeout)} ));",
+        "for n in", *quoted, "; do",
+        "while [", state, "!= 'shut off' ] && [ \"$(date +%s)\" -lt \"$deadline\" ]; do sleep 1; done;",
+        "if [", state, "!= 'shut off' ]; then",
+        f"echo \"kvm-qemu: $n did not shut down within {int(timeout)}s; destroying it\";",
+        "virsh -q -c", q(uri), "destroy -- \"$n\" >/dev/null; fi; done",
+    )
+    return plan
+
+
+# --- delete --------------------------------------------------------------------------------------
+
+
+def owned_volumes(vm: str, domain: Domain, snapshot: Snapshot) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (pool, volume) pairs a delete may remove, and the disk paths it keeps (with why).
+
+    Owned means: a disk (not cdrom) of this domain, in a pool directory, named ``<vm>-vd*``, and not the
+    backing file of any other volume. Never the base image, an ISO, or a file outside every pool.
+    """
+    pattern = re.compile(rf"^{re.escape(vm)}-vd[a-z]+(\.[A-Za-z0-9]+)?$")
+    pools_by_dir = {
+        posixpath.normpath(p["path"]): name for name, p in snapshot.get("pools", {}).items() if p.get("path")
+    }
+    backing_files = {
+        vol.get("backing")
+        for vols in snapshot.get("volumes", {}).values()
+        for vol in vols.values()
+        if vol.get("backing")
+    }
+    disks: dict[str, dict[str, Any]] = {}
+    for source in (domain, domain.get("config") or {}):
+        for disk in source.get("disks", []):
+            if disk.get("path"):
+                disks.setdefault(disk["path"], disk)
+    owned: list[tuple[str, str]] = []
+    kept: list[str] = []
+    for path, disk in disks.items():
+        directory, base = posixpath.split(posixpath.normpath(path))
+        pool = pools_by_dir.get(directory)
+        if disk.get("device") != "disk":
+            kept.append(f"{path} ({disk.get('device')})")
+        elif pool is None:
+            kept.append(f"{path} (not in a storage pool)")
+        elif not pattern.match(base):
+            kept.append(f"{path} (not named after {vm})")
+        elif path in backing_files:
+            kept.append(f"{path} (backing file of another volume)")
+        else:
+            owned.append((pool, base))
+    return owned, kept
+
+
+def delete_plan(vm: str, snapshot: Snapshot, uri: str, keep_disks: bool = False) -> VmPlan | None:
+    domain = snapshot.get("domains", {}).get(vm)
+    if domain is None:
+        return None
+    plan = VmPlan(vm)
+    commands: list[StringCommand] = []
+    if is_active(domain):
+        commands.append(virsh(uri, "destroy", vm))
+        plan.actions.append("destroy")
+    if domain.get("persistent", True):
+        commands.append(sh(virsh(uri, "undefine", "--nvram", "--managed-save", "--snapshots-metadata",
+                                 "--checkpoints-metadata", vm), ">/dev/null"))
+        plan.actions.append("undefine (with NVRAM, managed save, snapshot metadata)")
+    owned, kept = owned_volumes(vm, domain, snapshot)
+    if keep_disks:
+        plan.notes += [f"kept {pool}/{vol} (keep_disks)" for pool, vol in owned]
+    else:
+        for pool in sorted({p for p, _ in owned}):
+            commands.append(virsh(uri, "pool-refresh", pool))
+            for vol_pool, vol in owned:
+                if vol_pool == pool:
+                    commands.append(virsh(uri, "vol-delete", "--pool", pool, vol))
+                    plan.actions.append(f"delete volume {pool}/{vol}")
+    plan.notes += [f"kept {k}" for k in kept]
+    plan.command = all_of(commands)
+    return plan

@@ -1,0 +1,224 @@
+"""Domain XML for a clone, made in Python from the source domain's persistent XML (no virt-clone).
+
+Pure functions: XML text in, XML text out. The caller decides where disks live; this module only
+rewrites the definition so that one ``virsh define`` creates a VM with the vmspec's resources.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from inventories.manifest_model import VmSpec
+
+# Formats we know how to copy or overlay; anything else is refused with a message.
+DISK_EXTENSIONS = {"raw": "img", "qcow2": "qcow2"}
+
+
+class CloneError(ValueError):
+    """The source domain cannot be cloned as asked (the message says why)."""
+
+
+@dataclass(frozen=True)
+class SourceDisk:
+    target: str
+    path: str
+    format: str
+
+
+@dataclass(frozen=True)
+class ClonedDisk:
+    """One disk file the clone needs: copied/overlaid from ``source`` or created empty when None."""
+
+    target: str
+    path: str
+    format: str
+    source: SourceDisk | None
+    size_gib: int = 0
+
+
+def source_disks(source_xml: str) -> list[SourceDisk]:
+    """The file-backed disks (not cdroms) of the source domain, in XML order."""
+    root = _parse(source_xml)
+    disks = []
+    for disk in root.findall("./devices/disk"):
+        if disk.get("device", "disk") != "disk":
+            continue
+        source = disk.find("source")
+        target = disk.find("target")
+        if disk.get("type") != "file" or source is None or not source.get("file") or target is None:
+            raise CloneError("only file-backed disks can be cloned (the source has a non-file disk)")
+        driver = disk.find("driver")
+        fmt = driver.get("type", "raw") if driver is not None else "raw"
+        disks.append(SourceDisk(target=target.get("dev", ""), path=source.get("file", ""), format=fmt))
+    if not disks:
+        raise CloneError("the source domain has no disk to clone")
+    return disks
+
+
+def data_disk_targets(existing_targets: list[str], count: int) -> list[str]:
+    """The next ``count`` free virtio targets (vdb, vdc, ...) after those already used."""
+    used = set(existing_targets)
+    free = [f"vd{chr(c)}" for c in range(ord("a"), ord("z") + 1) if f"vd{chr(c)}" not in used]
+    if count > len(free):
+        raise CloneError(f"{count} data disks do not fit in the free virtio targets")
+    return free[:count]
+
+
+def plan_disks(spec: VmSpec, source_xml: str, pool_path: str) -> list[ClonedDisk]:
+    """Every file the clone owns: one per source disk (copy or overlay), then the data disks."""
+    disks = []
+    for src in source_disks(source_xml):
+        if src.format not in DISK_EXTENSIONS:
+            raise CloneError(f"disk {src.target} of the source is {src.format}, only raw or qcow2 can be cloned")
+        fmt = "qcow2" if spec.clone == "linked" else src.format
+        path = f"{pool_path.rstrip('/')}/{spec.name}-{src.target}.{DISK_EXTENSIONS[fmt]}"
+        disks.append(ClonedDisk(target=src.target, path=path, format=fmt, source=src))
+    targets = data_disk_targets([d.target for d in disks], spec.num_disks)
+    for target in targets:
+        path = f"{pool_path.rstrip('/')}/{spec.name}-{target}.img"
+        disks.append(ClonedDisk(target=target, path=path, format="raw", source=None, size_gib=spec.disk_size_gb))
+    return disks
+
+
+def clone_xml(spec: VmSpec, source_xml: str, disks: list[ClonedDisk]) -> str:
+    """The new domain's XML: name, no UUID (libvirt makes one), the spec's MAC, memory, vCPUs and disks."""
+    root = _parse(source_xml)
+    _set_text(root, "name", spec.name)
+    for tag in ("uuid", "title", "description"):
+        for element in root.findall(tag):
+            root.remove(element)
+    if spec.description:
+        description = ET.SubElement(root, "description")
+        description.text = spec.description
+
+    _set_memory(root, "memory", spec.max_memory_kib)
+    _set_memory(root, "currentMemory", spec.memory_kib)
+    # A maxMemory (memory hotplug slots) block from the base would keep the clone's ceiling; it is not used here.
+    for element in root.findall("maxMemory"):
+        root.remove(element)
+    vcpu = root.find("vcpu")
+    if vcpu is None:
+        vcpu = ET.SubElement(root, "vcpu", {"placement": "static"})
+    vcpu.text = str(spec.vcpus)
+    vcpu.attrib.pop("current", None)
+    for vcpus in root.findall("vcpus"):  # per-vCPU hotplug layout of the base no longer matches
+        root.remove(vcpus)
+
+    # The base's NVRAM file belongs to the base; without <nvram> libvirt makes a fresh one per domain.
+    os_element = root.find("os")
+    if os_element is not None:
+        for nvram in os_element.findall("nvram"):
+            os_element.remove(nvram)
+
+    devices = root.find("devices")
+    if devices is None:
+        raise CloneError("the source domain has no <devices>")
+    _rewrite_disks(devices, disks)
+    _rewrite_interfaces(devices, spec.mac)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _rewrite_disks(devices: ET.Element, disks: list[ClonedDisk]) -> None:
+    by_target = {d.target: d for d in disks if d.source is not None}
+    last_disk_index = 0
+    for index, disk in enumerate(list(devices)):
+        if disk.tag != "disk" or disk.get("device", "disk") != "disk":
+            continue
+        last_disk_index = index
+        target = disk.find("target")
+        cloned = by_target[target.get("dev", "")] if target is not None else None
+        if cloned is None:
+            raise CloneError("a source disk has no target")
+        _point_disk_at(disk, cloned)
+    for offset, extra in enumerate(d for d in disks if d.source is None):
+        devices.insert(last_disk_index + 1 + offset, _new_data_disk(extra))
+
+
+def _point_disk_at(disk: ET.Element, cloned: ClonedDisk) -> None:
+    driver = disk.find("driver")
+    if driver is None:
+        driver = ET.SubElement(disk, "driver", {"name": "qemu"})
+    driver.set("type", cloned.format)
+    source = disk.find("source")
+    assert source is not None  # source_disks() refused disks without one
+    source.set("file", cloned.path)
+    # libvirt discovers an overlay's backing chain itself; a stale chain from the base would be wrong.
+    for backing in disk.findall("backingStore"):
+        disk.remove(backing)
+    for element in disk.findall("serial") + disk.findall("wwn"):
+        disk.remove(element)
+
+
+def _new_data_disk(disk: ClonedDisk) -> ET.Element:
+    element = ET.Element("disk", {"type": "file", "device": "disk"})
+    ET.SubElement(element, "driver", {"name": "qemu", "type": disk.format})
+    ET.SubElement(element, "source", {"file": disk.path})
+    ET.SubElement(element, "target", {"dev": disk.target, "bus": "virtio"})
+    return element
+
+
+def _rewrite_interfaces(devices: ET.Element, mac: str) -> None:
+    for index, interface in enumerate(devices.findall("interface")):
+        for element in interface.findall("mac") + interface.findall("target") + interface.findall("alias"):
+            interface.remove(element)
+        # The first NIC gets the manifest's MAC (its DHCP reservation); libvirt picks fresh ones for the rest.
+        if index == 0:
+            interface.insert(0, ET.Element("mac", {"address": mac}))
+
+
+def _set_memory(root: ET.Element, tag: str, kib: int) -> None:
+    element = root.find(tag)
+    if element is None:
+        element = ET.SubElement(root, tag)
+    element.text = str(kib)
+    element.attrib.clear()
+    element.set("unit", "KiB")
+
+
+def _set_text(root: ET.Element, tag: str, text: str) -> None:
+    element = root.find(tag)
+    if element is None:
+        element = ET.SubElement(root, tag)
+    element.text = text
+
+
+def _parse(xml: str) -> ET.Element:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise CloneError(f"the source domain XML cannot be parsed: {exc}") from None
+    if root.tag != "domain":
+        raise CloneError(f"expected a <domain> definition, found <{root.tag}>")
+    return root
+
+
+def domain_name(xml: str) -> str:
+    """The <name> of a domain definition (for define-from-file)."""
+    name = _parse(xml).findtext("name")
+    if not name:
+        raise CloneError("the domain XML has no <name>")
+    return name
+
+
+def xml_covers(wanted_xml: str, actual_xml: str) -> bool:
+    """True when every element and attribute of ``wanted_xml`` is in ``actual_xml``.
+
+    libvirt adds defaults (PCI addresses, controllers, ...) to what it is given, so a defined domain
+    never equals its source file; it is up to date when it still contains everything the file asks for.
+    """
+    return _covers(_parse(wanted_xml), _parse(actual_xml))
+
+
+def _covers(wanted: ET.Element, actual: ET.Element) -> bool:
+    if wanted.tag != actual.tag or (wanted.text or "").strip() != (actual.text or "").strip():
+        return False
+    if any(actual.get(key) != value for key, value in wanted.attrib.items()):
+        return False
+    remaining = list(actual)
+    for child in wanted:
+        match = next((c for c in remaining if _covers(child, c)), None)
+        if match is None:
+            return False
+        remaining.remove(match)
+    return True

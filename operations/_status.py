@@ -1,0 +1,46 @@
+"""Spec-vs-actual rows for deploys/status.py (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inventories.manifest_model import VmSpec
+from operations._domain_plan import gib
+
+
+def _cell(actual: Any, wanted: Any, text: str) -> str:
+    return text if actual == wanted else f"{text}!"
+
+
+def status_lines(specs: list[VmSpec], snapshot: dict[str, Any]) -> list[str]:
+    domains = snapshot.get("domains", {})
+    lines = [f"{'VM':<20} {'STATE':<10} {'VCPUS':<7} {'MEMORY':<10} {'MAX':<10} {'DISKS':<6} MAC"]
+    for spec in specs:
+        domain = domains.get(spec.name)
+        if domain is None:
+            lines.append(f"{spec.name:<20} {'absent!':<10}")
+            continue
+        disks = [d for d in domain.get("disks", []) if d.get("device") == "disk"]
+        macs = [i.get("mac") for i in domain.get("interfaces", [])]
+        lines.append(
+            f"{spec.name:<20} {domain.get('state', '?'):<10} "
+            f"{_cell(domain['vcpus'], spec.vcpus, str(domain['vcpus'])):<7} "
+            f"{_cell(domain['memory_kib'], spec.memory_kib, gib(domain['memory_kib'])):<10} "
+            f"{_cell(domain['max_memory_kib'], spec.max_memory_kib, gib(domain['max_memory_kib'])):<10} "
+            f"{_cell(len(disks) - 1, spec.num_disks, str(len(disks) - 1)):<6} "
+            f"{_cell(macs[:1], [spec.mac], macs[0] if macs else '-')}"
+        )
+    return lines
+
+
+def reservation_lines(specs: list[VmSpec], reservations: dict[str, dict[str, str]]) -> list[str]:
+    lines = [f"{'VM':<20} {'MAC':<18} {'IP':<16} NAME"]
+    for spec in specs:
+        entry = reservations.get(spec.mac)
+        if entry is None:
+            lines.append(f"{spec.name:<20} {spec.mac:<18} {'no reservation!':<16}")
+            continue
+        ok = entry.get("ip") == spec.ipaddress and entry.get("hostname") == spec.hostname
+        lines.append(f"{spec.name:<20} {spec.mac:<18} {entry.get('ip', ''):<16} {entry.get('hostname', '')}"
+                     + ("" if ok else "  (differs from manifest!)"))
+    return lines

@@ -1,0 +1,338 @@
+"""Clone XML, converge plans, power and delete plans: pure functions, rendered commands, no host."""
+
+from __future__ import annotations
+
+import copy
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inventories.manifest_model import VmSpec, mac_for
+from operations._capacity import capacity_row
+from operations._domain_plan import (
+    build_plans,
+    clone_plan,
+    converge_plan,
+    delete_plan,
+    owned_volumes,
+    power_plan,
+)
+from operations._domain_xml import CloneError, clone_xml, plan_disks, xml_covers
+
+FIXTURES = Path(__file__).parent / "fixtures" / "domains"
+BASE_XML = (FIXTURES / "centos7.xml").read_text()
+URI = "qemu:///system"
+GIB = 1024 * 1024
+
+
+def spec(**overrides: Any) -> VmSpec:
+    values: dict[str, Any] = dict(
+        name="kvmhost01", hostname="kvmhost01.chnet.internal", ipaddress="10.10.5.11", vcpus=2,
+        memory_gb=2, max_memory_gb=4, num_disks=1, disk_size_gb=10, mac=mac_for("kvmhost01"),
+    )
+    values.update(overrides)
+    return VmSpec(**values)
+
+
+def snapshot(domains: dict[str, Any] | None = None, volumes: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "pools": {
+            "default": {"state": "running", "autostart": True, "path": "/data01/primary", "available": 50 * 1024**3},
+            "secondary": {"state": "running", "autostart": False, "path": "/secondary", "available": 10 * 1024**3},
+        },
+        "volumes": volumes or {},
+        "domains": {"centos7": base_domain(), **(domains or {})},
+        "capacity": {"cpus": 2, "memory_kib": 24 * GIB},
+    }
+
+
+def base_domain() -> dict[str, Any]:
+    return {
+        "state": "shut off", "persistent": True, "autostart": False,
+        "memory_kib": GIB, "max_memory_kib": GIB, "vcpus": 1, "max_vcpus": 1,
+        "disks": [
+            {"target": "vda", "device": "disk", "path": "/secondary/centos7-vda.img", "format": "raw"},
+            {"target": "hdc", "device": "cdrom", "path": "/secondary/CentOS-7-x86_64-Minimal-1908.iso"},
+        ],
+        "interfaces": [{"mac": "52:54:00:00:00:01", "type": "user"}],
+        "xml": BASE_XML,
+    }
+
+
+def built_domain(state: str = "shut off", **overrides: Any) -> dict[str, Any]:
+    cfg = {
+        "memory_kib": 2 * GIB, "max_memory_kib": 4 * GIB, "vcpus": 2, "max_vcpus": 2,
+        "disks": [
+            {"target": "vda", "device": "disk", "path": "/data01/primary/kvmhost01-vda.img", "format": "raw"},
+            {"target": "hdc", "device": "cdrom", "path": "/secondary/CentOS-7-x86_64-Minimal-1908.iso"},
+            {"target": "vdb", "device": "disk", "path": "/data01/primary/kvmhost01-vdb.img", "format": "raw"},
+        ],
+        "interfaces": [{"mac": mac_for("kvmhost01"), "type": "user"}],
+    }
+    domain = {"state": state, "persistent": True, "autostart": False, **copy.deepcopy(cfg), "config": cfg, "xml": ""}
+    domain.update(overrides)
+    return domain
+
+
+def rendered(command: Any) -> str:
+    return command.get_raw_value()
+
+
+# --- clone XML ------------------------------------------------------------------------------------
+
+
+def test_clone_xml_sets_identity_resources_and_disks() -> None:
+    vm = spec()
+    disks = plan_disks(vm, BASE_XML, "/data01/primary")
+    root = ET.fromstring(clone_xml(vm, BASE_XML, disks))
+    assert root.findtext("name") == "kvmhost01"
+    assert root.find("uuid") is None  # libvirt assigns a fresh one
+    assert root.find("memory").text == str(4 * GIB) and root.find("memory").get("unit") == "KiB"
+    assert root.find("currentMemory").text == str(2 * GIB)
+    assert root.find("vcpu").text == "2"
+    disks_xml = root.findall("./devices/disk")
+    assert [(d.get("device"), d.find("source").get("file"), d.find("target").get("dev")) for d in disks_xml] == [
+        ("disk", "/data01/primary/kvmhost01-vda.img", "vda"),
+        ("disk", "/data01/primary/kvmhost01-vdb.img", "vdb"),
+        ("cdrom", "/secondary/CentOS-7-x86_64-Minimal-1908.iso", "hdc"),
+    ]
+    macs = [i.find("mac") for i in root.findall("./devices/interface")]
+    assert macs[0].get("address") == vm.mac
+    assert macs[1] is None  # libvirt generates a fresh MAC for further NICs
+
+
+def test_linked_clone_is_a_qcow2_overlay_on_the_base() -> None:
+    vm = spec(clone="linked", num_disks=0)
+    disks = plan_disks(vm, BASE_XML, "/data01/primary/")
+    assert [(d.path, d.format, d.source.path if d.source else None) for d in disks] == [
+        ("/data01/primary/kvmhost01-vda.qcow2", "qcow2", "/secondary/centos7-vda.img")
+    ]
+    root = ET.fromstring(clone_xml(vm, BASE_XML, disks))
+    vda = root.find("./devices/disk")
+    assert vda.find("driver").get("type") == "qcow2"
+    assert vda.find("backingStore") is None
+
+
+def test_clone_refuses_unknown_formats_and_missing_disks() -> None:
+    with pytest.raises(CloneError, match="only raw or qcow2"):
+        plan_disks(spec(), BASE_XML.replace("type='raw'/>\n      <source file='/secondary/centos7", "type='vmdk'/>\n      <source file='/secondary/centos7"), "/p")
+    with pytest.raises(CloneError, match="cannot be parsed"):
+        plan_disks(spec(), "<domain", "/p")
+
+
+def test_clone_plan_is_one_command_with_xml_on_stdin() -> None:
+    plan = clone_plan(spec(), snapshot(), URI)
+    command = rendered(plan.command)
+    assert plan.stdin is not None and "<name>kvmhost01</name>" in plan.stdin
+    assert "cp --sparse=always -- /secondary/centos7-vda.img /data01/primary/kvmhost01-vda.img" in command
+    assert "truncate -s 10G -- /data01/primary/kvmhost01-vdb.img" in command
+    assert "virsh -q -c qemu:///system define /dev/stdin" in command
+    assert "refusing to overwrite" in command and "trap cleanup EXIT" in command
+    assert "setmem" not in command and "setvcpus" not in command  # resources are in the XML
+    assert plan.summary().startswith("kvmhost01: define from centos7 with 2 vCPU(s), memory 2 GiB (max 4 GiB)")
+
+
+def test_clone_plan_linked_uses_qemu_img_overlay() -> None:
+    command = rendered(clone_plan(spec(clone="linked", num_disks=0), snapshot(), URI).command)
+    assert ("qemu-img create -q -f qcow2 -F raw -b /secondary/centos7-vda.img "
+            "/data01/primary/kvmhost01-vda.qcow2") in command
+
+
+def test_clone_plan_quotes_every_value() -> None:
+    plan = clone_plan(spec(name="vm;rm"), snapshot(), "qemu:///system?x=$(id)")
+    command = rendered(plan.command)
+    assert "'/data01/primary/vm;rm-vda.img'" in command
+    assert "'qemu:///system?x=$(id)'" in command
+
+
+def test_clone_plan_reports_missing_base_or_pool_without_raising() -> None:
+    assert "source domain 'rocky9' is not defined" in clone_plan(spec(srcvm="rocky9"), snapshot(), URI).error
+    assert "storage pool 'fast' is not defined" in clone_plan(spec(pool="fast"), snapshot(), URI).error
+
+
+def test_autostart_on_clone() -> None:
+    assert "autostart kvmhost01" in rendered(clone_plan(spec(autostart=True), snapshot(), URI).command)
+
+
+# --- converge -------------------------------------------------------------------------------------
+
+
+def test_matching_domain_is_up_to_date() -> None:
+    plans = build_plans([spec()], snapshot({"kvmhost01": built_domain()}), URI)
+    assert [p.changes for p in plans] == [False]
+    assert plans[0].summary() == "kvmhost01: up to date"
+
+
+def test_shut_off_domain_changes_config_only() -> None:
+    plan = converge_plan(spec(memory_gb=3, max_memory_gb=6, vcpus=4), snapshot({"kvmhost01": built_domain()}), URI)
+    command = rendered(plan.command)
+    assert command == (
+        "virsh -q -c qemu:///system setmaxmem kvmhost01 6291456 --config && "
+        "virsh -q -c qemu:///system setmem kvmhost01 3145728 --config && "
+        "virsh -q -c qemu:///system setvcpus kvmhost01 4 --maximum --config && "
+        "virsh -q -c qemu:///system setvcpus kvmhost01 4 --config"
+    )
+    assert "--live" not in command
+
+
+def test_shrinking_sets_current_before_max() -> None:
+    plan = converge_plan(spec(memory_gb=1, max_memory_gb=1, vcpus=1), snapshot({"kvmhost01": built_domain()}), URI)
+    command = rendered(plan.command)
+    assert command.index("setmem kvmhost01 1048576 --config") < command.index("setmaxmem kvmhost01 1048576")
+    assert command.index("setvcpus kvmhost01 1 --config") < command.index("setvcpus kvmhost01 1 --maximum")
+
+
+def test_running_domain_live_memory_increase_up_to_max() -> None:
+    plan = converge_plan(spec(memory_gb=3), snapshot({"kvmhost01": built_domain("running")}), URI)
+    command = rendered(plan.command)
+    assert "setmem kvmhost01 3145728 --config" in command
+    assert "setmem kvmhost01 3145728 --live" in command
+    assert plan.notes == []
+
+
+def test_running_domain_max_memory_takes_effect_at_next_boot() -> None:
+    plan = converge_plan(spec(memory_gb=6, max_memory_gb=8), snapshot({"kvmhost01": built_domain("running")}), URI)
+    command = rendered(plan.command)
+    assert "setmaxmem kvmhost01 8388608 --config" in command
+    assert "--live" not in command
+    assert any("takes effect at next boot" in n for n in plan.notes)
+
+
+def test_live_setmem_drift_is_converged_from_live_values() -> None:
+    domain = built_domain("running", memory_kib=GIB)  # live setmem outside the tool; config still 2 GiB
+    plan = converge_plan(spec(), snapshot({"kvmhost01": domain}), URI)
+    assert rendered(plan.command) == "virsh -q -c qemu:///system setmem kvmhost01 2097152 --live"
+
+
+def test_vcpu_decrease_on_running_domain_waits_for_reboot() -> None:
+    plan = converge_plan(spec(vcpus=1), snapshot({"kvmhost01": built_domain("running")}), URI)
+    assert "--live" not in rendered(plan.command)
+    assert any("vCPUs 2 -> 1 takes effect at next boot" in n for n in plan.notes)
+
+
+def test_missing_data_disk_is_added_live_and_extra_is_reported() -> None:
+    plan = converge_plan(spec(num_disks=2), snapshot({"kvmhost01": built_domain("running")}), URI)
+    command = rendered(plan.command)
+    assert "truncate -s 10G -- /data01/primary/kvmhost01-vdc.img" in command
+    assert ("attach-disk kvmhost01 /data01/primary/kvmhost01-vdc.img vdc --targetbus virtio "
+            "--subdriver raw --config --live") in command
+    assert "trap cleanup EXIT" in command
+    fewer = converge_plan(spec(num_disks=0), snapshot({"kvmhost01": built_domain()}), URI)
+    assert fewer.command is None
+    assert fewer.notes == ["has data disk(s) vdb beyond numDisks 0: not removed"]
+
+
+def test_disk_size_difference_is_reported_not_resized() -> None:
+    volumes = {"default": {"kvmhost01-vdb.img": {"path": "/data01/primary/kvmhost01-vdb.img", "capacity": 5 * 1024**3}}}
+    plan = converge_plan(spec(), snapshot({"kvmhost01": built_domain()}, volumes), URI)
+    assert plan.command is None
+    assert plan.notes == ["data disk vdb is 5 GiB, manifest says 10 GiB: not resized"]
+
+
+def test_autostart_and_mac_drift() -> None:
+    domain = built_domain(interfaces=[{"mac": "52:54:00:aa:bb:cc"}])
+    domain["config"]["interfaces"] = [{"mac": "52:54:00:aa:bb:cc"}]
+    plan = converge_plan(spec(autostart=True), snapshot({"kvmhost01": domain}), URI)
+    assert rendered(plan.command) == "virsh -q -c qemu:///system autostart kvmhost01"
+    assert "DHCP reservation will not match" in plan.notes[0]
+
+
+def test_resize_only_reports_missing_domains() -> None:
+    (plan,) = build_plans([spec()], snapshot(), URI, clone=False)
+    assert plan.command is None and "not defined on this host" in plan.notes[0]
+
+
+# --- power ---------------------------------------------------------------------------------------
+
+
+def test_power_start_and_noop() -> None:
+    domains = {"a": {"state": "shut off"}, "b": {"state": "running"}, "c": {"state": "paused"}}
+    plan = power_plan(["a", "b", "c", "gone"], domains, True, URI)
+    assert rendered(plan.command) == "virsh -q -c qemu:///system start a && virsh -q -c qemu:///system resume c"
+    assert power_plan(["b"], domains, True, URI) is None
+    assert power_plan(["a"], domains, False, URI) is None
+
+
+def test_power_stop_is_graceful_with_timeout_or_forced() -> None:
+    domains = {"a": {"state": "running"}, "b": {"state": "running"}}
+    graceful = rendered(power_plan(["a", "b"], domains, False, URI, timeout=7).command)
+    assert "shutdown -- \"$n\"" in graceful and "+ 7 ))" in graceful and "destroy -- \"$n\"" in graceful
+    assert "for n in a b ;" in graceful
+    forced = rendered(power_plan(["a"], domains, False, URI, force=True).command)
+    assert forced == "virsh -q -c qemu:///system destroy a"
+
+
+# --- delete --------------------------------------------------------------------------------------
+
+
+def test_delete_removes_only_owned_volumes() -> None:
+    domain = built_domain("running")
+    domain["disks"].append({"target": "vdd", "device": "disk", "path": "/srv/elsewhere/kvmhost01-vdd.img"})
+    domain["disks"].append({"target": "vde", "device": "disk", "path": "/data01/primary/shared-data.img"})
+    plan = delete_plan("kvmhost01", snapshot({"kvmhost01": domain}), URI)
+    command = rendered(plan.command)
+    assert command.startswith("virsh -q -c qemu:///system destroy kvmhost01 && ")
+    assert "undefine --nvram --managed-save --snapshots-metadata --checkpoints-metadata kvmhost01" in command
+    assert "pool-refresh default" in command
+    assert "vol-delete --pool default kvmhost01-vda.img" in command
+    assert "vol-delete --pool default kvmhost01-vdb.img" in command
+    assert "CentOS" not in command and "centos7-vda" not in command
+    assert "elsewhere" not in command and "shared-data" not in command
+    assert any("not in a storage pool" in n for n in plan.notes)
+    assert any("not named after kvmhost01" in n for n in plan.notes)
+    assert any("(cdrom)" in n for n in plan.notes)
+
+
+def test_delete_linked_clone_keeps_the_base() -> None:
+    domain = built_domain()
+    overlay = {"target": "vda", "device": "disk", "path": "/data01/primary/kvmhost01-vda.qcow2", "backing": "/secondary/centos7-vda.img"}
+    domain["disks"] = domain["config"]["disks"] = [overlay]
+    owned, _ = owned_volumes("kvmhost01", domain, snapshot({"kvmhost01": domain}))
+    assert owned == [("default", "kvmhost01-vda.qcow2")]
+
+
+def test_delete_never_removes_a_backing_file_of_another_volume() -> None:
+    volumes = {"default": {"other-vda.qcow2": {"path": "/data01/primary/other-vda.qcow2", "backing": "/data01/primary/kvmhost01-vda.img"}}}
+    owned, kept = owned_volumes("kvmhost01", built_domain(), snapshot({"kvmhost01": built_domain()}, volumes))
+    assert ("default", "kvmhost01-vda.img") not in owned
+    assert any("backing file of another volume" in k for k in kept)
+
+
+def test_delete_keep_disks_and_absent_domain() -> None:
+    plan = delete_plan("kvmhost01", snapshot({"kvmhost01": built_domain()}), URI, keep_disks=True)
+    command = rendered(plan.command)
+    assert "vol-delete" not in command and "undefine" in command
+    assert delete_plan("kvmhost99", snapshot(), URI) is None
+
+
+def test_delete_name_prefix_is_not_a_match() -> None:
+    # kvmhost01 must not claim kvmhost010's files (the original grep matched substrings).
+    domain = built_domain()
+    domain["config"]["disks"] = domain["disks"] = [
+        {"target": "vda", "device": "disk", "path": "/data01/primary/kvmhost010-vda.img"}
+    ]
+    owned, _ = owned_volumes("kvmhost01", domain, snapshot())
+    assert owned == []
+
+
+# --- define-from-file, capacity -------------------------------------------------------------------
+
+
+def test_xml_covers_ignores_libvirt_defaults() -> None:
+    given = "<domain type='qemu'><name>x</name><memory unit='KiB'>1024</memory></domain>"
+    defined = ("<domain type='qemu' id='3'><name>x</name><uuid>u</uuid><memory unit='KiB'>1024</memory>"
+               "<devices/></domain>")
+    assert xml_covers(given, defined)
+    assert not xml_covers(given.replace("1024", "2048"), defined)
+
+
+def test_capacity_counts_manifest_and_other_domains_but_not_bases() -> None:
+    snap = snapshot({"other": {"vcpus": 2, "memory_kib": 4 * GIB, "disks": []}})
+    snap["volumes"] = {"secondary": {"centos7-vda.img": {"path": "/secondary/centos7-vda.img", "allocation": 1024**3}}}
+    row = capacity_row("sm-01", [spec(), spec(name="b", clone="linked")], snap, overcommit=2.0)
+    assert (row.vcpus, row.memory_kib) == (6, 8 * GIB)
+    assert row.disk_needs == {"default": 1024**3}
+    assert row.problems == ["6 vCPUs > 2 CPUs x 2"]
+    assert capacity_row("sm-01", [spec()], snap, overcommit=4.0).problems == []
