@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from facts.libvirt import Hypervisor
 from pyinfra import host, logger
 
-from facts.libvirt import Hypervisor
 from inventories.manifest_model import VmSpec
 from operations._capacity import capacity_row
 

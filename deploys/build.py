@@ -1,6 +1,6 @@
 """Build the manifest: clone every vmspec on its host, converge existing VMs, then DHCP + DNS on mgmt.
 
-    pyinfra inventories/manifest.py deploys/build.py [--data overcommit=2.0]
+pyinfra inventories/manifest.py deploys/build.py [--data overcommit=2.0]
 """
 
 from deploys._capacity import check_capacity

@@ -1,6 +1,6 @@
 """Delete the manifest's VMs with the volumes they own, and their DHCP reservations and DNS names.
 
-    pyinfra inventories/manifest.py deploys/delete.py [--data keep_disks=true]
+pyinfra inventories/manifest.py deploys/delete.py [--data keep_disks=true]
 """
 
 from deploys._dns import dnsmasq_arguments, entries

@@ -1,6 +1,6 @@
 """Save each VM's XML definition on the controller as ``<xml_dir>/<host>/<vm>.xml``.
 
-    pyinfra inventories/manifest.py deploys/dumpxml.py [--data xml_dir=xml]
+pyinfra inventories/manifest.py deploys/dumpxml.py [--data xml_dir=xml]
 """
 
 import os

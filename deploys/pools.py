@@ -1,6 +1,6 @@
 """Storage pools on every hypervisor: primary (local dir, autostart) and secondary (the NFS share).
 
-    pyinfra inventories/manifest.py deploys/pools.py
+pyinfra inventories/manifest.py deploys/pools.py
 """
 
 from deploys._settings import is_hypervisor, setting

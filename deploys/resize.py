@@ -1,6 +1,6 @@
 """Converge vCPUs, memory and data disks of existing VMs to the manifest (live where possible).
 
-    pyinfra inventories/manifest.py deploys/resize.py
+pyinfra inventories/manifest.py deploys/resize.py
 """
 
 from deploys._settings import is_hypervisor, setting, vmspecs

@@ -1,6 +1,6 @@
 """Start the manifest's VMs.
 
-    pyinfra inventories/manifest.py deploys/start.py
+pyinfra inventories/manifest.py deploys/start.py
 """
 
 from deploys._settings import is_hypervisor, setting, vmspecs

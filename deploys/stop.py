@@ -1,6 +1,6 @@
 """Stop the manifest's VMs: graceful shutdown, destroyed after ``stop_timeout`` seconds (``force``: at once).
 
-    pyinfra inventories/manifest.py deploys/stop.py [--data stop_timeout=60] [--data force=true]
+pyinfra inventories/manifest.py deploys/stop.py [--data stop_timeout=60] [--data force=true]
 """
 
 from deploys._settings import flag, is_hypervisor, number, setting, vmspecs

@@ -30,8 +30,10 @@ class CapacityRow:
         if self.vcpus > self.cpus * self.overcommit:
             out.append(f"{self.vcpus} vCPUs > {self.cpus} CPUs x {self.overcommit:g}")
         if self.memory_kib > self.host_memory_kib * self.overcommit:
-            out.append(f"{self.memory_kib / KIB**2:.1f} GiB memory > "
-                       f"{self.host_memory_kib / KIB**2:.1f} GiB x {self.overcommit:g}")
+            out.append(
+                f"{self.memory_kib / KIB**2:.1f} GiB memory > "
+                f"{self.host_memory_kib / KIB**2:.1f} GiB x {self.overcommit:g}"
+            )
         for pool, need in self.disk_needs.items():
             free = self.pool_free.get(pool, 0)
             if need > free:
@@ -40,11 +42,15 @@ class CapacityRow:
 
     def table_line(self) -> str:
         verdict = "; ".join(self.problems) or "ok"
-        return (f"{self.host:<16} vCPUs {self.vcpus:>4}/{self.cpus}x{self.overcommit:g}  "
-                f"memory {self.memory_kib / KIB**2:>7.1f}/{self.host_memory_kib / KIB**2:.1f} GiB  {verdict}")
+        return (
+            f"{self.host:<16} vCPUs {self.vcpus:>4}/{self.cpus}x{self.overcommit:g}  "
+            f"memory {self.memory_kib / KIB**2:>7.1f}/{self.host_memory_kib / KIB**2:.1f} GiB  {verdict}"
+        )
 
 
-def capacity_row(host_name: str, specs: list[VmSpec], snapshot: dict[str, Any], overcommit: float) -> CapacityRow:
+def capacity_row(
+    host_name: str, specs: list[VmSpec], snapshot: dict[str, Any], overcommit: float
+) -> CapacityRow:
     """What this host would carry after the build: the manifest's VMs plus other domains already defined.
 
     Base VMs used as clone sources are not counted (they are templates, not workloads). Disk need is

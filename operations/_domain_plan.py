@@ -84,8 +84,18 @@ def clone_plan(spec: VmSpec, snapshot: Snapshot, uri: str) -> VmPlan:
             plan.actions.append(f"data disk {disk.target} {disk.size_gib} GiB")
         elif spec.clone == "linked":
             steps.append(
-                sh("qemu-img", "create", "-q", "-f", "qcow2", "-F", q(disk.source.format),
-                   "-b", q(disk.source.path), q(disk.path))
+                sh(
+                    "qemu-img",
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-F",
+                    q(disk.source.format),
+                    "-b",
+                    q(disk.source.path),
+                    q(disk.path),
+                )
             )
             plan.actions.append(f"linked clone of {disk.source.path} as {disk.path}")
         else:
@@ -104,11 +114,16 @@ def clone_plan(spec: VmSpec, snapshot: Snapshot, uri: str) -> VmPlan:
     quoted_paths: list[Any] = [q(p) for p in paths]
     # Refuse to overwrite anything; once files are ours, remove them again if a later step fails.
     plan.command = sh(
-        "set -e; cleanup() { rm -f --", *quoted_paths, "; };",
-        "for f in", *quoted_paths, "; do if [ -e \"$f\" ]; then",
-        "echo \"kvm-qemu: $f already exists; refusing to overwrite it\" >&2; exit 1; fi; done;",
+        "set -e; cleanup() { rm -f --",
+        *quoted_paths,
+        "; };",
+        "for f in",
+        *quoted_paths,
+        '; do if [ -e "$f" ]; then',
+        'echo "kvm-qemu: $f already exists; refusing to overwrite it" >&2; exit 1; fi; done;',
         "trap cleanup EXIT;",
-        all_of(steps), ";",
+        all_of(steps),
+        ";",
         "trap - EXIT",
     )
     plan.stdin = xml
@@ -144,7 +159,11 @@ def resource_plan(spec: VmSpec, domain: Domain, uri: str) -> tuple[list[StringCo
                 actions.append(f"memory {gib(cfg_cur)} -> {gib(want_cur)} (config)")
         cfg_vcpus, cfg_maxv = cfg["vcpus"], cfg["max_vcpus"]
         if (cfg_vcpus, cfg_maxv) != (want_cpu, want_cpu):
-            setmaxv = [virsh(uri, "setvcpus", name, want_cpu, "--maximum", "--config")] if cfg_maxv != want_cpu else []
+            setmaxv = (
+                [virsh(uri, "setvcpus", name, want_cpu, "--maximum", "--config")]
+                if cfg_maxv != want_cpu
+                else []
+            )
             setv = [virsh(uri, "setvcpus", name, want_cpu, "--config")] if cfg_vcpus != want_cpu else []
             commands += setmaxv + setv if want_cpu > cfg_vcpus else setv + setmaxv
             actions.append(f"vCPUs {cfg_vcpus} (max {cfg_maxv}) -> {want_cpu} (config)")
@@ -158,8 +177,10 @@ def resource_plan(spec: VmSpec, domain: Domain, uri: str) -> tuple[list[StringCo
                 commands.append(virsh(uri, "setmem", name, want_cur, "--live"))
                 actions.append(f"memory {gib(live_cur)} -> {gib(want_cur)} (live)")
             else:
-                notes.append(f"memory {gib(want_cur)} is above the running max memory {gib(live_max)}: "
-                             "takes effect at next boot")
+                notes.append(
+                    f"memory {gib(want_cur)} is above the running max memory {gib(live_max)}: "
+                    "takes effect at next boot"
+                )
         if live_max != want_max:
             notes.append(f"max memory {gib(live_max)} -> {gib(want_max)} takes effect at next boot")
         live_vcpus, live_maxv = domain["vcpus"], domain["max_vcpus"]
@@ -205,8 +226,10 @@ def disk_plan(
         disk = present.get(target)
         capacity = capacities.get(disk.get("path")) if disk else None
         if disk and capacity and capacity != spec.disk_size_gb * 1024**3:
-            notes.append(f"data disk {target} is {capacity / 1024**3:g} GiB, manifest says "
-                         f"{spec.disk_size_gb} GiB: not resized")
+            notes.append(
+                f"data disk {target} is {capacity / 1024**3:g} GiB, manifest says "
+                f"{spec.disk_size_gb} GiB: not resized"
+            )
     if not missing:
         return commands, actions, notes, new_files
     pool = snapshot.get("pools", {}).get(spec.pool)
@@ -218,8 +241,21 @@ def disk_plan(
         path = posixpath.join(pool["path"], f"{spec.name}-{target}.img")
         new_files.append(path)
         commands.append(sh("truncate", "-s", f"{spec.disk_size_gb}G", "--", q(path)))
-        commands.append(virsh(uri, "attach-disk", spec.name, path, target, "--targetbus", "virtio",
-                              "--subdriver", "raw", "--config", *live))
+        commands.append(
+            virsh(
+                uri,
+                "attach-disk",
+                spec.name,
+                path,
+                target,
+                "--targetbus",
+                "virtio",
+                "--subdriver",
+                "raw",
+                "--config",
+                *live,
+            )
+        )
         actions.append(f"add data disk {target} {spec.disk_size_gb} GiB" + (" (live)" if live else ""))
     return commands, actions, notes, new_files
 
@@ -240,8 +276,10 @@ def converge_plan(spec: VmSpec, snapshot: Snapshot, uri: str, disks: bool = True
         plan.actions.append(f"autostart {'on' if spec.autostart else 'off'}")
     interfaces = (domain.get("config") or domain).get("interfaces") or []
     if interfaces and (interfaces[0].get("mac") or "").lower() != spec.mac:
-        plan.notes.append(f"first NIC has MAC {interfaces[0].get('mac')}, manifest says {spec.mac}: "
-                          "its DHCP reservation will not match (rebuild the VM to change it)")
+        plan.notes.append(
+            f"first NIC has MAC {interfaces[0].get('mac')}, manifest says {spec.mac}: "
+            "its DHCP reservation will not match (rebuild the VM to change it)"
+        )
     if commands:
         plan.command = _with_cleanup(new_files, all_of(commands)) if new_files else all_of(commands)
     return plan
@@ -250,10 +288,16 @@ def converge_plan(spec: VmSpec, snapshot: Snapshot, uri: str, disks: bool = True
 def _with_cleanup(paths: list[str], command: StringCommand) -> StringCommand:
     quoted: list[Any] = [q(p) for p in paths]
     return sh(
-        "set -e; cleanup() { rm -f --", *quoted, "; };",
-        "for f in", *quoted, "; do if [ -e \"$f\" ]; then",
-        "echo \"kvm-qemu: $f already exists; refusing to overwrite it\" >&2; exit 1; fi; done;",
-        "trap cleanup EXIT;", command, "; trap - EXIT",
+        "set -e; cleanup() { rm -f --",
+        *quoted,
+        "; };",
+        "for f in",
+        *quoted,
+        '; do if [ -e "$f" ]; then',
+        'echo "kvm-qemu: $f already exists; refusing to overwrite it" >&2; exit 1; fi; done;',
+        "trap cleanup EXIT;",
+        command,
+        "; trap - EXIT",
     )
 
 
@@ -275,7 +319,12 @@ def build_plans(specs: list[VmSpec], snapshot: Snapshot, uri: str, clone: bool =
 
 
 def power_plan(
-    names: list[str], domains: dict[str, Domain], running: bool, uri: str, force: bool = False, timeout: int = 60
+    names: list[str],
+    domains: dict[str, Domain],
+    running: bool,
+    uri: str,
+    force: bool = False,
+    timeout: int = 60,
 ) -> VmPlan | None:
     """One command for all of a host's VMs: start/resume, or shutdown-wait-destroy (``force``: destroy)."""
     present = [n for n in names if n in domains]
@@ -286,8 +335,9 @@ def power_plan(
             return None
         plan = VmPlan(", ".join(to_start + to_resume))
         plan.actions = [f"start {n}" for n in to_start] + [f"resume {n}" for n in to_resume]
-        plan.command = all_of([virsh(uri, "start", n) for n in to_start]
-                              + [virsh(uri, "resume", n) for n in to_resume])
+        plan.command = all_of(
+            [virsh(uri, "start", n) for n in to_start] + [virsh(uri, "resume", n) for n in to_resume]
+        )
         return plan
     to_stop = [n for n in present if is_active(domains[n])]
     if not to_stop:
@@ -300,15 +350,27 @@ def power_plan(
     plan.actions = [f"shut down {n} (destroy after {timeout}s)" for n in to_stop]
     quoted: list[Any] = [q(n) for n in to_stop]
     # virsh() would quote "$n" literally, so the loop variable is expanded in plain shell text here.
-    state = sh("\"$(virsh -q -c", q(uri), "domstate -- \"$n\")\"")
+    state = sh('"$(virsh -q -c', q(uri), 'domstate -- "$n")"')
     plan.command = sh(
-        "for n in", *quoted, "; do virsh -q -c", q(uri), "shutdown -- \"$n\" >/dev/null || true; done;",
+        "for n in",
+        *quoted,
+        "; do virsh -q -c",
+        q(uri),
+        'shutdown -- "$n" >/dev/null || true; done;',
         f"deadline=$(( $(date +%s) + {int(timeout)} ));",
-        "for n in", *quoted, "; do",
-        "while [", state, "!= 'shut off' ] && [ \"$(date +%s)\" -lt \"$deadline\" ]; do sleep 1; done;",
-        "if [", state, "!= 'shut off' ]; then",
-        f"echo \"kvm-qemu: $n did not shut down within {int(timeout)}s; destroying it\";",
-        "virsh -q -c", q(uri), "destroy -- \"$n\" >/dev/null; fi; done",
+        "for n in",
+        *quoted,
+        "; do",
+        "while [",
+        state,
+        '!= \'shut off\' ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 1; done;',
+        "if [",
+        state,
+        "!= 'shut off' ]; then",
+        f'echo "kvm-qemu: $n did not shut down within {int(timeout)}s; destroying it";',
+        "virsh -q -c",
+        q(uri),
+        'destroy -- "$n" >/dev/null; fi; done',
     )
     return plan
 
@@ -365,8 +427,20 @@ def delete_plan(vm: str, snapshot: Snapshot, uri: str, keep_disks: bool = False)
         commands.append(virsh(uri, "destroy", vm))
         plan.actions.append("destroy")
     if domain.get("persistent", True):
-        commands.append(sh(virsh(uri, "undefine", "--nvram", "--managed-save", "--snapshots-metadata",
-                                 "--checkpoints-metadata", vm), ">/dev/null"))
+        commands.append(
+            sh(
+                virsh(
+                    uri,
+                    "undefine",
+                    "--nvram",
+                    "--managed-save",
+                    "--snapshots-metadata",
+                    "--checkpoints-metadata",
+                    vm,
+                ),
+                ">/dev/null",
+            )
+        )
         plan.actions.append("undefine (with NVRAM, managed save, snapshot metadata)")
     owned, kept = owned_volumes(vm, domain, snapshot)
     if keep_disks:

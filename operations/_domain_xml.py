@@ -70,14 +70,18 @@ def plan_disks(spec: VmSpec, source_xml: str, pool_path: str) -> list[ClonedDisk
     disks = []
     for src in source_disks(source_xml):
         if src.format not in DISK_EXTENSIONS:
-            raise CloneError(f"disk {src.target} of the source is {src.format}, only raw or qcow2 can be cloned")
+            raise CloneError(
+                f"disk {src.target} of the source is {src.format}, only raw or qcow2 can be cloned"
+            )
         fmt = "qcow2" if spec.clone == "linked" else src.format
         path = f"{pool_path.rstrip('/')}/{spec.name}-{src.target}.{DISK_EXTENSIONS[fmt]}"
         disks.append(ClonedDisk(target=src.target, path=path, format=fmt, source=src))
     targets = data_disk_targets([d.target for d in disks], spec.num_disks)
     for target in targets:
         path = f"{pool_path.rstrip('/')}/{spec.name}-{target}.img"
-        disks.append(ClonedDisk(target=target, path=path, format="raw", source=None, size_gib=spec.disk_size_gb))
+        disks.append(
+            ClonedDisk(target=target, path=path, format="raw", source=None, size_gib=spec.disk_size_gb)
+        )
     return disks
 
 
@@ -94,7 +98,7 @@ def clone_xml(spec: VmSpec, source_xml: str, disks: list[ClonedDisk]) -> str:
 
     _set_memory(root, "memory", spec.max_memory_kib)
     _set_memory(root, "currentMemory", spec.memory_kib)
-    # A maxMemory (memory hotplug slots) block from the base would keep the clone's ceiling; it is not used here.
+    # A maxMemory (memory hotplug slots) block from the base would keep the base's ceiling: drop it.
     for element in root.findall("maxMemory"):
         root.remove(element)
     vcpu = root.find("vcpu")

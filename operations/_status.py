@@ -41,6 +41,8 @@ def reservation_lines(specs: list[VmSpec], reservations: dict[str, dict[str, str
             lines.append(f"{spec.name:<20} {spec.mac:<18} {'no reservation!':<16}")
             continue
         ok = entry.get("ip") == spec.ipaddress and entry.get("hostname") == spec.hostname
-        lines.append(f"{spec.name:<20} {spec.mac:<18} {entry.get('ip', ''):<16} {entry.get('hostname', '')}"
-                     + ("" if ok else "  (differs from manifest!)"))
+        lines.append(
+            f"{spec.name:<20} {spec.mac:<18} {entry.get('ip', ''):<16} {entry.get('hostname', '')}"
+            + ("" if ok else "  (differs from manifest!)")
+        )
     return lines

@@ -1,4 +1,4 @@
-"""Command builders: every value goes through QuoteString, so nothing from a manifest or host is shell text."""
+"""Command builders: every value goes through QuoteString, so nothing from a manifest is shell text."""
 
 from __future__ import annotations
 

@@ -13,10 +13,10 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+from facts.libvirt import Hypervisor
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, operation
 
-from facts.libvirt import Hypervisor
 from inventories.manifest_model import VmSpec
 from operations._domain_plan import VmPlan, build_plans, delete_plan, power_plan
 from operations._domain_xml import CloneError, domain_name, xml_covers
@@ -46,7 +46,9 @@ def _specs(vmspecs: list[dict[str, Any]] | list[VmSpec]) -> list[VmSpec]:
 
 
 @operation()
-def pool(pool_name: str, path: str, autostart: bool = True, present: bool = True, uri: str = DEFAULT_URI) -> Commands:
+def pool(
+    pool_name: str, path: str, autostart: bool = True, present: bool = True, uri: str = DEFAULT_URI
+) -> Commands:
     """A directory storage pool: defined, built, started, autostarted (or undefined, files kept).
 
     Changing the path of an existing pool is refused: redefining it would orphan its volumes.
@@ -61,15 +63,20 @@ def pool(pool_name: str, path: str, autostart: bool = True, present: bool = True
         yield all_of(steps + [virsh(uri, "pool-undefine", pool_name)])
         return
     if current is None:
-        steps = [virsh(uri, "pool-define-as", pool_name, "dir", "--target", path),
-                 virsh(uri, "pool-build", pool_name), virsh(uri, "pool-start", pool_name)]
+        steps = [
+            virsh(uri, "pool-define-as", pool_name, "dir", "--target", path),
+            virsh(uri, "pool-build", pool_name),
+            virsh(uri, "pool-start", pool_name),
+        ]
         if autostart:
             steps.append(virsh(uri, "pool-autostart", pool_name))
         yield all_of(steps)
         return
     if os.path.normpath(current.get("path") or "") != os.path.normpath(path):
-        message = (f"pool {pool_name} already exists with path {current.get('path')}, not {path}; "
-                   "refusing to redefine it (undefine it first, or use another pool name)")
+        message = (
+            f"pool {pool_name} already exists with path {current.get('path')}, not {path}; "
+            "refusing to redefine it (undefine it first, or use another pool name)"
+        )
         logger.warning(f"{getattr(host, 'print_prefix', '')}{message}")
         yield fail(message)
         return
@@ -149,7 +156,9 @@ def domain_defined(xml_file: str, uri: str = DEFAULT_URI) -> Commands:
     if current is not None and xml_covers(xml, current["xml"]):
         host.noop(f"domain {vm} matches {xml_file}")
         return
-    logger.info(f"{getattr(host, 'print_prefix', '')}{vm}: {'redefine' if current else 'define'} from {xml_file}")
+    logger.info(
+        f"{getattr(host, 'print_prefix', '')}{vm}: {'redefine' if current else 'define'} from {xml_file}"
+    )
     yield StringCommand(virsh(uri, "define", "/dev/stdin"), ">/dev/null", _stdin=xml)
 
 

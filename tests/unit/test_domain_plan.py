@@ -29,8 +29,15 @@ GIB = 1024 * 1024
 
 def spec(**overrides: Any) -> VmSpec:
     values: dict[str, Any] = dict(
-        name="kvmhost01", hostname="kvmhost01.chnet.internal", ipaddress="10.10.5.11", vcpus=2,
-        memory_gb=2, max_memory_gb=4, num_disks=1, disk_size_gb=10, mac=mac_for("kvmhost01"),
+        name="kvmhost01",
+        hostname="kvmhost01.chnet.internal",
+        ipaddress="10.10.5.11",
+        vcpus=2,
+        memory_gb=2,
+        max_memory_gb=4,
+        num_disks=1,
+        disk_size_gb=10,
+        mac=mac_for("kvmhost01"),
     )
     values.update(overrides)
     return VmSpec(**values)
@@ -39,8 +46,18 @@ def spec(**overrides: Any) -> VmSpec:
 def snapshot(domains: dict[str, Any] | None = None, volumes: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "pools": {
-            "default": {"state": "running", "autostart": True, "path": "/data01/primary", "available": 50 * 1024**3},
-            "secondary": {"state": "running", "autostart": False, "path": "/secondary", "available": 10 * 1024**3},
+            "default": {
+                "state": "running",
+                "autostart": True,
+                "path": "/data01/primary",
+                "available": 50 * 1024**3,
+            },
+            "secondary": {
+                "state": "running",
+                "autostart": False,
+                "path": "/secondary",
+                "available": 10 * 1024**3,
+            },
         },
         "volumes": volumes or {},
         "domains": {"centos7": base_domain(), **(domains or {})},
@@ -50,8 +67,13 @@ def snapshot(domains: dict[str, Any] | None = None, volumes: dict[str, Any] | No
 
 def base_domain() -> dict[str, Any]:
     return {
-        "state": "shut off", "persistent": True, "autostart": False,
-        "memory_kib": GIB, "max_memory_kib": GIB, "vcpus": 1, "max_vcpus": 1,
+        "state": "shut off",
+        "persistent": True,
+        "autostart": False,
+        "memory_kib": GIB,
+        "max_memory_kib": GIB,
+        "vcpus": 1,
+        "max_vcpus": 1,
         "disks": [
             {"target": "vda", "device": "disk", "path": "/secondary/centos7-vda.img", "format": "raw"},
             {"target": "hdc", "device": "cdrom", "path": "/secondary/CentOS-7-x86_64-Minimal-1908.iso"},
@@ -63,7 +85,10 @@ def base_domain() -> dict[str, Any]:
 
 def built_domain(state: str = "shut off", **overrides: Any) -> dict[str, Any]:
     cfg = {
-        "memory_kib": 2 * GIB, "max_memory_kib": 4 * GIB, "vcpus": 2, "max_vcpus": 2,
+        "memory_kib": 2 * GIB,
+        "max_memory_kib": 4 * GIB,
+        "vcpus": 2,
+        "max_vcpus": 2,
         "disks": [
             {"target": "vda", "device": "disk", "path": "/data01/primary/kvmhost01-vda.img", "format": "raw"},
             {"target": "hdc", "device": "cdrom", "path": "/secondary/CentOS-7-x86_64-Minimal-1908.iso"},
@@ -71,7 +96,14 @@ def built_domain(state: str = "shut off", **overrides: Any) -> dict[str, Any]:
         ],
         "interfaces": [{"mac": mac_for("kvmhost01"), "type": "user"}],
     }
-    domain = {"state": state, "persistent": True, "autostart": False, **copy.deepcopy(cfg), "config": cfg, "xml": ""}
+    domain = {
+        "state": state,
+        "persistent": True,
+        "autostart": False,
+        **copy.deepcopy(cfg),
+        "config": cfg,
+        "xml": "",
+    }
     domain.update(overrides)
     return domain
 
@@ -93,7 +125,9 @@ def test_clone_xml_sets_identity_resources_and_disks() -> None:
     assert root.find("currentMemory").text == str(2 * GIB)
     assert root.find("vcpu").text == "2"
     disks_xml = root.findall("./devices/disk")
-    assert [(d.get("device"), d.find("source").get("file"), d.find("target").get("dev")) for d in disks_xml] == [
+    assert [
+        (d.get("device"), d.find("source").get("file"), d.find("target").get("dev")) for d in disks_xml
+    ] == [
         ("disk", "/data01/primary/kvmhost01-vda.img", "vda"),
         ("disk", "/data01/primary/kvmhost01-vdb.img", "vdb"),
         ("cdrom", "/secondary/CentOS-7-x86_64-Minimal-1908.iso", "hdc"),
@@ -117,7 +151,14 @@ def test_linked_clone_is_a_qcow2_overlay_on_the_base() -> None:
 
 def test_clone_refuses_unknown_formats_and_missing_disks() -> None:
     with pytest.raises(CloneError, match="only raw or qcow2"):
-        plan_disks(spec(), BASE_XML.replace("type='raw'/>\n      <source file='/secondary/centos7", "type='vmdk'/>\n      <source file='/secondary/centos7"), "/p")
+        plan_disks(
+            spec(),
+            BASE_XML.replace(
+                "type='raw'/>\n      <source file='/secondary/centos7",
+                "type='vmdk'/>\n      <source file='/secondary/centos7",
+            ),
+            "/p",
+        )
     with pytest.raises(CloneError, match="cannot be parsed"):
         plan_disks(spec(), "<domain", "/p")
 
@@ -131,13 +172,16 @@ def test_clone_plan_is_one_command_with_xml_on_stdin() -> None:
     assert "virsh -q -c qemu:///system define /dev/stdin" in command
     assert "refusing to overwrite" in command and "trap cleanup EXIT" in command
     assert "setmem" not in command and "setvcpus" not in command  # resources are in the XML
-    assert plan.summary().startswith("kvmhost01: define from centos7 with 2 vCPU(s), memory 2 GiB (max 4 GiB)")
+    assert plan.summary().startswith(
+        "kvmhost01: define from centos7 with 2 vCPU(s), memory 2 GiB (max 4 GiB)"
+    )
 
 
 def test_clone_plan_linked_uses_qemu_img_overlay() -> None:
     command = rendered(clone_plan(spec(clone="linked", num_disks=0), snapshot(), URI).command)
-    assert ("qemu-img create -q -f qcow2 -F raw -b /secondary/centos7-vda.img "
-            "/data01/primary/kvmhost01-vda.qcow2") in command
+    assert (
+        "qemu-img create -q -f qcow2 -F raw -b /secondary/centos7-vda.img /data01/primary/kvmhost01-vda.qcow2"
+    ) in command
 
 
 def test_clone_plan_quotes_every_value() -> None:
@@ -166,7 +210,9 @@ def test_matching_domain_is_up_to_date() -> None:
 
 
 def test_shut_off_domain_changes_config_only() -> None:
-    plan = converge_plan(spec(memory_gb=3, max_memory_gb=6, vcpus=4), snapshot({"kvmhost01": built_domain()}), URI)
+    plan = converge_plan(
+        spec(memory_gb=3, max_memory_gb=6, vcpus=4), snapshot({"kvmhost01": built_domain()}), URI
+    )
     command = rendered(plan.command)
     assert command == (
         "virsh -q -c qemu:///system setmaxmem kvmhost01 6291456 --config && "
@@ -178,7 +224,9 @@ def test_shut_off_domain_changes_config_only() -> None:
 
 
 def test_shrinking_sets_current_before_max() -> None:
-    plan = converge_plan(spec(memory_gb=1, max_memory_gb=1, vcpus=1), snapshot({"kvmhost01": built_domain()}), URI)
+    plan = converge_plan(
+        spec(memory_gb=1, max_memory_gb=1, vcpus=1), snapshot({"kvmhost01": built_domain()}), URI
+    )
     command = rendered(plan.command)
     assert command.index("setmem kvmhost01 1048576 --config") < command.index("setmaxmem kvmhost01 1048576")
     assert command.index("setvcpus kvmhost01 1 --config") < command.index("setvcpus kvmhost01 1 --maximum")
@@ -193,7 +241,9 @@ def test_running_domain_live_memory_increase_up_to_max() -> None:
 
 
 def test_running_domain_max_memory_takes_effect_at_next_boot() -> None:
-    plan = converge_plan(spec(memory_gb=6, max_memory_gb=8), snapshot({"kvmhost01": built_domain("running")}), URI)
+    plan = converge_plan(
+        spec(memory_gb=6, max_memory_gb=8), snapshot({"kvmhost01": built_domain("running")}), URI
+    )
     command = rendered(plan.command)
     assert "setmaxmem kvmhost01 8388608 --config" in command
     assert "--live" not in command
@@ -216,8 +266,10 @@ def test_missing_data_disk_is_added_live_and_extra_is_reported() -> None:
     plan = converge_plan(spec(num_disks=2), snapshot({"kvmhost01": built_domain("running")}), URI)
     command = rendered(plan.command)
     assert "truncate -s 10G -- /data01/primary/kvmhost01-vdc.img" in command
-    assert ("attach-disk kvmhost01 /data01/primary/kvmhost01-vdc.img vdc --targetbus virtio "
-            "--subdriver raw --config --live") in command
+    assert (
+        "attach-disk kvmhost01 /data01/primary/kvmhost01-vdc.img vdc --targetbus virtio "
+        "--subdriver raw --config --live"
+    ) in command
     assert "trap cleanup EXIT" in command
     fewer = converge_plan(spec(num_disks=0), snapshot({"kvmhost01": built_domain()}), URI)
     assert fewer.command is None
@@ -225,7 +277,11 @@ def test_missing_data_disk_is_added_live_and_extra_is_reported() -> None:
 
 
 def test_disk_size_difference_is_reported_not_resized() -> None:
-    volumes = {"default": {"kvmhost01-vdb.img": {"path": "/data01/primary/kvmhost01-vdb.img", "capacity": 5 * 1024**3}}}
+    volumes = {
+        "default": {
+            "kvmhost01-vdb.img": {"path": "/data01/primary/kvmhost01-vdb.img", "capacity": 5 * 1024**3}
+        }
+    }
     plan = converge_plan(spec(), snapshot({"kvmhost01": built_domain()}, volumes), URI)
     assert plan.command is None
     assert plan.notes == ["data disk vdb is 5 GiB, manifest says 10 GiB: not resized"]
@@ -250,7 +306,9 @@ def test_resize_only_reports_missing_domains() -> None:
 def test_power_start_and_noop() -> None:
     domains = {"a": {"state": "shut off"}, "b": {"state": "running"}, "c": {"state": "paused"}}
     plan = power_plan(["a", "b", "c", "gone"], domains, True, URI)
-    assert rendered(plan.command) == "virsh -q -c qemu:///system start a && virsh -q -c qemu:///system resume c"
+    assert (
+        rendered(plan.command) == "virsh -q -c qemu:///system start a && virsh -q -c qemu:///system resume c"
+    )
     assert power_plan(["b"], domains, True, URI) is None
     assert power_plan(["a"], domains, False, URI) is None
 
@@ -258,7 +316,7 @@ def test_power_start_and_noop() -> None:
 def test_power_stop_is_graceful_with_timeout_or_forced() -> None:
     domains = {"a": {"state": "running"}, "b": {"state": "running"}}
     graceful = rendered(power_plan(["a", "b"], domains, False, URI, timeout=7).command)
-    assert "shutdown -- \"$n\"" in graceful and "+ 7 ))" in graceful and "destroy -- \"$n\"" in graceful
+    assert 'shutdown -- "$n"' in graceful and "+ 7 ))" in graceful and 'destroy -- "$n"' in graceful
     assert "for n in a b ;" in graceful
     forced = rendered(power_plan(["a"], domains, False, URI, force=True).command)
     assert forced == "virsh -q -c qemu:///system destroy a"
@@ -287,14 +345,26 @@ def test_delete_removes_only_owned_volumes() -> None:
 
 def test_delete_linked_clone_keeps_the_base() -> None:
     domain = built_domain()
-    overlay = {"target": "vda", "device": "disk", "path": "/data01/primary/kvmhost01-vda.qcow2", "backing": "/secondary/centos7-vda.img"}
+    overlay = {
+        "target": "vda",
+        "device": "disk",
+        "path": "/data01/primary/kvmhost01-vda.qcow2",
+        "backing": "/secondary/centos7-vda.img",
+    }
     domain["disks"] = domain["config"]["disks"] = [overlay]
     owned, _ = owned_volumes("kvmhost01", domain, snapshot({"kvmhost01": domain}))
     assert owned == [("default", "kvmhost01-vda.qcow2")]
 
 
 def test_delete_never_removes_a_backing_file_of_another_volume() -> None:
-    volumes = {"default": {"other-vda.qcow2": {"path": "/data01/primary/other-vda.qcow2", "backing": "/data01/primary/kvmhost01-vda.img"}}}
+    volumes = {
+        "default": {
+            "other-vda.qcow2": {
+                "path": "/data01/primary/other-vda.qcow2",
+                "backing": "/data01/primary/kvmhost01-vda.img",
+            }
+        }
+    }
     owned, kept = owned_volumes("kvmhost01", built_domain(), snapshot({"kvmhost01": built_domain()}, volumes))
     assert ("default", "kvmhost01-vda.img") not in owned
     assert any("backing file of another volume" in k for k in kept)
@@ -322,15 +392,19 @@ def test_delete_name_prefix_is_not_a_match() -> None:
 
 def test_xml_covers_ignores_libvirt_defaults() -> None:
     given = "<domain type='qemu'><name>x</name><memory unit='KiB'>1024</memory></domain>"
-    defined = ("<domain type='qemu' id='3'><name>x</name><uuid>u</uuid><memory unit='KiB'>1024</memory>"
-               "<devices/></domain>")
+    defined = (
+        "<domain type='qemu' id='3'><name>x</name><uuid>u</uuid><memory unit='KiB'>1024</memory>"
+        "<devices/></domain>"
+    )
     assert xml_covers(given, defined)
     assert not xml_covers(given.replace("1024", "2048"), defined)
 
 
 def test_capacity_counts_manifest_and_other_domains_but_not_bases() -> None:
     snap = snapshot({"other": {"vcpus": 2, "memory_kib": 4 * GIB, "disks": []}})
-    snap["volumes"] = {"secondary": {"centos7-vda.img": {"path": "/secondary/centos7-vda.img", "allocation": 1024**3}}}
+    snap["volumes"] = {
+        "secondary": {"centos7-vda.img": {"path": "/secondary/centos7-vda.img", "allocation": 1024**3}}
+    }
     row = capacity_row("sm-01", [spec(), spec(name="b", clone="linked")], snap, overcommit=2.0)
     assert (row.vcpus, row.memory_kib) == (6, 8 * GIB)
     assert row.disk_needs == {"default": 1024**3}

@@ -106,7 +106,10 @@ def test_mac_is_deterministic_and_qemu_prefixed() -> None:
 
 BAD_MANIFESTS = [
     (manifest(vm(memoryGb=16)), "[0].vmspecs[0].memoryGb: 16 is greater than maxMemoryGb 8"),
-    (manifest(vm(numDisks=2, diskSize=0)), "[0].vmspecs[0].diskSize: must be at least 1 (GiB) when numDisks is 2"),
+    (
+        manifest(vm(numDisks=2, diskSize=0)),
+        "[0].vmspecs[0].diskSize: must be at least 1 (GiB) when numDisks is 2",
+    ),
     (manifest(vm(vcpus=0)), "[0].vmspecs[0].vcpus: 0 is less than the minimum of 1"),
     (manifest(vm(vcpus="2")), "[0].vmspecs[0].vcpus: '2' is not of type integer"),
     (manifest(vm(vcpus=True)), "[0].vmspecs[0].vcpus: True is not of type integer"),
@@ -118,13 +121,22 @@ BAD_MANIFESTS = [
     (manifest(vm(name="-x")), "[0].vmspecs[0].name: '-x' is not valid"),
     (manifest(vm(name="a" * 64)), "[0].vmspecs[0].name: '" + "a" * 64 + "' is not valid"),
     (manifest(vm(name="../etc")), "[0].vmspecs[0].name: '../etc' is not valid"),
-    (manifest(vm(hostname="under_score.example")), "[0].vmspecs[0].hostname: 'under_score.example' is not valid"),
+    (
+        manifest(vm(hostname="under_score.example")),
+        "[0].vmspecs[0].hostname: 'under_score.example' is not valid",
+    ),
     (manifest(vm(hostname="-bad.example")), "[0].vmspecs[0].hostname: '-bad.example' is not valid"),
     (manifest(vm(ipaddress="10.10.5.256")), "[0].vmspecs[0].ipaddress: '10.10.5.256' is not valid"),
     (manifest(vm(ipaddress="10.10.5")), "[0].vmspecs[0].ipaddress: '10.10.5' is not valid"),
     (manifest(vm(ipaddress="0.0.0.0")), "[0].vmspecs[0].ipaddress: '0.0.0.0' cannot be given to a VM"),
-    (manifest(vm(macaddress="01:00:5e:00:00:01")), "[0].vmspecs[0].macaddress: '01:00:5e:00:00:01' is not valid"),
-    (manifest(vm(macaddress="52:54:00:zz:00:01")), "[0].vmspecs[0].macaddress: '52:54:00:zz:00:01' is not valid"),
+    (
+        manifest(vm(macaddress="01:00:5e:00:00:01")),
+        "[0].vmspecs[0].macaddress: '01:00:5e:00:00:01' is not valid",
+    ),
+    (
+        manifest(vm(macaddress="52:54:00:zz:00:01")),
+        "[0].vmspecs[0].macaddress: '52:54:00:zz:00:01' is not valid",
+    ),
     (manifest(vm(clone="thin")), "[0].vmspecs[0].clone: 'thin' is not one of ['full', 'linked']"),
     (manifest(vm(autostart="yes")), "[0].vmspecs[0].autostart: 'yes' is not of type boolean"),
     (
@@ -180,7 +192,9 @@ def test_every_problem_is_reported_at_once() -> None:
     assert "[0].vmspecs[0].memoryGb: 16 is greater than maxMemoryGb 8" in problems
     assert any(p.startswith("[0].vmspecs[1].name:") for p in problems)
     assert any(p.startswith("[0].vmspecs[1].vcpus:") for p in problems)
-    assert any(p.startswith("[0].vmspecs[1].ipaddress: ipaddress '10.10.5.11' is already used") for p in problems)
+    assert any(
+        p.startswith("[0].vmspecs[1].ipaddress: ipaddress '10.10.5.11' is already used") for p in problems
+    )
 
 
 def test_load_file_errors_are_one_sentence(tmp_path: Path) -> None:
@@ -234,7 +248,10 @@ def test_manifest_checker_cli(tmp_path: Path) -> None:
     good = tmp_path / "good.json"
     good.write_text(json.dumps(SEED_EXAMPLE))
     ok = subprocess.run(
-        [sys.executable, "-m", "inventories.manifest_model", str(good)], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "inventories.manifest_model", str(good)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert ok.returncode == 0 and "OK (1 host(s), 1 VM(s))" in ok.stdout
     bad = subprocess.run(

