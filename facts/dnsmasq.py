@@ -1,0 +1,137 @@
+"""Facts for the dnsmasq reservation files; each reads its files in one command.
+
+Files travel base64-encoded, so the facts see their exact bytes (a missing final newline, CR
+characters, non-UTF-8 bytes) and a file line can never be mistaken for a section marker.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from pyinfra.api import FactBase, QuoteString, StringCommand
+from pyinfra.api.exceptions import FactProcessError
+
+from operations._dnsmasq_entries import EntryError, parse_reservations
+
+DEFAULT_HOSTSFILE = "/etc/kvm-qemu/dnsmasq/dhcp-hosts"
+DEFAULT_ADDN_HOSTS = "/etc/kvm-qemu/dnsmasq/hosts"
+DEFAULT_ETC_HOSTS = "/etc/hosts"
+
+# Neither marker can be a line of base64 output (space and '-' are outside its alphabet).
+FILE_MARK = "-- file"
+ABSENT_MARK = "-- absent"
+
+T = TypeVar("T")
+
+
+def read_files_command(*paths: str) -> StringCommand:
+    """Print, for each path, a marker then the file as base64, or the absent marker when missing.
+
+    An existing but unreadable path (a directory, no permission) makes the command, and so the fact, fail.
+    """
+    return StringCommand(
+        "for f in",
+        *(QuoteString(path) for path in paths),
+        '; do if [ -e "$f" ]; then echo',
+        QuoteString(FILE_MARK),
+        '&& base64 < "$f" || exit 1; else echo',
+        QuoteString(ABSENT_MARK),
+        "; fi; done",
+    )
+
+
+def split_files(lines: list[str], count: int) -> list[bytes | None]:
+    """Inverse of read_files_command: one ``bytes`` (or ``None`` when missing) per path."""
+    sections: list[list[str] | None] = []
+    for line in lines:
+        if line == FILE_MARK:
+            sections.append([])
+        elif line == ABSENT_MARK:
+            sections.append(None)
+        elif sections and sections[-1] is not None:
+            sections[-1].append(line.strip())
+        else:
+            raise FactProcessError(f"unexpected output line {line!r}")
+    if len(sections) != count:
+        raise FactProcessError(f"expected {count} file section(s), got {len(sections)}")
+    files: list[bytes | None] = []
+    for section in sections:
+        try:
+            files.append(None if section is None else base64.b64decode("".join(section), validate=True))
+        except binascii.Error as exc:
+            raise FactProcessError(f"cannot decode file contents: {exc}") from None
+    return files
+
+
+def _fact_process(func: Callable[..., T]) -> Callable[..., T]:
+    """Turn any parsing error into FactProcessError, so only this host fails."""
+
+    @wraps(func)
+    def wrapper(self: Any, output: list[str]) -> T:
+        try:
+            return func(self, output)
+        except FactProcessError:
+            raise
+        except (EntryError, UnicodeDecodeError, ValueError) as exc:
+            raise FactProcessError(f"{type(self).__name__}: {exc}") from exc
+
+    return wrapper
+
+
+class DnsmasqReservations(FactBase[dict[str, dict[str, str]]]):
+    """Reservations in the dhcp-hostsfile and addn-hosts file, keyed by lower-case MAC.
+
+    .. code:: python
+
+        {"52:54:00:12:34:56": {"mac": "52:54:00:12:34:56", "ip": "10.10.5.11",
+                               "hostname": "vm01.example.internal", "short": "vm01"}}
+
+    Missing files count as empty. Lines that are not ``MAC,IP,short`` / ``IP FQDN short``, or files
+    that disagree with each other, raise FactProcessError naming the file and line.
+    """
+
+    default = dict
+
+    def command(
+        self, hostsfile: str = DEFAULT_HOSTSFILE, addn_hosts: str = DEFAULT_ADDN_HOSTS
+    ) -> StringCommand:
+        # pyinfra calls command() and process() on the same instance: keep the paths for messages.
+        self.sources = (hostsfile, addn_hosts)
+        return read_files_command(hostsfile, addn_hosts)
+
+    @_fact_process
+    def process(self, output: list[str]) -> dict[str, dict[str, str]]:
+        dhcp_raw, hosts_raw = split_files(output, 2)
+        dhcp_source, hosts_source = getattr(self, "sources", ("dhcp-hosts", "hosts"))
+        try:
+            entries = parse_reservations(
+                None if dhcp_raw is None else dhcp_raw.decode("utf-8"),
+                None if hosts_raw is None else hosts_raw.decode("utf-8"),
+                dhcp_source,
+                hosts_source,
+            )
+        except EntryError as exc:
+            raise EntryError(
+                [*exc.problems, "these files are written only by dhcp_reservations: fix or remove the lines"]
+            ) from None
+        return {mac: entry.to_dict() for mac, entry in sorted(entries.items())}
+
+
+class HostsFileText(FactBase[str | None]):
+    """The exact text of a hosts file such as /etc/hosts (``None`` when missing).
+
+    Bytes that are not UTF-8 are kept as surrogate escapes; encode with ``errors="surrogateescape"``
+    to get the original bytes back.
+    """
+
+    def command(self, path: str = DEFAULT_ETC_HOSTS) -> StringCommand:
+        return read_files_command(path)
+
+    @_fact_process
+    def process(self, output: list[str]) -> str | None:
+        (raw,) = split_files(output, 1)
+        return None if raw is None else raw.decode("utf-8", "surrogateescape")
