@@ -1,7 +1,8 @@
 """Cluster inventory generated from the manifest (``KVM_MANIFEST``, default ./manifest.json).
 
 Groups: ``kvm_hosts`` (one host per manifest entry; host data ``kvm_vmspecs``) and ``mgmt`` (the
-management node running dnsmasq: ``@local`` or ``KVM_MGMT_HOST``; group data ``kvm_all_vmspecs``).
+management node running dnsmasq: ``@local`` or ``KVM_MGMT_HOST``; group data ``kvm_all_vmspecs``)
+and, when ``KVM_NFS_SERVER`` names a host, ``nfs_server``.
 Guests are never part of this inventory: pyinfra connects to every host it lists.
 """
 
@@ -33,3 +34,9 @@ mgmt = (
     [(_mgmt_name, dict(_mgmt_extra.get("data", {})))],
     {"kvm_all_vmspecs": [_spec.to_dict() for _entry in _entries for _spec in _entry.vmspecs]},
 )
+
+# The NFS server (deploys/nfs_server.py): a host named by KVM_NFS_SERVER, else the mgmt host serves.
+_nfs_name = _os.environ.get("KVM_NFS_SERVER")
+if _nfs_name:
+    _nfs_data = dict(_mgmt_extra.get("data", {})) if _nfs_name == _mgmt_name else {}
+    nfs_server = [(_nfs_name, {**_host_extra.get(_nfs_name, {}), **_nfs_data})]

@@ -1,0 +1,556 @@
+"""The host setup deploys: KVM hypervisor, NFS secondary storage (server and clients), management node.
+
+The deploy files (``deploys/kvm_host.py`` ...) only pick the hosts; the work is here so the unit
+tests can drive the same functions. Data keys and defaults: ``deploys/_host_defaults.py``.
+
+Everything invalid in the data is rejected while the deploy loads (before any host changes);
+per-host problems found on the host itself (an unsupported distribution) fail that host only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+from pyinfra import host, logger
+from pyinfra.api import StringCommand
+from pyinfra.api.command import QuoteString
+from pyinfra.api.deploy import deploy
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import Directory
+from pyinfra.facts.server import LinuxDistribution
+from pyinfra.facts.systemd import SystemdStatus
+from pyinfra.operations import apt, dnf, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from deploys._host_defaults import (
+    TEMPLATES,
+    HostDataError,
+    address_of,
+    distro_label,
+    flag,
+    group_hosts,
+    os_family,
+    safe_host,
+    safe_options,
+    safe_path,
+    setting,
+    str_dict,
+    str_list,
+)
+
+# Our templates put each setting on its own line; without these jinja leaves a blank line per tag.
+JINJA = {"trim_blocks": True, "lstrip_blocks": True}
+
+KVM_PACKAGES: dict[str, list[str]] = {
+    "debian": [
+        "qemu-system-x86",
+        "qemu-utils",
+        "libvirt-daemon-system",
+        "libvirt-clients",
+        "ovmf",
+        "python3-libvirt",
+        "virtinst",
+    ],
+    "rhel": [
+        "qemu-kvm",
+        "qemu-img",
+        "libvirt-daemon-kvm",
+        "libvirt-client",
+        "edk2-ovmf",
+        "python3-libvirt",
+        "virt-install",
+    ],
+}
+GUESTFS_PACKAGES: dict[str, list[str]] = {"debian": ["libguestfs-tools"], "rhel": ["libguestfs-tools"]}
+# RHEL has no libvirt-qemu group (upstream defect F): qemu runs as qemu:qemu there.
+KVM_GROUPS: dict[str, list[str]] = {"debian": ["libvirt", "kvm", "libvirt-qemu"], "rhel": ["libvirt", "kvm"]}
+NFS_SERVER_PACKAGES: dict[str, list[str]] = {"debian": ["nfs-kernel-server"], "rhel": ["nfs-utils"]}
+NFS_CLIENT_PACKAGES: dict[str, list[str]] = {"debian": ["nfs-common"], "rhel": ["nfs-utils"]}
+DNSMASQ_PACKAGES: dict[str, list[str]] = {"debian": ["dnsmasq"], "rhel": ["dnsmasq"]}
+
+LIBVIRTD_CONF = "/etc/libvirt/libvirtd.conf"
+QEMU_CONF = "/etc/libvirt/qemu.conf"
+LIBVIRT_CONF = "/etc/libvirt/libvirt.conf"
+SYSCTL_CONF = "/etc/sysctl.d/90-kvm-qemu.conf"
+MODULES_LOAD_CONF = "/etc/modules-load.d/kvm-qemu.conf"
+APPARMOR_LOCAL = "/etc/apparmor.d/local/abstractions/libvirt-qemu"
+EXPORTS_FILE = "/etc/exports.d/kvm-qemu.exports"
+# Where libvirtd looks for its TLS material by default; the files come from the controller.
+TLS_FILES: dict[str, tuple[str, str]] = {
+    "libvirt_tls_cert": ("/etc/pki/libvirt/servercert.pem", "0644"),
+    "libvirt_tls_key": ("/etc/pki/libvirt/private/serverkey.pem", "0600"),
+    "libvirt_tls_cacert": ("/etc/pki/CA/cacert.pem", "0644"),
+}
+# Upstream wrote this misspelt key (defect D); sysctl rejects it, so say what was meant.
+SYSCTL_TYPOS: dict[str, str] = {"net.ipv4.tcp_timestamp": "net.ipv4.tcp_timestamps"}
+_SYSCTL_KEY = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_/-]+)+$")
+_SYSCTL_VALUE = re.compile(r"^[A-Za-z0-9_.:/ -]+$")
+_UNIT = re.compile(r"^[A-Za-z0-9_.@-]+$")
+
+
+# --- shared helpers -----------------------------------------------------------------------------
+
+
+def host_family() -> str | None:
+    """The host's package family; an unsupported host gets a failing operation and None."""
+    distro = host.get_fact(LinuxDistribution)
+    family = os_family(distro)
+    if family is None:
+        message = (
+            f"kvm-qemu: unsupported distribution {distro_label(distro)!r} on {host.name}: "
+            "supported are Debian/Ubuntu (apt) and RHEL/CentOS/Rocky/AlmaLinux (dnf)"
+        )
+        # Raising here would abort the run for every host; a failing command fails this host only.
+        server.shell(
+            name=f"Unsupported distribution: {distro_label(distro)}",
+            commands=[StringCommand("echo", QuoteString(message), ">&2", "&&", "exit", "1")],
+        )
+    return family
+
+
+def systemd_running() -> bool:
+    """True where systemd is PID 1; image builds, containers and the sandbox have no service manager."""
+    return bool(host.get_fact(Directory, path="/run/systemd/system"))
+
+
+def skipped_services(what: str) -> None:
+    logger.warning(
+        f"{host.print_prefix}systemd is not running (no /run/systemd/system): {what} "
+        "not enabled, started or restarted on this host"
+    )
+
+
+def install(family: str, packages: list[str], what: str) -> None:
+    if family == "debian":
+        installed = host.get_fact(DebPackages)
+        # Refresh the lists only when something is missing, so a converged host stays "No change".
+        if any(package not in installed for package in packages):
+            # Retried: another apt run (unattended-upgrades at boot; sandbox hosts sharing one
+            # root filesystem) may hold the lists lock for a while.
+            apt.update(name="Refresh apt package lists", cache_time=3600, _retries=3, _retry_delay=20)
+        apt.packages(
+            name=f"Install {what} packages",
+            packages=packages,
+            # Wait for the dpkg lock instead of failing when another apt run holds it.
+            extra_install_args="-o DPkg::Lock::Timeout=300",
+        )
+    else:
+        dnf.packages(name=f"Install {what} packages", packages=packages)
+
+
+def ere_literal(path: str) -> str:
+    """A safe_path as a grep/sed -E literal: of its characters only . and + are special."""
+    return path.replace(".", "[.]").replace("+", "[+]")
+
+
+def unit_name(key: str) -> str:
+    value = str(setting(key))
+    if not _UNIT.match(value):
+        raise HostDataError(f"{key}={value!r}: not a systemd unit name")
+    return value
+
+
+# --- KVM hypervisor -----------------------------------------------------------------------------
+
+
+def graphics_listen() -> str:
+    value = str(setting("kvm_graphics_listen"))
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise HostDataError(f"kvm_graphics_listen={value!r}: expected an IP address") from None
+    return value
+
+
+def tls_sources() -> dict[str, str]:
+    """Controller-side certificate files for the TLS listener, checked before anything runs."""
+    sources: dict[str, str] = {}
+    for key in TLS_FILES:
+        value = setting(key)
+        if not value or not Path(str(value)).is_file():
+            raise HostDataError(
+                f"libvirt_listen_tls needs {key} (a certificate file on this machine); got {value!r}"
+            )
+        sources[key] = str(value)
+    for dn in str_list("libvirt_tls_allowed_dn_list"):
+        # The list is written as a quoted libvirt config value on one line.
+        if '"' in dn or "\\" in dn or any(ord(char) < 32 for char in dn):
+            raise HostDataError(
+                f"libvirt_tls_allowed_dn_list: {dn!r} may not contain quotes, backslashes or control chars"
+            )
+    return sources
+
+
+def sysctl_settings() -> dict[str, str]:
+    settings = str_dict("kvm_sysctl")
+    for key, value in settings.items():
+        if key in SYSCTL_TYPOS:
+            raise HostDataError(f"kvm_sysctl: {key!r} does not exist; did you mean {SYSCTL_TYPOS[key]!r}?")
+        if not _SYSCTL_KEY.match(key) or not _SYSCTL_VALUE.match(value):
+            raise HostDataError(f"kvm_sysctl: {key}={value!r} is not a valid sysctl setting")
+    return settings
+
+
+def config_line(path: str, key: str, value: str) -> Any:
+    """Set ``key = value`` in a libvirt config file, replacing the stock commented-out line if present."""
+    return files.line(
+        name=f"{Path(path).name}: {key} = {value}",
+        path=path,
+        line=rf"^#?[[:space:]]*{key}[[:space:]]*=.*$",
+        replace=f"{key} = {value}",
+        extended_regex=True,
+    )
+
+
+def libvirtd_settings(tls: bool) -> dict[str, str]:
+    """The libvirtd.conf keys this deploy owns; every other line of the file is left as it is.
+
+    No plain TCP listener: it is unencrypted, and upstream's auth_tcp = "none" handed root on the
+    host to anyone reaching port 16509. auth_tcp is set anyway in case listen_tcp is turned on by
+    hand. auth_unix_rw keeps the distro default (polkit): where the socket is socket-activated its
+    mode comes from the systemd unit, and "none" would open it to every local user.
+    """
+    settings = {
+        "listen_tcp": "0",
+        "auth_tcp": '"sasl"',
+        "listen_tls": "1" if tls else "0",
+        "unix_sock_group": '"libvirt"',
+        "unix_sock_ro_perms": '"0777"',
+        "unix_sock_rw_perms": '"0770"',
+    }
+    if tls:
+        settings["cert_file"] = f'"{TLS_FILES["libvirt_tls_cert"][0]}"'
+        settings["key_file"] = f'"{TLS_FILES["libvirt_tls_key"][0]}"'
+        settings["ca_file"] = f'"{TLS_FILES["libvirt_tls_cacert"][0]}"'
+        allowed = str_list("libvirt_tls_allowed_dn_list")
+        if allowed:
+            settings["tls_allowed_dn_list"] = "[" + ", ".join(f'"{dn}"' for dn in allowed) + "]"
+    return settings
+
+
+@deploy("KVM host")
+def kvm_host() -> None:
+    family = host_family()
+    if family is None:
+        return
+
+    # All data first: a mistake stops the run before any host is touched.
+    users = str_list("kvm_users")
+    primary = safe_path("kvm_primary_storage")
+    secondary = safe_path("kvm_secondary_storage")
+    listen = graphics_listen()
+    tls = flag("libvirt_listen_tls")
+    tls_files = tls_sources() if tls else {}
+    sysctls = sysctl_settings()
+    service = unit_name("libvirt_service")
+    packages = KVM_PACKAGES[family] + (GUESTFS_PACKAGES[family] if flag("kvm_guestfs_tools") else [])
+    packages += str_list("kvm_extra_packages")
+    has_systemd = systemd_running()
+
+    install(family, packages, "KVM/libvirt")
+
+    groups = KVM_GROUPS[family]
+    for user in host.loop(users):
+        server.user(
+            name=f"Add {user} to {', '.join(groups)}",
+            user=user,
+            groups=groups,
+            append=True,
+            create_home=True,
+            # Existing accounts keep their home as it is (ownership included).
+            ensure_home=False,
+        )
+
+    files.directory(name="Primary storage directory", path=primary, user="root", group="kvm", mode="0775")
+
+    libvirtd_changes = []
+    for key in host.loop(sorted(tls_files)):
+        dest, mode = TLS_FILES[key]
+        libvirtd_changes.append(
+            files.put(
+                name=f"TLS file {dest}", src=tls_files[key], dest=dest, user="root", group="root", mode=mode
+            )
+        )
+    for key, value in host.loop(libvirtd_settings(tls).items()):
+        libvirtd_changes.append(config_line(LIBVIRTD_CONF, key, value))
+    # The stock qemu.conf is long and distro-specific: change only the lines we own.
+    libvirtd_changes.append(config_line(QEMU_CONF, "vnc_listen", f'"{listen}"'))
+    libvirtd_changes.append(config_line(QEMU_CONF, "spice_listen", f'"{listen}"'))
+    # Client default (virsh without -c); read by each client, so no restart.
+    config_line(LIBVIRT_CONF, "uri_default", '"qemu:///system"')
+
+    bridge_sysctls = any(key.startswith("net.bridge.") for key in sysctls)
+    if bridge_sysctls:
+        files.template(
+            name=f"Load br_netfilter at boot ({MODULES_LOAD_CONF})",
+            src=str(TEMPLATES / "modules-load-kvm-qemu.conf.j2"),
+            dest=MODULES_LOAD_CONF,
+            mode="0644",
+        )
+        server.modprobe(name="Load br_netfilter (net.bridge.* sysctls)", module="br_netfilter")
+    if sysctls:
+        sysctl_file = files.template(
+            name=f"sysctl settings {SYSCTL_CONF}",
+            src=str(TEMPLATES / "sysctl-kvm-qemu.conf.j2"),
+            dest=SYSCTL_CONF,
+            mode="0644",
+            jinja_env_kwargs=dict(JINJA),
+            settings=sysctls,
+        )
+        server.shell(
+            name="Apply sysctl settings (file changed)",
+            commands=[StringCommand("sysctl", "-p", QuoteString(SYSCTL_CONF))],
+            _if=any_changed(sysctl_file),
+        )
+    else:
+        files.file(name=f"No sysctl settings: remove {SYSCTL_CONF}", path=SYSCTL_CONF, present=False)
+
+    # AppArmor is a Debian/Ubuntu matter (upstream defect B ran it on RHEL too).
+    apparmor = (
+        family == "debian" and flag("kvm_apparmor") and bool(host.get_fact(Directory, path="/etc/apparmor.d"))
+    )
+    if apparmor:
+        apparmor_file = files.template(
+            name=f"AppArmor: qemu may use the storage paths ({APPARMOR_LOCAL})",
+            src=str(TEMPLATES / "apparmor-libvirt-qemu.j2"),
+            dest=APPARMOR_LOCAL,
+            mode="0644",
+            jinja_env_kwargs=dict(JINJA),
+            paths=sorted({primary, secondary}),
+        )
+
+    if not has_systemd:
+        skipped_services(f"{service} (and apparmor)")
+        return
+
+    if tls:
+        tls_socket = f"{service}-tls.socket"
+        # systemd refuses to start a socket whose service is already running.
+        if not host.get_fact(SystemdStatus, services=[tls_socket]).get(tls_socket):
+            systemd.service(name=f"Stop {service} to start {tls_socket}", service=service, running=False)
+        systemd.service(
+            name=f"{tls_socket} enabled and listening", service=tls_socket, running=True, enabled=True
+        )
+    systemd.service(name=f"{service} enabled and running", service=service, running=True, enabled=True)
+    systemd.service(
+        name=f"Restart {service} (configuration changed)",
+        service=service,
+        restarted=True,
+        _if=any_changed(*libvirtd_changes),
+    )
+    # Only when the kernel has AppArmor on: the reload re-reads the VM profiles including our paths.
+    if apparmor and host.get_fact(Directory, path="/sys/kernel/security/apparmor"):
+        systemd.service(
+            name="Reload AppArmor (storage paths changed)",
+            service="apparmor",
+            reloaded=True,
+            _if=any_changed(apparmor_file),
+        )
+
+
+# --- NFS ----------------------------------------------------------------------------------------
+
+
+def export_clients() -> list[str]:
+    """Who may mount the export: ``nfs_clients``, else every hypervisor of the inventory (never ``*``)."""
+    if setting("nfs_clients") is not None:
+        clients = str_list("nfs_clients")
+    else:
+        clients = [address_of(member) for member in group_hosts("kvm_hosts")]
+    if not clients:
+        raise HostDataError("nfs_server: no clients to export to (no kvm_hosts and no nfs_clients)")
+    return sorted({safe_host(client, "nfs_clients") for client in clients})
+
+
+def export_options() -> list[str]:
+    options = [
+        option for option in str_list("nfs_export_options") if option not in ("root_squash", "no_root_squash")
+    ]
+    options.append("no_root_squash" if flag("nfs_no_root_squash") else "root_squash")
+    return safe_options(options, "nfs_export_options")
+
+
+@deploy("NFS server")
+def nfs_server() -> None:
+    family = host_family()
+    if family is None:
+        return
+
+    export = safe_path("nfs_export")
+    clients = export_clients()
+    options = export_options()
+    mode = setting("nfs_export_mode") or ("0755" if flag("nfs_no_root_squash") else "1777")
+    has_systemd = systemd_running()
+
+    install(family, NFS_SERVER_PACKAGES[family], "NFS server")
+    files.directory(
+        name=f"Export directory {export}",
+        path=export,
+        user=str(setting("nfs_export_owner")),
+        group=str(setting("nfs_export_group")),
+        mode=str(mode),
+    )
+    files.directory(name="/etc/exports.d", path="/etc/exports.d", mode="0755")
+    exports = files.template(
+        name=f"Export {export} to the cluster ({EXPORTS_FILE})",
+        src=str(TEMPLATES / "nfs-exports.j2"),
+        dest=EXPORTS_FILE,
+        mode="0644",
+        jinja_env_kwargs=dict(JINJA),
+        export=export,
+        clients=clients,
+        options=options,
+    )
+
+    if not has_systemd:
+        skipped_services("nfs-server (and exportfs -ra)")
+        return
+    systemd.service(name="nfs-server enabled and running", service="nfs-server", running=True, enabled=True)
+    server.shell(name="Re-export (exports changed)", commands=["exportfs -ra"], _if=any_changed(exports))
+
+
+def nfs_server_address() -> str:
+    value = setting("nfs_server")
+    if not value:
+        servers = group_hosts("nfs_server") or group_hosts("mgmt")
+        if not servers or servers[0].name.startswith("@"):
+            raise HostDataError(
+                "nfs_client: set nfs_server (the address clients mount from): "
+                "the NFS server host has no ssh_hostname to derive it from"
+            )
+        value = address_of(servers[0])
+    return safe_host(str(value), "nfs_server")
+
+
+@deploy("NFS client")
+def nfs_client() -> None:
+    family = host_family()
+    if family is None:
+        return
+
+    server_address = nfs_server_address()
+    export = safe_path("nfs_export")
+    mountpoint = safe_path("kvm_secondary_storage")
+    extra = safe_options(str_list("nfs_mount_options"), "nfs_mount_options")
+    device = f"{server_address}:{export}"
+    # _netdev: wait for the network at boot; only in fstab, mount(8) never reports it as active.
+    fstab_options = ",".join(["defaults", "_netdev", *extra])
+
+    install(family, NFS_CLIENT_PACKAGES[family], "NFS client")
+    # No mode/owner: once mounted, the directory is the server's and chmod as root would be squashed.
+    files.directory(name=f"Mount point {mountpoint}", path=mountpoint)
+    files.line(
+        name=f"/etc/fstab: {device} on {mountpoint}",
+        path="/etc/fstab",
+        line=rf"^[^#[:space:]]+[[:space:]]+{ere_literal(mountpoint)}[[:space:]]",
+        replace=f"{device} {mountpoint} nfs {fstab_options} 0 0",
+        extended_regex=True,
+    )
+    server.mount(
+        name=f"Mount {device} on {mountpoint}",
+        path=mountpoint,
+        device=device,
+        fs_type="nfs",
+        options=extra or None,
+    )
+
+
+# --- management node ----------------------------------------------------------------------------
+
+
+def optional_host(key: str) -> str | None:
+    value = setting(key)
+    return safe_host(str(value), key) if value else None
+
+
+def dnsmasq_values() -> dict[str, Any]:
+    """The variables of templates/dnsmasq.conf.j2 (the sandbox renders it with the same names)."""
+    dhcp_range = setting("dhcp_range")
+    if dhcp_range and not re.match(r"^[A-Za-z0-9.:,_-]+$", str(dhcp_range)):
+        raise HostDataError(f"dhcp_range={dhcp_range!r}: expected start,end[,netmask][,lease time]")
+    tftp_root = safe_path("tftp_root") if setting("tftp_root") else None
+    try:
+        lease_max = int(setting("dhcp_lease_max"))
+    except (TypeError, ValueError):
+        raise HostDataError(f"dhcp_lease_max={setting('dhcp_lease_max')!r}: expected a number") from None
+    return {
+        "listen_address": optional_host("dns_listen_address"),
+        "domain": optional_host("dns_domain"),
+        "upstream_servers": [safe_host(s, "dns_upstream_servers") for s in str_list("dns_upstream_servers")],
+        "dhcp_range": str(dhcp_range) if dhcp_range else None,
+        "dhcp_lease_max": lease_max,
+        "router": optional_host("dhcp_router") if dhcp_range else None,
+        "tftp_root": tftp_root,
+        "pid_file": safe_path("dnsmasq_pid_file"),
+        "dhcp_hostsfile": safe_path("dhcp_hostsfile"),
+        "addn_hosts": safe_path("dns_addn_hosts"),
+    }
+
+
+@deploy("Management node")
+def mgmt_server() -> None:
+    family = host_family()
+    if family is None:
+        return
+
+    values = dnsmasq_values()
+    conf = safe_path("dnsmasq_conf")
+    has_systemd = systemd_running()
+
+    install(family, DNSMASQ_PACKAGES[family], "dnsmasq")
+    files.directory(name="/etc/dnsmasq.d", path="/etc/dnsmasq.d", mode="0755")
+    # The tool-owned directory: the dhcp_reservations operation rewrites these files and HUPs
+    # dnsmasq. Only create them; their content is never touched here.
+    owned = sorted({values["dhcp_hostsfile"], values["addn_hosts"]})
+    for directory in host.loop(sorted({str(Path(path).parent) for path in owned})):
+        files.directory(name=f"Directory {directory}", path=directory, mode="0755")
+    for path in host.loop(owned):
+        files.file(name=f"{path} exists", path=path, present=True)
+    if values["tftp_root"]:
+        files.directory(name=f"TFTP root {values['tftp_root']}", path=values["tftp_root"], mode="0755")
+    if family == "rhel":
+        # RHEL's unit does not create /run/dnsmasq for our pid-file (Debian's init script does).
+        pid_dir = str(Path(values["pid_file"]).parent)
+        files.put(
+            name=f"Create {pid_dir} at boot",
+            src=StringIO(f"d {pid_dir} 0755 root root -\n"),
+            dest="/etc/tmpfiles.d/kvm-qemu-dnsmasq.conf",
+            mode="0644",
+        )
+        files.directory(name=f"Directory {pid_dir}", path=pid_dir, mode="0755")
+
+    dnsmasq_conf = files.template(
+        name=f"dnsmasq configuration {conf}",
+        src=str(TEMPLATES / "dnsmasq.conf.j2"),
+        dest=conf,
+        user="root",
+        group="root",
+        mode="0644",
+        jinja_env_kwargs=dict(JINJA),
+        **values,
+    )
+    # A failing test fails this host here, before any restart: the running dnsmasq keeps serving.
+    server.shell(
+        name="Validate dnsmasq configuration (dnsmasq --test)",
+        commands=[
+            StringCommand(
+                "dnsmasq", "--test", StringCommand("--conf-file=", QuoteString(conf), _separator="")
+            )
+        ],
+        _if=any_changed(dnsmasq_conf),
+    )
+
+    if not has_systemd:
+        skipped_services("dnsmasq")
+        return
+    systemd.service(name="dnsmasq enabled and running", service="dnsmasq", running=True, enabled=True)
+    systemd.service(
+        name="Restart dnsmasq (configuration changed)",
+        service="dnsmasq",
+        restarted=True,
+        _if=any_changed(dnsmasq_conf),
+    )

@@ -1,0 +1,13 @@
+"""KVM hypervisor setup on every ``kvm_hosts`` host: packages, groups, storage dir, libvirt config.
+
+    pyinfra inventories/manifest.py deploys/kvm_host.py
+
+Data keys and defaults: deploys/_host_defaults.py (KVM_HOST_DEFAULTS).
+"""
+
+from pyinfra import host
+
+from deploys._host_setup import kvm_host
+
+if "kvm_hosts" in host.groups:
+    kvm_host()
