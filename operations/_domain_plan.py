@@ -18,7 +18,7 @@ from operations._domain_xml import CloneError, clone_xml, data_disk_targets, pla
 from operations._virsh import all_of, q, sh, virsh
 
 GIB_KIB = 1024 * 1024
-ACTIVE_STATES = {"running", "paused", "blocked", "in shutdown", "pmsuspended"}
+ACTIVE_STATES = {"running", "idle", "paused", "in shutdown", "pmsuspended"}
 
 Domain = dict[str, Any]
 Snapshot = dict[str, Any]  # the Hypervisor fact: pools, volumes, domains, capacity

@@ -1,0 +1,210 @@
+"""Turn the probe's JSON (raw libvirt XML) into the libvirt facts' dictionaries. Pure, no I/O.
+
+Any malformed input raises ``ParseError``; the facts turn it into ``FactProcessError`` so only the
+host that sent it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from typing import Any
+
+# virDomainState, spelled as `virsh domstate` prints it.
+DOMAIN_STATES = {
+    0: "no state",
+    1: "running",
+    2: "idle",
+    3: "paused",
+    4: "in shutdown",
+    5: "shut off",
+    6: "crashed",
+    7: "pmsuspended",
+}
+
+UNITS = {
+    "b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
+    "g": 1024**3, "gib": 1024**3, "gb": 1000**3, "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
+}  # fmt: skip
+
+
+class ParseError(ValueError):
+    pass
+
+
+def _xml(text: str | None, what: str) -> ET.Element:
+    if not text:
+        raise ParseError(f"empty {what} XML")
+    try:
+        return ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise ParseError(f"malformed {what} XML: {exc}") from None
+
+
+def _bytes(element: ET.Element | None) -> int:
+    if element is None or not (element.text or "").strip():
+        return 0
+    unit = UNITS.get(element.get("unit", "bytes").lower())
+    if unit is None:
+        raise ParseError(f"unknown unit {element.get('unit')!r}")
+    return int(element.text.strip()) * unit
+
+
+def _kib(element: ET.Element | None) -> int:
+    if element is None:
+        return 0
+    if element.get("unit") is None:  # libvirt's default for memory elements is KiB
+        return int((element.text or "0").strip())
+    return _bytes(element) // 1024
+
+
+def parse_probe(lines: list[str]) -> dict[str, Any]:
+    try:
+        data = json.loads("\n".join(lines))
+    except json.JSONDecodeError as exc:
+        raise ParseError(f"probe output is not JSON: {exc}") from None
+    if not isinstance(data, dict) or not {"pools", "domains", "node"} <= set(data):
+        raise ParseError("probe output lacks pools/domains/node")
+    return data
+
+
+def pools_from(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    pools = {}
+    for pool in data["pools"]:
+        root = _xml(pool.get("xml"), f"pool {pool.get('name')}")
+        pools[pool["name"]] = {
+            "uuid": root.findtext("uuid"),
+            "state": "running" if pool.get("active") else "inactive",
+            "autostart": bool(pool.get("autostart")),
+            "persistent": bool(pool.get("persistent")),
+            "type": root.get("type"),
+            "path": root.findtext("target/path"),
+            "capacity": _bytes(root.find("capacity")),
+            "allocation": _bytes(root.find("allocation")),
+            "available": _bytes(root.find("available")),
+        }
+    return pools
+
+
+def volumes_from(data: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    volumes: dict[str, dict[str, dict[str, Any]]] = {}
+    for pool in data["pools"]:
+        entries = volumes.setdefault(pool["name"], {})
+        for text in pool.get("volumes", []):
+            root = _xml(text, f"volume in pool {pool['name']}")
+            fmt = root.find("target/format")
+            entries[root.findtext("name") or ""] = {
+                "path": root.findtext("target/path") or root.findtext("key"),
+                "format": fmt.get("type") if fmt is not None else None,
+                "capacity": _bytes(root.find("capacity")),
+                "allocation": _bytes(root.find("allocation")),
+                "backing": root.findtext("backingStore/path"),
+            }
+    return volumes
+
+
+def _disk(element: ET.Element) -> dict[str, Any]:
+    source = element.find("source")
+    path = None
+    if source is not None:
+        path = source.get("file") or source.get("dev") or source.get("volume") or source.get("name")
+    driver = element.find("driver")
+    target = element.find("target")
+    backing = element.find("backingStore/source")
+    return {
+        "target": target.get("dev") if target is not None else None,
+        "device": element.get("device", "disk"),
+        "path": path,
+        "format": driver.get("type") if driver is not None else None,
+        "bus": target.get("bus") if target is not None else None,
+        "backing": backing.get("file") or backing.get("dev") if backing is not None else None,
+    }
+
+
+def _interface(element: ET.Element) -> dict[str, Any]:
+    mac = element.find("mac")
+    source = element.find("source")
+    model = element.find("model")
+    return {
+        "mac": mac.get("address").lower() if mac is not None and mac.get("address") else None,
+        "type": element.get("type"),
+        "source": (source.get("bridge") or source.get("network") or source.get("dev")) if source is not None else None,
+        "model": model.get("type") if model is not None else None,
+    }
+
+
+def definition(root: ET.Element) -> dict[str, Any]:
+    """Resources and devices of one domain XML (live or persistent)."""
+    vcpu = root.find("vcpu")
+    max_vcpus = int((vcpu.text or "1").strip()) if vcpu is not None else 1
+    current = root.find("currentMemory")
+    memory = root.find("memory")
+    return {
+        "memory_kib": _kib(current if current is not None else memory),
+        "max_memory_kib": _kib(memory),
+        "vcpus": int(vcpu.get("current", max_vcpus)) if vcpu is not None else 1,
+        "max_vcpus": max_vcpus,
+        "disks": [_disk(d) for d in root.findall("devices/disk")],
+        "interfaces": [_interface(i) for i in root.findall("devices/interface")],
+    }
+
+
+def domains_from(data: dict[str, Any], volumes: dict[str, dict[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
+    backing_by_path = {
+        v["path"]: v["backing"] for vols in (volumes or {}).values() for v in vols.values() if v.get("backing")
+    }
+    domains = {}
+    for dom in data["domains"]:
+        name = dom.get("name")
+        live_root = _xml(dom.get("xml"), f"domain {name}")
+        config_xml = dom.get("inactive_xml") or dom["xml"]
+        config_root = _xml(config_xml, f"domain {name}") if dom.get("inactive_xml") else live_root
+        try:
+            live, config = definition(live_root), definition(config_root)
+        except (TypeError, ValueError) as exc:
+            raise ParseError(f"domain {name}: {exc}") from None
+        for disk in live["disks"] + config["disks"]:
+            if disk["backing"] is None and disk["path"] in backing_by_path:
+                disk["backing"] = backing_by_path[disk["path"]]
+        domains[name] = {
+            "uuid": dom.get("uuid") or live_root.findtext("uuid"),
+            "state": DOMAIN_STATES.get(dom.get("state"), "unknown"),
+            "persistent": bool(dom.get("persistent")),
+            "autostart": bool(dom.get("autostart")),
+            **live,
+            "config": config,
+            "xml": config_xml,
+        }
+    return domains
+
+
+def capacity_from(data: dict[str, Any]) -> dict[str, Any]:
+    node = data["node"]
+    return {
+        "cpus": int(node.get("cpus") or 0),
+        "memory_kib": int(node.get("memory_kib") or 0),
+        "free_memory_kib": int(node.get("free_memory_kib") or 0),
+        "libvirt_version": _version(node.get("libvirt_version")),
+        "hypervisor_version": _version(node.get("hypervisor_version")),
+    }
+
+
+def _version(number: Any) -> str | None:
+    if not number:
+        return None
+    number = int(number)
+    return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+def hypervisor_from(lines: list[str]) -> dict[str, Any]:
+    data = parse_probe(lines)
+    try:
+        volumes = volumes_from(data)
+        return {
+            "pools": pools_from(data),
+            "volumes": volumes,
+            "domains": domains_from(data, volumes),
+            "capacity": capacity_from(data),
+        }
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ParseError(f"unexpected probe output: {exc!r}") from None

@@ -1,0 +1,107 @@
+"""libvirt facts: pools, volumes, domains and host capacity, each in ONE command per host.
+
+All run the same small probe (``facts/_libvirt_probe.py``) with the host's python3 and its libvirt
+bindings: one process, one libvirt connection, however many pools, volumes and domains exist (a
+virsh loop costs a process and a connection per object). Active pools are refreshed first, so volumes
+created outside libvirt appear. Operations read ``Hypervisor`` (everything at once); the narrower
+facts are for people::
+
+    pyinfra inventories/manifest.py fact facts.libvirt.Domains
+
+A host without virsh (libvirt not installed) gives an empty result with pyinfra's warning; a host
+whose libvirtd is not running, or without the python3 bindings, FAILS with the reason on stderr:
+reporting "no domains" there would make a build clone everything again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pyinfra.api import FactBase, QuoteString, StringCommand
+from pyinfra.api.exceptions import FactProcessError
+
+from facts._libvirt_parse import ParseError, hypervisor_from
+from facts._libvirt_probe import PROBE
+
+DEFAULT_URI = "qemu:///system"
+
+
+def probe_command(uri: str) -> StringCommand:
+    # The host's own Python 3: /usr/bin/python3, or platform-python on RHEL 8 minimal installs.
+    return StringCommand(
+        "PY=$(command -v /usr/bin/python3 || command -v /usr/libexec/platform-python || command -v python3)"
+        ' || { echo "kvm-qemu: no python3 on this host" >&2; exit 4; };',
+        '"$PY"',
+        "-c",
+        QuoteString(PROBE),
+        QuoteString(uri),
+    )
+
+
+class _LibvirtFact(FactBase):
+    abstract = True
+    pick: Callable[[dict[str, Any]], Any] = staticmethod(lambda snapshot: snapshot)
+
+    @staticmethod
+    def default() -> Any:
+        return {}
+
+    def requires_command(self, uri: str = DEFAULT_URI) -> str:
+        return "virsh"
+
+    def command(self, uri: str = DEFAULT_URI) -> StringCommand:
+        return probe_command(uri)
+
+    def process(self, output: list[str]) -> Any:
+        try:
+            return type(self).pick(hypervisor_from(output))
+        except ParseError as exc:
+            raise FactProcessError(str(exc)) from None
+
+
+class Hypervisor(_LibvirtFact):
+    """``{"pools": Pools, "volumes": Volumes, "domains": Domains, "capacity": HostCapacity}``."""
+
+    abstract = False
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {"pools": {}, "volumes": {}, "domains": {}, "capacity": {}}
+
+
+class Pools(_LibvirtFact):
+    """``{pool: {uuid, state, autostart, persistent, type, path, capacity, allocation, available}}`` (bytes)."""
+
+    abstract = False
+    pick = staticmethod(lambda snapshot: snapshot["pools"])
+
+
+class Volumes(_LibvirtFact):
+    """``{pool: {volume: {path, format, capacity, allocation, backing}}}``; pools refreshed first."""
+
+    abstract = False
+    pick = staticmethod(lambda snapshot: snapshot["volumes"])
+
+
+class Domains(_LibvirtFact):
+    """``{domain: {uuid, state, persistent, autostart, memory_kib, max_memory_kib, vcpus, max_vcpus,
+    disks: [{target, device, path, format, bus, backing}], interfaces: [{mac, type, source, model}],
+    config: {...same resources and devices from the persistent definition...}, xml}}``.
+
+    Top-level values are live for running domains; ``config`` holds the persistent ones (they differ
+    after e.g. a live setmem). ``xml`` is the persistent definition (the live one for transient domains).
+    """
+
+    abstract = False
+    pick = staticmethod(lambda snapshot: snapshot["domains"])
+
+
+class HostCapacity(_LibvirtFact):
+    """``{cpus, memory_kib, free_memory_kib, libvirt_version, hypervisor_version}``."""
+
+    abstract = False
+    pick = staticmethod(lambda snapshot: snapshot["capacity"])
+
+
+__all__ = ["Domains", "HostCapacity", "Hypervisor", "Pools", "Volumes"]
