@@ -171,8 +171,12 @@ def resource_plan(spec: VmSpec, domain: Domain, uri: str) -> tuple[list[StringCo
         notes.append("transient domain: config changes skipped")
 
     if is_active(domain):
+        # Live values follow the guest: a balloon without a guest driver never reaches its target, so
+        # a live change goes with the config change it belongs to instead of chasing live drift forever.
+        cfg_cur = cfg["memory_kib"] if domain.get("persistent", True) else domain["memory_kib"]
+        cfg_vcpus = cfg["vcpus"] if domain.get("persistent", True) else domain["vcpus"]
         live_cur, live_max = domain["memory_kib"], domain["max_memory_kib"]
-        if live_cur != want_cur:
+        if cfg_cur != want_cur:
             if want_cur <= live_max:
                 commands.append(virsh(uri, "setmem", name, want_cur, "--live"))
                 actions.append(f"memory {gib(live_cur)} -> {gib(want_cur)} (live)")
@@ -181,11 +185,13 @@ def resource_plan(spec: VmSpec, domain: Domain, uri: str) -> tuple[list[StringCo
                     f"memory {gib(want_cur)} is above the running max memory {gib(live_max)}: "
                     "takes effect at next boot"
                 )
+        elif live_cur != want_cur:
+            notes.append(f"running with {gib(live_cur)} of memory (balloon), configured {gib(want_cur)}")
         if live_max != want_max:
             notes.append(f"max memory {gib(live_max)} -> {gib(want_max)} takes effect at next boot")
         live_vcpus, live_maxv = domain["vcpus"], domain["max_vcpus"]
         if live_vcpus != want_cpu:
-            if live_vcpus < want_cpu <= live_maxv:
+            if cfg_vcpus != want_cpu and live_vcpus < want_cpu <= live_maxv:
                 commands.append(virsh(uri, "setvcpus", name, want_cpu, "--live"))
                 actions.append(f"vCPUs {live_vcpus} -> {want_cpu} (live)")
             else:

@@ -20,13 +20,15 @@ def status_lines(specs: list[VmSpec], snapshot: dict[str, Any]) -> list[str]:
         if domain is None:
             lines.append(f"{spec.name:<20} {'absent!':<10}")
             continue
-        disks = [d for d in domain.get("disks", []) if d.get("device") == "disk"]
-        macs = [i.get("mac") for i in domain.get("interfaces", [])]
+        # Configured values: live memory of a running VM is whatever its balloon reports.
+        config = domain.get("config") or domain
+        disks = [d for d in config.get("disks", []) if d.get("device") == "disk"]
+        macs = [i.get("mac") for i in config.get("interfaces", [])]
         lines.append(
             f"{spec.name:<20} {domain.get('state', '?'):<10} "
-            f"{_cell(domain['vcpus'], spec.vcpus, str(domain['vcpus'])):<7} "
-            f"{_cell(domain['memory_kib'], spec.memory_kib, gib(domain['memory_kib'])):<10} "
-            f"{_cell(domain['max_memory_kib'], spec.max_memory_kib, gib(domain['max_memory_kib'])):<10} "
+            f"{_cell(config['vcpus'], spec.vcpus, str(config['vcpus'])):<7} "
+            f"{_cell(config['memory_kib'], spec.memory_kib, gib(config['memory_kib'])):<10} "
+            f"{_cell(config['max_memory_kib'], spec.max_memory_kib, gib(config['max_memory_kib'])):<10} "
             f"{_cell(len(disks) - 1, spec.num_disks, str(len(disks) - 1)):<6} "
             f"{_cell(macs[:1], [spec.mac], macs[0] if macs else '-')}"
         )

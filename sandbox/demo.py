@@ -54,7 +54,7 @@ def main() -> None:
         step("Build VMs + DHCP/DNS", [PYINFRA, "-y", inv, "deploys/build.py"], env)
         step("Build again (no changes)", [PYINFRA, "-y", inv, "deploys/build.py"], env)
         step("Start VMs", [PYINFRA, "-y", inv, "deploys/start.py"], env)
-        step("Domains fact", [PYINFRA, inv, "fact", "facts.libvirt.Domains"], env)
+        step("Domains fact", [PYINFRA, "--limit", "kvm_hosts", inv, "fact", "facts.libvirt.Domains"], env)
         step("Status: manifest vs actual", [PYINFRA, "-y", inv, "deploys/status.py"], env)
         step(
             "Stop VMs (graceful, 3 s timeout)",

@@ -250,10 +250,12 @@ def test_running_domain_max_memory_takes_effect_at_next_boot() -> None:
     assert any("takes effect at next boot" in n for n in plan.notes)
 
 
-def test_live_setmem_drift_is_converged_from_live_values() -> None:
-    domain = built_domain("running", memory_kib=GIB)  # live setmem outside the tool; config still 2 GiB
+def test_live_balloon_drift_is_reported_not_chased() -> None:
+    # Without a guest balloon driver the live value never reaches the target: re-runs must not repeat setmem.
+    domain = built_domain("running", memory_kib=4 * GIB)
     plan = converge_plan(spec(), snapshot({"kvmhost01": domain}), URI)
-    assert rendered(plan.command) == "virsh -q -c qemu:///system setmem kvmhost01 2097152 --live"
+    assert plan.command is None
+    assert plan.notes == ["running with 4 GiB of memory (balloon), configured 2 GiB"]
 
 
 def test_vcpu_decrease_on_running_domain_waits_for_reboot() -> None:

@@ -1,0 +1,99 @@
+"""The libvirt facts against a real libvirtd over SSH: exact reports, one command per host."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+MANIFEST = [{"host": h, "vmspecs": []} for h in ("sm-01", "sm-02")]
+
+SETUP = r"""
+set -e
+mkdir -p /data01/factpool
+virsh -q pool-define-as factpool dir --target /data01/factpool >/dev/null
+virsh -q pool-start factpool >/dev/null
+qemu-img create -q -f qcow2 /data01/factpool/outside.qcow2 1G
+virsh -q dumpxml --inactive centos7 | sed -e 's/<name>centos7</<name>fact-vm</' -e '/<uuid>/d' \
+  -e 's/52:54:00:00:00:01/52:54:00:00:fa:01/' -e "s#<vcpu placement='static'>1#<vcpu placement='static'>3#" \
+  > /tmp/fact-vm.xml
+virsh -q define /tmp/fact-vm.xml >/dev/null
+"""
+TEARDOWN = r"""
+virsh -q undefine fact-vm >/dev/null 2>&1; virsh -q pool-destroy factpool >/dev/null 2>&1
+virsh -q pool-undefine factpool >/dev/null 2>&1; rm -rf /data01/factpool /tmp/fact-vm.xml
+"""
+
+
+def ssh(data: dict[str, Any], command: str) -> str:
+    return subprocess.run(
+        ["ssh", "-i", data["ssh_key"], "-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}",
+         "-o", "BatchMode=yes", f"root@{data['ssh_hostname']}", command],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+
+
+def fact(inventory: dict[str, Any], tmp_path: Path, name: str) -> tuple[dict[str, Any], str]:
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(MANIFEST))
+    data = tmp_path / "inventory.json"
+    data.write_text(json.dumps(inventory))
+    env = {**os.environ, "KVM_MANIFEST": str(manifest), "KVM_INVENTORY_DATA": str(data),
+           "KVM_MGMT_HOST": inventory["mgmt"]["name"], "PYINFRA_PROGRESS": "off"}
+    result = subprocess.run(
+        [PYINFRA, "--debug", "--json", "--limit", "kvm_hosts", "inventories/manifest.py", "fact", f"facts.libvirt.{name}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)[f"facts.libvirt.{name}"], result.stdout + result.stderr
+
+
+def test_facts_report_what_virsh_defined(sandbox_cluster: dict[str, Any], tmp_path: Path) -> None:
+    host = sandbox_cluster["hosts"]["sm-01"]
+    ssh(host, TEARDOWN)
+    ssh(host, SETUP)
+    try:
+        snapshot, log = fact(sandbox_cluster, tmp_path, "Hypervisor")
+        sm01, sm02 = snapshot["sm-01"], snapshot["sm-02"]
+        assert sm01["pools"]["factpool"]["path"] == "/data01/factpool"
+        assert sm01["pools"]["factpool"]["state"] == "running"
+        assert "factpool" not in sm02["pools"]  # hosts are independent
+        # Created with qemu-img, unknown to libvirt until the probe's refresh.
+        outside = sm01["volumes"]["factpool"]["outside.qcow2"]
+        assert (outside["format"], outside["capacity"]) == ("qcow2", 1024**3)
+        vm = sm01["domains"]["fact-vm"]
+        assert (vm["state"], vm["vcpus"], vm["max_vcpus"], vm["memory_kib"]) == ("shut off", 3, 3, 1024 * 1024)
+        assert vm["interfaces"][0]["mac"] == "52:54:00:00:fa:01"
+        assert vm["disks"][0]["path"] == "/secondary/centos7-vda.img"
+        assert "fact-vm" not in sm02["domains"]
+        # One command per host, however many objects exist.
+        for name in ("sm-01", "sm-02"):
+            assert log.count(f"Running command on {name}:") == 1, log[-2000:]
+    finally:
+        ssh(host, TEARDOWN)
+
+
+def test_stopped_libvirtd_fails_the_host_with_a_message(sandbox_cluster: dict[str, Any], tmp_path: Path) -> None:
+    # A wrong URI stands in for a stopped daemon: the socket is not there.
+    inventory = json.loads(json.dumps(sandbox_cluster))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(MANIFEST[:1]))
+    data = tmp_path / "inventory.json"
+    data.write_text(json.dumps(inventory))
+    env = {**os.environ, "KVM_MANIFEST": str(manifest), "KVM_INVENTORY_DATA": str(data),
+           "KVM_MGMT_HOST": inventory["mgmt"]["name"], "PYINFRA_PROGRESS": "off"}
+    result = subprocess.run(
+        [PYINFRA, "--limit", "kvm_hosts", "inventories/manifest.py", "fact", "facts.libvirt.Domains",
+         "uri=qemu:///session?socket=/run/nothing.sock"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert "cannot connect to libvirt" in result.stdout + result.stderr
