@@ -128,7 +128,9 @@ def _interface(element: ET.Element) -> dict[str, Any]:
     return {
         "mac": mac.get("address").lower() if mac is not None and mac.get("address") else None,
         "type": element.get("type"),
-        "source": (source.get("bridge") or source.get("network") or source.get("dev")) if source is not None else None,
+        "source": (source.get("bridge") or source.get("network") or source.get("dev"))
+        if source is not None
+        else None,
         "model": model.get("type") if model is not None else None,
     }
 
@@ -149,9 +151,14 @@ def definition(root: ET.Element) -> dict[str, Any]:
     }
 
 
-def domains_from(data: dict[str, Any], volumes: dict[str, dict[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
+def domains_from(
+    data: dict[str, Any], volumes: dict[str, dict[str, dict[str, Any]]] | None = None
+) -> dict[str, Any]:
     backing_by_path = {
-        v["path"]: v["backing"] for vols in (volumes or {}).values() for v in vols.values() if v.get("backing")
+        v["path"]: v["backing"]
+        for vols in (volumes or {}).values()
+        for v in vols.values()
+        if v.get("backing")
     }
     domains = {}
     for dom in data["domains"]:

@@ -71,7 +71,7 @@ class Hypervisor(_LibvirtFact):
 
 
 class Pools(_LibvirtFact):
-    """``{pool: {uuid, state, autostart, persistent, type, path, capacity, allocation, available}}`` (bytes)."""
+    """``{pool: {uuid, state, autostart, persistent, type, path, capacity, allocation, available}}``."""
 
     abstract = False
     pick = staticmethod(lambda snapshot: snapshot["pools"])

@@ -36,9 +36,21 @@ virsh -q pool-undefine factpool >/dev/null 2>&1; rm -rf /data01/factpool /tmp/fa
 
 def ssh(data: dict[str, Any], command: str) -> str:
     return subprocess.run(
-        ["ssh", "-i", data["ssh_key"], "-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}",
-         "-o", "BatchMode=yes", f"root@{data['ssh_hostname']}", command],
-        capture_output=True, text=True, check=True, timeout=120,
+        [
+            "ssh",
+            "-i",
+            data["ssh_key"],
+            "-o",
+            f"UserKnownHostsFile={data['ssh_known_hosts_file']}",
+            "-o",
+            "BatchMode=yes",
+            f"root@{data['ssh_hostname']}",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout
 
 
@@ -47,11 +59,29 @@ def fact(inventory: dict[str, Any], tmp_path: Path, name: str) -> tuple[dict[str
     manifest.write_text(json.dumps(MANIFEST))
     data = tmp_path / "inventory.json"
     data.write_text(json.dumps(inventory))
-    env = {**os.environ, "KVM_MANIFEST": str(manifest), "KVM_INVENTORY_DATA": str(data),
-           "KVM_MGMT_HOST": inventory["mgmt"]["name"], "PYINFRA_PROGRESS": "off"}
+    env = {
+        **os.environ,
+        "KVM_MANIFEST": str(manifest),
+        "KVM_INVENTORY_DATA": str(data),
+        "KVM_MGMT_HOST": inventory["mgmt"]["name"],
+        "PYINFRA_PROGRESS": "off",
+    }
     result = subprocess.run(
-        [PYINFRA, "--debug", "--json", "--limit", "kvm_hosts", "inventories/manifest.py", "fact", f"facts.libvirt.{name}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            PYINFRA,
+            "--debug",
+            "--json",
+            "--limit",
+            "kvm_hosts",
+            "inventories/manifest.py",
+            "fact",
+            f"facts.libvirt.{name}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)[f"facts.libvirt.{name}"], result.stdout + result.stderr
@@ -71,7 +101,12 @@ def test_facts_report_what_virsh_defined(sandbox_cluster: dict[str, Any], tmp_pa
         outside = sm01["volumes"]["factpool"]["outside.qcow2"]
         assert (outside["format"], outside["capacity"]) == ("qcow2", 1024**3)
         vm = sm01["domains"]["fact-vm"]
-        assert (vm["state"], vm["vcpus"], vm["max_vcpus"], vm["memory_kib"]) == ("shut off", 3, 3, 1024 * 1024)
+        assert (vm["state"], vm["vcpus"], vm["max_vcpus"], vm["memory_kib"]) == (
+            "shut off",
+            3,
+            3,
+            1024 * 1024,
+        )
         assert vm["interfaces"][0]["mac"] == "52:54:00:00:fa:01"
         assert vm["disks"][0]["path"] == "/secondary/centos7-vda.img"
         assert "fact-vm" not in sm02["domains"]
@@ -82,18 +117,36 @@ def test_facts_report_what_virsh_defined(sandbox_cluster: dict[str, Any], tmp_pa
         ssh(host, TEARDOWN)
 
 
-def test_stopped_libvirtd_fails_the_host_with_a_message(sandbox_cluster: dict[str, Any], tmp_path: Path) -> None:
+def test_stopped_libvirtd_fails_the_host_with_a_message(
+    sandbox_cluster: dict[str, Any], tmp_path: Path
+) -> None:
     # A wrong URI stands in for a stopped daemon: the socket is not there.
     inventory = json.loads(json.dumps(sandbox_cluster))
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps(MANIFEST[:1]))
     data = tmp_path / "inventory.json"
     data.write_text(json.dumps(inventory))
-    env = {**os.environ, "KVM_MANIFEST": str(manifest), "KVM_INVENTORY_DATA": str(data),
-           "KVM_MGMT_HOST": inventory["mgmt"]["name"], "PYINFRA_PROGRESS": "off"}
+    env = {
+        **os.environ,
+        "KVM_MANIFEST": str(manifest),
+        "KVM_INVENTORY_DATA": str(data),
+        "KVM_MGMT_HOST": inventory["mgmt"]["name"],
+        "PYINFRA_PROGRESS": "off",
+    }
     result = subprocess.run(
-        [PYINFRA, "--limit", "kvm_hosts", "inventories/manifest.py", "fact", "facts.libvirt.Domains",
-         "uri=qemu:///session?socket=/run/nothing.sock"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            PYINFRA,
+            "--limit",
+            "kvm_hosts",
+            "inventories/manifest.py",
+            "fact",
+            "facts.libvirt.Domains",
+            "uri=qemu:///session?socket=/run/nothing.sock",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert "cannot connect to libvirt" in result.stdout + result.stderr

@@ -34,14 +34,21 @@ def test_command_is_one_probe_with_the_uri_quoted() -> None:
 
 def test_probe_is_valid_python_for_old_hosts() -> None:
     compile(PROBE, "probe", "exec")
-    assert "f\"" not in PROBE and ":=" not in PROBE  # RHEL 8's Python 3.6 runs it
+    assert 'f"' not in PROBE and ":=" not in PROBE  # RHEL 8's Python 3.6 runs it
 
 
 def test_pools_active_inactive_and_paths() -> None:
     pools = Pools().process(lines("cluster.json"))
     assert pools["parked"] == {
-        "uuid": pools["parked"]["uuid"], "state": "inactive", "autostart": False, "persistent": True,
-        "type": "dir", "path": "/data01/parked", "capacity": 0, "allocation": 0, "available": 0,
+        "uuid": pools["parked"]["uuid"],
+        "state": "inactive",
+        "autostart": False,
+        "persistent": True,
+        "type": "dir",
+        "path": "/data01/parked",
+        "capacity": 0,
+        "allocation": 0,
+        "available": 0,
     }
     assert pools["default"]["state"] == "running" and pools["default"]["autostart"] is True
     assert pools["default"]["path"] == "/data01/primary" and pools["default"]["available"] > 0
@@ -72,12 +79,26 @@ def test_domains_running_with_live_setmem_has_separate_config() -> None:
 def test_domains_shut_off_overlay_cdrom_and_nics() -> None:
     off = Domains().process(lines("cluster.json"))["fx-off"]
     assert off["state"] == "shut off"
-    assert off["config"] == {k: off[k] for k in ("memory_kib", "max_memory_kib", "vcpus", "max_vcpus", "disks", "interfaces")}
+    assert off["config"] == {
+        k: off[k] for k in ("memory_kib", "max_memory_kib", "vcpus", "max_vcpus", "disks", "interfaces")
+    }
     assert off["disks"] == [
-        {"target": "vda", "device": "disk", "path": "/data01/primary/fx-off-vda.qcow2", "format": "qcow2",
-         "bus": "virtio", "backing": "/secondary/centos7-vda.img"},
-        {"target": "vdb", "device": "disk", "path": "/data01/primary/fx-off-vdb.img", "format": "raw",
-         "bus": "virtio", "backing": None},
+        {
+            "target": "vda",
+            "device": "disk",
+            "path": "/data01/primary/fx-off-vda.qcow2",
+            "format": "qcow2",
+            "bus": "virtio",
+            "backing": "/secondary/centos7-vda.img",
+        },
+        {
+            "target": "vdb",
+            "device": "disk",
+            "path": "/data01/primary/fx-off-vdb.img",
+            "format": "raw",
+            "bus": "virtio",
+            "backing": None,
+        },
         {"target": "hdc", "device": "cdrom", "path": None, "format": "raw", "bus": "ide", "backing": None},
     ]
     assert [(i["mac"], i["type"], i["model"]) for i in off["interfaces"]] == [
@@ -104,7 +125,9 @@ def test_empty_host() -> None:
         ["not json"],
         ['{"pools": []}'],
         ['{"pools": [{"name": "p", "xml": "<pool"}], "domains": [], "node": {}}'],
-        ['{"pools": [], "domains": [{"name": "d", "state": 1, "xml": "<domain><vcpu>x</vcpu></domain>"}], "node": {}}'],
+        [
+            '{"pools": [], "domains": [{"name": "d", "state": 1, "xml": "<domain><vcpu>x</vcpu></domain>"}], "node": {}}'
+        ],
         ['{"pools": [], "domains": [{"name": "d"}], "node": {}}'],
     ],
 )
