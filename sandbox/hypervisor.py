@@ -1,0 +1,143 @@
+"""Hypervisor nodes: a private libvirt (config, state, logs, cache) per mount namespace."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from . import proc
+from .node import Mount, Node
+
+LIBVIRT_URI = "qemu:///system"
+REAL_LIBVIRT_ETC = Path("/etc/libvirt")
+PRIMARY_POOL = "/data01/primary"
+SECONDARY = "/secondary"
+
+# What qemu.conf needs for libvirt to run guests like in an unprivileged container here:
+# no cgroups (no systemd), no SELinux/AppArmor labelling, qemu as root, and qemu kept in the
+# node's mount namespace (namespaces = []) so it sees the node's private paths and is found
+# (and stopped) by `down` together with the node's other processes. Ownership tracking is off
+# so nothing chowns or writes xattrs on images in the shared /secondary.
+QEMU_CONF = {
+    "user": '"root"',
+    "group": '"root"',
+    "security_driver": '"none"',
+    "cgroup_controllers": "[ ]",
+    "namespaces": "[ ]",
+    "dynamic_ownership": "0",
+    "remember_owner": "0",
+}
+
+# Debug output goes to the node's private log dir (no syslog/journald here).
+LIBVIRTD_CONF = {
+    "log_outputs": '"3:file:/var/log/libvirt/libvirtd.log"',
+}
+
+
+def _override(conf: Path, settings: dict[str, str]) -> None:
+    """Set keys in a libvirt .conf file, dropping any earlier assignment of the same keys."""
+    keys = "|".join(map(re.escape, settings))
+    kept, in_dropped_list = [], False
+    for line in conf.read_text().splitlines():
+        if in_dropped_list:
+            # Continuation of a dropped multi-line list value: skip through its closing bracket.
+            in_dropped_list = "]" not in line
+        elif re.match(rf"\s*({keys})\s*=", line):
+            in_dropped_list = "[" in line and "]" not in line
+        else:
+            kept.append(line)
+    kept.append("# sandbox settings")
+    kept.extend(f"{key} = {value}" for key, value in settings.items())
+    conf.write_text("\n".join(kept) + "\n")
+
+
+def _seed_etc(etc: Path) -> None:
+    """Copy the real /etc/libvirt, minus anything that would start or define objects on boot.
+
+    All nodes share one network namespace, so no node may start the 'default' network (virbr0),
+    and domains or pools defined on the real machine must not appear on every node.
+    """
+    shutil.copytree(REAL_LIBVIRT_ETC, etc, symlinks=True)
+    for pattern in (
+        "qemu/networks/autostart/*",
+        "qemu/autostart/*",
+        "qemu/*.xml",
+        "storage/autostart/*",
+        "storage/*.xml",
+    ):
+        for path in etc.glob(pattern):
+            path.unlink()
+    _override(etc / "qemu.conf", QEMU_CONF)
+    _override(etc / "libvirtd.conf", LIBVIRTD_CONF)
+
+
+def prepare(node: Node, secondary: Path) -> None:
+    """Create the node's private directories and register its bind mounts (holder not yet started)."""
+    node.private_dir("/run/libvirt", "run-libvirt")
+    lib = node.private_dir("/var/lib/libvirt", "var-lib-libvirt")
+    for sub in ("images", "qemu", "boot"):
+        (lib / sub).mkdir(exist_ok=True)
+    etc = node.dir / "etc-libvirt"
+    if not etc.exists():
+        _seed_etc(etc)
+    node.mounts.append(Mount(str(etc), "/etc/libvirt"))
+    (node.private_dir("/var/log/libvirt", "var-log-libvirt") / "qemu").mkdir(exist_ok=True)
+    (node.private_dir("/var/cache/libvirt", "var-cache-libvirt") / "qemu").mkdir(exist_ok=True)
+    node.private_dir(PRIMARY_POOL, "data01-primary")
+    node.mounts.append(Mount(str(secondary), SECONDARY))
+    node.private_home()
+
+
+def capabilities_dir(node: Node) -> Path:
+    return node.dir / "var-cache-libvirt" / "qemu" / "capabilities"
+
+
+def copy_capabilities(source: Path, target: Path) -> None:
+    """Copy libvirt's probed QEMU capabilities so a libvirtd can skip the slow probe (seconds per binary).
+
+    libvirt validates each cached entry against the qemu and libvirtd binaries, the kernel and
+    the host CPU, and re-probes stale ones, so copying between nodes of one machine (or from an
+    earlier run) is safe.
+    """
+    if source.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source, target, dirs_exist_ok=True)
+
+
+def start_libvirt(node: Node) -> None:
+    """Start virtlogd then libvirtd inside the node, and wait until libvirtd answers."""
+    for daemon in ("virtlogd", "libvirtd"):
+        pid_file = node.dir / f"{daemon}.pid"
+        pid_file.unlink(missing_ok=True)
+        node.run([f"/usr/sbin/{daemon}", "--daemon", "--pid-file", str(pid_file)])
+        pid = proc.wait_for(lambda f=pid_file: proc.read_pid_file(f), f"{daemon} on {node.name}", timeout=15)
+        node.record_daemon(daemon, pid)
+    socket = node.dir / "run-libvirt" / "libvirt-sock"
+    proc.wait_for(socket.exists, f"libvirtd socket on {node.name}", timeout=30)
+    # The first call probes QEMU capabilities (cached afterwards); it proves libvirtd really works.
+    proc.wait_for(
+        lambda: virsh(node, "version", check=False).returncode == 0,
+        f"libvirtd on {node.name} to answer (log: {node.dir / 'var-log-libvirt/libvirtd.log'})",
+        timeout=60,
+        interval=0.2,
+    )
+
+
+def virsh(
+    node: Node, *args: str, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return node.run(["virsh", "-c", LIBVIRT_URI, *args], check=check, timeout=timeout)
+
+
+def libvirt_version(node: Node) -> dict[str, str]:
+    """Library and hypervisor versions as reported by `virsh version`."""
+    out = virsh(node, "version", check=False, timeout=15).stdout
+    info = {}
+    for line in out.splitlines():
+        if line.startswith("Using library:"):
+            info["libvirt"] = line.split()[-1]
+        elif line.startswith("Running hypervisor:"):
+            info["hypervisor"] = line.split(":", 1)[1].strip()
+    return info
