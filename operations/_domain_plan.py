@@ -108,24 +108,11 @@ def clone_plan(spec: VmSpec, snapshot: Snapshot, uri: str) -> VmPlan:
         f"(max {spec.max_memory_gb} GiB), MAC {spec.mac}",
     )
     if spec.autostart:
-        steps.append(virsh(uri, "autostart", spec.name))
         plan.actions.append("autostart on")
 
-    quoted_paths: list[Any] = [q(p) for p in paths]
-    # Refuse to overwrite anything; once files are ours, remove them again if a later step fails.
-    plan.command = sh(
-        "set -e; cleanup() { rm -f --",
-        *quoted_paths,
-        "; };",
-        "for f in",
-        *quoted_paths,
-        '; do if [ -e "$f" ]; then',
-        'echo "kvm-qemu: $f already exists; refusing to overwrite it" >&2; exit 1; fi; done;',
-        "trap cleanup EXIT;",
-        all_of(steps),
-        ";",
-        "trap - EXIT",
-    )
+    plan.command = _with_cleanup(paths, all_of(steps))
+    if spec.autostart:
+        plan.command = sh(plan.command, "&&", virsh(uri, "autostart", spec.name))
     plan.stdin = xml
     return plan
 
@@ -203,19 +190,18 @@ def resource_plan(spec: VmSpec, domain: Domain, uri: str) -> tuple[list[StringCo
 
 def disk_plan(
     spec: VmSpec, domain: Domain, snapshot: Snapshot, uri: str
-) -> tuple[list[StringCommand], list[str], list[str], list[str]]:
+) -> tuple[list[StringCommand], list[str], list[str]]:
     """Add missing data disks; never shrink or remove one (differences become notes).
 
-    Returns commands, actions, notes and the new files (for cleanup on failure).
+    Returns commands, actions and notes; a disk file is removed again if its attach fails.
     """
     commands: list[StringCommand] = []
     actions: list[str] = []
     notes: list[str] = []
-    new_files: list[str] = []
     cfg = domain.get("config") or domain
     disks = [d for d in cfg.get("disks", []) if d.get("device") == "disk"]
     if not disks:
-        return commands, actions, notes, new_files
+        return commands, actions, notes
     boot, data = disks[0], disks[1:]
     wanted = data_disk_targets([boot["target"]], spec.num_disks)
     present = {d["target"]: d for d in data}
@@ -237,33 +223,31 @@ def disk_plan(
                 f"{spec.disk_size_gb} GiB: not resized"
             )
     if not missing:
-        return commands, actions, notes, new_files
+        return commands, actions, notes
     pool = snapshot.get("pools", {}).get(spec.pool)
     if pool is None or not pool.get("path"):
         notes.append(f"cannot add data disks: storage pool {spec.pool!r} is not defined")
-        return commands, actions, notes, new_files
+        return commands, actions, notes
     live = ["--live"] if is_active(domain) else []
     for target in missing:
         path = posixpath.join(pool["path"], f"{spec.name}-{target}.img")
-        new_files.append(path)
-        commands.append(sh("truncate", "-s", f"{spec.disk_size_gb}G", "--", q(path)))
-        commands.append(
-            virsh(
-                uri,
-                "attach-disk",
-                spec.name,
-                path,
-                target,
-                "--targetbus",
-                "virtio",
-                "--subdriver",
-                "raw",
-                "--config",
-                *live,
-            )
+        create = sh("truncate", "-s", f"{spec.disk_size_gb}G", "--", q(path))
+        attach = virsh(
+            uri,
+            "attach-disk",
+            spec.name,
+            path,
+            target,
+            "--targetbus",
+            "virtio",
+            "--subdriver",
+            "raw",
+            "--config",
+            *live,
         )
+        commands.append(_new_disk(path, create, attach))
         actions.append(f"add data disk {target} {spec.disk_size_gb} GiB" + (" (live)" if live else ""))
-    return commands, actions, notes, new_files
+    return commands, actions, notes
 
 
 def converge_plan(spec: VmSpec, snapshot: Snapshot, uri: str, disks: bool = True) -> VmPlan:
@@ -271,9 +255,8 @@ def converge_plan(spec: VmSpec, snapshot: Snapshot, uri: str, disks: bool = True
     domain = snapshot["domains"][spec.name]
     plan = VmPlan(spec.name)
     commands, plan.actions, plan.notes = resource_plan(spec, domain, uri)
-    new_files: list[str] = []
     if disks:
-        more, actions, notes, new_files = disk_plan(spec, domain, snapshot, uri)
+        more, actions, notes = disk_plan(spec, domain, snapshot, uri)
         commands += more
         plan.actions += actions
         plan.notes += notes
@@ -287,14 +270,15 @@ def converge_plan(spec: VmSpec, snapshot: Snapshot, uri: str, disks: bool = True
             "its DHCP reservation will not match (rebuild the VM to change it)"
         )
     if commands:
-        plan.command = _with_cleanup(new_files, all_of(commands)) if new_files else all_of(commands)
+        plan.command = all_of(commands)
     return plan
 
 
 def _with_cleanup(paths: list[str], command: StringCommand) -> StringCommand:
+    """Run ``command`` creating ``paths``: refuse if any exists, remove them all if anything fails."""
     quoted: list[Any] = [q(p) for p in paths]
     return sh(
-        "set -e; cleanup() { rm -f --",
+        "cleanup() { rm -f --",
         *quoted,
         "; };",
         "for f in",
@@ -303,7 +287,25 @@ def _with_cleanup(paths: list[str], command: StringCommand) -> StringCommand:
         'echo "kvm-qemu: $f already exists; refusing to overwrite it" >&2; exit 1; fi; done;',
         "trap cleanup EXIT;",
         command,
-        "; trap - EXIT",
+        "|| exit 1; trap - EXIT",
+    )
+
+
+def _new_disk(path: str, create: StringCommand, attach: StringCommand) -> StringCommand:
+    """Create one data disk file and attach it; the file is removed again if the attach fails."""
+    return sh(
+        "{ if [ -e",
+        q(path),
+        "]; then echo 'kvm-qemu:'",
+        q(path),
+        "'already exists; refusing to overwrite it' >&2; false; else",
+        create,
+        "&&",
+        "{",
+        attach,
+        "|| { rm -f --",
+        q(path),
+        "; false; }; }; fi; }",
     )
 
 

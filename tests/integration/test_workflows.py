@@ -394,3 +394,41 @@ def test_a_clone_that_fails_midway_leaves_nothing_behind(cluster: Cluster) -> No
     assert "wf-vm09" not in cluster.domains("sm-01")
     assert cluster.files("sm-01", "wf-vm09*") == []
     cluster.deploy(manifest, "delete")
+
+
+def test_base_vm_defined_from_a_controller_side_xml(cluster: Cluster, tmp_path: Path) -> None:
+    xml = cluster.virsh("sm-01", "dumpxml", "--inactive", "centos7")
+    xml = xml.replace("<name>centos7</name>", "<name>wf-base</name>")
+    xml = "\n".join(line for line in xml.splitlines() if "<uuid>" not in line)
+    path = tmp_path / "wf-base.xml"
+    path.write_text(xml)
+    try:
+        first = cluster.deploy(MANIFEST, "base_vm", f"xml={path}")
+        assert totals(first)[1] == "2"
+        assert "wf-base" in cluster.domains("sm-01") and "wf-base" in cluster.domains("sm-02")
+        second = cluster.deploy(MANIFEST, "base_vm", f"xml={path}")
+        assert totals(second) == ["2", "-", "-", "2"]
+        missing = cluster.deploy(MANIFEST, "base_vm", flag="-y", expect_ok=False)
+        assert missing.returncode != 0 and "--data xml=" in missing.stdout + missing.stderr
+    finally:
+        for host in VMS:
+            cluster.ssh(host, "virsh -q undefine wf-base", check=False)
+
+
+def test_resize_adds_a_missing_data_disk_to_a_running_vm(cluster: Cluster) -> None:
+    spec = {**MANIFEST[0]["vmspecs"][1], "name": "wf-vm08", "hostname": "wf-vm08.wf.internal",
+            "ipaddress": "10.10.5.18"}
+    manifest = [{"host": "sm-01", "vmspecs": [spec]}]
+    try:
+        cluster.deploy(manifest, "build")
+        cluster.deploy(manifest, "start")
+        grown = [{"host": "sm-01", "vmspecs": [{**spec, "numDisks": 1, "diskSize": 3}]}]
+        cluster.deploy(grown, "resize")
+        assert "vdb" in cluster.virsh("sm-01", "domblklist", "wf-vm08")  # live
+        assert "vdb" in cluster.virsh("sm-01", "domblklist", "--inactive", "wf-vm08")  # config
+        assert totals(cluster.deploy(grown, "resize"))[1] == "-"
+        shrunk = cluster.deploy(manifest, "resize")
+        assert "beyond numDisks 0: not removed" in shrunk.stdout + shrunk.stderr
+    finally:
+        cluster.deploy(manifest, "delete")
+    assert cluster.files("sm-01", "wf-vm08*") == []
