@@ -29,6 +29,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from sandbox.client import workflow_env
+
 REPO = Path(__file__).resolve().parents[1]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 COMMAND_LINE = re.compile(r"Running command on (\S+?):")
@@ -66,13 +68,7 @@ class Runner:
     def run(self, spec: list[dict[str, Any]], deploy: str, *extra: str) -> dict[str, Any]:
         path = self.workdir / "manifest.json"
         path.write_text(json.dumps(spec))
-        env = {
-            **os.environ,
-            "KVM_MANIFEST": str(path),
-            "KVM_INVENTORY_DATA": str(self.inventory_data),
-            "KVM_MGMT_HOST": self.mgmt,
-            "PYINFRA_PROGRESS": "off",
-        }
+        env = workflow_env(path, self.inventory_data, self.mgmt)
         args = [
             PYINFRA,
             "-y",
@@ -197,10 +193,12 @@ def main() -> None:
 
     host_counts = [int(h) for h in args.scale_hosts.split(",")]
     most = 3 if args.skip_scaling else max(3, *host_counts)
+    cluster.down()  # a fresh cluster of the size the scenarios need
     data = cluster.up(hosts=most)
     try:
         with tempfile.TemporaryDirectory() as workdir:
             runner = Runner(cluster.state_dir() / "inventory.json", data["mgmt"]["name"], Path(workdir))
+            runner.run(manifest(most, 0, "full", 0), "pools")  # set-up, not measured
             rows = small_scenarios(runner, args.repeats)
             if not args.skip_scaling:
                 rows += scaling_scenarios(runner, host_counts, args.vms_per_host)

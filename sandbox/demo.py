@@ -7,7 +7,6 @@ CLI; the sandbox is torn down at the end (unless ``--keep``). Exits non-zero if 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -15,16 +14,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
-
-
-def workflow_env(manifest: Path, inventory_data: Path, mgmt_host: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "KVM_MANIFEST": str(manifest),
-        "KVM_INVENTORY_DATA": str(inventory_data),
-        "KVM_MGMT_HOST": mgmt_host,
-        "PYINFRA_PROGRESS": "off",
-    }
 
 
 def step(title: str, args: list[str], env: dict[str, str]) -> None:
@@ -44,6 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from sandbox import cluster
+    from sandbox.client import workflow_env
 
     data = cluster.up(hosts=args.hosts)
     try:

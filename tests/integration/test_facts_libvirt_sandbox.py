@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from sandbox import client
 
 pytestmark = pytest.mark.integration
 
@@ -34,63 +35,29 @@ virsh -q pool-undefine factpool >/dev/null 2>&1; rm -rf /data01/factpool /tmp/fa
 """
 
 
-def ssh(data: dict[str, Any], command: str) -> str:
+def run_fact(
+    inventory: dict[str, Any], tmp_path: Path, manifest: list[Any], options: list[str], fact_args: list[str]
+) -> subprocess.CompletedProcess[str]:
+    manifest_file, data = tmp_path / "manifest.json", tmp_path / "inventory.json"
+    manifest_file.write_text(json.dumps(manifest))
+    data.write_text(json.dumps(inventory))
     return subprocess.run(
-        [
-            "ssh",
-            "-i",
-            data["ssh_key"],
-            "-o",
-            f"UserKnownHostsFile={data['ssh_known_hosts_file']}",
-            "-o",
-            "BatchMode=yes",
-            f"root@{data['ssh_hostname']}",
-            command,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
+        [PYINFRA, "--limit", "kvm_hosts", *options, "inventories/manifest.py", "fact", *fact_args],
+        cwd=REPO, env=client.workflow_env(manifest_file, data, inventory["mgmt"]["name"]),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
 
 
 def fact(inventory: dict[str, Any], tmp_path: Path, name: str) -> tuple[dict[str, Any], str]:
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps(MANIFEST))
-    data = tmp_path / "inventory.json"
-    data.write_text(json.dumps(inventory))
-    env = {
-        **os.environ,
-        "KVM_MANIFEST": str(manifest),
-        "KVM_INVENTORY_DATA": str(data),
-        "KVM_MGMT_HOST": inventory["mgmt"]["name"],
-        "PYINFRA_PROGRESS": "off",
-    }
-    result = subprocess.run(
-        [
-            PYINFRA,
-            "--debug",
-            "--json",
-            "--limit",
-            "kvm_hosts",
-            "inventories/manifest.py",
-            "fact",
-            f"facts.libvirt.{name}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_fact(inventory, tmp_path, MANIFEST, ["--debug", "--json"], [f"facts.libvirt.{name}"])
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)[f"facts.libvirt.{name}"], result.stdout + result.stderr
 
 
 def test_facts_report_what_virsh_defined(sandbox_cluster: dict[str, Any], tmp_path: Path) -> None:
-    host = sandbox_cluster["hosts"]["sm-01"]
-    ssh(host, TEARDOWN)
-    ssh(host, SETUP)
+    host = client.node_data(sandbox_cluster, "sm-01")
+    client.ssh(host, TEARDOWN)
+    client.ssh(host, SETUP)
     try:
         snapshot, log = fact(sandbox_cluster, tmp_path, "Hypervisor")
         sm01, sm02 = snapshot["sm-01"], snapshot["sm-02"]
@@ -114,39 +81,14 @@ def test_facts_report_what_virsh_defined(sandbox_cluster: dict[str, Any], tmp_pa
         for name in ("sm-01", "sm-02"):
             assert log.count(f"Running command on {name}:") == 1, log[-2000:]
     finally:
-        ssh(host, TEARDOWN)
+        client.ssh(host, TEARDOWN)
 
 
 def test_stopped_libvirtd_fails_the_host_with_a_message(
     sandbox_cluster: dict[str, Any], tmp_path: Path
 ) -> None:
     # A wrong URI stands in for a stopped daemon: the socket is not there.
-    inventory = json.loads(json.dumps(sandbox_cluster))
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps(MANIFEST[:1]))
-    data = tmp_path / "inventory.json"
-    data.write_text(json.dumps(inventory))
-    env = {
-        **os.environ,
-        "KVM_MANIFEST": str(manifest),
-        "KVM_INVENTORY_DATA": str(data),
-        "KVM_MGMT_HOST": inventory["mgmt"]["name"],
-        "PYINFRA_PROGRESS": "off",
-    }
-    result = subprocess.run(
-        [
-            PYINFRA,
-            "--limit",
-            "kvm_hosts",
-            "inventories/manifest.py",
-            "fact",
-            "facts.libvirt.Domains",
-            "uri=qemu:///session?socket=/run/nothing.sock",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    fact_args = ["facts.libvirt.Domains", "uri=qemu:///session?socket=/run/nothing.sock"]
+    result = run_fact(sandbox_cluster, tmp_path, MANIFEST[:1], [], fact_args)
+    assert result.returncode != 0
     assert "cannot connect to libvirt" in result.stdout + result.stderr

@@ -11,7 +11,6 @@ unique basenames across test directories without __init__.py.)
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from sandbox import client
 from sandbox import mgmt as sandbox_mgmt
 
 pytestmark = pytest.mark.integration
@@ -38,37 +38,13 @@ class Sandbox:
         (workdir / "inventory.json").write_text(json.dumps(inventory))
 
     def ssh(self, host: str, command: str) -> str:
-        data = self.inventory["mgmt"]["data"] if host == "mgmt-01" else self.inventory["hosts"][host]
-        result = subprocess.run(
-            [
-                "ssh",
-                "-i",
-                data["ssh_key"],
-                "-o",
-                f"UserKnownHostsFile={data['ssh_known_hosts_file']}",
-                "-o",
-                "BatchMode=yes",
-                "-p",
-                str(data.get("ssh_port", 22)),
-                f"{data.get('ssh_user', 'root')}@{data['ssh_hostname']}",
-                command,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 0, f"{command}: {result.stderr}"
-        return result.stdout
+        return client.ssh(client.node_data(self.inventory, host), command)
 
     def pyinfra(self, deploy: str, limit: str, *data: str, dry: bool = False) -> tuple[dict[str, Any], str]:
         """Run a deploy with --json; return the parsed output and stderr (the human log)."""
-        env = {
-            **os.environ,
-            "KVM_MANIFEST": str(self.workdir / "manifest.json"),
-            "KVM_INVENTORY_DATA": str(self.workdir / "inventory.json"),
-            "KVM_MGMT_HOST": self.inventory["mgmt"]["name"],
-            "PYINFRA_PROGRESS": "off",
-        }
+        env = client.workflow_env(
+            self.workdir / "manifest.json", self.workdir / "inventory.json", self.inventory["mgmt"]["name"]
+        )
         args = [PYINFRA, "--json", "--limit", limit, "--dry" if dry else "-y"]
         args += [item for value in data for item in ("--data", value)]
         result = subprocess.run(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import dns.resolver
 import pytest
 
 from inventories.manifest_model import mac_for
+from sandbox import client
 
 pytestmark = pytest.mark.integration
 
@@ -78,28 +78,7 @@ class Cluster:
         self.workdir = workdir
 
     def ssh(self, host: str, command: str, check: bool = True) -> str:
-        data = self.inventory["hosts"][host] if host != "mgmt" else self.inventory["mgmt"]["data"]
-        result = subprocess.run(
-            [
-                "ssh",
-                "-i",
-                data["ssh_key"],
-                "-o",
-                f"UserKnownHostsFile={data['ssh_known_hosts_file']}",
-                "-o",
-                "BatchMode=yes",
-                "-p",
-                str(data.get("ssh_port", 22)),
-                f"{data.get('ssh_user', 'root')}@{data['ssh_hostname']}",
-                command,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if check:
-            assert result.returncode == 0, result.stderr
-        return result.stdout
+        return client.ssh(client.node_data(self.inventory, host), command, check=check)
 
     def virsh(self, host: str, *args: str) -> str:
         return self.ssh(host, "virsh -q -c qemu:///system " + " ".join(args))
@@ -113,13 +92,7 @@ class Cluster:
     ) -> subprocess.CompletedProcess[str]:
         path = self.workdir / "manifest.json"
         path.write_text(json.dumps(manifest))
-        env = {
-            **os.environ,
-            "KVM_MANIFEST": str(path),
-            "PYINFRA_PROGRESS": "off",
-            "KVM_INVENTORY_DATA": str(self.workdir / "inventory.json"),
-            "KVM_MGMT_HOST": self.inventory["mgmt"]["name"],
-        }
+        env = client.workflow_env(path, self.workdir / "inventory.json", self.inventory["mgmt"]["name"])
         (self.workdir / "inventory.json").write_text(json.dumps(self.inventory))
         result = subprocess.run(
             [PYINFRA, *args[:1], inventory, *args[1:]],
@@ -356,29 +329,10 @@ def test_sethostname_on_guest_stand_ins(cluster: Cluster) -> None:
         cluster.inventory = inventory
         cluster.pyinfra(manifest, "-y", "deploys/sethostname.py", inventory="inventories/guests.py")
         for name in ("wf-vm01", "wf-vm03"):
-            address = next(s["sshHost"] for e in manifest for s in e["vmspecs"] if s["name"] == name)
-            out = subprocess.run(
-                [
-                    "ssh",
-                    "-i",
-                    guests[name]["ssh_key"],
-                    "-o",
-                    f"UserKnownHostsFile={guests[name]['ssh_known_hosts_file']}",
-                    "-o",
-                    "BatchMode=yes",
-                    f"root@{address}",
-                    "hostname; cat /etc/hostname",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            ).stdout.split()
+            out = cluster.ssh(name, "hostname; cat /etc/hostname").split()
             assert out == [f"{name}.wf.internal"] * 2
         second = cluster.pyinfra(manifest, "-y", "deploys/sethostname.py", inventory="inventories/guests.py")
-        assert (
-            "Write /etc/hostname" not in second.stdout + second.stderr
-            or "No changes" in second.stdout + second.stderr
-        )
+        assert totals(second)[1] == "-"  # nothing changed on the second run
     finally:
         sandbox.guests_down()
         cluster.inventory = {**cluster.inventory, "guests": {}}
@@ -386,8 +340,14 @@ def test_sethostname_on_guest_stand_ins(cluster: Cluster) -> None:
 
 def test_a_clone_that_fails_midway_leaves_nothing_behind(cluster: Cluster) -> None:
     # ext4 refuses a 97 TiB file: the data disk fails after the base disk was already copied.
-    spec = {**MANIFEST[0]["vmspecs"][0], "name": "wf-vm09", "hostname": "wf-vm09.wf.internal",
-            "ipaddress": "10.10.5.19", "numDisks": 1, "diskSize": 100000}
+    spec = {
+        **MANIFEST[0]["vmspecs"][0],
+        "name": "wf-vm09",
+        "hostname": "wf-vm09.wf.internal",
+        "ipaddress": "10.10.5.19",
+        "numDisks": 1,
+        "diskSize": 100000,
+    }
     manifest = [{"host": "sm-01", "vmspecs": [spec]}]
     result = cluster.deploy(manifest, "build", expect_ok=False)
     assert result.returncode != 0
@@ -416,8 +376,12 @@ def test_base_vm_defined_from_a_controller_side_xml(cluster: Cluster, tmp_path: 
 
 
 def test_resize_adds_a_missing_data_disk_to_a_running_vm(cluster: Cluster) -> None:
-    spec = {**MANIFEST[0]["vmspecs"][1], "name": "wf-vm08", "hostname": "wf-vm08.wf.internal",
-            "ipaddress": "10.10.5.18"}
+    spec = {
+        **MANIFEST[0]["vmspecs"][1],
+        "name": "wf-vm08",
+        "hostname": "wf-vm08.wf.internal",
+        "ipaddress": "10.10.5.18",
+    }
     manifest = [{"host": "sm-01", "vmspecs": [spec]}]
     try:
         cluster.deploy(manifest, "build")
