@@ -90,5 +90,12 @@ def test_stopped_libvirtd_fails_the_host_with_a_message(
     # A wrong URI stands in for a stopped daemon: the socket is not there.
     fact_args = ["facts.libvirt.Domains", "uri=qemu:///session?socket=/run/nothing.sock"]
     result = run_fact(sandbox_cluster, tmp_path, MANIFEST[:1], [], fact_args)
-    assert result.returncode != 0
     assert "cannot connect to libvirt" in result.stdout + result.stderr
+    # In a deploy the failing fact fails the host (and the run's exit status), never "no domains".
+    build = subprocess.run(
+        [PYINFRA, "-y", "inventories/manifest.py", "deploys/build.py", "--data", f"libvirt_uri={fact_args[1][4:]}"],
+        cwd=REPO, env=client.workflow_env(tmp_path / "manifest.json", tmp_path / "inventory.json", "mgmt-01"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert build.returncode != 0
+    assert "cannot connect to libvirt" in build.stdout + build.stderr
