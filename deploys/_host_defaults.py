@@ -15,7 +15,9 @@ from typing import Any
 
 from pyinfra import host
 
+from deploys import _settings
 from deploys._settings import DEFAULTS as _WORKFLOW_DEFAULTS
+from deploys._settings import SettingError
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -79,8 +81,6 @@ MGMT_DEFAULTS: dict[str, Any] = {
 
 ALL_DEFAULTS: dict[str, Any] = {**KVM_HOST_DEFAULTS, **NFS_DEFAULTS, **MGMT_DEFAULTS}
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 # Paths reach server.mount, which does not quote its arguments, and config files that would need
 # their own quoting rules: keep them to characters that are safe everywhere.
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*$")
@@ -89,21 +89,16 @@ _SAFE_HOST = re.compile(r"^[A-Za-z0-9.:_*?/\[\]-]+$")
 _SAFE_OPTION = re.compile(r"^[A-Za-z0-9_.=:,-]+$")
 
 
-class HostDataError(ValueError):
-    """Invalid host data; raised while the deploy loads, before anything runs on any host."""
+# One error type and one lookup for all deploys; these bind them to the host setup defaults.
+HostDataError = SettingError
 
 
 def setting(key: str) -> Any:
-    return host.data.get(key, ALL_DEFAULTS[key])
+    return _settings.setting(key, ALL_DEFAULTS)
 
 
 def flag(key: str) -> bool:
-    value = setting(key)
-    if isinstance(value, str):
-        if value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
-        raise HostDataError(f"{key}={value!r}: expected true or false")
-    return bool(value)
+    return _settings.flag(key, ALL_DEFAULTS)
 
 
 def str_list(key: str) -> list[str]:

@@ -31,17 +31,21 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def setting(key: str) -> Any:
-    return host.data.get(key, DEFAULTS[key])
+class SettingError(ValueError):
+    """Invalid host data; raised while a deploy loads, before anything runs on any host."""
 
 
-def flag(key: str) -> bool:
+def setting(key: str, defaults: dict[str, Any] = DEFAULTS) -> Any:
+    return host.data.get(key, defaults[key])
+
+
+def flag(key: str, defaults: dict[str, Any] = DEFAULTS) -> bool:
     """A boolean setting; ``--data keep_disks=true`` arrives as a string."""
-    value = setting(key)
+    value = setting(key, defaults)
     if isinstance(value, str):
         if value.lower() in _TRUE | _FALSE:
             return value.lower() in _TRUE
-        raise ValueError(f"--data {key}={value!r}: expected true or false")
+        raise SettingError(f"{key}={value!r}: expected true or false")
     return bool(value)
 
 
@@ -50,7 +54,7 @@ def number(key: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"--data {key}={value!r}: expected a number") from None
+        raise SettingError(f"{key}={value!r}: expected a number") from None
 
 
 def vmspecs() -> list[VmSpec]:
