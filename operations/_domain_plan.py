@@ -69,6 +69,8 @@ def clone_plan(spec: VmSpec, snapshot: Snapshot, uri: str) -> VmPlan:
     if pool is None or not pool.get("path"):
         plan.error = f"storage pool {spec.pool!r} is not defined on this host (see deploys/pools.py)"
         return plan
+    if is_active(source):
+        plan.notes.append(f"source domain {spec.srcvm!r} is running: its disk may be copied mid-write")
     try:
         disks = plan_disks(spec, source["xml"], pool["path"])
         xml = clone_xml(spec, source["xml"], disks)

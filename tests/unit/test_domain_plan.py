@@ -197,6 +197,12 @@ def test_clone_plan_reports_missing_base_or_pool_without_raising() -> None:
     assert "storage pool 'fast' is not defined" in clone_plan(spec(pool="fast"), snapshot(), URI).error
 
 
+def test_clone_of_a_running_base_is_noted() -> None:
+    snap = snapshot()
+    snap["domains"]["centos7"]["state"] = "running"
+    assert "copied mid-write" in clone_plan(spec(), snap, URI).notes[0]
+
+
 def test_autostart_on_clone() -> None:
     assert "autostart kvmhost01" in rendered(clone_plan(spec(autostart=True), snapshot(), URI).command)
 
