@@ -82,7 +82,7 @@ def clone_plan(spec: VmSpec, snapshot: Snapshot, uri: str) -> VmPlan:
     steps: list[StringCommand] = []
     for disk in disks:
         if disk.source is None:
-            steps.append(sh("truncate", "-s", f"{disk.size_gib}G", "--", q(disk.path)))
+            steps.append(sh("truncate", "-s", q(f"{disk.size_gib}G"), "--", q(disk.path)))
             plan.actions.append(f"data disk {disk.target} {disk.size_gib} GiB")
         elif spec.clone == "linked":
             steps.append(
@@ -233,7 +233,7 @@ def disk_plan(
     live = ["--live"] if is_active(domain) else []
     for target in missing:
         path = posixpath.join(pool["path"], f"{spec.name}-{target}.img")
-        create = sh("truncate", "-s", f"{spec.disk_size_gb}G", "--", q(path))
+        create = sh("truncate", "-s", q(f"{spec.disk_size_gb}G"), "--", q(path))
         attach = virsh(
             uri,
             "attach-disk",
@@ -367,7 +367,9 @@ def power_plan(
         "; do virsh -q -c",
         q(uri),
         'shutdown -- "$n" >/dev/null || true; done;',
-        f"deadline=$(( $(date +%s) + {int(timeout)} ));",
+        "deadline=$(( $(date +%s) +",
+        q(int(timeout)),
+        "));",
         "for n in",
         *quoted,
         "; do",
@@ -377,7 +379,9 @@ def power_plan(
         "if [",
         state,
         "!= 'shut off' ]; then",
-        f'echo "kvm-qemu: $n did not shut down within {int(timeout)}s; destroying it";',
+        'echo "kvm-qemu: $n did not shut down within',
+        q(int(timeout)),
+        's; destroying it";',
         "virsh -q -c",
         q(uri),
         'destroy -- "$n" >/dev/null; fi; done',
