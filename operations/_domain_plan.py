@@ -64,10 +64,10 @@ def clone_plan(spec: VmSpec, snapshot: Snapshot, uri: str) -> VmPlan:
     source = snapshot.get("domains", {}).get(spec.srcvm)
     pool = snapshot.get("pools", {}).get(spec.pool)
     if source is None:
-        plan.error = f"source domain {spec.srcvm!r} is not defined on this host (see deploys/base_vm.py)"
+        plan.error = f"source domain {spec.srcvm} is not defined on this host (see deploys/base_vm.py)"
         return plan
     if pool is None or not pool.get("path"):
-        plan.error = f"storage pool {spec.pool!r} is not defined on this host (see deploys/pools.py)"
+        plan.error = f"storage pool {spec.pool} is not defined on this host (see deploys/pools.py)"
         return plan
     if is_active(source):
         plan.notes.append(f"source domain {spec.srcvm!r} is running: its disk may be copied mid-write")
@@ -75,7 +75,7 @@ def clone_plan(spec: VmSpec, snapshot: Snapshot, uri: str) -> VmPlan:
         disks = plan_disks(spec, source["xml"], pool["path"])
         xml = clone_xml(spec, source["xml"], disks)
     except CloneError as exc:
-        plan.error = f"cannot clone {spec.srcvm!r}: {exc}"
+        plan.error = f"cannot clone {spec.srcvm}: {exc}"
         return plan
 
     paths = [d.path for d in disks]

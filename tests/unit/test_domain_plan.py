@@ -193,8 +193,8 @@ def test_clone_plan_quotes_every_value() -> None:
 
 
 def test_clone_plan_reports_missing_base_or_pool_without_raising() -> None:
-    assert "source domain 'rocky9' is not defined" in clone_plan(spec(srcvm="rocky9"), snapshot(), URI).error
-    assert "storage pool 'fast' is not defined" in clone_plan(spec(pool="fast"), snapshot(), URI).error
+    assert "source domain rocky9 is not defined" in clone_plan(spec(srcvm="rocky9"), snapshot(), URI).error
+    assert "storage pool fast is not defined" in clone_plan(spec(pool="fast"), snapshot(), URI).error
 
 
 def test_clone_of_a_running_base_is_noted() -> None:
