@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from facts.libvirt import Hypervisor
+from typing import Any
+
 from pyinfra import host, logger
 
 from inventories.manifest_model import VmSpec
@@ -13,8 +14,9 @@ class CapacityError(Exception):
     """The manifest does not fit on a host at the configured overcommit ratio."""
 
 
-def check_capacity(specs: list[VmSpec], overcommit: float, uri: str) -> None:
-    row = capacity_row(host.name, specs, host.get_fact(Hypervisor, uri=uri), overcommit)
+def check_capacity(specs: list[VmSpec], overcommit: float, snapshot: dict[str, Any]) -> None:
+    """Refuse the build on this host (raise) when the manifest does not fit; ``snapshot``: Hypervisor fact."""
+    row = capacity_row(host.name, specs, snapshot, overcommit)
     logger.info(f"{host.print_prefix}capacity: {row.table_line()}")
     if row.problems:
         raise CapacityError(

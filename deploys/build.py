@@ -3,18 +3,24 @@
 pyinfra inventories/manifest.py deploys/build.py [--data overcommit=2.0]
 """
 
+from pyinfra import host
+
 from deploys._capacity import check_capacity
 from deploys._dns import dnsmasq_arguments, entries
 from deploys._settings import is_hypervisor, is_mgmt, number, setting, vmspecs
+from facts.libvirt import Hypervisor
 from operations import dnsmasq, libvirt
 
 if is_hypervisor():
     specs = vmspecs()
-    check_capacity(specs, number("overcommit"), setting("libvirt_uri"))
+    # One read serves the preflight and the operation's planning; execution reads afresh.
+    snapshot = host.get_fact(Hypervisor, uri=setting("libvirt_uri"))
+    check_capacity(specs, number("overcommit"), snapshot)
     libvirt.domains_built(
         name="Clone and converge VMs",
         vmspecs=[spec.to_dict() for spec in specs],
         uri=setting("libvirt_uri"),
+        prepared_snapshot=snapshot,
     )
 
 if is_mgmt():

@@ -13,10 +13,10 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-from facts.libvirt import Hypervisor
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, operation
 
+from facts.libvirt import Hypervisor
 from inventories.manifest_model import VmSpec
 from operations._domain_plan import VmPlan, build_plans, delete_plan, power_plan
 from operations._domain_xml import CloneError, domain_name, xml_covers
@@ -92,14 +92,26 @@ def pool(
 
 
 @operation()
-def domains_built(vmspecs: list[dict[str, Any]], clone: bool = True, uri: str = DEFAULT_URI) -> Commands:
+def domains_built(
+    vmspecs: list[dict[str, Any]],
+    clone: bool = True,
+    uri: str = DEFAULT_URI,
+    prepared_snapshot: dict[str, Any] | None = None,
+) -> Commands:
     """Every vmspec of this host as a domain: cloned from its base when missing, else converged.
 
     Converging sets vCPUs/memory (live where libvirt allows it, and in the persistent config), adds
     missing data disks and sets autostart. With ``clone=False`` missing domains are only reported.
+    ``prepared_snapshot``: a Hypervisor fact the deploy already read, used for planning at prepare time
+    (saves a round trip); execution always reads the fact afresh.
     """
     specs = _specs(vmspecs)
-    plans = build_plans(specs, host.get_fact(Hypervisor, uri=uri), uri, clone=clone)
+    executing = getattr(host.state, "is_executing", False)
+    if prepared_snapshot is not None and not executing:
+        snapshot = prepared_snapshot
+    else:
+        snapshot = host.get_fact(Hypervisor, uri=uri)
+    plans = build_plans(specs, snapshot, uri, clone=clone)
     _log(plans)
     if not any(p.changes for p in plans):
         host.noop(f"{len(plans)} domain(s) match the manifest")

@@ -109,3 +109,11 @@ def test_define_from_xml(tmp_path: Path) -> None:
     assert command == "virsh -q -c qemu:///system define /dev/stdin >/dev/null"
     with pytest.raises(OperationValueError, match="cannot use domain XML"):
         run(libvirt.domain_defined, xml_file=str(tmp_path / "missing.xml"))
+
+
+def test_build_plans_from_the_deploys_snapshot_at_prepare_without_reading_the_fact() -> None:
+    state = FakeState()
+    host = create_host(state, facts={})  # reading the fact would raise "Missing test fact"
+    with ctx_state.use(state), ctx_host.use(host):
+        (command,) = list(libvirt.domains_built._inner(vmspecs=[vmspec()], prepared_snapshot=SNAPSHOT))
+    assert "define /dev/stdin" in command.get_raw_value()
