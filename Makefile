@@ -9,7 +9,7 @@ APT_PACKAGES := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
                 iproute2 util-linux
 PYTEST_ARGS ?=
 
-.PHONY: demo test unit lint bench system-packages venv sandbox-up sandbox-down clean
+.PHONY: demo test unit lint typecheck check-manifest bench system-packages venv sandbox-up sandbox-down clean
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -37,6 +37,14 @@ unit: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+# Validate a manifest without contacting any host: make check-manifest MANIFEST=path/to/manifest.json
+MANIFEST ?= manifest.json
+check-manifest: venv
+	$(PY) -m inventories.manifest_model $(MANIFEST)
 
 demo: venv
 	$(PY) -m sandbox.demo

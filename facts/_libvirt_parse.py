@@ -42,12 +42,13 @@ def _xml(text: str | None, what: str) -> ET.Element:
 
 
 def _bytes(element: ET.Element | None) -> int:
-    if element is None or not (element.text or "").strip():
+    text = "" if element is None else (element.text or "").strip()
+    if element is None or not text:
         return 0
     unit = UNITS.get(element.get("unit", "bytes").lower())
     if unit is None:
         raise ParseError(f"unknown unit {element.get('unit')!r}")
-    return int(element.text.strip()) * unit
+    return int(text) * unit
 
 
 def _kib(element: ET.Element | None) -> int:
@@ -126,7 +127,7 @@ def _interface(element: ET.Element) -> dict[str, Any]:
     source = element.find("source")
     model = element.find("model")
     return {
-        "mac": mac.get("address").lower() if mac is not None and mac.get("address") else None,
+        "mac": (mac.get("address") or "").lower() or None if mac is not None else None,
         "type": element.get("type"),
         "source": (source.get("bridge") or source.get("network") or source.get("dev"))
         if source is not None

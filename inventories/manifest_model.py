@@ -141,7 +141,8 @@ def _validator() -> jsonschema.Draft202012Validator:
 def validate(data: Any) -> list[str]:
     """Every problem in ``data`` (a parsed manifest), schema rules first, then cross-field rules."""
     if not isinstance(data, list):
-        kind = {dict: "an object", str: "a string"}.get(type(data), type(data).__name__)
+        kinds: dict[type, str] = {dict: "an object", str: "a string"}
+        kind = kinds.get(type(data), type(data).__name__)
         return [f"the manifest must be a JSON array of hosts, but its top level is {kind}"]
     if not data:
         return ["the manifest is empty: it lists no hosts"]
