@@ -9,7 +9,7 @@ APT_PACKAGES := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
                 iproute2 util-linux
 PYTEST_ARGS ?=
 
-.PHONY: demo test unit lint typecheck check-manifest bench system-packages venv sandbox-up sandbox-down clean
+.PHONY: demo test unit lint typecheck check-manifest starter bench system-packages venv sandbox-up sandbox-down clean
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -45,6 +45,10 @@ typecheck: venv
 MANIFEST ?= manifest.json
 check-manifest: venv
 	$(PY) -m inventories.manifest_model $(MANIFEST)
+
+# Write a starter manifest to edit; refuses to overwrite anything: make starter MANIFEST=manifest.json
+starter: venv
+	$(PY) -m inventories.starter $(MANIFEST)
 
 demo: venv
 	$(PY) -m sandbox.demo
