@@ -5,11 +5,11 @@
 Read-only: one fact per host, printed as a table; drift is marked with ``!``.
 """
 
-from facts.libvirt import Hypervisor
 from pyinfra import host, logger
 
 from deploys._settings import all_vmspecs, is_hypervisor, is_mgmt, setting, vmspecs
 from facts.dnsmasq import DnsmasqReservations
+from facts.libvirt import Hypervisor
 from operations._status import reservation_lines, status_lines
 
 if is_hypervisor():
