@@ -9,29 +9,20 @@ the same run may create it; at execute time the host fails with the message inst
 from __future__ import annotations
 
 import os
-import time
-import weakref
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-import gevent
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, operation
 
 from facts.libvirt import Hypervisor
 from inventories.manifest_model import VmSpec
-from operations._capacity import (
-    DEFAULT_MEMORY_RATIO,
-    DEFAULT_VCPU_RATIO,
-    CapacityRow,
-    capacity_row,
-    refusal_message,
-)
 from operations._domain_diff import build_diff, delete_diff, power_diff
 from operations._domain_plan import VmPlan, build_plans, delete_plan, power_plan
 from operations._domain_source import digest, recorded_digest, with_source
 from operations._domain_xml import CloneError, domain_name, xml_covers
+from operations._preflight import capacity_refusal
 from operations._virsh import DEFAULT_URI, all_of, fail, virsh
 
 Commands = Generator[Any, None, None]
@@ -135,17 +126,9 @@ def domains_built(
     specs = _specs(vmspecs)
     snapshot = host.get_fact(Hypervisor, uri=uri)
     if vcpu_ratio is not None or memory_ratio is not None:
-        row = capacity_row(
-            host.name,
-            specs,
-            snapshot,
-            DEFAULT_VCPU_RATIO if vcpu_ratio is None else vcpu_ratio,
-            DEFAULT_MEMORY_RATIO if memory_ratio is None else memory_ratio,
-        )
-        _record_capacity(row)
-        logger.info(f"{getattr(host, 'print_prefix', '')}capacity: {row.table_line()}")
-        if row.problems:
-            yield fail(refusal_message(row, _capacity_peers(row)))
+        refusal = capacity_refusal(specs, snapshot, vcpu_ratio, memory_ratio)
+        if refusal:
+            yield fail(refusal)
             return
     plans = build_plans(specs, snapshot, uri, clone=clone)
     _log(plans)
@@ -154,43 +137,6 @@ def domains_built(
         host.noop(f"{len(plans)} domain(s) match the manifest")
         return
     yield from _yield_plans(plans)
-
-
-# Capacity rows of this run, by state and host: a refusal shows every hypervisor's row and where its VMs
-# would fit. Rows recorded at prepare (change detection) are replaced by those read again at execute.
-_CAPACITY: weakref.WeakKeyDictionary[Any, dict[str, CapacityRow]] = weakref.WeakKeyDictionary()
-PEER_WAIT_SECONDS = 15.0
-
-
-def _record_capacity(row: CapacityRow) -> None:
-    try:
-        _CAPACITY.setdefault(host.state, {})[row.host] = row
-    except TypeError:  # a state that cannot be weakly referenced: no table of the other hosts
-        pass
-
-
-def _capacity_peers(row: CapacityRow) -> list[CapacityRow]:
-    """The other hosts' rows; at execute, waits (bounded) for active hosts running this operation too."""
-    state = host.state
-    rows = _CAPACITY.get(state, {}) if _weakrefable(state) else {}
-    if getattr(state, "is_executing", False):
-        op_hash = getattr(host, "current_op_hash", None)
-        ops = getattr(state, "ops", {})
-        active = getattr(state, "active_hosts", ())
-        peers = {h.name for h in active if h.name != row.host and op_hash in ops.get(h, {})}
-        deadline = time.monotonic() + PEER_WAIT_SECONDS
-        while not peers <= set(rows) and time.monotonic() < deadline:
-            gevent.sleep(0.2)
-            peers &= {h.name for h in getattr(state, "active_hosts", ())}
-    return [r for name, r in sorted(rows.items()) if name != row.host]
-
-
-def _weakrefable(value: Any) -> bool:
-    try:
-        weakref.ref(value)
-    except TypeError:
-        return False
-    return True
 
 
 @operation()
