@@ -301,6 +301,7 @@ def test_a_failing_host_fails_alone(cluster: Cluster) -> None:
             ],
         }
     )
+    cluster.deploy(MANIFEST, "pools")  # also when run on its own
     try:
         result = cluster.deploy(manifest, "build", expect_ok=False)
         assert result.returncode != 0
