@@ -1,26 +1,31 @@
-"""The build's capacity preflight, run in deploy code so it refuses before any operation is planned."""
+"""The build's allocation ratios from host data or ``--data`` (the preflight runs in the build operation)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from pyinfra import host, logger
 
-from inventories.manifest_model import VmSpec
-from operations._capacity import capacity_row
+from deploys._settings import number, setting
 
 
-class CapacityError(Exception):
-    """The manifest does not fit on a host at the configured overcommit ratio."""
+def allocation_ratios() -> tuple[float, float]:
+    """``(vcpu_allocation_ratio, memory_allocation_ratio)``: finite and greater than 0, else SettingError.
 
-
-def check_capacity(specs: list[VmSpec], overcommit: float, snapshot: dict[str, Any]) -> None:
-    """Refuse the build on this host (raise) when the manifest does not fit; ``snapshot``: Hypervisor fact."""
-    row = capacity_row(host.name, specs, snapshot, overcommit)
-    logger.info(f"{host.print_prefix}capacity: {row.table_line()}")
-    if row.problems:
-        raise CapacityError(
-            f"capacity preflight refused the build on {host.name} (nothing was changed):\n"
-            f"  {row.table_line()}\n"
-            "  raise --data overcommit=<ratio> or move VMs to another host in the manifest"
-        )
+    ``overcommit`` is the deprecated single ratio: when set it stands for whichever of the two ratios is
+    not set itself, with a warning.
+    """
+    vcpu = number("vcpu_allocation_ratio", positive=True)
+    memory = number("memory_allocation_ratio", positive=True)
+    if setting("overcommit") is not None:
+        legacy = number("overcommit", positive=True)
+        keys = ("vcpu_allocation_ratio", "memory_allocation_ratio")
+        replaced = [key for key in keys if host.data.get(key) is None]
+        if "vcpu_allocation_ratio" in replaced:
+            vcpu = legacy
+        if "memory_allocation_ratio" in replaced:
+            memory = legacy
+        if replaced:
+            logger.warning(
+                f"{getattr(host, 'print_prefix', '')}overcommit is deprecated: it sets "
+                f"{' and '.join(replaced)} to {legacy:g}; use those keys instead"
+            )
+    return vcpu, memory

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pyinfra import host
+from pyinfra.api.exceptions import PyinfraError
 
 from inventories.manifest_model import VmSpec
 
@@ -17,7 +19,9 @@ DEFAULTS: dict[str, Any] = {
     "keep_disks": False,
     "force": False,
     "stop_timeout": 60,
-    "overcommit": 2.0,
+    "vcpu_allocation_ratio": 4.0,
+    "memory_allocation_ratio": 1.0,
+    "overcommit": None,
     "xml_dir": "xml",
     "dnsmasq_conf": "/etc/dnsmasq.conf",
     "dnsmasq_pid_file": "/run/dnsmasq/dnsmasq.pid",
@@ -31,8 +35,11 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-class SettingError(ValueError):
-    """Invalid host data; raised while a deploy loads, before anything runs on any host."""
+class SettingError(PyinfraError, ValueError):
+    """Invalid host data; raised while a deploy loads, before anything runs on any host.
+
+    A ``PyinfraError``, so pyinfra prints the one-line message (which names the key), not a traceback.
+    """
 
 
 def setting(key: str, defaults: dict[str, Any] = DEFAULTS) -> Any:
@@ -49,12 +56,18 @@ def flag(key: str, defaults: dict[str, Any] = DEFAULTS) -> bool:
     return bool(value)
 
 
-def number(key: str) -> float:
+def number(key: str, positive: bool = False) -> float:
+    """A finite number (``nan`` and ``inf`` are refused); ``positive``: greater than zero."""
     value = setting(key)
     try:
-        return float(value)
+        result = float(value)
     except (TypeError, ValueError):
         raise SettingError(f"{key}={value!r}: expected a number") from None
+    if not math.isfinite(result):
+        raise SettingError(f"{key}={value!r}: expected a finite number")
+    if positive and result <= 0:
+        raise SettingError(f"{key}={value!r}: expected a number greater than 0")
+    return result
 
 
 def vmspecs() -> list[VmSpec]:

@@ -1,26 +1,24 @@
 """Build the manifest: clone every vmspec on its host, converge existing VMs, then DHCP + DNS on mgmt.
 
-pyinfra inventories/manifest.py deploys/build.py [--data overcommit=2.0]
+pyinfra inventories/manifest.py deploys/build.py [--data vcpu_allocation_ratio=4.0]
+    [--data memory_allocation_ratio=1.0]
+
+A host whose VMs do not fit (capacity preflight) fails alone with a per-host table; the others are built.
 """
 
-from pyinfra import host
-
-from deploys._capacity import check_capacity
+from deploys._capacity import allocation_ratios
 from deploys._dns import dnsmasq_arguments, entries
-from deploys._settings import is_hypervisor, is_mgmt, number, setting, vmspecs
-from facts.libvirt import Hypervisor
+from deploys._settings import is_hypervisor, is_mgmt, setting, vmspecs
 from operations import dnsmasq, libvirt
 
 if is_hypervisor():
-    specs = vmspecs()
-    # One read serves the preflight and the operation's planning; execution reads afresh.
-    snapshot = host.get_fact(Hypervisor, uri=setting("libvirt_uri"))
-    check_capacity(specs, number("overcommit"), snapshot)
+    vcpu_ratio, memory_ratio = allocation_ratios()
     libvirt.domains_built(
         name="Clone and converge VMs",
-        vmspecs=[spec.to_dict() for spec in specs],
+        vmspecs=[spec.to_dict() for spec in vmspecs()],
         uri=setting("libvirt_uri"),
-        prepared_snapshot=snapshot,
+        vcpu_ratio=vcpu_ratio,
+        memory_ratio=memory_ratio,
     )
 
 if is_mgmt():

@@ -18,8 +18,11 @@ from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, ope
 
 from facts.libvirt import Hypervisor
 from inventories.manifest_model import VmSpec
+from operations._domain_diff import build_diff, delete_diff, power_diff
 from operations._domain_plan import VmPlan, build_plans, delete_plan, power_plan
+from operations._domain_source import digest, recorded_digest, with_source
 from operations._domain_xml import CloneError, domain_name, xml_covers
+from operations._preflight import capacity_refusal
 from operations._virsh import DEFAULT_URI, all_of, fail, virsh
 
 Commands = Generator[Any, None, None]
@@ -30,6 +33,19 @@ def _log(plans: list[VmPlan], everything: bool = False) -> None:
     for plan in plans:
         if everything or plan.changes or plan.notes:
             logger.info(f"{prefix}{plan.summary()}")
+
+
+def _diff(lines: list[str]) -> None:
+    """With ``--diff``: before -> after lines, once (at prepare, or at execute when there was none: -y)."""
+    state = host.state
+    config = getattr(state, "config", None)
+    if not getattr(config, "DIFF", False):
+        return
+    if getattr(state, "is_executing", False) and getattr(state, "check_for_changes", True):
+        return
+    prefix = getattr(host, "print_prefix", "")
+    for line in lines:
+        logger.info(f"{prefix}    {line}")
 
 
 def _yield_plans(plans: list[VmPlan]) -> Commands:
@@ -96,23 +112,27 @@ def domains_built(
     vmspecs: list[dict[str, Any]],
     clone: bool = True,
     uri: str = DEFAULT_URI,
-    prepared_snapshot: dict[str, Any] | None = None,
+    vcpu_ratio: float | None = None,
+    memory_ratio: float | None = None,
 ) -> Commands:
     """Every vmspec of this host as a domain: cloned from its base when missing, else converged.
 
     Converging sets vCPUs/memory (live where libvirt allows it, and in the persistent config), adds
     missing data disks and sets autostart. With ``clone=False`` missing domains are only reported.
-    ``prepared_snapshot``: a Hypervisor fact the deploy already read, used for planning at prepare time
-    (saves a round trip); execution always reads the fact afresh.
+    With ``vcpu_ratio``/``memory_ratio`` a capacity preflight runs first: when this host's VMs (plus the
+    other domains defined on it) exceed its CPUs/memory times the ratios, or a full clone would not fit
+    in its pool, this host alone fails with a per-host table and nothing is changed on it.
     """
     specs = _specs(vmspecs)
-    executing = getattr(host.state, "is_executing", False)
-    if prepared_snapshot is not None and not executing:
-        snapshot = prepared_snapshot
-    else:
-        snapshot = host.get_fact(Hypervisor, uri=uri)
+    snapshot = host.get_fact(Hypervisor, uri=uri)
+    if vcpu_ratio is not None or memory_ratio is not None:
+        refusal = capacity_refusal(specs, snapshot, vcpu_ratio, memory_ratio)
+        if refusal:
+            yield fail(refusal)
+            return
     plans = build_plans(specs, snapshot, uri, clone=clone)
     _log(plans)
+    _diff(build_diff(specs, snapshot, {p.vm for p in plans if p.command is not None}))
     if not any(p.changes for p in plans):
         host.noop(f"{len(plans)} domain(s) match the manifest")
         return
@@ -136,6 +156,7 @@ def domains_power(
         host.noop(f"{len(domains) - len(missing)} domain(s) already {'running' if running else 'shut off'}")
         return
     _log([plan])
+    _diff(power_diff(domains, known, "running" if running else "shut off"))
     yield plan.command
 
 
@@ -152,26 +173,42 @@ def domains_deleted(domains: list[str], keep_disks: bool = False, uri: str = DEF
         host.noop(f"{len(domains)} domain(s) already absent")
         return
     _log(plans)
+    _diff(delete_diff([p.vm for p in plans], snapshot["domains"]))
     for plan in plans:
         yield plan.command
 
 
 @operation()
 def domain_defined(xml_file: str, uri: str = DEFAULT_URI) -> Commands:
-    """Define a domain from a controller-side XML file when it is absent or differs (the seed's ``-x``)."""
+    """Define a domain from a controller-side XML file when absent or when the file changed (``-x``).
+
+    The define records the file's SHA-256 in the domain's ``<metadata>``; later runs compare that digest,
+    not libvirt's expanded XML (units, machine type, UUID, passwords differ from any hand-written file).
+    A redefinition keeps the domain's UUID. A domain without the digest that already contains everything
+    the file asks for is left alone.
+    """
     try:
-        xml = Path(xml_file).read_text()
+        data = Path(xml_file).read_bytes()
+        xml = data.decode("utf-8")
         vm = domain_name(xml)
-    except (OSError, CloneError) as exc:
+    except (OSError, UnicodeDecodeError, CloneError) as exc:
         raise OperationValueError(f"cannot use domain XML {xml_file}: {exc}") from None
+    file_digest = digest(data)
     current = host.get_fact(Hypervisor, uri=uri)["domains"].get(vm)
-    if current is not None and xml_covers(xml, current["xml"]):
-        host.noop(f"domain {vm} matches {xml_file}")
-        return
+    if current is not None:
+        recorded = recorded_digest(current["xml"])
+        if recorded == file_digest or (recorded is None and xml_covers(xml, current["xml"])):
+            host.noop(f"domain {vm} matches {xml_file}")
+            return
+    try:
+        definition = with_source(xml, file_digest, current.get("uuid") if current else None)
+    except CloneError as exc:
+        raise OperationValueError(f"cannot redefine {vm} from {xml_file}: {exc}") from None
     logger.info(
         f"{getattr(host, 'print_prefix', '')}{vm}: {'redefine' if current else 'define'} from {xml_file}"
+        + (f" (keeping UUID {current.get('uuid')})" if current else "")
     )
-    yield StringCommand(virsh(uri, "define", "/dev/stdin"), ">/dev/null", _stdin=xml)
+    yield StringCommand(virsh(uri, "define", "/dev/stdin"), ">/dev/null", _stdin=definition)
 
 
 def _write_file(path: str, text: str) -> None:

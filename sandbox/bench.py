@@ -76,7 +76,9 @@ class Runner:
             "inventories/manifest.py",
             f"deploys/{deploy}.py",
             "--data",
-            "overcommit=64",
+            "vcpu_allocation_ratio=64",
+            "--data",
+            "memory_allocation_ratio=64",
             *extra,
         ]
         started = time.monotonic()

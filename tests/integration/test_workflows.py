@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -300,6 +301,7 @@ def test_a_failing_host_fails_alone(cluster: Cluster) -> None:
             ],
         }
     )
+    cluster.deploy(MANIFEST, "pools")  # also when run on its own
     try:
         result = cluster.deploy(manifest, "build", expect_ok=False)
         assert result.returncode != 0
@@ -309,12 +311,28 @@ def test_a_failing_host_fails_alone(cluster: Cluster) -> None:
         cluster.deploy(manifest[:1], "delete")
 
 
-def test_capacity_preflight_refuses_before_any_change(cluster: Cluster) -> None:
-    result = cluster.deploy(MANIFEST, "build", "overcommit=0.01", expect_ok=False)
-    assert result.returncode != 0
-    assert "capacity preflight refused" in result.stdout + result.stderr
-    assert "wf-vm01" not in cluster.domains("sm-01")
-    assert cluster.files("sm-01") == []
+def test_capacity_refusal_fails_that_host_alone_with_a_table(cluster: Cluster) -> None:
+    # Sandbox hosts have 2 CPUs: at the default vCPU ratio 4.0, 9 vCPUs do not fit on sm-01.
+    manifest = copy.deepcopy(MANIFEST)
+    manifest[0]["vmspecs"][0]["vcpus"] = 9
+    cluster.deploy(MANIFEST, "pools")
+    try:
+        result = cluster.deploy(manifest, "build", expect_ok=False)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert "Traceback" not in output and "An exception occurred" not in output, output[-3000:]
+        assert "capacity preflight refused the build on sm-01" in output
+        table = [line for line in output.splitlines() if "vCPUs" in line and "limit" in line]
+        assert table, output[-3000:]
+        assert re.search(r"sm-01 +1[01] +8 .*vCPUs > 2 CPUs x 4", output), output[-3000:]
+        assert re.search(r"sm-02 +2 +8 .* ok", output), output[-3000:]
+        assert "wf-vm01 (9 vCPU, 1 GiB) would fit on: no other host" in output
+        assert "wf-vm02 (1 vCPU, 1 GiB) would fit on: sm-02" in output
+        assert not set(VMS["sm-01"]) & set(cluster.domains("sm-01"))
+        assert cluster.files("sm-01") == []
+        assert "wf-vm03" in cluster.domains("sm-02")  # the other host was built
+    finally:
+        cluster.deploy(manifest, "delete")
 
 
 def test_sethostname_on_guest_stand_ins(cluster: Cluster) -> None:
@@ -396,3 +414,82 @@ def test_resize_adds_a_missing_data_disk_to_a_running_vm(cluster: Cluster) -> No
     finally:
         cluster.deploy(manifest, "delete")
     assert cluster.files("sm-01", "wf-vm08*") == []
+
+
+HAND_WRITTEN_XML = """<domain type='kvm'>
+  <name>wf-hand</name>
+  <memory unit='GiB'>2</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='/secondary/wf-hand-vda.img'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <graphics type='vnc' port='-1' listen='127.0.0.1' passwd='s3cret'/>
+  </devices>
+</domain>
+"""
+
+
+def test_base_vm_from_a_hand_written_xml_is_defined_once_and_redefined_in_place(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # No <uuid>, memory in GiB, machine 'pc', a VNC password: libvirt's dump differs from all of it.
+    path = tmp_path / "wf-hand.xml"
+    path.write_text(HAND_WRITTEN_XML)
+    try:
+        first = cluster.deploy(MANIFEST, "base_vm", f"xml={path}")
+        assert totals(first)[1] == "2"
+        uuids = {host: cluster.virsh(host, "domuuid", "wf-hand").strip() for host in VMS}
+        assert "sha256:" in cluster.virsh("sm-01", "dumpxml", "--inactive", "wf-hand")
+
+        second = cluster.deploy(MANIFEST, "base_vm", f"xml={path}")
+        assert totals(second) == ["2", "-", "-", "2"], second.stdout[-3000:] + second.stderr[-3000:]
+
+        path.write_text(HAND_WRITTEN_XML.replace("<vcpu>1</vcpu>", "<vcpu>2</vcpu>"))
+        changed = cluster.deploy(MANIFEST, "base_vm", f"xml={path}")
+        assert totals(changed)[1] == "2"
+        for host in VMS:
+            assert cluster.virsh(host, "domuuid", "wf-hand").strip() == uuids[host]
+            assert "CPU(s):         2" in cluster.virsh(host, "dominfo", "wf-hand")
+        third = cluster.deploy(MANIFEST, "base_vm", f"xml={path}")
+        assert totals(third) == ["2", "-", "-", "2"]
+    finally:
+        for host in VMS:
+            cluster.ssh(host, "virsh -q undefine wf-hand", check=False)
+
+
+def test_diff_prints_before_and_after_for_each_libvirt_workflow(cluster: Cluster) -> None:
+    spec = {
+        **MANIFEST[0]["vmspecs"][1],
+        "name": "wf-vm07",
+        "hostname": "wf-vm07.wf.internal",
+        "ipaddress": "10.10.5.17",
+    }
+    manifest = [{"host": "sm-01", "vmspecs": [spec]}]
+    grown = [{"host": "sm-01", "vmspecs": [{**spec, "memoryGb": 2}]}]
+
+    def diff(deploy: str, m: list[dict[str, Any]], *data: str) -> str:
+        extra = [x for d in data for x in ("--data", d)]
+        result = cluster.pyinfra(m, "-y", f"deploys/{deploy}.py", "--diff", *extra)
+        return result.stdout + result.stderr
+
+    cluster.deploy(MANIFEST, "pools")
+    try:
+        build = diff("build", manifest)
+        assert "wf-vm07: vCPUs absent -> 1" in build and "wf-vm07: max memory absent -> 2 GiB" in build
+        assert "wf-vm07: disks absent -> vda" in build and "wf-vm07: power state absent -> shut off" in build
+        assert "wf-vm07: power state shut off -> running" in diff("start", manifest)
+        assert "wf-vm07: memory 1 GiB -> 2 GiB" in diff("resize", grown)
+        assert "wf-vm07: power state running -> shut off" in diff("stop", grown, "stop_timeout=2")
+        deleted = diff("delete", grown)
+        assert "wf-vm07: memory 2 GiB -> absent" in deleted and "wf-vm07: autostart off -> absent" in deleted
+        assert "wf-vm07" not in cluster.domains("sm-01")
+        # Without --diff none of it is printed.
+        quiet = cluster.deploy(manifest, "build")
+        assert "vCPUs absent ->" not in quiet.stdout + quiet.stderr
+    finally:
+        cluster.deploy(manifest, "delete")

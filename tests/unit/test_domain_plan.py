@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from inventories.manifest_model import VmSpec, mac_for
-from operations._capacity import capacity_row
+from operations._capacity import capacity_row, refusal_message
 from operations._domain_plan import (
     build_plans,
     clone_plan,
@@ -414,8 +414,38 @@ def test_capacity_counts_manifest_and_other_domains_but_not_bases() -> None:
     snap["volumes"] = {
         "secondary": {"centos7-vda.img": {"path": "/secondary/centos7-vda.img", "allocation": 1024**3}}
     }
-    row = capacity_row("sm-01", [spec(), spec(name="b", clone="linked")], snap, overcommit=2.0)
+    row = capacity_row(
+        "sm-01", [spec(), spec(name="b", clone="linked")], snap, vcpu_ratio=2.0, memory_ratio=2.0
+    )
     assert (row.vcpus, row.memory_kib) == (6, 8 * GIB)
     assert row.disk_needs == {"default": 1024**3}
     assert row.problems == ["6 vCPUs > 2 CPUs x 2"]
-    assert capacity_row("sm-01", [spec()], snap, overcommit=4.0).problems == []
+    assert capacity_row("sm-01", [spec()], snap, vcpu_ratio=4.0, memory_ratio=2.0).problems == []
+
+
+def test_vcpu_and_memory_have_separate_ratios_with_documented_defaults() -> None:
+    snap = {**snapshot({}), "capacity": {"cpus": 2, "memory_kib": 8 * GIB}}
+    eight = [spec(name=f"v{i}", vcpus=1, memory_gb=1) for i in range(8)]
+    row = capacity_row("sm-01", eight, snap)  # defaults: vCPU 4.0, memory 1.0
+    assert (row.vcpu_ratio, row.memory_ratio) == (4.0, 1.0) and row.problems == []
+    nine = eight + [spec(name="v9", vcpus=1, memory_gb=1)]
+    assert capacity_row("sm-01", nine, snap).problems == [
+        "9 vCPUs > 2 CPUs x 4",
+        "9.0 GiB memory > 8.0 GiB x 1",
+    ]
+    assert capacity_row("sm-01", nine, snap, vcpu_ratio=5.0, memory_ratio=1.2).problems == []
+
+
+def test_refusal_table_lists_every_host_and_where_each_vm_would_fit() -> None:
+    snap = {**snapshot({}), "capacity": {"cpus": 2, "memory_kib": 8 * GIB}}
+    refused = capacity_row("sm-01", [spec(name="big", vcpus=9, memory_gb=1), spec(name="small")], snap)
+    roomy = capacity_row("sm-02", [spec(name="other", vcpus=1, memory_gb=1)], snap)
+    full = capacity_row("sm-03", [spec(name="x", vcpus=8, memory_gb=1)], snap)
+    message = refusal_message(refused, [full, roomy])
+    lines = message.splitlines()
+    assert lines[0] == "capacity preflight refused the build on sm-01 (nothing was changed on it):"
+    assert lines[1].split() == ["host", "vCPUs", "limit", "memory", "GiB", "limit", "verdict"]
+    assert [line.split()[0] for line in lines[2:5]] == ["sm-01", "sm-02", "sm-03"]
+    assert "11 vCPUs > 2 CPUs x 4" in lines[2] and lines[3].endswith("ok")
+    assert "big (9 vCPU, 1 GiB) would fit on: no other host" in message
+    assert "small (2 vCPU, 2 GiB) would fit on: sm-02" in message

@@ -40,7 +40,9 @@ def vmspec(**overrides: Any) -> dict[str, Any]:
 
 def test_pool_present_and_running_is_a_noop() -> None:
     commands, host = run(libvirt.pool, pool_name="default", path="/data01/primary/")
-    assert commands == [] and host.noop_description == "pool default is defined at /data01/primary/ and running"
+    assert (
+        commands == [] and host.noop_description == "pool default is defined at /data01/primary/ and running"
+    )
 
 
 def test_new_pool_is_defined_built_started_autostarted() -> None:
@@ -54,7 +56,10 @@ def test_new_pool_is_defined_built_started_autostarted() -> None:
 
 def test_inactive_pool_is_started() -> None:
     (command,), _ = run(libvirt.pool, pool_name="parked", path="/data01/parked", autostart=False)
-    assert command == "virsh -q -c qemu:///system pool-build parked && virsh -q -c qemu:///system pool-start parked"
+    assert (
+        command
+        == "virsh -q -c qemu:///system pool-build parked && virsh -q -c qemu:///system pool-start parked"
+    )
 
 
 def test_changing_a_pool_path_fails_the_host_instead_of_redefining() -> None:
@@ -111,9 +116,95 @@ def test_define_from_xml(tmp_path: Path) -> None:
         run(libvirt.domain_defined, xml_file=str(tmp_path / "missing.xml"))
 
 
-def test_build_plans_from_the_deploys_snapshot_at_prepare_without_reading_the_fact() -> None:
+# --- define from a hand-written XML file -------------------------------------------------------------
+
+HAND_WRITTEN = """<domain type='kvm'>
+  <name>hand</name>
+  <memory unit='GiB'>2</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'><source file='/secondary/hand.img'/><target dev='vda' bus='virtio'/></disk>
+    <graphics type='vnc' port='-1' passwd='s3cret'/>
+  </devices>
+</domain>
+"""
+
+
+def run_commands(op: Any, snapshot: dict[str, Any], **kwargs: Any) -> tuple[list[Any], Any]:
     state = FakeState()
-    host = create_host(state, facts={})  # reading the fact would raise "Missing test fact"
+    host = create_host(state, facts={"libvirt.Hypervisor": {URI_KEY: snapshot}})
     with ctx_state.use(state), ctx_host.use(host):
-        (command,) = list(libvirt.domains_built._inner(vmspecs=[vmspec()], prepared_snapshot=SNAPSHOT))
-    assert "define /dev/stdin" in command.get_raw_value()
+        return list(op._inner(**kwargs)), host
+
+
+def as_libvirt_defines_it(xml: str, uuid: str) -> str:
+    """What libvirt's dump of the definition looks like: units in KiB, machine expanded, a UUID, no
+    password, defaults added (done by hand here the way libvirt 9 does it)."""
+    out = xml.replace("<memory unit='GiB'>2</memory>", "<memory unit='KiB'>2097152</memory>")
+    out = out.replace('<memory unit="GiB">2</memory>', "<memory unit='KiB'>2097152</memory>")
+    out = out.replace("machine='pc'", "machine='pc-i440fx-8.2'").replace(
+        'machine="pc"', "machine='pc-i440fx-8.2'"
+    )
+    out = out.replace(" passwd='s3cret'", "").replace(' passwd="s3cret"', "")
+    out = out.replace("<name>hand</name>", f"<name>hand</name><uuid>{uuid}</uuid>")
+    assert "GiB" not in out and "passwd" not in out and "machine='pc'" not in out
+    return out
+
+
+def with_domain(xml: str, uuid: str = "5a1f0c6e-0000-4000-8000-000000000001") -> dict[str, Any]:
+    snapshot = copy.deepcopy(SNAPSHOT)
+    snapshot["domains"]["hand"] = {**snapshot["domains"]["centos7"], "uuid": uuid, "xml": xml}
+    return snapshot
+
+
+def test_hand_written_xml_defined_once_then_a_noop(tmp_path: Path) -> None:
+    path = tmp_path / "hand.xml"
+    path.write_text(HAND_WRITTEN)
+    (define,), _ = run_commands(libvirt.domain_defined, SNAPSHOT, xml_file=str(path))
+    sent = define.connector_arguments["_stdin"]
+    assert (
+        "<uuid>" not in sent and "digest=" in sent and "s3cret" in sent
+    )  # first define: libvirt picks the UUID
+
+    uuid = "5a1f0c6e-0000-4000-8000-000000000001"
+    defined = with_domain(as_libvirt_defines_it(sent, uuid), uuid)
+    commands, host = run_commands(libvirt.domain_defined, defined, xml_file=str(path))
+    assert commands == [] and host.noop_description == f"domain hand matches {path}"
+
+    # The file changes: redefined once, keeping the domain's UUID.
+    path.write_text(HAND_WRITTEN.replace("<vcpu>1</vcpu>", "<vcpu>2</vcpu>"))
+    (redefine,), _ = run_commands(libvirt.domain_defined, defined, xml_file=str(path))
+    sent = redefine.connector_arguments["_stdin"]
+    assert f"<uuid>{uuid}</uuid>" in sent and "<vcpu>2</vcpu>" in sent
+
+
+def test_hand_written_xml_with_another_uuid_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "hand.xml"
+    path.write_text(HAND_WRITTEN.replace("<name>hand</name>", "<name>hand</name><uuid>0-other</uuid>"))
+    defined = with_domain(as_libvirt_defines_it(HAND_WRITTEN, "u-1"), "u-1")
+    with pytest.raises(OperationValueError, match="differs from the defined domain's u-1"):
+        run_commands(libvirt.domain_defined, defined, xml_file=str(path))
+
+
+# --- capacity preflight in the build operation ---------------------------------------------------------
+
+
+def test_build_refuses_a_host_that_does_not_fit_with_a_failing_command_not_an_exception() -> None:
+    # The fixture host has 2 CPUs: 12 vCPUs do not fit at 4.0, and nothing is cloned.
+    (command,), _ = run(libvirt.domains_built, vmspecs=[vmspec(vcpus=12)], vcpu_ratio=4.0, memory_ratio=1.0)
+    assert command.endswith("exit 1") and "define /dev/stdin" not in command
+    assert "capacity preflight refused the build on" in command
+    # 12 + the 4 vCPUs of the other domains defined there (wf-vm03, fx-off, fx-run; not the base)
+    assert "16 vCPUs > 2 CPUs x 4" in command and "fx-new (12 vCPU, 1 GiB) would fit on" in command
+    (command,), _ = run(libvirt.domains_built, vmspecs=[vmspec(vcpus=4)], vcpu_ratio=4.0, memory_ratio=1.0)
+    assert "define /dev/stdin" in command
+
+
+def test_build_reads_the_fact_itself() -> None:
+    state = FakeState()
+    host = create_host(state, facts={})
+    with ctx_state.use(state), ctx_host.use(host), pytest.raises(Exception, match="Missing test fact"):
+        list(libvirt.domains_built._inner(vmspecs=[vmspec()]))
+    with pytest.raises(TypeError):
+        list(libvirt.domains_built._inner(vmspecs=[vmspec()], prepared_snapshot=SNAPSHOT))

@@ -1,0 +1,123 @@
+"""``--diff`` for the libvirt operations: each VM's vCPUs, memory, max memory, disks, power state and
+autostart before -> after, from the Hypervisor fact and the plans. Pure: no I/O, lines out.
+
+Values are the persistent definition (what the VM boots with); a running VM's live values are in the
+plan's own lines (``(live)`` actions and notes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from inventories.manifest_model import VmSpec
+from operations._domain_xml import CloneError, data_disk_targets, source_disks
+
+GIB_KIB = 1024 * 1024
+ABSENT = "absent"
+FIELDS = ("vCPUs", "memory", "max memory", "disks", "power state", "autostart")
+
+View = dict[str, str]
+
+
+def _gib(kib: int) -> str:
+    return f"{kib / GIB_KIB:g} GiB"
+
+
+def _disks(targets: Iterable[str]) -> str:
+    return ", ".join(targets) or "none"
+
+
+def domain_view(domain: dict[str, Any]) -> View:
+    """What a defined domain is, as the diff shows it."""
+    cfg = domain.get("config") or domain
+    return {
+        "vCPUs": str(cfg.get("vcpus")),
+        "memory": _gib(int(cfg.get("memory_kib") or 0)),
+        "max memory": _gib(int(cfg.get("max_memory_kib") or 0)),
+        "disks": _disks(d.get("target") or "?" for d in cfg.get("disks", []) if d.get("device") == "disk"),
+        "power state": str(domain.get("state")),
+        "autostart": "on" if domain.get("autostart") else "off",
+    }
+
+
+def render(vm: str, before: View | None, after: View | None) -> list[str]:
+    """``vm: field before -> after`` for each field that differs (absent on one side: every field)."""
+    lines = []
+    for key in FIELDS:
+        old = before[key] if before else ABSENT
+        new = after[key] if after else ABSENT
+        if old != new:
+            lines.append(f"{vm}: {key} {old} -> {new}")
+    return lines
+
+
+def spec_view(spec: VmSpec, domain: dict[str, Any] | None, source: dict[str, Any] | None) -> View | None:
+    """What ``deploys/build.py``/``resize.py`` make of the VM: ``domain`` as it is (None: cloned from
+    ``source``). None when the result is unknown (no base to clone)."""
+    if domain is not None:
+        view = domain_view(domain)
+        cfg = domain.get("config") or domain
+        disks = [d.get("target") or "?" for d in cfg.get("disks", []) if d.get("device") == "disk"]
+        if disks:
+            try:
+                wanted = data_disk_targets(disks[:1], spec.num_disks)
+            except CloneError:
+                wanted = []
+            disks += [t for t in wanted if t not in disks]
+        autostart = view["autostart"] if spec.autostart is None else ("on" if spec.autostart else "off")
+        return {
+            **view,
+            "vCPUs": str(spec.vcpus),
+            "memory": _gib(spec.memory_kib),
+            "max memory": _gib(spec.max_memory_kib),
+            "disks": _disks(disks),
+            "autostart": autostart,
+        }
+    if source is None:
+        return None
+    try:
+        base = [d.target for d in source_disks(source["xml"])]
+        disks = base + data_disk_targets(base, spec.num_disks)
+    except CloneError:
+        return None
+    return {
+        "vCPUs": str(spec.vcpus),
+        "memory": _gib(spec.memory_kib),
+        "max memory": _gib(spec.max_memory_kib),
+        "disks": _disks(disks),
+        "power state": "shut off",
+        "autostart": "on" if spec.autostart else "off",
+    }
+
+
+def build_diff(specs: list[VmSpec], snapshot: dict[str, Any], changed: set[str] | None = None) -> list[str]:
+    """Before -> after of every VM the build or resize changes (``changed``: names with a command)."""
+    domains = snapshot.get("domains", {})
+    lines: list[str] = []
+    for spec in specs:
+        if changed is not None and spec.name not in changed:
+            continue
+        domain = domains.get(spec.name)
+        after = spec_view(spec, domain, domains.get(spec.srcvm))
+        if after is not None:
+            lines += render(spec.name, domain_view(domain) if domain else None, after)
+    return lines
+
+
+def power_diff(names: list[str], domains: dict[str, Any], to_state: str) -> list[str]:
+    """Power state before -> ``to_state`` for the domains whose state differs."""
+    return [
+        f"{vm}: power state {domains[vm].get('state')} -> {to_state}"
+        for vm in names
+        if vm in domains and domains[vm].get("state") != to_state
+    ]
+
+
+def delete_diff(names: list[str], domains: dict[str, Any]) -> list[str]:
+    """Every field of each defined domain -> absent."""
+    lines: list[str] = []
+    for vm in names:
+        if vm in domains:
+            lines += render(vm, domain_view(domains[vm]), None)
+    return lines
