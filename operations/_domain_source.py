@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import xml.etree.ElementTree as ET
 
+from operations._domain_xml import SOURCE_NAMESPACE as NAMESPACE
 from operations._domain_xml import CloneError
 
-NAMESPACE = "https://kvm-qemu.invalid/xmlns/source/1"
 PREFIX = "kvmq"
 SOURCE_TAG = f"{{{NAMESPACE}}}source"
 
@@ -62,7 +62,7 @@ def with_source(xml: str, file_digest: str, uuid: str | None = None) -> str:
             root.insert(name_index + 1, element)
         elif (element.text or "").strip() and (element.text or "").strip().lower() != uuid.lower():
             raise CloneError(
-                f"its <uuid> {element.text.strip()} differs from the defined domain's {uuid}; "
+                f"its <uuid> {(element.text or '').strip()} differs from the defined domain's {uuid}; "
                 "remove the <uuid> line to redefine the domain in place"
             )
         element.text = uuid

@@ -19,6 +19,10 @@ class CloneError(ValueError):
     """The source domain cannot be cloned as asked (the message says why)."""
 
 
+# Namespace of the metadata element recording which controller-side file a domain was defined from.
+SOURCE_NAMESPACE = "https://kvm-qemu.invalid/xmlns/source/1"
+
+
 @dataclass(frozen=True)
 class SourceDisk:
     target: str
@@ -92,6 +96,12 @@ def clone_xml(spec: VmSpec, source_xml: str, disks: list[ClonedDisk]) -> str:
     for tag in ("uuid", "title", "description"):
         for element in root.findall(tag):
             root.remove(element)
+    # The base's source-file digest describes the base, not the clone.
+    for metadata in root.findall("metadata"):
+        for element in metadata.findall(f"{{{SOURCE_NAMESPACE}}}source"):
+            metadata.remove(element)
+        if len(metadata) == 0:
+            root.remove(metadata)
     if spec.description:
         description = ET.SubElement(root, "description")
         description.text = spec.description

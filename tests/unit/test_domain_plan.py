@@ -19,6 +19,7 @@ from operations._domain_plan import (
     owned_volumes,
     power_plan,
 )
+from operations._domain_source import recorded_digest, with_source
 from operations._domain_xml import CloneError, clone_xml, plan_disks, xml_covers
 
 FIXTURES = Path(__file__).parent / "fixtures" / "domains"
@@ -135,6 +136,14 @@ def test_clone_xml_sets_identity_resources_and_disks() -> None:
     macs = [i.find("mac") for i in root.findall("./devices/interface")]
     assert macs[0].get("address") == vm.mac
     assert macs[1] is None  # libvirt generates a fresh MAC for further NICs
+
+
+def test_clone_does_not_carry_the_base_source_digest() -> None:
+    base = with_source(BASE_XML, "sha256:" + "0" * 64)
+    vm = spec()
+    root = ET.fromstring(clone_xml(vm, base, plan_disks(vm, base, "/data01/primary")))
+    assert recorded_digest(base) == "sha256:" + "0" * 64
+    assert root.find("metadata") is None
 
 
 def test_linked_clone_is_a_qcow2_overlay_on_the_base() -> None:
