@@ -23,7 +23,7 @@ import base64
 import ipaddress
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -114,7 +114,9 @@ class BridgeSpec:
         # Timers do not change the network: editing them must not re-apply it.
         data.pop("rollback_seconds")
         data.pop("verify_seconds")
-        return {"backend": backend, **data}
+        # As the host's JSON file reads back (tuples become lists), so the two compare equal.
+        result: dict[str, Any] = json.loads(json.dumps({"backend": backend, **data}, sort_keys=True))
+        return result
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -311,8 +313,13 @@ def parse_spec(values: Mapping[str, Any]) -> BridgeSpec:
     )
 
 
-def choose_backend(requested: Any, distro: Mapping[str, Any], tools: Sequence[str]) -> tuple[str | None, str]:
-    """(backend, reason) for a host; backend None means unsupported (reason says why)."""
+def choose_backend(
+    requested: Any, distro: Mapping[str, Any], tools: Callable[[], Sequence[str]]
+) -> tuple[str | None, str]:
+    """(backend, reason) for a host; backend None means unsupported (reason says why).
+
+    ``tools`` lists the network tools installed on the host; it is only called for plain Debian.
+    """
     if requested not in ("auto", *BACKENDS):
         raise BridgeSpecError(f"kvm_bridge_backend={requested!r}: expected auto, {', '.join(BACKENDS)}")
     if requested != "auto":
@@ -324,7 +331,7 @@ def choose_backend(requested: Any, distro: Mapping[str, Any], tools: Sequence[st
     if "ubuntu" in ids or name == "ubuntu":
         return "netplan", "Ubuntu uses netplan"
     if "debian" in ids or name == "debian":
-        if "netplan" in tools:
+        if "netplan" in tools():
             return "netplan", "netplan is installed"
         return (
             None,
