@@ -11,8 +11,9 @@ Backends (``kvm_bridge_backend``; ``auto`` picks by distribution, see ``choose_b
 - ``networkmanager`` (RHEL/CentOS/Rocky/Alma 8 and later): ``nmcli`` profiles named ``kvm-<device>``.
 - ``ifcfg`` (RHEL/CentOS 7, where the legacy network service and ifcfg files are the norm):
   ``ifcfg-<device>`` files with ``NM_CONTROLLED=no``, then ``systemctl restart network``.
-- ``iproute2``: runtime only (nothing persists a reboot). Not selectable from host data; it exists so the
-  switch itself can be exercised for real where no network manager runs (network namespaces).
+- ``iproute2``: runtime only, nothing survives a reboot; never chosen by ``auto``. For hosts whose
+  persistent configuration comes from elsewhere, and to exercise the switch for real where no
+  network manager runs (network namespaces).
 
 Every value that reaches the script is validated here and rendered through pyinfra's quoting.
 """
@@ -320,8 +321,11 @@ def choose_backend(
 
     ``tools`` lists the network tools installed on the host; it is only called for plain Debian.
     """
-    if requested not in ("auto", *BACKENDS):
-        raise BridgeSpecError(f"kvm_bridge_backend={requested!r}: expected auto, {', '.join(BACKENDS)}")
+    if requested not in ("auto", *BACKENDS, "iproute2"):
+        raise BridgeSpecError(
+            f"kvm_bridge_backend={requested!r}: expected auto, {', '.join(BACKENDS)} "
+            "(or iproute2, runtime only)"
+        )
     if requested != "auto":
         return str(requested), "kvm_bridge_backend"
     meta = distro.get("release_meta") or {}

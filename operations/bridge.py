@@ -16,29 +16,39 @@ from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, QuoteString, StringCommand, operation
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.connectors.ssh import SSHConnector
 
 from facts.bridge import BridgeState
 from operations._bridge_render import PENDING_STATES, STAMP, STATE_DIR, BridgeSpec, differences, switch_script
 
-# Seconds the controller waits for the detached apply to finish (the step command gets 30 more).
+# Seconds the host waits for the detached apply to finish before the apply step reports failure.
 APPLY_WAIT = 150
+# Bound on one command over a verification connection.
+COMMAND_SECONDS = 30
 
 
 def _step(script: str, step: str, seconds: int) -> StringCommand:
-    return StringCommand("timeout", str(seconds), "sh", QuoteString(script), step)
+    # Bounded twice: on the host (timeout) and while reading its output here (_timeout).
+    return StringCommand("timeout", str(seconds), "sh", QuoteString(script), step, _timeout=seconds + 15)
 
 
-def _probe(state: Any, target: Any, command: StringCommand) -> tuple[bool, str]:
-    """Run ``command`` over a brand-new SSH connection built from the host's connection data."""
-    if not isinstance(target.connector, SSHConnector):
-        ok, output = target.connector.run_shell_command(command, _timeout=10)
-        return ok, "\n".join(output.stdout_lines).strip() if ok else output.stderr
-    connector = SSHConnector(state, target)
+def _run_new_connection(
+    state: Any, host: Any, command: StringCommand, arguments: dict[str, Any]
+) -> tuple[bool, str]:
+    """Run ``command`` over a brand-new SSH connection built from the host's connection data.
+
+    Returns (exit status 0, stdout) or (False, stderr / the reason no connection was made).
+    Hosts not reached over SSH (``@local``) run it through their connector, a new process each time.
+    """
+    if not isinstance(host.connector, SSHConnector):
+        ok, output = host.connector.run_shell_command(command, _timeout=COMMAND_SECONDS, **arguments)
+        return ok, "\n".join(output.stdout_lines if ok else output.stderr_lines).strip()
+    connector = SSHConnector(state, host)
     try:
         connector._connect()
-        ok, output = connector.run_shell_command(command, _timeout=10)
-        return ok, "\n".join(output.stdout_lines).strip() if ok else output.stderr
+        ok, output = connector.run_shell_command(command, _timeout=COMMAND_SECONDS, **arguments)
+        return ok, "\n".join(output.stdout_lines if ok else output.stderr_lines).strip()
     except Exception as exc:  # any failure to connect is an answer: the host is not reachable
         return False, f"{type(exc).__name__}: {exc}"
     finally:
@@ -46,26 +56,47 @@ def _probe(state: Any, target: Any, command: StringCommand) -> tuple[bool, str]:
             connector.client.close()
 
 
-def verify_new_connection(state: Any, target: Any, state_dir: str, seconds: int) -> bool:
-    """True once a new connection reads ``applied`` from the switch; False after ``seconds``."""
-    command = StringCommand("cat", QuoteString(f"{state_dir}/state"))
+def apply_change(state: Any, host: Any, script: str, seconds: int, arguments: dict[str, Any]) -> bool:
+    """Step 3 over the existing connection. The change may cut that connection: then the new
+    connection of step 4 decides, so a lost connection is not a failure here."""
+    command = StringCommand("timeout", str(seconds + 10), "sh", QuoteString(script), "apply")
+    try:
+        ok, output = host.run_shell_command(command, _timeout=seconds + 25, **arguments)
+    except Exception as exc:
+        logger.warning(
+            f"{host.print_prefix}connection lost while applying ({type(exc).__name__}: {exc}); "
+            "verifying over a new connection"
+        )
+        return True
+    if not ok:
+        for line in output.stderr_lines:
+            logger.error(f"{host.print_prefix}{line}")
+    return bool(ok)
+
+
+def verify_and_commit(state: Any, host: Any, state_dir: str, seconds: int, arguments: dict[str, Any]) -> bool:
+    """Steps 4 and 5 over a new connection: it must find the change applied within ``seconds``,
+    then it commits (disarms the rollback). Without an answer the host's timer rolls back."""
+    read_state = StringCommand("cat", QuoteString(f"{state_dir}/state"))
     deadline = time.monotonic() + seconds
     detail = "no attempt"
     while True:
-        ok, detail = _probe(state, target, command)
+        ok, detail = _run_new_connection(state, host, read_state, {})
         if ok and detail == "applied":
-            logger.info(f"{target.print_prefix}new connection after the change: OK")
-            return True
-        if ok and detail in ("failed", "rolledback"):
             break
-        if time.monotonic() >= deadline:
-            break
+        if (ok and detail in ("failed", "rolledback")) or time.monotonic() >= deadline:
+            logger.error(
+                f"{host.print_prefix}no new connection found the change applied within {seconds} s "
+                f"(last answer: {detail!r}); the host's timer restores the old network configuration"
+            )
+            return False
         time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
-    logger.error(
-        f"{target.print_prefix}no new connection found the change applied within {seconds} s "
-        f"(last answer: {detail!r}); the host's timer restores the old network configuration"
-    )
-    return False
+    logger.info(f"{host.print_prefix}a new connection reached the host after the change; committing")
+    commit = StringCommand("timeout", "90", "sh", QuoteString(f"{state_dir}/switch.sh"), "commit")
+    ok, detail = _run_new_connection(state, host, commit, arguments)
+    if not ok:
+        logger.error(f"{host.print_prefix}commit failed: {detail}")
+    return ok
 
 
 @operation()
@@ -107,9 +138,12 @@ def bridge_network(
     yield _step(script, "stage", 60)
     # 2. arm the rollback timer.
     yield _step(script, "arm", 30)
-    # 3. apply, detached from this SSH session.
-    yield _step(script, "apply", APPLY_WAIT + 30)
-    # 4. verify over a new connection.
-    yield FunctionCommand(verify_new_connection, (state_dir, spec.verify_seconds), {})
-    # 5. commit: disarm the timer, record the stamp.
-    yield _step(script, "commit", 90)
+    arguments = {
+        key: value
+        for key, value in (host.current_op_global_arguments or {}).items()
+        if key in CONNECTOR_ARGUMENT_KEYS and key not in ("_timeout", "_stdin", "_success_exit_codes")
+    }
+    # 3. apply (detached on the host: the change may cut this SSH session).
+    yield FunctionCommand(apply_change, (script, APPLY_WAIT, arguments), {})
+    # 4. verify over a new connection, 5. commit over it (disarms the timer, records the stamp).
+    yield FunctionCommand(verify_and_commit, (state_dir, spec.verify_seconds, arguments), {})

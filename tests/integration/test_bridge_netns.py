@@ -4,7 +4,7 @@ Two namespaces joined by a veth pair: ``kvmq-br-h*`` is the hypervisor (eth0 10.
 ``kvmq-br-c*`` the controller (10.10.5.1/24). The generated switch script (iproute2 backend: the same
 script skeleton as netplan/NetworkManager/ifcfg, with runtime ``ip`` commands as the apply step) is
 driven through stage, arm, apply; verification opens a new SSH connection from the controller
-namespace with ``operations.bridge.verify_new_connection``. A good change is committed and its timer
+namespace with ``operations.bridge.verify_and_commit``. A good change is committed and its timer
 disarmed; a change that cuts the host off fails verification and the timer restores the old address.
 No sandbox, no traffic outside the namespaces; the namespaces are always deleted.
 """
@@ -70,19 +70,19 @@ class Lab:
         return self.sh("ip", "link", "show", "dev", dev, check=False).returncode == 0
 
     def verify(self, seconds: int) -> bool:
-        """operations.bridge.verify_new_connection, run from the controller namespace."""
+        """operations.bridge.verify_and_commit (a new SSH connection), run from the controller namespace."""
         code = textwrap.dedent(
             f"""
             from gevent import monkey; monkey.patch_all()
             import sys
             from pyinfra.api import Config, Inventory, State
-            from operations.bridge import verify_new_connection
+            from operations.bridge import verify_and_commit
             inventory = Inventory(([("hv", {{"ssh_hostname": {HOST_IP!r}, "ssh_user": "root",
                 "ssh_key": {str(self.key)!r}, "ssh_known_hosts_file": {str(self.known_hosts)!r},
                 "ssh_strict_host_key_checking": "no"}})], {{}}))
             state = State(inventory=inventory, config=Config(CONNECT_TIMEOUT=2))
             host = inventory.get_host("hv")
-            ok = verify_new_connection(state, host, {str(self.state_dir)!r}, {seconds})
+            ok = verify_and_commit(state, host, {str(self.state_dir)!r}, {seconds}, {{}})
             sys.exit(0 if ok else 3)
             """
         )
@@ -190,8 +190,7 @@ def test_good_change_is_verified_committed_and_disarmed(lab: Lab) -> None:
     assert lab.master("eth0") == "br0"
     assert lab.addrs("br0") == [f"{HOST_IP}/24"] and lab.addrs("eth0") == []
 
-    assert lab.verify(SPEC.verify_seconds)
-    lab.step("commit")
+    assert lab.verify(SPEC.verify_seconds)  # and commits over the same new connection
     assert lab.state() == "committed"
     assert not process_alive(pid), "the rollback timer is still running after commit"
     assert lab.stamp.exists()
@@ -232,8 +231,9 @@ def test_change_that_cuts_the_host_off_rolls_back_by_itself(lab: Lab) -> None:
 def test_rollback_restores_an_existing_bridge_and_default_route(lab: Lab) -> None:
     """Second change on a host that already has br0 (re-run with a new address): the old one returns."""
     lab.write_script(SPEC)
-    for step in ("stage", "arm", "apply", "commit"):
+    for step in ("stage", "arm", "apply"):
         lab.step(step)
+    assert lab.verify(SPEC.verify_seconds)
     lab.sh("ip", "route", "add", "default", "via", CTL_IP, "dev", "br0")
     bad = replace(SPEC, address="10.10.9.2/24", gateway="10.10.9.1")
     lab.write_script(bad)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from operations._bridge_render import (
     render_nmcli,
     switch_script,
 )
-from operations.bridge import verify_new_connection
+from operations.bridge import verify_and_commit
 from tests.unit.host_deploy_harness import SimHost, plan
 
 FIXTURES = Path(__file__).parent / "fixtures" / "host_deploys"
@@ -508,9 +509,8 @@ STEPS = [
     "upload /run/kvm-qemu-bridge/switch.sh",
     "timeout 60 sh /run/kvm-qemu-bridge/switch.sh stage",
     "timeout 30 sh /run/kvm-qemu-bridge/switch.sh arm",
-    "timeout 180 sh /run/kvm-qemu-bridge/switch.sh apply",
-    "call verify_new_connection",
-    "timeout 90 sh /run/kvm-qemu-bridge/switch.sh commit",
+    "call apply_change",
+    "call verify_and_commit",
 ]
 
 
@@ -605,22 +605,35 @@ def test_deploy_only_on_kvm_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- verification over a new connection (real local connector) ----------------------------------
 
 
-@pytest.mark.parametrize(("state", "expected"), [("applied", True), ("rolledback", False), ("failed", False)])
-def test_verify_reads_the_switch_state(tmp_path: Path, state: str, expected: bool) -> None:
+def local_host() -> tuple[State, Any]:
+    inventory = Inventory((["@local"], {}))
+    return State(inventory=inventory, config=Config()), inventory.get_host("@local")
+
+
+def test_verify_and_commit_commits_an_applied_change(tmp_path: Path) -> None:
+    stamp = tmp_path / "etc" / "bridge.json"
+    (tmp_path / "switch.sh").write_text(switch_script(SIMPLE, "iproute2", str(tmp_path), str(stamp)))
+    (tmp_path / "stamp").write_text(json.dumps(SIMPLE.stamp("iproute2")))
+    (tmp_path / "state").write_text("applied\n")
+    assert verify_and_commit(*local_host(), str(tmp_path), 5, {}) is True
+    assert (tmp_path / "state").read_text() == "committed\n"
+    assert json.loads(stamp.read_text()) == SIMPLE.stamp("iproute2")
+
+
+@pytest.mark.parametrize("state", ["rolledback", "failed"])
+def test_verify_and_commit_stops_when_the_host_rolled_back(tmp_path: Path, state: str) -> None:
     (tmp_path / "state").write_text(f"{state}\n")
-    inventory = Inventory((["@local"], {}))
-    api_state = State(inventory=inventory, config=Config())
-    target = inventory.get_host("@local")
-    assert verify_new_connection(api_state, target, str(tmp_path), 5) is expected
+    started = time.monotonic()
+    assert verify_and_commit(*local_host(), str(tmp_path), 20, {}) is False
+    assert time.monotonic() - started < 5
+    assert (tmp_path / "state").read_text() == f"{state}\n"
 
 
-def test_verify_gives_up_after_its_deadline(tmp_path: Path) -> None:
-    inventory = Inventory((["@local"], {}))
-    api_state = State(inventory=inventory, config=Config())
-    # No state file: the host "answers" nothing useful until the deadline.
-    assert (
-        verify_new_connection(api_state, inventory.get_host("@local"), str(tmp_path / "missing"), 1) is False
-    )
+def test_verify_and_commit_gives_up_after_its_deadline(tmp_path: Path) -> None:
+    # No state file: the host never answers "applied".
+    started = time.monotonic()
+    assert verify_and_commit(*local_host(), str(tmp_path / "missing"), 1, {}) is False
+    assert time.monotonic() - started < 5
 
 
 def test_bridge_spec_links_order() -> None:
