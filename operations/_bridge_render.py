@@ -566,7 +566,7 @@ def render_nmcli(spec: BridgeSpec) -> list[list[str]]:
             + ["connection.master", spec.bridge, "connection.slave-type", "bridge"]
             + ["connection.autoconnect", "yes", "connection.autoconnect-priority", NM_PORT_PRIORITY]
         )
-    commands.append(["nmcli", "--wait", "90", "connection", "up", "id", bridge])
+    commands.append(["nmcli", "--wait", "60", "connection", "up", "id", bridge])
     return commands
 
 
@@ -894,6 +894,12 @@ esac
 """
 
 
+def apply_seconds(spec: BridgeSpec) -> int:
+    """How long the apply step may take: apply, verification and commit must all fit before the
+    rollback fires (parse_spec guarantees at least 10 s)."""
+    return spec.rollback_seconds - spec.verify_seconds - 10
+
+
 def _indent(lines: Sequence[str]) -> str:
     return "\n".join(f"  {line}" for line in lines) if lines else "  :"
 
@@ -903,9 +909,12 @@ def switch_script(
     backend: str,
     state_dir: str = STATE_DIR,
     stamp: str = STAMP,
-    apply_wait: int = 150,
+    apply_wait: int | None = None,
 ) -> str:
-    """The host-side switch: one POSIX sh script, run as ``sh switch.sh <step>``."""
+    """The host-side switch: one POSIX sh script, run as ``sh switch.sh <step>``.
+
+    ``apply_wait`` (seconds the apply step waits for the detached apply) defaults to ``apply_seconds``.
+    """
     fam = family(spec, backend)
     write_new = []
     install_new = []
@@ -924,7 +933,7 @@ def switch_script(
         stamp=_cmd(stamp),
         unit=_cmd(ROLLBACK_UNIT),
         rollback_seconds=spec.rollback_seconds,
-        apply_wait=apply_wait,
+        apply_wait=apply_seconds(spec) if apply_wait is None else apply_wait,
         links=_cmd(" ".join(spec.links)),
         virtual=_cmd(" ".join(spec.virtual)),
         snapshot=" ".join(fam.snapshot) if fam.snapshot else "",

@@ -14,18 +14,25 @@ from collections.abc import Generator
 from io import StringIO
 from typing import Any
 
+import gevent
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, QuoteString, StringCommand, operation
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.connectors.ssh import SSHConnector
 
 from facts.bridge import BridgeState
-from operations._bridge_render import PENDING_STATES, STAMP, STATE_DIR, BridgeSpec, differences, switch_script
+from operations._bridge_render import (
+    PENDING_STATES,
+    STAMP,
+    STATE_DIR,
+    BridgeSpec,
+    apply_seconds,
+    differences,
+    switch_script,
+)
 
-# Seconds the host waits for the detached apply to finish before the apply step reports failure.
-APPLY_WAIT = 150
-# Bound on one command over a verification connection.
-COMMAND_SECONDS = 30
+# Bound on the commit over the verification connection (the host-side commit waits 60 s for its lock).
+COMMIT_SECONDS = 90
 
 
 def _step(script: str, step: str, seconds: int) -> StringCommand:
@@ -34,7 +41,7 @@ def _step(script: str, step: str, seconds: int) -> StringCommand:
 
 
 def _run_new_connection(
-    state: Any, host: Any, command: StringCommand, arguments: dict[str, Any]
+    state: Any, host: Any, command: StringCommand, arguments: dict[str, Any], seconds: float = 30
 ) -> tuple[bool, str]:
     """Run ``command`` over a brand-new SSH connection built from the host's connection data.
 
@@ -42,12 +49,13 @@ def _run_new_connection(
     Hosts not reached over SSH (``@local``) run it through their connector, a new process each time.
     """
     if not isinstance(host.connector, SSHConnector):
-        ok, output = host.connector.run_shell_command(command, _timeout=COMMAND_SECONDS, **arguments)
+        ok, output = host.connector.run_shell_command(command, _timeout=int(seconds) + 1, **arguments)
         return ok, "\n".join(output.stdout_lines if ok else output.stderr_lines).strip()
     connector = SSHConnector(state, host)
     try:
-        connector._connect()
-        ok, output = connector.run_shell_command(command, _timeout=COMMAND_SECONDS, **arguments)
+        with gevent.Timeout(seconds, exception=TimeoutError(f"no answer within {seconds} s")):
+            connector._connect()
+            ok, output = connector.run_shell_command(command, _timeout=int(seconds) + 1, **arguments)
         return ok, "\n".join(output.stdout_lines if ok else output.stderr_lines).strip()
     except Exception as exc:  # any failure to connect is an answer: the host is not reachable
         return False, f"{type(exc).__name__}: {exc}"
@@ -59,9 +67,9 @@ def _run_new_connection(
 def apply_change(state: Any, host: Any, script: str, seconds: int, arguments: dict[str, Any]) -> bool:
     """Step 3 over the existing connection. The change may cut that connection: then the new
     connection of step 4 decides, so a lost connection is not a failure here."""
-    command = StringCommand("timeout", str(seconds + 10), "sh", QuoteString(script), "apply")
+    command = StringCommand("timeout", str(seconds + 5), "sh", QuoteString(script), "apply")
     try:
-        ok, output = host.run_shell_command(command, _timeout=seconds + 25, **arguments)
+        ok, output = host.run_shell_command(command, _timeout=seconds + 5, **arguments)
     except Exception as exc:
         logger.warning(
             f"{host.print_prefix}connection lost while applying ({type(exc).__name__}: {exc}); "
@@ -81,7 +89,8 @@ def verify_and_commit(state: Any, host: Any, state_dir: str, seconds: int, argum
     deadline = time.monotonic() + seconds
     detail = "no attempt"
     while True:
-        ok, detail = _run_new_connection(state, host, read_state, {})
+        remaining = max(3.0, deadline - time.monotonic())
+        ok, detail = _run_new_connection(state, host, read_state, {}, remaining)
         if ok and detail == "applied":
             break
         if (ok and detail in ("failed", "rolledback")) or time.monotonic() >= deadline:
@@ -92,8 +101,10 @@ def verify_and_commit(state: Any, host: Any, state_dir: str, seconds: int, argum
             return False
         time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
     logger.info(f"{host.print_prefix}a new connection reached the host after the change; committing")
-    commit = StringCommand("timeout", "90", "sh", QuoteString(f"{state_dir}/switch.sh"), "commit")
-    ok, detail = _run_new_connection(state, host, commit, arguments)
+    commit = StringCommand(
+        "timeout", str(COMMIT_SECONDS - 5), "sh", QuoteString(f"{state_dir}/switch.sh"), "commit"
+    )
+    ok, detail = _run_new_connection(state, host, commit, arguments, COMMIT_SECONDS)
     if not ok:
         logger.error(f"{host.print_prefix}commit failed: {detail}")
     return ok
@@ -134,7 +145,7 @@ def bridge_network(
         quoted_dir,
         "]",
     )
-    yield FileUploadCommand(StringIO(switch_script(spec, backend, state_dir, stamp, APPLY_WAIT)), script)
+    yield FileUploadCommand(StringIO(switch_script(spec, backend, state_dir, stamp)), script)
     yield _step(script, "stage", 60)
     # 2. arm the rollback timer.
     yield _step(script, "arm", 30)
@@ -144,6 +155,6 @@ def bridge_network(
         if key in CONNECTOR_ARGUMENT_KEYS and key not in ("_timeout", "_stdin", "_success_exit_codes")
     }
     # 3. apply (detached on the host: the change may cut this SSH session).
-    yield FunctionCommand(apply_change, (script, APPLY_WAIT, arguments), {})
+    yield FunctionCommand(apply_change, (script, apply_seconds(spec), arguments), {})
     # 4. verify over a new connection, 5. commit over it (disarms the timer, records the stamp).
     yield FunctionCommand(verify_and_commit, (state_dir, spec.verify_seconds, arguments), {})

@@ -11,6 +11,7 @@ No sandbox, no traffic outside the namespaces; the namespaces are always deleted
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -134,6 +135,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
             f"Port 22\nListenAddress 0.0.0.0\nHostKey {keys / 'host'}\nPidFile {keys / 'sshd.pid'}\n"
             f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+            "Subsystem sftp internal-sftp\n"
         )
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         sshd = subprocess.Popen(
@@ -264,3 +266,80 @@ def test_failing_apply_rolls_back_at_once(lab: Lab) -> None:
     assert not lab.link_exists("br0") and lab.addrs("eth0") == [f"{HOST_IP}/24"]
     assert not timer_alive(lab)
     assert lab.reachable()
+
+
+def pyinfra(lab: Lab, tmp: Path, *args: str, data: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The pyinfra CLI in the controller namespace against the host namespace's sshd."""
+    inventory = tmp / "inventory.py"
+    inventory.write_text(
+        f"kvm_hosts = [('hv', {{'ssh_hostname': {HOST_IP!r}, 'ssh_user': 'root', 'ssh_key': {str(lab.key)!r}, "
+        f"'ssh_known_hosts_file': {str(lab.known_hosts)!r}, 'ssh_strict_host_key_checking': 'no'}})]\n"
+    )
+    deploy = tmp / "deploy_bridge.py"
+    # deploys/bridge.py with the runtime backend and this test's state paths.
+    deploy.write_text(
+        "from deploys.network import bridge_network\n"
+        f"bridge_network(backend='iproute2', state_dir={str(lab.state_dir)!r}, stamp={str(lab.stamp)!r})\n"
+    )
+    data_args = [arg for key, value in data.items() for arg in ("--data", f"{key}={value}")]
+    return subprocess.run(
+        ["ip", "netns", "exec", lab.ctl_ns, str(Path(sys.executable).parent / "pyinfra"), *args, *data_args]
+        + [str(inventory), str(deploy)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYINFRA_PROGRESS": "off"},
+    )
+
+
+def planned_change(result: subprocess.CompletedProcess[str]) -> bool:
+    """From ``--dry --json``: does the bridge operation change host hv?"""
+    plan = json.loads(result.stdout)["plan"]
+    [op] = [op for op in plan if any("Bridge br0" in name for name in op["names"])]
+    return "hv" in op["hosts_with_change"]
+
+
+def test_deploy_end_to_end_with_pyinfra(lab: Lab, tmp_path: Path) -> None:
+    """deploys.network through the pyinfra CLI: --dry changes nothing, the change is verified and
+    committed, a re-run has nothing to do, and a change that cuts the host off fails and is rolled back
+    to the committed bridge by the host itself."""
+    good = {
+        "kvm_bridge_ports": "eth0",
+        "kvm_bridge_address": f"{HOST_IP}/24",
+        "kvm_bridge_rollback_seconds": "30",
+        "kvm_bridge_verify_seconds": "5",
+    }
+    dry = pyinfra(lab, tmp_path, "--dry", "--json", data=good)
+    assert dry.returncode == 0, dry.stderr
+    assert planned_change(dry)
+    assert not lab.link_exists("br0") and not (lab.state_dir / "switch.sh").exists()
+
+    first = pyinfra(lab, tmp_path, "-y", data=good)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert lab.state() == "committed"
+    assert lab.master("eth0") == "br0" and lab.addrs("br0") == [f"{HOST_IP}/24"]
+    assert json.loads(lab.stamp.read_text())["backend"] == "iproute2"
+    assert not timer_alive(lab)
+
+    again = pyinfra(lab, tmp_path, "--dry", "--json", data=good)
+    assert again.returncode == 0, again.stderr
+    assert not planned_change(again)
+    log_size = (lab.state_dir / "log").stat().st_size
+    rerun = pyinfra(lab, tmp_path, "-y", data=good)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert (lab.state_dir / "log").stat().st_size == log_size, "a converged re-run touched the switch"
+
+    bad = {**good, "kvm_bridge_address": "10.10.9.2/24"}
+    started = time.monotonic()
+    failed = pyinfra(lab, tmp_path, "-y", data=bad)
+    assert failed.returncode != 0
+    assert "the host's timer restores the old network configuration" in failed.stdout + failed.stderr
+    while lab.state() != "rolledback":
+        assert time.monotonic() - started < 30 + 40, (lab.state_dir / "log").read_text()
+        time.sleep(0.5)
+    assert lab.master("eth0") == "br0" and lab.addrs("br0") == [f"{HOST_IP}/24"]
+    assert json.loads(lab.stamp.read_text())["address"] == f"{HOST_IP}/24"
+    assert lab.reachable()
+    after = pyinfra(lab, tmp_path, "--dry", "--json", data=good)
+    assert after.returncode == 0 and not planned_change(after), after.stderr

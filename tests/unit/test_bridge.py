@@ -179,7 +179,7 @@ def test_nmcli_seed_commands() -> None:
          "ifname", "eno1", *member, "connection.autoconnect-priority", "10"],
         ["nmcli", "connection", "add", "save", "yes", "type", "ethernet", "con-name", "kvm-bond0-eno2",
          "ifname", "eno2", *member, "connection.autoconnect-priority", "10"],
-        ["nmcli", "--wait", "90", "connection", "up", "id", "kvm-br0"],
+        ["nmcli", "--wait", "60", "connection", "up", "id", "kvm-br0"],
     ]  # fmt: skip
 
 
@@ -191,7 +191,7 @@ def test_nmcli_single_port_dhcp() -> None:
         ["nmcli", "connection", "add", "save", "yes", "type", "ethernet", "con-name", "kvm-br0-eth0",
          "ifname", "eth0", "connection.master", "br0", "connection.slave-type", "bridge",
          "connection.autoconnect", "yes", "connection.autoconnect-priority", "10"],
-        ["nmcli", "--wait", "90", "connection", "up", "id", "kvm-br0"],
+        ["nmcli", "--wait", "60", "connection", "up", "id", "kvm-br0"],
     ]  # fmt: skip
 
 
@@ -530,7 +530,7 @@ def test_deploy_runs_the_five_steps_with_the_family_tool(
     [step] = result.steps["sm-01"]
     assert step.name == f"Bridge networking | Bridge br0 ({backend}) behind a 120 s rollback"
     assert step.commands == STEPS
-    assert step.uploads == {"/run/kvm-qemu-bridge/switch.sh": switch_script(SEED, backend, apply_wait=150)}
+    assert step.uploads == {"/run/kvm-qemu-bridge/switch.sh": switch_script(SEED, backend)}
 
 
 def test_deploy_converged_host_has_nothing_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
