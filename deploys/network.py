@@ -75,7 +75,10 @@ def bridge_network(
     verify_seconds: int | str | None = None,
     state_dir: str = STATE_DIR,
     stamp: str = STAMP,
+    timer: str = "auto",
 ) -> None:
+    """``state_dir``/``stamp``: where the switch works and the committed configuration is recorded;
+    ``timer``: ``auto`` (systemd timer where systemd runs, else a detached process) or ``process``."""
     given = locals()
     values = {
         key: given[param] if given[param] is not None else host.data.get(key, BRIDGE_DEFAULTS[key])
@@ -104,4 +107,5 @@ def bridge_network(
         backend=chosen,
         state_dir=state_dir,
         stamp=stamp,
+        timer=timer,
     )

@@ -621,19 +621,21 @@ class Family:
     snapshot: list[str]  # sh words (globs of constant paths) whose matches are saved and restored
     apply: list[str]  # shell lines run after the files are installed
     reapply: list[str]  # shell lines run after the old files are restored
+    unapply: list[str] = field(default_factory=list)  # shell lines run before the old files are restored
     save_extra: list[str] = field(default_factory=list)  # shell lines run at stage (after the snapshot)
 
 
-def family(spec: BridgeSpec, backend: str) -> Family:
+def family(spec: BridgeSpec, backend: str, root: str = "") -> Family:
+    """The backend's part of the switch; ``root`` prefixes every file path (tests use a scratch tree)."""
     if backend == "netplan":
         return Family(
-            files={NETPLAN_FILE: (render_netplan(spec), "600")},
-            snapshot=[_cmd(NETPLAN_FILE)],
+            files={root + NETPLAN_FILE: (render_netplan(spec), "600")},
+            snapshot=[_cmd(root + NETPLAN_FILE)],
             apply=["timeout 120 netplan generate", "timeout 120 netplan apply"],
             reapply=["timeout 120 netplan apply"],
         )
     if backend == "ifcfg":
-        files = {path: (text, "644") for path, text in render_ifcfg(spec).items()}
+        files = {root + path: (text, "644") for path, text in render_ifcfg(spec).items()}
         restart = (
             "if [ -d /run/systemd/system ]; then timeout 120 systemctl restart network.service; "
             "else timeout 120 /etc/init.d/network restart; fi"
@@ -651,7 +653,10 @@ def family(spec: BridgeSpec, backend: str) -> Family:
         return Family(
             files={},
             # Where NetworkManager stores profiles: keyfiles, and ifcfg files on RHEL 8.
-            snapshot=["/etc/NetworkManager/system-connections/*", "/etc/sysconfig/network-scripts/ifcfg-*"],
+            snapshot=[
+                _cmd(root + "/etc/NetworkManager/system-connections") + "/*",
+                _cmd(root + IFCFG_DIR) + "/ifcfg-*",
+            ],
             save_extra=[
                 # The profiles active on the touched devices, brought up again by a rollback.
                 "nmcli -g UUID,DEVICE connection show --active | while IFS=: read -r u d; do "
@@ -659,8 +664,9 @@ def family(spec: BridgeSpec, backend: str) -> Family:
                 '> "$D/old/nm-active"'
             ],
             apply=[delete_ours] + ["timeout 120 " + _cmd(*args) for args in render_nmcli(spec)],
+            # Deleting our profiles removes their files too: before the saved ones are put back.
+            unapply=[delete_ours],
             reapply=[
-                delete_ours,
                 "timeout 60 nmcli connection reload",
                 'while IFS= read -r u; do timeout 90 nmcli --wait 60 connection up uuid "$u"; '
                 'done < "$D/old/nm-active"',
@@ -682,6 +688,7 @@ D={state_dir}
 STAMP={stamp}
 UNIT={unit}
 ROLLBACK_SECONDS={rollback_seconds}
+TIMER={timer}
 APPLY_WAIT={apply_wait}
 LINKS={links}
 VIRTUAL={virtual}
@@ -713,6 +720,10 @@ install_new() {{
 
 family_apply() {{
 {apply}
+}}
+
+family_unapply() {{
+{unapply}
 }}
 
 family_reapply() {{
@@ -812,7 +823,7 @@ do_stage() {{
 do_arm() {{
   lock 30
   [ "$(state)" = staged ] || fail "arm: state is $(state), expected staged"
-  if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
+  if [ "$TIMER" = auto ] && [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
     systemctl reset-failed "$UNIT.service" "$UNIT.timer" >/dev/null 2>&1
     systemd-run --quiet --unit="$UNIT" --on-active="$ROLLBACK_SECONDS" --timer-property=AccuracySec=1s \
       /bin/sh "$D/switch.sh" rollback || fail "systemd-run could not arm the rollback timer"
@@ -831,11 +842,12 @@ do_arm() {{
 do_apply_worker() {{
   lock 30
   [ "$(state)" = applying ] || fail "apply: state is $(state), expected applying"
-  if install_new && family_apply >>"$D/log" 2>&1; then
+  if install_new && log "installed the new files" && family_apply >>"$D/log" 2>&1; then
     set_state applied
   else
     log "apply failed; rolling back now"
-    restore_files; family_reapply >>"$D/log" 2>&1; restore_runtime >>"$D/log" 2>&1
+    family_unapply >>"$D/log" 2>&1; restore_files; family_reapply >>"$D/log" 2>&1
+    restore_runtime >>"$D/log" 2>&1
     disarm
     set_state failed
   fi
@@ -875,6 +887,7 @@ do_rollback() {{
     *) log "rollback: state $(state), nothing to do"; exit 0;;
   esac
   log "rollback: restoring the old configuration"
+  family_unapply >>"$D/log" 2>&1
   restore_files
   family_reapply >>"$D/log" 2>&1 || log "re-apply of the old files failed; restoring the kernel state anyway"
   restore_runtime >>"$D/log" 2>&1
@@ -910,12 +923,19 @@ def switch_script(
     state_dir: str = STATE_DIR,
     stamp: str = STAMP,
     apply_wait: int | None = None,
+    root: str = "",
+    timer: str = "auto",
 ) -> str:
     """The host-side switch: one POSIX sh script, run as ``sh switch.sh <step>``.
 
     ``apply_wait`` (seconds the apply step waits for the detached apply) defaults to ``apply_seconds``.
+    ``timer``: ``auto`` arms a systemd timer where systemd runs, else a detached process; ``process``
+    always uses the detached process (it lives in the caller's network namespace, a systemd unit
+    would not).
     """
-    fam = family(spec, backend)
+    if timer not in ("auto", "process"):
+        raise ValueError(f"timer={timer!r}: expected auto or process")
+    fam = family(spec, backend, root)
     write_new = []
     install_new = []
     for index, (path, (content, mode)) in enumerate(sorted(fam.files.items()), start=1):
@@ -933,6 +953,7 @@ def switch_script(
         stamp=_cmd(stamp),
         unit=_cmd(ROLLBACK_UNIT),
         rollback_seconds=spec.rollback_seconds,
+        timer=timer,
         apply_wait=apply_seconds(spec) if apply_wait is None else apply_wait,
         links=_cmd(" ".join(spec.links)),
         virtual=_cmd(" ".join(spec.virtual)),
@@ -940,6 +961,7 @@ def switch_script(
         write_new=_indent(write_new),
         install_new=_indent(install_new),
         apply=_indent([f"{line} || return 1" for line in fam.apply]),
+        unapply=_indent(fam.unapply),
         reapply=_indent(fam.reapply),
         save_extra=_indent(fam.save_extra),
         stamp_b64=_cmd(base64.b64encode(stamp_json.encode()).decode()),

@@ -116,8 +116,12 @@ def bridge_network(
     backend: str,
     state_dir: str = STATE_DIR,
     stamp: str = STAMP,
+    timer: str = "auto",
 ) -> Generator[Any, None, None]:
-    """Ensure the bridge described by ``spec`` with ``backend`` (netplan, networkmanager, ifcfg)."""
+    """Ensure the bridge described by ``spec`` with ``backend`` (netplan, networkmanager, ifcfg).
+
+    ``timer``: ``auto`` (a systemd timer where systemd runs, else a detached process) or ``process``.
+    """
     current = host.get_fact(BridgeState, state_dir=state_dir, stamp=stamp)
     if current.get("switch_state") in PENDING_STATES:
         message = (
@@ -145,7 +149,7 @@ def bridge_network(
         quoted_dir,
         "]",
     )
-    yield FileUploadCommand(StringIO(switch_script(spec, backend, state_dir, stamp)), script)
+    yield FileUploadCommand(StringIO(switch_script(spec, backend, state_dir, stamp, timer=timer)), script)
     yield _step(script, "stage", 60)
     # 2. arm the rollback timer.
     yield _step(script, "arm", 30)

@@ -106,7 +106,9 @@ class Lab:
         return result.returncode == 0
 
     def write_script(self, spec: BridgeSpec) -> None:
-        text = switch_script(spec, "iproute2", str(self.state_dir), str(self.stamp), apply_wait=20)
+        text = switch_script(
+            spec, "iproute2", str(self.state_dir), str(self.stamp), apply_wait=20, timer="process"
+        )
         (self.state_dir / "switch.sh").write_text(text)
 
 
@@ -279,7 +281,8 @@ def pyinfra(lab: Lab, tmp: Path, *args: str, data: dict[str, str]) -> subprocess
     # deploys/bridge.py with the runtime backend and this test's state paths.
     deploy.write_text(
         "from deploys.network import bridge_network\n"
-        f"bridge_network(backend='iproute2', state_dir={str(lab.state_dir)!r}, stamp={str(lab.stamp)!r})\n"
+        f"bridge_network(backend='iproute2', state_dir={str(lab.state_dir)!r}, stamp={str(lab.stamp)!r}, "
+        "timer='process')\n"
     )
     data_args = [arg for key, value in data.items() for arg in ("--data", f"{key}={value}")]
     return subprocess.run(
@@ -343,3 +346,42 @@ def test_deploy_end_to_end_with_pyinfra(lab: Lab, tmp_path: Path) -> None:
     assert lab.reachable()
     after = pyinfra(lab, tmp_path, "--dry", "--json", data=good)
     assert after.returncode == 0 and not planned_change(after), after.stderr
+
+
+@pytest.mark.parametrize("backend", ["ifcfg", "netplan"])
+def test_failed_tool_restores_the_files_byte_for_byte(lab: Lab, tmp_path: Path, backend: str) -> None:
+    """The file backends' snapshot for real, in a scratch tree: the tool is missing here, so the apply
+    fails and the switch puts every file back as it was (content and mode) and removes the new ones."""
+    root = tmp_path / "root"
+    scripts = root / "etc/sysconfig/network-scripts"
+    netplan = root / "etc/netplan"
+    scripts.mkdir(parents=True)
+    netplan.mkdir(parents=True)
+    old_port = scripts / "ifcfg-eth0"
+    old_port.write_text(
+        "DEVICE=eth0\nBOOTPROTO=none\nIPADDR=10.10.5.2\nPREFIX=24\nHWADDR=52:54:00:12:34:56\n"
+    )
+    old_port.chmod(0o600)
+    other = netplan / "50-cloud-init.yaml"
+    other.write_text("network:\n  ethernets:\n    eth0: {dhcp4: true}\n")
+    before = {path: (path.read_bytes(), path.stat().st_mode) for path in (old_port, other)}
+
+    if Path("/run/systemd/system").exists() or shutil.which("netplan") or shutil.which("nmcli"):
+        pytest.skip("the backend's real tool would act on this machine")
+    script = switch_script(
+        SPEC, backend, str(lab.state_dir), str(lab.stamp), apply_wait=20, root=str(root), timer="process"
+    )
+    (lab.state_dir / "switch.sh").write_text(script)
+    lab.step("stage")
+    lab.step("arm")
+    result = lab.step("apply", check=False)
+    assert result.returncode != 0 and "old configuration was restored" in result.stderr
+    assert lab.state() == "failed"
+    assert {path: (path.read_bytes(), path.stat().st_mode) for path in (old_port, other)} == before
+    assert sorted(p.name for p in scripts.iterdir()) == ["ifcfg-eth0"]
+    assert sorted(p.name for p in netplan.iterdir()) == ["50-cloud-init.yaml"]
+    assert not lab.stamp.exists() and not timer_alive(lab)
+    assert lab.addrs("eth0") == [f"{HOST_IP}/24"] and lab.reachable()
+    # The new files really were in place when the tool failed.
+    log = (lab.state_dir / "log").read_text()
+    assert log.index("installed the new files") < log.index("apply failed; rolling back now")

@@ -208,8 +208,8 @@ def test_networkmanager_apply_and_rollback_lines() -> None:
     ]
     assert fam.apply[0] == delete
     assert fam.apply[1:] == ["timeout 120 " + " ".join(args) for args in render_nmcli(SEED)]
+    assert fam.unapply == [delete]
     assert fam.reapply == [
-        delete,
         "timeout 60 nmcli connection reload",
         'while IFS= read -r u; do timeout 90 nmcli --wait 60 connection up uuid "$u"; done < "$D/old/nm-active"',
     ]
@@ -264,7 +264,7 @@ def test_switch_script_is_valid_sh_and_carries_the_backend_steps(backend: str) -
     fam = family(SEED, backend)
     for line in fam.apply:
         assert f"  {line} || return 1\n" in script
-    for line in fam.reapply + fam.save_extra:
+    for line in fam.unapply + fam.reapply + fam.save_extra:
         assert f"  {line}\n" in script
     assert "D=/run/kvm-qemu-bridge\n" in script
     assert "STAMP=/etc/kvm-qemu/bridge.json\n" in script
