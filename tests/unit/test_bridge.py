@@ -273,6 +273,13 @@ def test_switch_script_is_valid_sh_and_carries_the_backend_steps(backend: str) -
     assert "VIRTUAL='br0 bond0'\n" in script
 
 
+def test_switch_script_timer_choice() -> None:
+    assert "TIMER=auto\n" in switch_script(SIMPLE, "netplan")
+    assert "TIMER=process\n" in switch_script(SIMPLE, "netplan", timer="process")
+    with pytest.raises(ValueError, match="timer='cron'"):
+        switch_script(SIMPLE, "netplan", timer="cron")
+
+
 def test_switch_script_quotes_paths() -> None:
     script = switch_script(SIMPLE, "netplan", state_dir="/run/a b", stamp="/etc/x'y.json")
     assert "D='/run/a b'\n" in script
