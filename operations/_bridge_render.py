@@ -746,7 +746,8 @@ restore_runtime() {{
   # The kernel state saved at stage: whatever the tools did, the old links, masters, addresses and
   # default route come back, so the host is reachable the way it was.
   for i in $VIRTUAL; do
-    if ! grep -q "^$i " "$D/old/links" && ip link show dev "$i" >/dev/null 2>&1; then
+    existed=$(awk -v i="$i" '$1 == i {{ print "yes" }}' "$D/old/links")
+    if [ -z "$existed" ] && ip link show dev "$i" >/dev/null 2>&1; then
       ip link delete dev "$i" && log "removed $i"
     fi
   done
