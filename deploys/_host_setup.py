@@ -31,6 +31,7 @@ from deploys._host_defaults import (
     HostDataError,
     address_of,
     distro_label,
+    dns_listen_address,
     flag,
     group_hosts,
     os_family,
@@ -149,7 +150,7 @@ def ere_literal(path: str) -> str:
 
 def unit_name(key: str) -> str:
     value = str(setting(key))
-    if not _UNIT.match(value):
+    if not _UNIT.fullmatch(value):
         raise HostDataError(f"{key}={value!r}: not a systemd unit name")
     return value
 
@@ -190,7 +191,7 @@ def sysctl_settings() -> dict[str, str]:
     for key, value in settings.items():
         if key in SYSCTL_TYPOS:
             raise HostDataError(f"kvm_sysctl: {key!r} does not exist; did you mean {SYSCTL_TYPOS[key]!r}?")
-        if not _SYSCTL_KEY.match(key) or not _SYSCTL_VALUE.match(value):
+        if not _SYSCTL_KEY.fullmatch(key) or not _SYSCTL_VALUE.fullmatch(value):
             raise HostDataError(f"kvm_sysctl: {key}={value!r} is not a valid sysctl setting")
     return settings
 
@@ -470,7 +471,7 @@ def optional_host(key: str) -> str | None:
 def dnsmasq_values() -> dict[str, Any]:
     """The variables of templates/dnsmasq.conf.j2 (the sandbox renders it with the same names)."""
     dhcp_range = setting("dhcp_range")
-    if dhcp_range and not re.match(r"^[A-Za-z0-9.:,_-]+$", str(dhcp_range)):
+    if dhcp_range and not re.fullmatch(r"[A-Za-z0-9.:,_-]+", str(dhcp_range)):
         raise HostDataError(f"dhcp_range={dhcp_range!r}: expected start,end[,netmask][,lease time]")
     tftp_root = safe_path("tftp_root") if setting("tftp_root") else None
     try:
@@ -478,7 +479,7 @@ def dnsmasq_values() -> dict[str, Any]:
     except (TypeError, ValueError):
         raise HostDataError(f"dhcp_lease_max={setting('dhcp_lease_max')!r}: expected a number") from None
     return {
-        "listen_address": optional_host("dns_listen_address"),
+        "listen_address": dns_listen_address(),
         "domain": optional_host("dns_domain"),
         "upstream_servers": [safe_host(s, "dns_upstream_servers") for s in str_list("dns_upstream_servers")],
         "dhcp_range": str(dhcp_range) if dhcp_range else None,

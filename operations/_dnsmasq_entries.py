@@ -23,13 +23,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from inventories.manifest_model import address_problem
+
 DHCP_HOSTS_HEADER = "# Managed by kvm-qemu (dhcp_reservations): MAC,IP,short name. Local changes are lost."
 ADDN_HOSTS_HEADER = "# Managed by kvm-qemu (dhcp_reservations): IP FQDN short name. Local changes are lost."
 BLOCK_BEGIN = "# BEGIN kvm-qemu"
 BLOCK_END = "# END kvm-qemu"
 
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+# Always used with fullmatch: "$" alone also matches before a final newline.
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE)
 
 
 class EntryError(ValueError):
@@ -74,10 +77,12 @@ class Entry:
 
 
 def normalize_mac(value: Any) -> str:
-    if not isinstance(value, str) or not _MAC_RE.match(value.lower()):
+    if not isinstance(value, str) or not _MAC_RE.fullmatch(value.lower()):
         raise EntryError(f"{value!r} is not a MAC address such as 52:54:00:12:34:56")
     if int(value[:2], 16) & 1:
         raise EntryError(f"{value!r} is a multicast MAC address")
+    if value == "00:00:00:00:00:00":
+        raise EntryError(f"{value!r} is the all-zero MAC address")
     return value.lower()
 
 
@@ -88,20 +93,21 @@ def normalize_ip(value: Any) -> str:
         address = ipaddress.IPv4Address(value)
     except ValueError:
         raise EntryError(f"{value!r} is not an IPv4 address such as 10.10.5.11") from None
-    if address.is_unspecified or address.is_multicast or address.is_loopback:
-        raise EntryError(f"{value!r} cannot be reserved for a host")
+    reason = address_problem(str(address))
+    if reason:
+        raise EntryError(f"{value!r} cannot be reserved for a host: it {reason}")
     return str(address)
 
 
 def check_fqdn(value: Any) -> str:
     labels = value.split(".") if isinstance(value, str) else []
-    if len(labels) < 2 or len(value) > 253 or not all(_LABEL_RE.match(label) for label in labels):
+    if len(labels) < 2 or len(value) > 253 or not all(_LABEL_RE.fullmatch(label) for label in labels):
         raise EntryError(f"{value!r} is not a fully qualified host name such as vm01.example.internal")
     return value
 
 
 def check_short(value: Any) -> str:
-    if not isinstance(value, str) or not _LABEL_RE.match(value):
+    if not isinstance(value, str) or not _LABEL_RE.fullmatch(value):
         raise EntryError(f"{value!r} is not a short host name such as vm01")
     return value
 

@@ -362,3 +362,25 @@ def test_splice_tolerates_trailing_whitespace_and_cr_on_markers() -> None:
 def test_splice_refuses_malformed_blocks(text: str) -> None:
     with pytest.raises(EntryError, match="malformed kvm-qemu block"):
         splice_hosts_block(text, ["a"])
+
+
+@pytest.mark.parametrize(
+    ("mac", "ip", "hostname", "short"),
+    [
+        ("52:54:00:12:34:56\n", "10.10.5.11", "vm.example.internal", "vm"),
+        ("52:54:00:12:34:56", "10.10.5.11\n", "vm.example.internal", "vm"),
+        ("52:54:00:12:34:56", "10.10.5.11", "vm.example.internal\n", "vm"),
+        ("52:54:00:12:34:56", "10.10.5.11", "vm.example.internal", "vm\n"),
+        ("00:00:00:00:00:00", "10.10.5.11", "vm.example.internal", "vm"),
+        ("52:54:00:12:34:56", "127.0.0.1", "vm.example.internal", "vm"),
+        ("52:54:00:12:34:56", "10.10.5.11", "vm", "vm"),
+    ],
+)
+def test_values_are_full_matches(mac: str, ip: str, hostname: str, short: str) -> None:
+    with pytest.raises(EntryError):
+        make_entry(mac, ip, hostname, short)
+
+
+def test_network_and_broadcast_looking_addresses_are_reservable() -> None:
+    assert make_entry("52:54:00:12:34:56", "10.10.5.255", "vm.example.internal", "vm").ip == "10.10.5.255"
+    assert make_entry("52:54:00:12:34:56", "10.10.6.0", "vm.example.internal", "vm").ip == "10.10.6.0"
