@@ -329,17 +329,20 @@ def _uniqueness_problems(entries: Sequence[Entry], existing: Mapping[str, Entry]
             )
             continue
         wanted_macs[entry.mac] = entry
-    # Entries being replaced no longer own their IP and names.
-    for mac in wanted_macs:
-        old = existing.get(mac)
-        if old is not None:
-            if owner_ip.get(old.ip) is old:
-                del owner_ip[old.ip]
-            for name in old.names:
-                if owner_name.get(name) is old:
-                    del owner_name[name]
     origin: dict[int, str] = {id(e): f"already reserved in {source}" for e in existing.values()}
     for entry in wanted_macs.values():
+        old = existing.get(entry.mac)
+        if old is not None:
+            # The MAC is the identity, and a derived MAC comes from the VM name: a different IP or
+            # name under the same MAC is another VM (same name in another manifest, or a collision).
+            if (old.ip, old.names) != (entry.ip, entry.names):
+                problems.append(
+                    f"MAC {entry.mac} of {entry.hostname} ({entry.ip}) is already reserved in {source} for "
+                    f"{old.hostname} ({old.ip}): one MAC for two VMs (a VM of the same name in another "
+                    "manifest, or two names that derive one MAC); delete the other reservation or set "
+                    "macaddress"
+                )
+            continue
         origin[id(entry)] = "also given in entries"
         other = owner_ip.get(entry.ip)
         if other is not None and other.mac != entry.mac:
@@ -366,7 +369,8 @@ def plan(
 ) -> dict[str, Entry]:
     """The reservations after the change, ``{mac: Entry}``; conflicts raise EntryError (nothing written).
 
-    ``present=True``: ``entries`` (Entry objects) are added or replace the entry with the same MAC.
+    ``present=True``: ``entries`` (Entry objects) are added; one identical to a reservation is left
+    alone, and a reservation with the same MAC but another IP or name is a conflict.
     ``present=False``: ``entries`` (MAC strings) are removed; unknown MACs are ignored.
     """
     if not present:
@@ -380,8 +384,18 @@ def plan(
         raise EntryError(problems)
     result = dict(current)
     for entry in wanted:
-        result[entry.mac] = entry
+        result.setdefault(entry.mac, entry)
     return result
+
+
+def request_lines(entries: Sequence[Entry] | Sequence[str], present: bool) -> list[str]:
+    """What the node-side merge reads on stdin: ``add MAC IP FQDN SHORT`` or ``del MAC`` lines.
+
+    Every value was checked by make_entry/normalize_mac (no blanks or shell characters).
+    """
+    if present:
+        return [f"add {e.mac} {e.ip} {e.hostname} {e.short}" for e in entries if isinstance(e, Entry)]
+    return [f"del {mac}" for mac in entries if isinstance(mac, str)]
 
 
 # ---------------------------------------------------------------------------------------------
