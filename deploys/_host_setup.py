@@ -71,7 +71,12 @@ GUESTFS_PACKAGES: dict[str, list[str]] = {"debian": ["libguestfs-tools"], "rhel"
 KVM_GROUPS: dict[str, list[str]] = {"debian": ["libvirt", "kvm", "libvirt-qemu"], "rhel": ["libvirt", "kvm"]}
 NFS_SERVER_PACKAGES: dict[str, list[str]] = {"debian": ["nfs-kernel-server"], "rhel": ["nfs-utils"]}
 NFS_CLIENT_PACKAGES: dict[str, list[str]] = {"debian": ["nfs-common"], "rhel": ["nfs-utils"]}
-DNSMASQ_PACKAGES: dict[str, list[str]] = {"debian": ["dnsmasq"], "rhel": ["dnsmasq"]}
+# dnsmasq-utils brings dhcp_release, which delete uses to drop a deleted VM's lease (RHEL's dnsmasq
+# package does not ship it either: it is the dnsmasq-utils subpackage there too).
+DNSMASQ_PACKAGES: dict[str, list[str]] = {
+    "debian": ["dnsmasq", "dnsmasq-utils"],
+    "rhel": ["dnsmasq", "dnsmasq-utils"],
+}
 
 LIBVIRTD_CONF = "/etc/libvirt/libvirtd.conf"
 QEMU_CONF = "/etc/libvirt/qemu.conf"

@@ -654,7 +654,7 @@ def test_mgmt_server_debian_exact_plan(monkeypatch: pytest.MonkeyPatch) -> None:
             ["apt-get update", "touch /var/lib/apt/periodic/update-success-stamp"],
             False,
         ),
-        ("Management node | Install dnsmasq packages", [f"{APT_INSTALL} dnsmasq"], False),
+        ("Management node | Install dnsmasq packages", [f"{APT_INSTALL} dnsmasq dnsmasq-utils"], False),
         ("Management node | /etc/dnsmasq.d", ["mkdir -p /etc/dnsmasq.d", "chmod 755 /etc/dnsmasq.d"], False),
         (
             "Management node | Directory /etc/kvm-qemu/dnsmasq",
@@ -736,7 +736,7 @@ def test_mgmt_server_dhcp_and_tftp_only_when_asked(monkeypatch: pytest.MonkeyPat
         assert line in conf
     assert "mkdir -p /srv/tftp" in result.commands("mgmt-01")
     # RHEL: dnf, and /run/dnsmasq for the pid-file recreated at boot by tmpfiles.d.
-    assert result.commands("mgmt-01")[0] == "dnf install -y dnsmasq"
+    assert result.commands("mgmt-01")[0] == "dnf install -y dnsmasq dnsmasq-utils"
     assert (
         result.uploads("mgmt-01")["/etc/tmpfiles.d/kvm-qemu-dnsmasq.conf"]
         == "d /run/dnsmasq 0755 root root -\n"
@@ -767,7 +767,7 @@ def test_mgmt_server_converged_and_without_systemd(
     converged = sim(
         "debian12",
         systemd=False,
-        packages={"dnsmasq"},
+        packages={"dnsmasq", "dnsmasq-utils"},
         files={
             **first.uploads("mgmt-01"),
             "/etc/kvm-qemu/dnsmasq/dhcp-hosts": "",
