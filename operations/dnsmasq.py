@@ -281,7 +281,8 @@ def apply_command(
         begin=BLOCK_BEGIN,
         end=BLOCK_END,
     )
-    return StringCommand(script, _separator="", _stdin=list(requests))
+    # Bounded: the lock wait plus time for the checks, dnsmasq --test, the renames and the releases.
+    return StringCommand(script, _separator="", _stdin=list(requests), _timeout=int(lock_wait) + 60)
 
 
 def _log_diff(writes: Sequence[FileWrite]) -> None:
