@@ -96,6 +96,8 @@ SYSCTL_TYPOS: dict[str, str] = {"net.ipv4.tcp_timestamp": "net.ipv4.tcp_timestam
 _SYSCTL_KEY = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_/-]+)+$")
 _SYSCTL_VALUE = re.compile(r"^[A-Za-z0-9_.:/ -]+$")
 _UNIT = re.compile(r"^[A-Za-z0-9_.@-]+$")
+_MODE = re.compile(r"[0-7]{3,4}")
+_ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
 # --- shared helpers -----------------------------------------------------------------------------
@@ -389,7 +391,13 @@ def nfs_server() -> None:
     export = safe_path("nfs_export")
     clients = export_clients()
     options = export_options()
-    mode = setting("nfs_export_mode") or ("0755" if flag("nfs_no_root_squash") else "1777")
+    mode = str(setting("nfs_export_mode") or ("0755" if flag("nfs_no_root_squash") else "1777"))
+    # pyinfra writes mode, owner and group into chmod/chown unquoted.
+    if not _MODE.fullmatch(mode):
+        raise HostDataError(f"nfs_export_mode={mode!r}: expected an octal mode such as 1777")
+    for key in ("nfs_export_owner", "nfs_export_group"):
+        if not _ACCOUNT.fullmatch(str(setting(key))):
+            raise HostDataError(f"{key}={setting(key)!r}: expected a user or group name")
     has_systemd = systemd_running()
 
     install(family, NFS_SERVER_PACKAGES[family], "NFS server")
@@ -398,7 +406,7 @@ def nfs_server() -> None:
         path=export,
         user=str(setting("nfs_export_owner")),
         group=str(setting("nfs_export_group")),
-        mode=str(mode),
+        mode=mode,
     )
     files.directory(name="/etc/exports.d", path="/etc/exports.d", mode="0755")
     exports = files.template(

@@ -839,6 +839,9 @@ def test_values_with_a_final_newline_are_refused(monkeypatch: pytest.MonkeyPatch
         ("deploys/nfs_server.py", "nfs_export", "/secondary\n"),
         ("deploys/nfs_server.py", "nfs_clients", ["sm-01\n"]),
         ("deploys/nfs_server.py", "nfs_export_options", ["rw\n"]),
+        ("deploys/nfs_server.py", "nfs_export_mode", "1777\n"),
+        ("deploys/nfs_server.py", "nfs_export_owner", "root\n"),
+        ("deploys/nfs_server.py", "nfs_export_group", "root; reboot"),
         ("deploys/nfs_client.py", "nfs_server", "10.0.0.5\n"),
         ("deploys/nfs_client.py", "nfs_mount_options", ["vers=4.2\n"]),
     ):
