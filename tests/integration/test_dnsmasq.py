@@ -258,9 +258,24 @@ def test_two_concurrent_builds_of_different_manifests_keep_every_reservation(
     mgmt: Mgmt, sandbox_cluster: dict[str, Any], tmp_path: Path
 ) -> None:
     manifests = {"a": _manifest("sm-01", "conca", 10), "b": _manifest("sm-02", "concb", 20)}
-    specs = [spec for manifest in manifests.values() for spec in manifest[0]["vmspecs"]]
+    hosts = {host: client.node_data(sandbox_cluster, host) for host in ("sm-01", "sm-02")}
+    pools_before = {host: set(client.ssh(data, "virsh -q pool-list --all --name").split())
+                    for host, data in hosts.items()}
     (pools,) = _workflows(sandbox_cluster, tmp_path, "pools", {"all": manifests["a"] + manifests["b"]})
-    assert pools.returncode == 0, (pools.stdout + pools.stderr)[-3000:]
+    try:
+        assert pools.returncode == 0, (pools.stdout + pools.stderr)[-3000:]
+        _build_and_check(sandbox_cluster, tmp_path, manifests, mgmt)
+    finally:
+        # Leave the hosts' pools as they were (later tests define their own on the same paths).
+        for host, data in hosts.items():
+            for pool in set(client.ssh(data, "virsh -q pool-list --all --name").split()) - pools_before[host]:
+                client.ssh(data, f"virsh -q pool-destroy {shlex.quote(pool)}; virsh -q pool-undefine {shlex.quote(pool)}",
+                           check=False)
+
+
+def _build_and_check(sandbox_cluster: dict[str, Any], tmp_path: Path,
+                     manifests: dict[str, list[dict[str, Any]]], mgmt: Mgmt) -> None:
+    specs = [spec for manifest in manifests.values() for spec in manifest[0]["vmspecs"]]
     try:
         for result in _workflows(sandbox_cluster, tmp_path, "build", manifests):
             assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
