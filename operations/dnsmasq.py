@@ -91,9 +91,15 @@ part == 1 && $1 == "del" { del[lc($2)] = 1; next }
 part == 1 { problem("unexpected request line: " $0); next }
 /^[ \t\r]*(#|$)/ { next }
 part == 2 {
-  k = split($0, x, ",")
-  if (k != 3) { problem(H ": unexpected line: " $0); next }
-  m = lc(x[1]); gsub(/[ \t\r]/, "", m); ip = x[2]; gsub(/[ \t\r]/, "", ip); s = x[3]; gsub(/[ \t\r]/, "", s)
+  # MAC, IP and short name by their form, so optional items (id:..., set:...) may sit between them.
+  k = split($0, x, ","); m = ""; ip = ""; s = ""
+  for (j = 1; j <= k; j++) {
+    f = x[j]; gsub(/[ \t\r]/, "", f)
+    if (f ~ /^[0-9A-Fa-f][0-9A-Fa-f]:/ && length(f) == 17) m = lc(f)
+    else if (f ~ /^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$/) ip = f
+    else if (f !~ /:/ && f != "") s = f
+  }
+  if (m == "" || ip == "" || s == "") { problem(H ": unexpected line: " $0); next }
   cm[++nc] = m; cip[m] = ip; csh[m] = s; next
 }
 part == 3 { hf[$1] = $2; next }
@@ -140,9 +146,15 @@ END {
 }
 """
 
+# One line per merged entry ("KEY MAC IP FQDN SHORT"), from a template rendered by Entry itself.
+_FILL_AWK = r"""
+{ l = T; gsub(/@MAC@/, $2, l); gsub(/@IP@/, $3, l); gsub(/@FQDN@/, $4, l); gsub(/@SHORT@/, $5, l); print l }
+"""
+_TEMPLATE = Entry("@MAC@", "@IP@", "@FQDN@", "@SHORT@")
+
 # /etc/hosts with the "# BEGIN kvm-qemu" block replaced (part=1: the merged entries, part=2: the file).
 _SPLICE_AWK = r"""
-part == 1 { blk[++nb] = $3 " " $4 " " $5; next }
+part == 1 { l = T; gsub(/@IP@/, $3, l); gsub(/@FQDN@/, $4, l); gsub(/@SHORT@/, $5, l); blk[++nb] = l; next }
 function block() { if (nb) { print B; for (i = 1; i <= nb; i++) print blk[i]; print E } }
 { l = $0; sub(/[ \t\r\f\v]+$/, "", l) }
 l == B { nbeg++; if (nbeg == 1 && !nend) { inside = 1; block() } else bad = 1; next }
@@ -208,15 +220,15 @@ stage() {{
   if [ -e "$1" ]; then cp -p -- "$1" "$t" || exit 1; else chmod 644 "$t" || exit 1; fi
 }}
 stage "$h"; t0=$t
-{{ printf '%s\\n' {dhcp_header}; awk '{{ print $2 "," $3 "," $5 }}' "$tl"; }} > "$t0" || \
+{{ printf '%s\\n' {dhcp_header}; awk -v T={dhcp_line} {fill} "$tl"; }} > "$t0" || \
   fail "cannot write $t0"
 stage "$a"; t1=$t
-{{ printf '%s\\n' {hosts_header}; awk '{{ print $3 " " $4 " " $5 }}' "$tl"; }} > "$t1" || \
+{{ printf '%s\\n' {hosts_header}; awk -v T={hosts_line} {fill} "$tl"; }} > "$t1" || \
   fail "cannot write $t1"
 if [ -n "$e" ]; then
   es=$e; [ -e "$e" ] || es=/dev/null
   stage "$e"; t2=$t
-  awk -v B={begin} -v E={end} -v F="$e" {splice} part=1 "$tl" part=2 "$es" > "$t2" || exit 1
+  awk -v B={begin} -v E={end} -v F="$e" -v T={hosts_line} {splice} part=1 "$tl" part=2 "$es" > "$t2" || exit 1
   if [ ! -e "$e" ] && [ ! -s "$t2" ]; then rm -f -- "$t2"; t2=; fi
 fi
 changed=
@@ -224,7 +236,7 @@ cmp -s -- "$t0" "$hs" && {{ rm -f -- "$t0"; t0=; }} || changed=1
 cmp -s -- "$t1" "$as" && {{ rm -f -- "$t1"; t1=; }} || changed=1
 if [ -n "$t2" ]; then cmp -s -- "$t2" "$es" && {{ rm -f -- "$t2"; t2=; }} || changed=1; fi
 if [ -z "$changed" ] && [ ! -s "$trel" ]; then echo "dnsmasq reservations are already up to date"; exit 0; fi
-tc=$(mktemp) && awk '{{ print "dhcp-host=" $2 "," $3 "," $5 }}' "$tl" > "$tc" || fail "cannot write $tc"
+tc=$(mktemp) && awk -v T=dhcp-host={dhcp_line} {fill} "$tl" > "$tc" || fail "cannot write $tc"
 out=$(dnsmasq --test ${{conf:+"--conf-file=$conf"}} --conf-file="$tc" 2>&1 </dev/null) || \
 fail "dnsmasq rejected the new reservations, nothing was changed: \
 ${{out:-dnsmasq --test failed without a message}}"
@@ -276,6 +288,9 @@ def apply_command(
         wait=str(int(lock_wait)),
         merge=_MERGE_AWK,
         splice=_SPLICE_AWK,
+        fill=_FILL_AWK,
+        dhcp_line=_TEMPLATE.dhcp_line(),
+        hosts_line=_TEMPLATE.hosts_line(),
         dhcp_header=DHCP_HOSTS_HEADER,
         hosts_header=ADDN_HOSTS_HEADER,
         begin=BLOCK_BEGIN,

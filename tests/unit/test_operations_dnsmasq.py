@@ -487,3 +487,16 @@ def test_sighup_makes_a_running_dnsmasq_answer(tmp_path: Path, local_dnsmasq: tu
     for name, ip in [("vm13.example.internal", E13.ip), ("vm13", E13.ip), ("vm130", E130.ip)]:
         assert [a.to_text() for a in resolver.resolve(name, "A")] == [ip]
     assert pid_file.read_text().strip() == pid
+
+
+@needs_dnsmasq
+def test_node_side_lines_follow_entry_rendering(tmp_path: Path, conf: Path) -> None:
+    # Lines with extra dhcp-host items (id:*, set:...) are read by the form of their fields, and
+    # every line is written the way Entry renders it.
+    hostsfile, addn_hosts = files(tmp_path)
+    hostsfile.write_text(f"# old header\n{E13.mac},id:*,set:vms,{E13.ip},{E13.short}\n")
+    addn_hosts.write_text(f"{E13.hosts_line()}\n")
+    result = run_command(command_for(tmp_path, add(E130, E13), conf))
+    assert result.returncode == 0, result.stderr
+    assert hostsfile.read_text() == render_dhcp_hosts([E13, E130])
+    assert addn_hosts.read_text() == render_addn_hosts([E13, E130])
