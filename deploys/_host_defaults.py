@@ -8,6 +8,7 @@ never disagree about where storage or the dnsmasq files live.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -69,7 +70,8 @@ MGMT_DEFAULTS: dict[str, Any] = {
     "dhcp_range": _WORKFLOW_DEFAULTS["dhcp_range"],
     "dhcp_router": None,
     "dhcp_lease_max": 150,
-    # None = all interfaces; set the management node's cluster-network address.
+    # None = the management node's ssh_hostname when that is an IP address; dnsmasq never listens on
+    # every network.
     "dns_listen_address": None,
     # None = no PXE/TFTP.
     "tftp_root": None,
@@ -126,22 +128,52 @@ def str_dict(key: str) -> dict[str, str]:
 
 def safe_path(key: str) -> str:
     value = setting(key)
-    if not isinstance(value, str) or not _SAFE_PATH.match(value) or "/../" in f"{value}/":
+    if not isinstance(value, str) or not _SAFE_PATH.fullmatch(value) or "/../" in f"{value}/":
         raise HostDataError(f"{key}={value!r}: expected an absolute path of letters, digits and ._/+-")
     return value.rstrip("/") or "/"
 
 
 def safe_host(value: str, key: str) -> str:
-    if not _SAFE_HOST.match(value):
+    if not isinstance(value, str) or not _SAFE_HOST.fullmatch(value):
         raise HostDataError(f"{key}: {value!r} is not a hostname, address or network")
     return value
 
 
 def safe_options(values: list[str], key: str) -> list[str]:
     for value in values:
-        if not _SAFE_OPTION.match(value):
+        if not _SAFE_OPTION.fullmatch(value):
             raise HostDataError(f"{key}: option {value!r} has characters outside [A-Za-z0-9_.=:,-]")
     return values
+
+
+def dns_listen_address() -> str:
+    """The address dnsmasq binds on the management node (the current host).
+
+    ``dns_listen_address``, else the node's ``ssh_hostname`` when that is an IP address. Without
+    either, the data is refused: serving DNS (and DHCP/TFTP) on every network is never a default.
+    """
+    value = setting("dns_listen_address")
+    key = "dns_listen_address"
+    if not value:
+        value, key = host.data.get("ssh_hostname"), "ssh_hostname"
+        try:
+            ipaddress.ip_address(str(value))
+        except ValueError:
+            raise HostDataError(
+                f"dns_listen_address is not set and the management node {host.name} has no IP address "
+                f"to bind (ssh_hostname={value!r}): set dns_listen_address to the management node's "
+                "cluster-network address; dnsmasq never serves every network by default"
+            ) from None
+    try:
+        address = ipaddress.ip_address(str(value))
+    except ValueError:
+        raise HostDataError(f"{key}={value!r}: expected an IP address for dnsmasq to listen on") from None
+    if address.is_unspecified or address.is_multicast:
+        raise HostDataError(
+            f"{key}={value!r}: dnsmasq must listen on one address of the management node, "
+            "not on every network"
+        )
+    return str(address)
 
 
 def os_family(distro: dict[str, Any]) -> str | None:

@@ -31,6 +31,7 @@ from deploys._host_defaults import (
     HostDataError,
     address_of,
     distro_label,
+    dns_listen_address,
     flag,
     group_hosts,
     os_family,
@@ -70,7 +71,12 @@ GUESTFS_PACKAGES: dict[str, list[str]] = {"debian": ["libguestfs-tools"], "rhel"
 KVM_GROUPS: dict[str, list[str]] = {"debian": ["libvirt", "kvm", "libvirt-qemu"], "rhel": ["libvirt", "kvm"]}
 NFS_SERVER_PACKAGES: dict[str, list[str]] = {"debian": ["nfs-kernel-server"], "rhel": ["nfs-utils"]}
 NFS_CLIENT_PACKAGES: dict[str, list[str]] = {"debian": ["nfs-common"], "rhel": ["nfs-utils"]}
-DNSMASQ_PACKAGES: dict[str, list[str]] = {"debian": ["dnsmasq"], "rhel": ["dnsmasq"]}
+# dnsmasq-utils brings dhcp_release, which delete uses to drop a deleted VM's lease (RHEL's dnsmasq
+# package does not ship it either: it is the dnsmasq-utils subpackage there too).
+DNSMASQ_PACKAGES: dict[str, list[str]] = {
+    "debian": ["dnsmasq", "dnsmasq-utils"],
+    "rhel": ["dnsmasq", "dnsmasq-utils"],
+}
 
 LIBVIRTD_CONF = "/etc/libvirt/libvirtd.conf"
 QEMU_CONF = "/etc/libvirt/qemu.conf"
@@ -90,6 +96,8 @@ SYSCTL_TYPOS: dict[str, str] = {"net.ipv4.tcp_timestamp": "net.ipv4.tcp_timestam
 _SYSCTL_KEY = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_/-]+)+$")
 _SYSCTL_VALUE = re.compile(r"^[A-Za-z0-9_.:/ -]+$")
 _UNIT = re.compile(r"^[A-Za-z0-9_.@-]+$")
+_MODE = re.compile(r"[0-7]{3,4}")
+_ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
 # --- shared helpers -----------------------------------------------------------------------------
@@ -149,7 +157,7 @@ def ere_literal(path: str) -> str:
 
 def unit_name(key: str) -> str:
     value = str(setting(key))
-    if not _UNIT.match(value):
+    if not _UNIT.fullmatch(value):
         raise HostDataError(f"{key}={value!r}: not a systemd unit name")
     return value
 
@@ -190,7 +198,7 @@ def sysctl_settings() -> dict[str, str]:
     for key, value in settings.items():
         if key in SYSCTL_TYPOS:
             raise HostDataError(f"kvm_sysctl: {key!r} does not exist; did you mean {SYSCTL_TYPOS[key]!r}?")
-        if not _SYSCTL_KEY.match(key) or not _SYSCTL_VALUE.match(value):
+        if not _SYSCTL_KEY.fullmatch(key) or not _SYSCTL_VALUE.fullmatch(value):
             raise HostDataError(f"kvm_sysctl: {key}={value!r} is not a valid sysctl setting")
     return settings
 
@@ -383,7 +391,13 @@ def nfs_server() -> None:
     export = safe_path("nfs_export")
     clients = export_clients()
     options = export_options()
-    mode = setting("nfs_export_mode") or ("0755" if flag("nfs_no_root_squash") else "1777")
+    mode = str(setting("nfs_export_mode") or ("0755" if flag("nfs_no_root_squash") else "1777"))
+    # pyinfra writes mode, owner and group into chmod/chown unquoted.
+    if not _MODE.fullmatch(mode):
+        raise HostDataError(f"nfs_export_mode={mode!r}: expected an octal mode such as 1777")
+    for key in ("nfs_export_owner", "nfs_export_group"):
+        if not _ACCOUNT.fullmatch(str(setting(key))):
+            raise HostDataError(f"{key}={setting(key)!r}: expected a user or group name")
     has_systemd = systemd_running()
 
     install(family, NFS_SERVER_PACKAGES[family], "NFS server")
@@ -392,7 +406,7 @@ def nfs_server() -> None:
         path=export,
         user=str(setting("nfs_export_owner")),
         group=str(setting("nfs_export_group")),
-        mode=str(mode),
+        mode=mode,
     )
     files.directory(name="/etc/exports.d", path="/etc/exports.d", mode="0755")
     exports = files.template(
@@ -470,7 +484,7 @@ def optional_host(key: str) -> str | None:
 def dnsmasq_values() -> dict[str, Any]:
     """The variables of templates/dnsmasq.conf.j2 (the sandbox renders it with the same names)."""
     dhcp_range = setting("dhcp_range")
-    if dhcp_range and not re.match(r"^[A-Za-z0-9.:,_-]+$", str(dhcp_range)):
+    if dhcp_range and not re.fullmatch(r"[A-Za-z0-9.:,_-]+", str(dhcp_range)):
         raise HostDataError(f"dhcp_range={dhcp_range!r}: expected start,end[,netmask][,lease time]")
     tftp_root = safe_path("tftp_root") if setting("tftp_root") else None
     try:
@@ -478,7 +492,7 @@ def dnsmasq_values() -> dict[str, Any]:
     except (TypeError, ValueError):
         raise HostDataError(f"dhcp_lease_max={setting('dhcp_lease_max')!r}: expected a number") from None
     return {
-        "listen_address": optional_host("dns_listen_address"),
+        "listen_address": dns_listen_address(),
         "domain": optional_host("dns_domain"),
         "upstream_servers": [safe_host(s, "dns_upstream_servers") for s in str_list("dns_upstream_servers")],
         "dhcp_range": str(dhcp_range) if dhcp_range else None,

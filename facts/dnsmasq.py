@@ -44,6 +44,20 @@ def read_files_command(*paths: str) -> StringCommand:
     )
 
 
+def read_locked_command(lock: str, *paths: str) -> StringCommand:
+    """read_files_command under a shared flock on ``lock`` (when it exists), the lock writers hold.
+
+    dhcp_reservations renames the two files one after the other under an exclusive lock on it;
+    reading without the lock could see one new and one old file.
+    """
+    return StringCommand(
+        StringCommand("l=", QuoteString(lock), _separator=""),
+        '; if [ -f "$l" ] && [ -r "$l" ] && [ ! -L "$l" ]; then exec 9< "$l" && flock -s -w 120 9 ||',
+        "{ echo \"kvm-qemu: cannot take the shared lock $l\" >&2; exit 1; }; fi;",
+        read_files_command(*paths),
+    )
+
+
 def split_files(lines: list[str], count: int) -> list[bytes | None]:
     """Inverse of read_files_command: one ``bytes`` (or ``None`` when missing) per path."""
     sections: list[list[str] | None] = []
@@ -101,7 +115,7 @@ class DnsmasqReservations(FactBase[dict[str, dict[str, str]]]):
     ) -> StringCommand:
         # pyinfra calls command() and process() on the same instance: keep the paths for messages.
         self.sources = (hostsfile, addn_hosts)
-        return read_files_command(hostsfile, addn_hosts)
+        return read_locked_command(f"{hostsfile}.lock", hostsfile, addn_hosts)
 
     @_fact_process
     def process(self, output: list[str]) -> dict[str, dict[str, str]]:

@@ -38,6 +38,6 @@ def connection_data() -> dict[str, Any]:
         return {}
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         print(f"kvm-qemu: cannot read {INVENTORY_DATA_ENV}={path}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,10 +29,15 @@ CLONE_MODES = ("full", "linked")
 _FIELD_HINTS = {
     "name": "a VM name uses letters, digits, '.', '_' and '-', starts with a letter or digit, "
     "and has at most 63 characters",
-    "hostname": "a hostname is an RFC 1123 name such as vm01.example.internal",
+    "hostname": "a hostname is a fully qualified RFC 1123 name such as vm01.example.internal",
     "host": "a host is an RFC 1123 name such as sm-01",
     "ipaddress": "an IPv4 address such as 10.10.5.11",
-    "macaddress": "a unicast MAC address such as 52:54:00:12:34:56",
+    "macaddress": "a unicast MAC address such as 52:54:00:12:34:56 (not all zeros)",
+    "description": "control characters (newlines, tabs, escapes) are not allowed",
+    "sshHost": "an address or host name (letters, digits, '.', ':', '_', '-')",
+    "ssh_hostname": "an address or host name (letters, digits, '.', ':', '_', '-')",
+    "ssh_user": "control characters are not allowed",
+    "ssh_key": "control characters are not allowed",
 }
 _FIELD_HINTS["srcvm"] = _FIELD_HINTS["name"]
 _FIELD_HINTS["pool"] = "a pool name uses letters, digits, '.', '_' and '-'"
@@ -131,11 +137,49 @@ def _schema_problem(error: jsonschema.ValidationError) -> tuple[str, str]:
     return path, f"{path}: {error.message}"
 
 
+def _full_pattern(
+    validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
+) -> Iterable[jsonschema.ValidationError]:
+    """``pattern`` as a full match: ``$`` alone would also accept a value ending in a newline."""
+    if isinstance(instance, str) and re.fullmatch(pattern, instance) is None:
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _is_integer(checker: Any, instance: Any) -> bool:
+    """Integers only: JSON Schema would also take 16.0, and Python counts True as 1."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_StrictValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    validators={"pattern": _full_pattern},
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
+)
+
+
 @cache
-def _validator() -> jsonschema.Draft202012Validator:
+def _validator() -> Any:
     schema = json.loads(SCHEMA_PATH.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
+    return _StrictValidator(schema)
+
+
+def address_problem(value: str) -> str | None:
+    """Why an IPv4 address cannot be reserved for a VM (the DHCP step refuses the same), or None.
+
+    ``.0`` and ``.255`` are host addresses in networks wider than /24, so they are not refused here;
+    the DHCP step checks addresses against ``dhcp_range`` when one is set.
+    """
+    address = ipaddress.IPv4Address(value)
+    if address.is_unspecified:
+        return "is the unspecified address"
+    if address.is_loopback:
+        return "is a loopback address"
+    if address.is_multicast:
+        return "is a multicast address"
+    if address == ipaddress.IPv4Address("255.255.255.255"):
+        return "is the broadcast address"
+    return None
 
 
 def validate(data: Any) -> list[str]:
@@ -159,7 +203,14 @@ def validate(data: Any) -> list[str]:
 
 def _cross_field_problems(data: list[Any], bad_paths: set[str]) -> list[str]:
     problems: list[str] = []
-    seen: dict[str, dict[str, str]] = {"host": {}, "name": {}, "ipaddress": {}, "hostname": {}, "mac": {}}
+    seen: dict[str, dict[str, str]] = {
+        "host": {},
+        "name": {},
+        "ipaddress": {},
+        "hostname": {},
+        "short": {},
+        "mac": {},
+    }
 
     def unique(kind: str, value: str, path: str, label: str) -> None:
         key = value.lower()
@@ -198,14 +249,34 @@ def _cross_field_problems(data: list[Any], bad_paths: set[str]) -> list[str]:
                     f"{base}.diskSize: must be at least 1 (GiB) when numDisks is {spec['numDisks']}"
                 )
             if ok("ipaddress", str):
-                address = ipaddress.IPv4Address(spec["ipaddress"])
-                if address.is_unspecified or address.is_multicast or str(address).endswith(".255"):
-                    problems.append(f"{base}.ipaddress: {spec['ipaddress']!r} cannot be given to a VM")
+                reason = address_problem(spec["ipaddress"])
+                if reason:
+                    problems.append(
+                        f"{base}.ipaddress: {spec['ipaddress']!r} cannot be given to a VM: it {reason}"
+                    )
                 unique("ipaddress", spec["ipaddress"], f"{base}.ipaddress", "ipaddress")
             if ok("hostname", str):
                 unique("hostname", spec["hostname"], f"{base}.hostname", "hostname")
+                short = spec["hostname"].split(".", 1)[0]
+                if short.lower() in seen["short"]:
+                    problems.append(
+                        f"{base}.hostname: short name {short!r} of {spec['hostname']!r} is already used at "
+                        f"{seen['short'][short.lower()]} (both would answer to {short!r})"
+                    )
+                else:
+                    seen["short"][short.lower()] = f"{base}.hostname"
             if ok("name", str):
                 unique("name", spec["name"], f"{base}.name", "VM name")
+                if "srcvm" not in spec and spec["name"] == DEFAULT_SRCVM:
+                    problems.append(
+                        f"{base}.name: {spec['name']!r} is the VM's own base (srcvm defaults to "
+                        f"{DEFAULT_SRCVM!r}): a VM cannot be cloned from itself; set srcvm to another VM"
+                    )
+                elif ok("srcvm", str) and spec["srcvm"] == spec["name"]:
+                    problems.append(
+                        f"{base}.srcvm: {spec['srcvm']!r} is the VM's own name: a VM cannot be cloned from "
+                        "itself (deleting it would delete its base image)"
+                    )
                 if ok("macaddress", str):
                     unique("mac", spec["macaddress"], f"{base}.macaddress", "macaddress")
                 elif "macaddress" not in spec:
@@ -259,7 +330,13 @@ def load(path: str | Path) -> list[HostEntry]:
     """Read and validate a manifest file; every failure is a ManifestError with a readable message."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            str(path),
+            [f"not a UTF-8 text file (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): "
+             "a manifest is JSON text"],
+        ) from None
     except FileNotFoundError:
         raise ManifestError(str(path), ["manifest file not found"]) from None
     except OSError as exc:

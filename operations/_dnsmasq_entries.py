@@ -23,13 +23,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from inventories.manifest_model import address_problem
+
 DHCP_HOSTS_HEADER = "# Managed by kvm-qemu (dhcp_reservations): MAC,IP,short name. Local changes are lost."
 ADDN_HOSTS_HEADER = "# Managed by kvm-qemu (dhcp_reservations): IP FQDN short name. Local changes are lost."
 BLOCK_BEGIN = "# BEGIN kvm-qemu"
 BLOCK_END = "# END kvm-qemu"
 
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+# Always used with fullmatch: "$" alone also matches before a final newline.
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE)
 
 
 class EntryError(ValueError):
@@ -74,10 +77,12 @@ class Entry:
 
 
 def normalize_mac(value: Any) -> str:
-    if not isinstance(value, str) or not _MAC_RE.match(value.lower()):
+    if not isinstance(value, str) or not _MAC_RE.fullmatch(value.lower()):
         raise EntryError(f"{value!r} is not a MAC address such as 52:54:00:12:34:56")
     if int(value[:2], 16) & 1:
         raise EntryError(f"{value!r} is a multicast MAC address")
+    if value == "00:00:00:00:00:00":
+        raise EntryError(f"{value!r} is the all-zero MAC address")
     return value.lower()
 
 
@@ -88,20 +93,21 @@ def normalize_ip(value: Any) -> str:
         address = ipaddress.IPv4Address(value)
     except ValueError:
         raise EntryError(f"{value!r} is not an IPv4 address such as 10.10.5.11") from None
-    if address.is_unspecified or address.is_multicast or address.is_loopback:
-        raise EntryError(f"{value!r} cannot be reserved for a host")
+    reason = address_problem(str(address))
+    if reason:
+        raise EntryError(f"{value!r} cannot be reserved for a host: it {reason}")
     return str(address)
 
 
 def check_fqdn(value: Any) -> str:
     labels = value.split(".") if isinstance(value, str) else []
-    if len(labels) < 2 or len(value) > 253 or not all(_LABEL_RE.match(label) for label in labels):
+    if len(labels) < 2 or len(value) > 253 or not all(_LABEL_RE.fullmatch(label) for label in labels):
         raise EntryError(f"{value!r} is not a fully qualified host name such as vm01.example.internal")
     return value
 
 
 def check_short(value: Any) -> str:
-    if not isinstance(value, str) or not _LABEL_RE.match(value):
+    if not isinstance(value, str) or not _LABEL_RE.fullmatch(value):
         raise EntryError(f"{value!r} is not a short host name such as vm01")
     return value
 
@@ -323,17 +329,20 @@ def _uniqueness_problems(entries: Sequence[Entry], existing: Mapping[str, Entry]
             )
             continue
         wanted_macs[entry.mac] = entry
-    # Entries being replaced no longer own their IP and names.
-    for mac in wanted_macs:
-        old = existing.get(mac)
-        if old is not None:
-            if owner_ip.get(old.ip) is old:
-                del owner_ip[old.ip]
-            for name in old.names:
-                if owner_name.get(name) is old:
-                    del owner_name[name]
     origin: dict[int, str] = {id(e): f"already reserved in {source}" for e in existing.values()}
     for entry in wanted_macs.values():
+        old = existing.get(entry.mac)
+        if old is not None:
+            # The MAC is the identity, and a derived MAC comes from the VM name: a different IP or
+            # name under the same MAC is another VM (same name in another manifest, or a collision).
+            if (old.ip, old.names) != (entry.ip, entry.names):
+                problems.append(
+                    f"MAC {entry.mac} of {entry.hostname} ({entry.ip}) is already reserved in {source} for "
+                    f"{old.hostname} ({old.ip}): one MAC for two VMs (a VM of the same name in another "
+                    "manifest, or two names that derive one MAC); delete the other reservation or set "
+                    "macaddress"
+                )
+            continue
         origin[id(entry)] = "also given in entries"
         other = owner_ip.get(entry.ip)
         if other is not None and other.mac != entry.mac:
@@ -360,7 +369,8 @@ def plan(
 ) -> dict[str, Entry]:
     """The reservations after the change, ``{mac: Entry}``; conflicts raise EntryError (nothing written).
 
-    ``present=True``: ``entries`` (Entry objects) are added or replace the entry with the same MAC.
+    ``present=True``: ``entries`` (Entry objects) are added; one identical to a reservation is left
+    alone, and a reservation with the same MAC but another IP or name is a conflict.
     ``present=False``: ``entries`` (MAC strings) are removed; unknown MACs are ignored.
     """
     if not present:
@@ -374,8 +384,18 @@ def plan(
         raise EntryError(problems)
     result = dict(current)
     for entry in wanted:
-        result[entry.mac] = entry
+        result.setdefault(entry.mac, entry)
     return result
+
+
+def request_lines(entries: Sequence[Entry] | Sequence[str], present: bool) -> list[str]:
+    """What the node-side merge reads on stdin: ``add MAC IP FQDN SHORT`` or ``del MAC`` lines.
+
+    Every value was checked by make_entry/normalize_mac (no blanks or shell characters).
+    """
+    if present:
+        return [f"add {e.mac} {e.ip} {e.hostname} {e.short}" for e in entries if isinstance(e, Entry)]
+    return [f"del {mac}" for mac in entries if isinstance(mac, str)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,17 +1,23 @@
 """Static DHCP reservations and DNS names served by dnsmasq, without a restart and without touching leases.
 
 ``dhcp_reservations`` owns two files, the dhcp-hostsfile (``MAC,IP,short``) and the addn-hosts file
-(``IP FQDN short``), and optionally a marked block of /etc/hosts. It changes only what differs, in one
-command per run: new contents go to temporary files next to their targets, ``dnsmasq --test`` checks the
-configuration plus the new reservations, then the files are renamed into place and the running dnsmasq
-gets SIGHUP, which makes it re-read them. The lease database is never read or written.
+(``IP FQDN short``), and optionally a marked block of /etc/hosts. Each run is one command on the
+management node. It takes a lock (``flock`` on ``<dhcp-hostsfile>.lock``), reads the files under the
+lock, checks the requested entries against what it read there (not against the prepare-time fact), stages
+the new contents next to the targets, checks them with ``dnsmasq --test``, fsyncs and renames them into
+place, and sends the running dnsmasq SIGHUP, which makes it re-read them. Concurrent runs against one
+management node therefore serialise and keep each other's reservations.
+
+Removing entries can also release their DHCP leases with dnsmasq's own ``dhcp_release`` (given the
+address dnsmasq serves DHCP on, the interface is looked up on the node at run time); the lease
+database is never edited here.
 
 The node may need root: pass ``_sudo=True`` when calling the operation.
 """
 
 from __future__ import annotations
 
-import base64
+import ipaddress
 import os
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
@@ -29,6 +35,10 @@ from facts.dnsmasq import (
     HostsFileText,
 )
 from operations._dnsmasq_entries import (
+    ADDN_HOSTS_HEADER,
+    BLOCK_BEGIN,
+    BLOCK_END,
+    DHCP_HOSTS_HEADER,
     Entry,
     EntryError,
     entries_from,
@@ -36,7 +46,7 @@ from operations._dnsmasq_entries import (
     plan,
     render_addn_hosts,
     render_dhcp_hosts,
-    render_test_conf,
+    request_lines,
     sorted_entries,
     splice_hosts_block,
     unified_diff,
@@ -44,6 +54,8 @@ from operations._dnsmasq_entries import (
 
 DEFAULT_DNSMASQ_CONF = "/etc/dnsmasq.conf"
 DEFAULT_PID_FILE = "/run/dnsmasq/dnsmasq.pid"
+# How long a run waits for another run's lock on the management node before giving up.
+DEFAULT_LOCK_WAIT = 120
 
 Commands = Generator[StringCommand, None, None]
 
@@ -66,84 +78,226 @@ def _shell(template: str, **values: str) -> StringCommand:
     return StringCommand(*bits, _separator="")
 
 
-_PREAMBLE = """\
-umask 022
+# Merge the requests (stdin) into the files read under the lock. Inputs: part=1 the requests
+# ("add MAC IP FQDN SHORT" / "del MAC"), part=2 the dhcp-hostsfile, part=3 the addn-hosts file.
+# Output: one "KEY MAC IP FQDN SHORT" line per entry (KEY sorts by address), and "MAC IP" lines of
+# removed entries to the file REL. Any conflict is printed and nothing is output (exit 3).
+_MERGE_AWK = r"""
+function problem(msg) { print "kvm-qemu: " msg > "/dev/stderr"; bad = 1 }
+function lc(s) { return tolower(s) }
+function label(m) { return cfq[m] " (" cip[m] ", MAC " m ")" }
+part == 1 && $1 == "add" { n++; am[n] = lc($2); ai[n] = $3; af[n] = $4; as[n] = $5; next }
+part == 1 && $1 == "del" { del[lc($2)] = 1; next }
+part == 1 { problem("unexpected request line: " $0); next }
+/^[ \t\r]*(#|$)/ { next }
+part == 2 {
+  # MAC, IP and short name by their form, so optional items (id:..., set:...) may sit between them.
+  k = split($0, x, ","); m = ""; ip = ""; s = ""
+  for (j = 1; j <= k; j++) {
+    f = x[j]; gsub(/[ \t\r]/, "", f)
+    if (f ~ /^[0-9A-Fa-f][0-9A-Fa-f]:/ && length(f) == 17) m = lc(f)
+    else if (f ~ /^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$/) ip = f
+    else if (f !~ /:/ && f != "") s = f
+  }
+  if (m == "" || ip == "" || s == "") { problem(H ": unexpected line: " $0); next }
+  cm[++nc] = m; cip[m] = ip; csh[m] = s; next
+}
+part == 3 { hf[$1] = $2; next }
+END {
+  for (i = 1; i <= nc; i++) {
+    m = cm[i]; ip = cip[m]
+    if (!(ip in hf)) { problem(ip " is in " H " but not in " A ": fix or remove the line"); continue }
+    cfq[m] = hf[ip]
+    if (m in del) { released[m] = ip; continue }
+    keep[m] = 1; ownip[ip] = m; own[lc(cfq[m])] = m; own[lc(csh[m])] = m
+  }
+  for (i = 1; i <= n; i++) {
+    m = am[i]
+    if (m in keep) {
+      if (cip[m] == ai[i] && lc(cfq[m]) == lc(af[i]) && lc(csh[m]) == lc(as[i])) continue
+      problem("MAC " m " of " af[i] " (" ai[i] ") is already reserved for " label(m) " in " H \
+              ": one MAC for two VMs (a VM of the same name in another manifest, or two names that " \
+              "derive one MAC); delete the other reservation or set macaddress")
+      continue
+    }
+    if (ai[i] in ownip) {
+      problem("IP address " ai[i] " of " af[i] " (MAC " m ") is already reserved in " H " for " \
+              label(ownip[ai[i]]))
+      continue
+    }
+    if (lc(af[i]) in own) {
+      problem("name " af[i] " of MAC " m " is already reserved in " A " for " label(own[lc(af[i])]))
+      continue
+    }
+    if (lc(as[i]) in own) {
+      problem("name " as[i] " of " af[i] " (MAC " m ") is already reserved in " A " for " \
+              label(own[lc(as[i])]))
+      continue
+    }
+    keep[m] = 1; cip[m] = ai[i]; cfq[m] = af[i]; csh[m] = as[i]
+    ownip[ai[i]] = m; own[lc(af[i])] = m; own[lc(as[i])] = m
+  }
+  if (bad) exit 3
+  for (m in keep) {
+    split(cip[m], o, ".")
+    printf "%.0f %s %s %s %s\n", ((o[1] * 256 + o[2]) * 256 + o[3]) * 256 + o[4], m, cip[m], cfq[m], csh[m]
+  }
+  for (m in released) print m, released[m] > REL
+}
+"""
+
+# One line per merged entry ("KEY MAC IP FQDN SHORT"), from a template rendered by Entry itself.
+_FILL_AWK = r"""
+{ l = T; gsub(/@MAC@/, $2, l); gsub(/@IP@/, $3, l); gsub(/@FQDN@/, $4, l); gsub(/@SHORT@/, $5, l); print l }
+"""
+_TEMPLATE = Entry("@MAC@", "@IP@", "@FQDN@", "@SHORT@")
+
+# /etc/hosts with the "# BEGIN kvm-qemu" block replaced (part=1: the merged entries, part=2: the file).
+_SPLICE_AWK = r"""
+part == 1 { l = T; gsub(/@IP@/, $3, l); gsub(/@FQDN@/, $4, l); gsub(/@SHORT@/, $5, l); blk[++nb] = l; next }
+function block() { if (nb) { print B; for (i = 1; i <= nb; i++) print blk[i]; print E } }
+{ l = $0; sub(/[ \t\r\f\v]+$/, "", l) }
+l == B { nbeg++; if (nbeg == 1 && !nend) { inside = 1; block() } else bad = 1; next }
+l == E { nend++; if (!inside) bad = 1; inside = 0; next }
+!inside { print }
+END {
+  if (bad || nbeg != nend) {
+    print "kvm-qemu: " F " has a malformed kvm-qemu block (" nbeg " '" B "' and " nend " '" E "' lines); " \
+          "fix it by hand" > "/dev/stderr"
+    exit 3
+  }
+  if (!nbeg) block()
+}
+"""
+
+_SCRIPT = """\
+umask 077
 PATH="$PATH:/usr/sbin:/sbin"
-t0= t1= t2= tc=
-trap 'rm -f -- "$t0" "$t1" "$t2" "$tc"' EXIT
+LC_ALL=C; export LC_ALL
+tr= tl= trel= t0= t1= t2= tc=
+trap 'rm -f -- "$tr" "$tl" "$trel" "$t0" "$t1" "$t2" "$tc"' EXIT
 fail() {{ printf 'kvm-qemu: %s\\n' "$*" >&2; exit 1; }}
-"""
-
-# Stage file @: a temporary file in the target's directory (created if missing), with the target's mode
-# and owner (cp -p) or 0644 for a new file, holding the next stdin line decoded from base64.
-_STAGE = """\
-f@={path}
-if [ -L "$f@" ]; then f@=$(readlink -f -- "$f@") || exit 1; fi
-mkdir -p -- "$(dirname -- "$f@")" || exit 1
-t@=$(mktemp "$(dirname -- "$f@")/.kvm-qemu.XXXXXX") || exit 1
-if [ -e "$f@" ]; then cp -p -- "$f@" "$t@" || exit 1; else chmod 644 "$t@" || exit 1; fi
-IFS= read -r b && printf '%s\\n' "$b" | base64 -d > "$t@" || fail "cannot write $t@"
-"""
-
-# dnsmasq --test skips the dhcp-hostsfile, so the new reservations are also given as dhcp-host options.
-_VALIDATE = """\
-tc=$(mktemp) && IFS= read -r b && printf '%s\\n' "$b" | base64 -d > "$tc" || fail "cannot write $tc"
-out=$(dnsmasq --test {conf_option}--conf-file="$tc" 2>&1 </dev/null) || \
-fail "dnsmasq rejected the new reservations, nothing was changed: $out"
-"""
-
-# rename(2) is atomic; a bind-mounted target (e.g. /etc/hosts in a container) cannot be renamed over,
-# so that case falls back to rewriting it in place.
-_INSTALL = """\
-mv -f -- "$t@" "$f@" 2>/dev/null || {{ cat -- "$t@" > "$f@" && rm -f -- "$t@"; }} || fail "cannot replace $f@"
-"""
-
-_RELOAD = """\
-pidf={pid_file}
-if [ ! -e "$pidf" ]; then
-  echo "dnsmasq is not running (no $pidf); it reads the new files when it starts"
-else
-  pid=; IFS= read -r pid < "$pidf"
+setup='deploys/mgmt_server.py sets it up on the management node'
+h={hostsfile}; a={addn_hosts}; e={etc_hosts}; conf={conf}; pidf={pid_file}; rel={release}
+for f in "$h" "$a" ${{e:+"$e"}}; do
+  [ -d "$(dirname -- "$f")" ] || \
+    fail "directory $(dirname -- "$f") is missing, so dnsmasq is not set up here: $setup"
+  [ ! -L "$f" ] || fail "$f is a symbolic link; not followed, nothing was changed"
+done
+command -v dnsmasq >/dev/null 2>&1 || fail "dnsmasq is not installed: $setup"
+command -v flock >/dev/null 2>&1 || fail "flock (util-linux) is not installed, nothing was changed"
+if [ -n "$conf" ] && [ ! -f "$conf" ]; then fail "the dnsmasq configuration $conf is missing: $setup"; fi
+pid=
+if [ -n "$pidf" ]; then
+  [ -e "$pidf" ] || fail "dnsmasq is not running (no $pidf), nothing was changed: start it; $setup"
+  IFS= read -r pid < "$pidf" || [ -n "$pid" ] || fail "cannot read $pidf"
   case "$pid" in ''|*[!0-9]*) fail "$pidf does not hold a process id";; esac
-  if [ ! -d "/proc/$pid" ]; then
-    echo "dnsmasq is not running (stale $pidf); it reads the new files when it starts"
-  elif [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != dnsmasq ]; then
-    fail "process $pid from $pidf is not dnsmasq; not signalled"
-  else
-    kill -HUP "$pid" || fail "cannot send SIGHUP to dnsmasq (pid $pid)"
-    echo "dnsmasq (pid $pid) re-read its reservation files"
-  fi
+  [ -d "/proc/$pid" ] || fail "dnsmasq is not running (stale $pidf), nothing was changed: start it; $setup"
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dnsmasq ] || \
+    fail "process $pid from $pidf is not dnsmasq; not signalled, nothing was changed"
+fi
+tr=$(mktemp) && cat > "$tr" || fail "cannot read the requested changes"
+ifc=
+if [ -n "$rel" ] && grep -q '^del ' "$tr"; then
+  command -v dhcp_release >/dev/null 2>&1 || \
+    fail "dhcp_release is not installed (package dnsmasq-utils), nothing was changed: $setup"
+  ifc=$(ip -o addr show to "$rel" 2>/dev/null | awk '{{ print $2; exit }}')
+  [ -n "$ifc" ] || \
+    fail "no interface here holds $rel (dns_listen_address) to release DHCP leases on; nothing was changed"
+fi
+l="$h.lock"
+[ ! -L "$l" ] || fail "$l is a symbolic link; not followed, nothing was changed"
+exec 9>>"$l" || fail "cannot open the lock file $l"
+flock -w {wait} 9 || fail "another run held $l for more than {wait} s; nothing was changed"
+hs=$h; [ -e "$h" ] || hs=/dev/null
+as=$a; [ -e "$a" ] || as=/dev/null
+tl=$(mktemp) && trel=$(mktemp) || exit 1
+awk -v H="$h" -v A="$a" -v REL="$trel" {merge} part=1 "$tr" part=2 "$hs" part=3 "$as" > "$tl" || \
+fail "conflicting reservations, nothing was changed"
+sort -n -o "$tl" "$tl" || exit 1
+stage() {{
+  t=$(mktemp "$(dirname -- "$1")/.kvm-qemu.XXXXXX") || exit 1
+  if [ -e "$1" ]; then cp -p -- "$1" "$t" || exit 1; else chmod 644 "$t" || exit 1; fi
+}}
+stage "$h"; t0=$t
+{{ printf '%s\\n' {dhcp_header}; awk -v T={dhcp_line} {fill} "$tl"; }} > "$t0" || \
+  fail "cannot write $t0"
+stage "$a"; t1=$t
+{{ printf '%s\\n' {hosts_header}; awk -v T={hosts_line} {fill} "$tl"; }} > "$t1" || \
+  fail "cannot write $t1"
+if [ -n "$e" ]; then
+  es=$e; [ -e "$e" ] || es=/dev/null
+  stage "$e"; t2=$t
+  awk -v B={begin} -v E={end} -v F="$e" -v T={hosts_line} {splice} part=1 "$tl" part=2 "$es" > "$t2" || exit 1
+  if [ ! -e "$e" ] && [ ! -s "$t2" ]; then rm -f -- "$t2"; t2=; fi
+fi
+changed=
+cmp -s -- "$t0" "$hs" && {{ rm -f -- "$t0"; t0=; }} || changed=1
+cmp -s -- "$t1" "$as" && {{ rm -f -- "$t1"; t1=; }} || changed=1
+if [ -n "$t2" ]; then cmp -s -- "$t2" "$es" && {{ rm -f -- "$t2"; t2=; }} || changed=1; fi
+if [ -z "$changed" ] && [ ! -s "$trel" ]; then echo "dnsmasq reservations are already up to date"; exit 0; fi
+tc=$(mktemp) && awk -v T=dhcp-host={dhcp_line} {fill} "$tl" > "$tc" || fail "cannot write $tc"
+out=$(dnsmasq --test ${{conf:+"--conf-file=$conf"}} --conf-file="$tc" 2>&1 </dev/null) || \
+fail "dnsmasq rejected the new reservations, nothing was changed: \
+${{out:-dnsmasq --test failed without a message}}"
+sync -- $t0 $t1 $t2 2>/dev/null || sync
+install() {{
+  [ -n "$1" ] || return 0
+  mv -f -- "$1" "$2" 2>/dev/null || {{ cat -- "$1" > "$2" && rm -f -- "$1"; }} || fail "cannot replace $2"
+}}
+install "$t0" "$h"; t0=
+install "$t1" "$a"; t1=
+install "$t2" "$e"; t2=
+if [ -n "$pid" ] && [ -n "$changed" ]; then
+  kill -HUP "$pid" || fail "cannot send SIGHUP to dnsmasq (pid $pid)"
+  echo "dnsmasq (pid $pid) re-read its reservation files"
+fi
+if [ -n "$ifc" ]; then
+  while read -r m ip; do
+    dhcp_release "$ifc" "$ip" "$m" || fail "dhcp_release $ifc $ip $m failed"
+    echo "released the DHCP lease of $m ($ip) on $ifc"
+  done < "$trel"
 fi
 """
 
 
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode("utf-8", "surrogateescape")).decode("ascii")
-
-
 def apply_command(
-    writes: Sequence[FileWrite], test_conf: str, dnsmasq_conf: str | None, pid_file: str | None
+    requests: Sequence[str],
+    hostsfile: str,
+    addn_hosts: str,
+    dnsmasq_conf: str | None = None,
+    pid_file: str | None = None,
+    etc_hosts_path: str | None = None,
+    release_address: str | None = None,
+    lock_wait: int = DEFAULT_LOCK_WAIT,
 ) -> StringCommand:
-    """One command: stage every file, validate, rename into place, SIGHUP dnsmasq.
+    """One command: lock, read, check and merge ``requests``, stage, validate, rename, SIGHUP, release.
 
-    Contents travel on stdin (one base64 line per file, then the test configuration), never on a
-    command line. If staging or validation fails, the old files stay and the temporary files go.
+    ``requests`` are ``add MAC IP FQDN SHORT`` / ``del MAC`` lines (see ``request_lines``); they
+    travel on stdin, never on the command line. On any conflict or failure before the rename, the
+    old files stay and the temporary files go.
     """
-    if not 1 <= len(writes) <= 3:
-        raise ValueError("apply_command takes one to three files")
-    parts = [_shell(_PREAMBLE)]
-    for index, write in enumerate(writes):
-        parts.append(_shell(_STAGE.replace("@", str(index)), path=write.path))
-    if dnsmasq_conf is None:
-        parts.append(_shell(_VALIDATE.replace("{conf_option}", "")))
-    else:
-        parts.append(_shell(_VALIDATE.replace("{conf_option}", "--conf-file={conf} "), conf=dnsmasq_conf))
-    for index in range(len(writes)):
-        parts.append(_shell(_INSTALL.replace("@", str(index))))
-    if pid_file is not None:
-        parts.append(_shell(_RELOAD, pid_file=pid_file))
-    stdin = [_b64(write.new) for write in writes] + [_b64(test_conf)]
-    return StringCommand(*parts, _separator="", _stdin=stdin)
+    script = _shell(
+        _SCRIPT,
+        hostsfile=hostsfile,
+        addn_hosts=addn_hosts,
+        etc_hosts=etc_hosts_path or "",
+        conf=dnsmasq_conf or "",
+        pid_file=pid_file or "",
+        release=release_address or "",
+        wait=str(int(lock_wait)),
+        merge=_MERGE_AWK,
+        splice=_SPLICE_AWK,
+        fill=_FILL_AWK,
+        dhcp_line=_TEMPLATE.dhcp_line(),
+        hosts_line=_TEMPLATE.hosts_line(),
+        dhcp_header=DHCP_HOSTS_HEADER,
+        hosts_header=ADDN_HOSTS_HEADER,
+        begin=BLOCK_BEGIN,
+        end=BLOCK_END,
+    )
+    # Bounded: the lock wait plus time for the checks, dnsmasq --test, the renames and the releases.
+    return StringCommand(script, _separator="", _stdin=list(requests), _timeout=int(lock_wait) + 60)
 
 
 def _log_diff(writes: Sequence[FileWrite]) -> None:
@@ -165,30 +319,48 @@ def dhcp_reservations(
     dhcp_range: str | None = None,
     etc_hosts: bool = False,
     etc_hosts_path: str = DEFAULT_ETC_HOSTS,
+    release_leases_on: str | None = None,
+    lock_wait: int = DEFAULT_LOCK_WAIT,
 ) -> Commands:
-    """Add/update (``present=True``) or remove (``present=False``) static DHCP reservations and names.
+    """Add (``present=True``) or remove (``present=False``) static DHCP reservations and names.
 
     + entries: dicts with ``mac, ip, hostname, short`` or VmSpec dicts (``ipaddress``; short name =
       first label of ``hostname``); the MAC is the identity. For removal only ``mac`` is used.
-    + present: add or update the entries, or remove exactly the entries with these MACs
+    + present: add the entries (an identical entry is left alone), or remove exactly the entries with
+      these MACs
     + hostsfile / addn_hosts: the two files this operation owns (``dhcp-hostsfile=`` / ``addn-hosts=``)
     + dnsmasq_conf: main configuration checked with ``dnsmasq --test`` before anything is replaced
       (``None``: check only the new reservations)
-    + pid_file: dnsmasq's pid file; that process gets SIGHUP after a change (``None``: no signal)
+    + pid_file: dnsmasq's pid file; that process must be running and gets SIGHUP after a change
+      (``None``: no check, no signal)
     + dhcp_range: ``start,end[,mask][,lease]``; entries outside start..end are refused
     + etc_hosts: also keep the host lines in a ``# BEGIN kvm-qemu`` block of ``etc_hosts_path``
+    + release_leases_on: the address dnsmasq serves DHCP on; when set, removing an entry also releases
+      its DHCP lease with ``dhcp_release`` on the interface holding that address
+    + lock_wait: seconds to wait for another run's lock on the node
 
-    An IP or name already reserved for another MAC, duplicates within ``entries`` or an address outside
-    ``dhcp_range`` raise OperationValueError before anything is written.
+    An IP or name already reserved for another MAC, a MAC already reserved with another IP or name,
+    duplicates within ``entries`` or an address outside ``dhcp_range`` are errors before anything is
+    written; the same checks run again on the node under the lock, against the files as they are then.
     """
     paths = [hostsfile, addn_hosts] + ([etc_hosts_path] if etc_hosts else [])
     if len({os.path.normpath(path) for path in paths}) != len(paths):
         raise OperationValueError(f"dhcp_reservations: the files must differ: {', '.join(paths)}")
+    if release_leases_on is not None:
+        try:
+            release_leases_on = str(ipaddress.ip_address(release_leases_on))
+        except ValueError:
+            raise OperationValueError(
+                f"dhcp_reservations: release_leases_on={release_leases_on!r} is not an IP address"
+            ) from None
+    if not isinstance(lock_wait, int) or isinstance(lock_wait, bool) or not 1 <= lock_wait <= 3600:
+        raise OperationValueError(f"dhcp_reservations: lock_wait={lock_wait!r}: expected 1 to 3600 seconds")
     try:
         wanted: list[Entry] | list[str] = entries_from(entries) if present else macs_from(entries)
     except EntryError as exc:
         raise OperationValueError(f"dhcp_reservations: invalid entries:\n{exc}") from None
 
+    # The fact serves the preview (no-op, --diff) and early errors; the command decides again under the lock.
     fact = host.get_fact(DnsmasqReservations, hostsfile=hostsfile, addn_hosts=addn_hosts)
     current = {mac: Entry(**value) for mac, value in fact.items()}
     try:
@@ -217,4 +389,18 @@ def dhcp_reservations(
     # Logged once: at prepare (before the confirmation), or at execute when there was no prepare (-y).
     if state.config.DIFF and (not state.is_executing or not getattr(state, "check_for_changes", True)):
         _log_diff(writes)
-    yield apply_command(writes, render_test_conf(result.values()), dnsmasq_conf, pid_file)
+    if present:
+        requests = request_lines([entry for entry in wanted if isinstance(entry, Entry)], present=True)
+    else:
+        # Only what is reserved now: the node removes (and releases) exactly these under the lock.
+        requests = request_lines([str(mac) for mac in wanted if mac in current], present=False)
+    yield apply_command(
+        requests,
+        hostsfile,
+        addn_hosts,
+        dnsmasq_conf,
+        pid_file,
+        etc_hosts_path if etc_hosts else None,
+        release_leases_on,
+        lock_wait,
+    )

@@ -5,9 +5,13 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import json
 import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dns.exception
@@ -20,8 +24,10 @@ from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_ops
 from pyinfra.facts.server import Command
 
+from inventories.manifest_model import mac_for
 from operations._dnsmasq_entries import BLOCK_BEGIN, parse_dhcp_hosts
 from operations.dnsmasq import dhcp_reservations
+from sandbox import client
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +159,135 @@ def test_conflict_is_refused_before_any_write(mgmt: Mgmt) -> None:
         mgmt.prepare_only(entries=[thief])
     assert mgmt.read(HOSTSFILE) == before
     assert mgmt.apply(entries=ENTRIES[:1], present=False) is True
+
+
+# --- concurrent runs against one management node ---------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+
+_APPLY_ONE = """
+from gevent import monkey; monkey.patch_all()
+import json, sys
+from pyinfra.api import Config, Inventory, State
+from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.operation import add_op
+from pyinfra.api.operations import run_ops
+from operations.dnsmasq import dhcp_reservations
+name, data, kwargs = json.loads(sys.argv[1])
+state = State(inventory=Inventory(([(name, data)], {})), config=Config(PARALLEL=1), check_for_changes=False)
+connect_all(state)
+metas = add_op(state, dhcp_reservations, **kwargs)
+run_ops(state)
+(meta,) = metas.values()
+disconnect_all(state)
+sys.exit(0 if meta.did_succeed() else 1)
+"""
+
+
+def concurrent_entries(count: int) -> list[dict[str, str]]:
+    return [
+        {"mac": f"52:54:00:d5:c0:{i:02x}", "ip": f"10.10.98.{50 + i}",
+         "hostname": f"conc{i}.sandbox.internal", "short": f"conc{i}"}
+        for i in range(count)
+    ]
+
+
+def test_concurrent_runs_keep_every_reservation(mgmt: Mgmt) -> None:
+    """Eight runs at once, each adding its own entry: every one is kept (flock on the node)."""
+    entries = concurrent_entries(8)
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _APPLY_ONE, json.dumps([mgmt.name, mgmt.data, {"entries": [entry]}])],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for entry in entries
+    ]
+    try:
+        outputs = [run.communicate(timeout=180)[0] for run in runs]
+        assert [run.returncode for run in runs] == [0] * len(runs), "\n".join(outputs)[-3000:]
+        reserved = {mac: ip for _line, mac, ip, _short in parse_dhcp_hosts(mgmt.read(HOSTSFILE))}
+        missing = [entry["hostname"] for entry in entries if reserved.get(entry["mac"]) != entry["ip"]]
+        assert missing == [], f"reservations lost by concurrent runs: {missing}"
+        for entry in entries:
+            assert settled(entry["hostname"], [entry["ip"]]) == [entry["ip"]]
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+        mgmt.apply(entries=entries, present=False)
+    assert not any(entry["mac"] in mgmt.read(HOSTSFILE) for entry in entries)
+
+
+def _manifest(host: str, prefix: str, first_ip: int) -> list[dict[str, Any]]:
+    return [{
+        "host": host,
+        "vmspecs": [
+            {"name": f"{prefix}{i}", "hostname": f"{prefix}{i}.conc.internal", "ipaddress": f"10.10.99.{first_ip + i}",
+             "vcpus": 1, "memoryGb": 1, "maxMemoryGb": 1, "numDisks": 0, "diskSize": 0, "clone": "linked"}
+            for i in range(3)
+        ],
+    }]
+
+
+def _workflows(sandbox_cluster: dict[str, Any], tmp_path: Path, deploy: str,
+               manifests: dict[str, list[dict[str, Any]]]) -> list[subprocess.CompletedProcess[str]]:
+    """Run ``deploy`` for every manifest at the same time through the real CLI; wait for all."""
+    (tmp_path / "inventory.json").write_text(json.dumps(sandbox_cluster))
+    running = []
+    for label, manifest in manifests.items():
+        path = tmp_path / f"{label}.json"
+        path.write_text(json.dumps(manifest))
+        env = client.workflow_env(path, tmp_path / "inventory.json", sandbox_cluster["mgmt"]["name"])
+        running.append(subprocess.Popen(
+            [PYINFRA, "-y", "inventories/manifest.py", f"deploys/{deploy}.py"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))
+    results = []
+    for process in running:
+        try:
+            out, err = process.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return results
+
+
+def test_two_concurrent_builds_of_different_manifests_keep_every_reservation(
+    mgmt: Mgmt, sandbox_cluster: dict[str, Any], tmp_path: Path
+) -> None:
+    manifests = {"a": _manifest("sm-01", "conca", 10), "b": _manifest("sm-02", "concb", 20)}
+    hosts = {host: client.node_data(sandbox_cluster, host) for host in ("sm-01", "sm-02")}
+    pools_before = {host: set(client.ssh(data, "virsh -q pool-list --all --name").split())
+                    for host, data in hosts.items()}
+    (pools,) = _workflows(sandbox_cluster, tmp_path, "pools", {"all": manifests["a"] + manifests["b"]})
+    try:
+        assert pools.returncode == 0, (pools.stdout + pools.stderr)[-3000:]
+        _build_and_check(sandbox_cluster, tmp_path, manifests, mgmt)
+    finally:
+        # Leave the hosts' pools as they were (later tests define their own on the same paths).
+        for host, data in hosts.items():
+            for pool in set(client.ssh(data, "virsh -q pool-list --all --name").split()) - pools_before[host]:
+                client.ssh(data, f"virsh -q pool-destroy {shlex.quote(pool)}; virsh -q pool-undefine {shlex.quote(pool)}",
+                           check=False)
+
+
+def _build_and_check(sandbox_cluster: dict[str, Any], tmp_path: Path,
+                     manifests: dict[str, list[dict[str, Any]]], mgmt: Mgmt) -> None:
+    specs = [spec for manifest in manifests.values() for spec in manifest[0]["vmspecs"]]
+    try:
+        for result in _workflows(sandbox_cluster, tmp_path, "build", manifests):
+            assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        reserved = {mac: ip for _line, mac, ip, _short in parse_dhcp_hosts(mgmt.read(HOSTSFILE))}
+        for spec in specs:
+            assert reserved.get(mac_for(spec["name"])) == spec["ipaddress"], f"{spec['name']} lost its reservation"
+            assert settled(spec["hostname"], [spec["ipaddress"]]) == [spec["ipaddress"]]
+    finally:
+        deleted = _workflows(sandbox_cluster, tmp_path, "delete", manifests)
+    for result in deleted:
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    hostsfile = mgmt.read(HOSTSFILE)
+    assert not any(mac_for(spec["name"]) in hostsfile for spec in specs)
+    for spec in specs:
+        assert settled(spec["hostname"], []) == []

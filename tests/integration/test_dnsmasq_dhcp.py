@@ -1,8 +1,10 @@
 """DHCP proof: a client with a VM's MAC, in its own network namespace, gets the reserved address.
 
-A dnsmasq with a dhcp-range runs in a second namespace joined by a veth pair; dhcp_reservations runs
-through the pyinfra API against @local and only SIGHUPs it. A lease handed out before the change must
-still be in the lease database afterwards. Needs root and iproute2; no sandbox.
+A dnsmasq with a dhcp-range (and DNS on its address) runs in a second namespace joined by a veth
+pair; dhcp_reservations runs through the pyinfra API against @local and only SIGHUPs it. A lease
+handed out before the change must still be in the lease database afterwards. Removing a reservation
+with release_leases_on (what delete does) releases the VM's lease with dhcp_release, run inside the
+server's namespace as on a management node. Needs root, iproute2 and dnsmasq; no sandbox.
 """
 
 # ruff: noqa: E402
@@ -38,6 +40,8 @@ pytestmark = [
 ]
 
 PROBE = Path(__file__).with_name("_dhcp_probe.py")
+REPO = Path(__file__).resolve().parents[2]
+SERVER_IP = "10.10.97.1"
 DHCP_RANGE = "10.10.97.10,10.10.97.200,255.255.255.0,1h"
 VM_MAC = "52:54:00:d5:0d:13"
 OTHER_MAC = "52:54:00:d5:0d:99"
@@ -78,8 +82,12 @@ def dhcp_net(tmp_path: Path) -> Iterator[DhcpNet]:
         server_ns, client_ns, client_if, tmp_path / "dnsmasq.conf", tmp_path / "dnsmasq.pid",
         tmp_path / "leases", tmp_path / "d" / "dhcp-hosts", tmp_path / "d" / "hosts",
     )
+    # What deploys/mgmt_server.py leaves: the directory with both files, empty.
+    net.hostsfile.parent.mkdir()
+    net.hostsfile.touch()
+    net.addn_hosts.touch()
     net.conf.write_text(
-        "port=0\nuser=root\n"
+        "user=root\nno-resolv\nno-hosts\n"
         f"interface={server_if}\nbind-interfaces\ndhcp-range={DHCP_RANGE}\n"
         f"dhcp-hostsfile={net.hostsfile}\naddn-hosts={net.addn_hosts}\n"
         f"dhcp-leasefile={net.lease_file}\npid-file={net.pid_file}\n"
@@ -90,8 +98,9 @@ def dhcp_net(tmp_path: Path) -> Iterator[DhcpNet]:
         ["ip", "link", "add", server_if, "type", "veth", "peer", "name", client_if],
         ["ip", "link", "set", server_if, "netns", server_ns],
         ["ip", "link", "set", client_if, "netns", client_ns],
-        ["ip", "-n", server_ns, "addr", "add", "10.10.97.1/24", "dev", server_if],
+        ["ip", "-n", server_ns, "addr", "add", f"{SERVER_IP}/24", "dev", server_if],
         ["ip", "-n", server_ns, "link", "set", server_if, "up"],
+        ["ip", "-n", server_ns, "link", "set", "lo", "up"],
         ["ip", "netns", "exec", server_ns, "dnsmasq", f"--conf-file={net.conf}"],
     ]
     try:
@@ -148,3 +157,84 @@ def test_vm_mac_gets_its_reservation_and_leases_survive(dhcp_net: DhcpNet) -> No
     assert leases[VM_MAC] == reserved
     assert dhcp_net.pid_file.read_text().strip() == pid
     assert apply_local(entries=[entry], **options) is False
+
+
+_APPLY_IN_NAMESPACE = """
+from gevent import monkey; monkey.patch_all()
+import json, sys
+from pyinfra.api import Config, Inventory, State
+from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.operation import add_op
+from pyinfra.api.operations import run_ops
+from operations.dnsmasq import dhcp_reservations
+state = State(inventory=Inventory((["@local"], {})), config=Config(PARALLEL=1), check_for_changes=False)
+connect_all(state)
+metas = add_op(state, dhcp_reservations, **json.loads(sys.argv[1]))
+run_ops(state)
+(meta,) = metas.values()
+disconnect_all(state)
+print("\\n".join(meta.stdout_lines + meta.stderr_lines))
+sys.exit(0 if meta.did_succeed() else 1)
+"""
+
+_RESOLVE = """
+import sys
+import dns.exception, dns.resolver
+resolver = dns.resolver.Resolver(configure=False)
+resolver.nameservers, resolver.lifetime = [sys.argv[1]], 3
+try:
+    print(" ".join(sorted(a.to_text() for a in resolver.resolve(sys.argv[2], "A", search=False))))
+except dns.exception.DNSException:
+    pass
+"""
+
+
+def in_server_namespace(net: DhcpNet, code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run Python code in the server's namespace, as a process on the management node would."""
+    return subprocess.run(
+        ["ip", "netns", "exec", net.server_ns, sys.executable, "-c", code, *args],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"},
+    )
+
+
+def resolve(net: DhcpNet, name: str) -> list[str]:
+    return in_server_namespace(net, _RESOLVE, SERVER_IP, name).stdout.split()
+
+
+def eventually(check: Any, timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return value
+
+
+@pytest.mark.skipif(not shutil.which("dhcp_release", path="/usr/bin:/usr/sbin:/bin:/sbin"),
+                    reason="needs dhcp_release (dnsmasq-utils)")
+def test_removing_a_reservation_releases_its_lease(dhcp_net: DhcpNet) -> None:
+    options = {
+        "hostsfile": str(dhcp_net.hostsfile),
+        "addn_hosts": str(dhcp_net.addn_hosts),
+        "dnsmasq_conf": str(dhcp_net.conf),
+        "pid_file": str(dhcp_net.pid_file),
+    }
+    other = dhcp_net.client_lease(OTHER_MAC)
+    reserved = "10.10.97.13" if other["ack"] != "10.10.97.13" else "10.10.97.14"
+    entry = {"mac": VM_MAC, "ip": reserved, "hostname": "vm13.dhcp.internal", "short": "vm13"}
+    assert apply_local(entries=[entry], dhcp_range=DHCP_RANGE, **options) is True
+    assert dhcp_net.client_lease(VM_MAC) == {"offer": reserved, "ack": reserved}
+    assert dhcp_net.leases()[VM_MAC] == reserved
+    assert resolve(dhcp_net, "vm13") == [reserved]
+
+    # What delete does: remove the reservation and release the lease, on the node dnsmasq runs on.
+    removed = in_server_namespace(
+        dhcp_net, _APPLY_IN_NAMESPACE,
+        json.dumps({"entries": [{"mac": VM_MAC}], "present": False, "release_leases_on": SERVER_IP, **options}),
+    )
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert f"released the DHCP lease of {VM_MAC} ({reserved})" in removed.stdout
+
+    assert eventually(lambda: VM_MAC not in dhcp_net.leases()), f"lease still there: {dhcp_net.leases()}"
+    assert eventually(lambda: resolve(dhcp_net, "vm13") == []), "the deleted VM's name still resolves"
+    assert dhcp_net.leases()[OTHER_MAC] == other["ack"], "another lease was lost"
+    assert VM_MAC not in dhcp_net.hostsfile.read_text()

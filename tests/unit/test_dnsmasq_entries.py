@@ -224,21 +224,31 @@ def test_unified_diff_shows_changed_lines_only() -> None:
 # --- planning ----------------------------------------------------------------------------------
 
 
-def test_plan_adds_and_updates_by_mac() -> None:
-    moved = Entry(E13.mac, "10.10.5.14", "vm13.example.internal", "vm13")
-    assert plan(by_mac(E13, E130), [moved], present=True) == by_mac(moved, E130)
-    renamed = Entry(E13.mac, E13.ip, "thirteen.example.internal", "thirteen")
-    assert plan(by_mac(E13), [renamed], present=True) == by_mac(renamed)
+def test_plan_adds_and_keeps_identical_entries() -> None:
+    assert plan(by_mac(E130), [E13], present=True) == by_mac(E13, E130)
+    same = Entry(E13.mac, E13.ip, E13.hostname.upper(), E13.short)
+    assert plan(by_mac(E13), [same], present=True) == by_mac(E13)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        Entry(E13.mac, "10.10.5.14", "vm13.example.internal", "vm13"),
+        Entry(E13.mac, E13.ip, "thirteen.example.internal", "thirteen"),
+        Entry(E13.mac, "10.10.6.13", "vm13.other.internal", "vm13"),
+    ],
+)
+def test_same_mac_with_another_ip_or_name_is_a_conflict_naming_both(other: Entry) -> None:
+    # A VM of the same name in another manifest derives the same MAC: never a silent takeover.
+    with pytest.raises(EntryError) as info:
+        plan(by_mac(E13, E130), [other], present=True, source="the files")
+    message = str(info.value)
+    assert f"MAC {E13.mac} of {other.hostname} ({other.ip}) is already reserved in the files for " \
+        f"{E13.hostname} ({E13.ip})" in message
 
 
 def test_plan_remove_ignores_unknown_macs() -> None:
     assert plan(by_mac(E13), ["52:54:00:ff:ff:ff"], present=False) == by_mac(E13)
-
-
-def test_plan_allows_swapping_addresses_in_one_call() -> None:
-    a = Entry(E13.mac, E130.ip, E13.hostname, E13.short)
-    b = Entry(E130.mac, E13.ip, E130.hostname, E130.short)
-    assert plan(by_mac(E13, E130), [a, b], present=True) == by_mac(a, b)
 
 
 @pytest.mark.parametrize(
@@ -272,10 +282,10 @@ def test_plan_conflict_lists_every_problem() -> None:
 
 
 def test_plan_released_values_are_reusable() -> None:
-    # vm13 moves to .14, so .13 is free for a new MAC in the same call.
-    moved = Entry(E13.mac, "10.10.5.14", E13.hostname, E13.short)
-    new = Entry("52:54:00:00:00:99", "10.10.5.13", "vm99.example.internal", "vm99")
-    assert plan(by_mac(E13), [moved, new], present=True) == by_mac(moved, new)
+    # Once vm13 is removed, its address and names are free for another MAC.
+    new = Entry("52:54:00:00:00:99", "10.10.5.13", "vm13.example.internal", "vm13")
+    removed = plan(by_mac(E13, E130), [E13.mac], present=False)
+    assert plan(removed, [new], present=True) == by_mac(new, E130)
 
 
 @pytest.mark.parametrize(
@@ -362,3 +372,25 @@ def test_splice_tolerates_trailing_whitespace_and_cr_on_markers() -> None:
 def test_splice_refuses_malformed_blocks(text: str) -> None:
     with pytest.raises(EntryError, match="malformed kvm-qemu block"):
         splice_hosts_block(text, ["a"])
+
+
+@pytest.mark.parametrize(
+    ("mac", "ip", "hostname", "short"),
+    [
+        ("52:54:00:12:34:56\n", "10.10.5.11", "vm.example.internal", "vm"),
+        ("52:54:00:12:34:56", "10.10.5.11\n", "vm.example.internal", "vm"),
+        ("52:54:00:12:34:56", "10.10.5.11", "vm.example.internal\n", "vm"),
+        ("52:54:00:12:34:56", "10.10.5.11", "vm.example.internal", "vm\n"),
+        ("00:00:00:00:00:00", "10.10.5.11", "vm.example.internal", "vm"),
+        ("52:54:00:12:34:56", "127.0.0.1", "vm.example.internal", "vm"),
+        ("52:54:00:12:34:56", "10.10.5.11", "vm", "vm"),
+    ],
+)
+def test_values_are_full_matches(mac: str, ip: str, hostname: str, short: str) -> None:
+    with pytest.raises(EntryError):
+        make_entry(mac, ip, hostname, short)
+
+
+def test_network_and_broadcast_looking_addresses_are_reservable() -> None:
+    assert make_entry("52:54:00:12:34:56", "10.10.5.255", "vm.example.internal", "vm").ip == "10.10.5.255"
+    assert make_entry("52:54:00:12:34:56", "10.10.6.0", "vm.example.internal", "vm").ip == "10.10.6.0"

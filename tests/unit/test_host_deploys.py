@@ -654,7 +654,7 @@ def test_mgmt_server_debian_exact_plan(monkeypatch: pytest.MonkeyPatch) -> None:
             ["apt-get update", "touch /var/lib/apt/periodic/update-success-stamp"],
             False,
         ),
-        ("Management node | Install dnsmasq packages", [f"{APT_INSTALL} dnsmasq"], False),
+        ("Management node | Install dnsmasq packages", [f"{APT_INSTALL} dnsmasq dnsmasq-utils"], False),
         ("Management node | /etc/dnsmasq.d", ["mkdir -p /etc/dnsmasq.d", "chmod 755 /etc/dnsmasq.d"], False),
         (
             "Management node | Directory /etc/kvm-qemu/dnsmasq",
@@ -736,7 +736,7 @@ def test_mgmt_server_dhcp_and_tftp_only_when_asked(monkeypatch: pytest.MonkeyPat
         assert line in conf
     assert "mkdir -p /srv/tftp" in result.commands("mgmt-01")
     # RHEL: dnf, and /run/dnsmasq for the pid-file recreated at boot by tmpfiles.d.
-    assert result.commands("mgmt-01")[0] == "dnf install -y dnsmasq"
+    assert result.commands("mgmt-01")[0] == "dnf install -y dnsmasq dnsmasq-utils"
     assert (
         result.uploads("mgmt-01")["/etc/tmpfiles.d/kvm-qemu-dnsmasq.conf"]
         == "d /run/dnsmasq 0755 root root -\n"
@@ -744,7 +744,7 @@ def test_mgmt_server_dhcp_and_tftp_only_when_asked(monkeypatch: pytest.MonkeyPat
 
     default = mgmt_plan(monkeypatch, sim("debian12"))
     conf = default.uploads("mgmt-01")["/etc/dnsmasq.conf"]
-    for absent in ("dhcp-range", "dhcp-option", "enable-tftp", "dhcp-boot", "listen-address", "server="):
+    for absent in ("dhcp-range", "dhcp-option", "enable-tftp", "dhcp-boot", "server="):
         assert absent not in conf
     assert "/etc/tmpfiles.d/kvm-qemu-dnsmasq.conf" not in default.uploads("mgmt-01")
 
@@ -767,7 +767,7 @@ def test_mgmt_server_converged_and_without_systemd(
     converged = sim(
         "debian12",
         systemd=False,
-        packages={"dnsmasq"},
+        packages={"dnsmasq", "dnsmasq-utils"},
         files={
             **first.uploads("mgmt-01"),
             "/etc/kvm-qemu/dnsmasq/dhcp-hosts": "",
@@ -814,3 +814,52 @@ def test_dnsmasq_template_renders_with_only_its_documented_variables() -> None:
     )
     assert "dhcp-range=10.0.0.10,10.0.0.20,12h" in text
     assert "dhcp-lease-max=150" in text
+
+
+def test_values_with_a_final_newline_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in (
+        ("dns_domain", "lab\n"),
+        ("dns_listen_address", "10.10.5.1\n"),
+        ("dhcp_range", "10.0.0.1,10.0.0.9\n"),
+        ("tftp_root", "/srv/tftp\n"),
+        ("dnsmasq_conf", "/etc/dnsmasq.conf\n"),
+        ("dns_upstream_servers", ["1.1.1.1\n"]),
+    ):
+        with pytest.raises(HostDataError, match=key):
+            mgmt_plan(monkeypatch, sim("debian12"), {**SANDBOX_DNS, key: value})
+    for key, value in (
+        ("kvm_primary_storage", "/data01/primary\n"),
+        ("libvirt_service", "libvirtd\n"),
+        ("kvm_sysctl", {"vm.swappiness\n": "1"}),
+        ("kvm_sysctl", {"vm.swappiness": "1\n"}),
+    ):
+        with pytest.raises(HostDataError, match=key):
+            kvm_plan(monkeypatch, hypervisor("debian12"), {key: value})
+    for deploy, key, value in (
+        ("deploys/nfs_server.py", "nfs_export", "/secondary\n"),
+        ("deploys/nfs_server.py", "nfs_clients", ["sm-01\n"]),
+        ("deploys/nfs_server.py", "nfs_export_options", ["rw\n"]),
+        ("deploys/nfs_server.py", "nfs_export_mode", "1777\n"),
+        ("deploys/nfs_server.py", "nfs_export_owner", "root\n"),
+        ("deploys/nfs_server.py", "nfs_export_group", "root; reboot"),
+        ("deploys/nfs_client.py", "nfs_server", "10.0.0.5\n"),
+        ("deploys/nfs_client.py", "nfs_mount_options", ["vers=4.2\n"]),
+    ):
+        with pytest.raises(HostDataError, match=key):
+            nfs_plan(monkeypatch, deploy, data={"nfs_server": "10.0.0.5", key: value})
+
+
+def test_mgmt_server_never_serves_every_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without dns_listen_address: the management node's own address (its ssh_hostname) is bound.
+    default = mgmt_plan(monkeypatch, sim("debian12"))
+    conf = default.uploads("mgmt-01")["/etc/dnsmasq.conf"].splitlines()
+    assert "listen-address=10.0.0.2" in conf and "bind-interfaces" in conf
+    # No address to derive it from: a clear error naming the setting, before any host changes.
+    sims = {"sm-01": sim("debian12"), "mgmt-01": sim("debian12")}
+    for mgmt_data in ({}, {"ssh_hostname": "mgmt.example.internal"}):
+        with pytest.raises(HostDataError, match="set dns_listen_address to the management node's cluster"):
+            plan("deploys/mgmt_server.py", sims, {"sm-01": HOST_DATA["sm-01"], "mgmt-01": mgmt_data},
+                 {"kvm_hosts": ["sm-01"], "mgmt": ["mgmt-01"]}, monkeypatch=monkeypatch)
+    for bad in ("0.0.0.0", "::", "eth0", "10.0.0.300"):
+        with pytest.raises(HostDataError, match="dns_listen_address"):
+            mgmt_plan(monkeypatch, sim("debian12"), {"dns_listen_address": bad})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import shutil
@@ -26,9 +25,9 @@ from operations._dnsmasq_entries import (
     Entry,
     render_addn_hosts,
     render_dhcp_hosts,
-    render_test_conf,
+    request_lines,
 )
-from operations.dnsmasq import FileWrite, apply_command, dhcp_reservations
+from operations.dnsmasq import apply_command, dhcp_reservations
 
 HF, AH = "/etc/kvm-qemu/dnsmasq/dhcp-hosts", "/etc/kvm-qemu/dnsmasq/hosts"
 
@@ -56,8 +55,12 @@ def run_op(
     return commands, host
 
 
-def stdin_files(command: StringCommand) -> list[str]:
-    return [base64.b64decode(line).decode() for line in command.connector_arguments["_stdin"]]
+def stdin_lines(command: StringCommand) -> list[str]:
+    return list(command.connector_arguments["_stdin"])
+
+
+def add(*entries: Entry) -> list[str]:
+    return request_lines(list(entries), present=True)
 
 
 # --- planning with faked facts -----------------------------------------------------------------
@@ -74,42 +77,31 @@ def test_removing_absent_macs_is_a_noop() -> None:
     assert commands == [] and host.noop_description == "dnsmasq reservations are up to date"
 
 
-def test_adding_an_entry_writes_both_files_in_one_command() -> None:
+def test_adding_an_entry_is_one_locked_command() -> None:
     (command,), host = run_op(reservations(E130), entries=[E13.to_dict()])
     assert host.noop_description is None
     raw = command.get_raw_value()
-    assert f"f0={HF}\n" in raw and f"f1={AH}\n" in raw and "f2=" not in raw
-    assert "dnsmasq --test --conf-file=/etc/dnsmasq.conf --conf-file=\"$tc\"" in raw
-    assert "pidf=/run/dnsmasq/dnsmasq.pid\n" in raw and 'kill -HUP "$pid"' in raw
+    assert f"h={HF}; a={AH}; e=''; conf=/etc/dnsmasq.conf; pidf=/run/dnsmasq/dnsmasq.pid; rel=''\n" in raw
+    assert 'l="$h.lock"' in raw and "flock -w 120 9 ||" in raw
+    assert command.connector_arguments["_timeout"] == 180
+    assert 'dnsmasq --test ${conf:+"--conf-file=$conf"} --conf-file="$tc"' in raw
+    assert "sync -- $t0 $t1 $t2" in raw and 'kill -HUP "$pid"' in raw
     assert "sudo" not in raw  # the caller decides (_sudo=True)
-    # Contents never appear on the command line.
+    # Only the requested entry travels, on stdin, never on the command line; the node merges it.
     assert E13.ip not in raw and E13.mac not in raw
-    assert stdin_files(command) == [
-        render_dhcp_hosts([E13, E130]),
-        render_addn_hosts([E13, E130]),
-        render_test_conf([E13, E130]),
-    ]
-
-
-def test_renaming_only_rewrites_the_hosts_file() -> None:
-    renamed = E13.to_dict() | {"hostname": "thirteen.example.internal"}
-    (command,), _ = run_op(reservations(E13), entries=[renamed])
-    raw = command.get_raw_value()
-    assert f"f0={AH}\n" in raw and "f1=" not in raw
-    assert stdin_files(command)[0].endswith("10.10.5.13 thirteen.example.internal vm13\n")
+    assert stdin_lines(command) == [f"add {E13.mac} {E13.ip} {E13.hostname} {E13.short}"]
 
 
 def test_vmspec_dicts_are_accepted() -> None:
     spec = {"name": "vm14", "hostname": E14.hostname, "ipaddress": E14.ip, "mac": E14.mac, "vcpus": 1}
     (command,), _ = run_op({}, entries=[spec])
-    assert stdin_files(command)[0].endswith(f"{E14.mac},{E14.ip},vm14\n")
+    assert stdin_lines(command) == [f"add {E14.mac} {E14.ip} {E14.hostname} vm14"]
 
 
-def test_removal_by_mac_keeps_the_neighbour() -> None:
-    (command,), _ = run_op(reservations(E13, E130), entries=[{"mac": E13.mac.upper()}], present=False)
-    dhcp, hosts, test_conf = stdin_files(command)
-    assert dhcp == render_dhcp_hosts([E130]) and hosts == render_addn_hosts([E130])
-    assert test_conf == render_test_conf([E130])
+def test_removal_sends_only_reserved_macs() -> None:
+    (command,), _ = run_op(reservations(E13, E130), entries=[{"mac": E13.mac.upper()}, {"mac": E14.mac}],
+                           present=False)
+    assert stdin_lines(command) == [f"del {E13.mac}"]
 
 
 def test_paths_and_options_are_quoted() -> None:
@@ -120,16 +112,16 @@ def test_paths_and_options_are_quoted() -> None:
         addn_hosts="/srv/$(id)/hosts",
         dnsmasq_conf="/etc/dnsmasq conf",
         pid_file="/run/x;y.pid",
+        release_leases_on="10.10.5.1",
     )
     raw = command.get_raw_value()
-    assert "f0='/srv/my dir/dhcp-hosts'\n" in raw and "f1='/srv/$(id)/hosts'\n" in raw
-    assert "--conf-file='/etc/dnsmasq conf' " in raw and "pidf='/run/x;y.pid'\n" in raw
+    assert "h='/srv/my dir/dhcp-hosts'; a='/srv/$(id)/hosts'; e=''; conf='/etc/dnsmasq conf'; " \
+        "pidf='/run/x;y.pid'; rel=10.10.5.1\n" in raw
 
 
 def test_without_conf_and_pid_file() -> None:
     (command,), _ = run_op({}, entries=[E13.to_dict()], dnsmasq_conf=None, pid_file=None)
-    raw = command.get_raw_value()
-    assert 'dnsmasq --test --conf-file="$tc"' in raw and "kill" not in raw
+    assert "conf=''; pidf=''; rel=''\n" in command.get_raw_value()
 
 
 @pytest.mark.parametrize(
@@ -139,6 +131,9 @@ def test_without_conf_and_pid_file() -> None:
         ([E14.to_dict() | {"hostname": "vm13.example.internal"}], "name vm13.example.internal of 52:54:00:00:00:14"),
         ([E14.to_dict() | {"short": "vm13"}], "name vm13 of 52:54:00:00:00:14"),
         ([E14.to_dict(), E14.to_dict() | {"mac": "52:54:00:00:00:15"}], "also given in entries"),
+        ([E13.to_dict() | {"ip": "10.10.5.14"}], r"MAC 52:54:00:00:00:13 of vm13\.example\.internal \(10\.10\.5\.14\) "
+         r"is already reserved in .* for vm13\.example\.internal \(10\.10\.5\.13\)"),
+        ([E13.to_dict() | {"hostname": "thirteen.example.internal"}], "MAC 52:54:00:00:00:13 of thirteen"),
     ],
 )
 def test_conflicts_raise_before_any_command(entries: list[dict[str, str]], message: str) -> None:
@@ -151,11 +146,6 @@ def test_conflict_message_names_the_files() -> None:
         run_op(reservations(E13), entries=[E14.to_dict() | {"ip": E13.ip}])
 
 
-def test_thirteen_is_not_one_hundred_thirty() -> None:
-    (command,), _ = run_op(reservations(E130), entries=[E13.to_dict()], dhcp_range="10.10.5.10,10.10.5.200")
-    assert stdin_files(command)[0] == render_dhcp_hosts([E13, E130])
-
-
 def test_out_of_range_and_invalid_input() -> None:
     with pytest.raises(OperationValueError, match=r"10\.10\.5\.130 of .* outside dhcp_range 10\.10\.5\.100-10\.10\.5\.120"):
         run_op({}, entries=[E130.to_dict()], dhcp_range="10.10.5.100,10.10.5.120,255.255.255.0,12h")
@@ -163,6 +153,10 @@ def test_out_of_range_and_invalid_input() -> None:
         run_op({}, entries=[{"mac": "xx", "ip": "1.2.3.4", "hostname": "a.b", "short": "a"}])
     with pytest.raises(OperationValueError, match="dhcp_range"):
         run_op({}, entries=[E13.to_dict()], dhcp_range="everything")
+    with pytest.raises(OperationValueError, match="release_leases_on"):
+        run_op({}, entries=[E13.to_dict()], release_leases_on="eth0")
+    with pytest.raises(OperationValueError, match="lock_wait"):
+        run_op({}, entries=[E13.to_dict()], lock_wait=0)
 
 
 def test_the_files_must_differ() -> None:
@@ -172,19 +166,16 @@ def test_the_files_must_differ() -> None:
         run_op({}, entries=[E13.to_dict()], etc_hosts=True, etc_hosts_path="/etc/kvm-qemu/dnsmasq/../dnsmasq/hosts")
 
 
-def test_etc_hosts_block_is_added_as_third_file() -> None:
-    text = "127.0.0.1 localhost\n"
-    (command,), _ = run_op(reservations(E130), etc_hosts_text=text, entries=[E13.to_dict()], etc_hosts=True)
-    assert "f2=/etc/hosts\n" in command.get_raw_value()
-    assert stdin_files(command)[2] == (
-        f"{text}{BLOCK_BEGIN}\n{E13.hosts_line()}\n{E130.hosts_line()}\n{BLOCK_END}\n"
-    )
+def test_etc_hosts_is_passed_along() -> None:
+    (command,), _ = run_op(reservations(E130), etc_hosts_text="127.0.0.1 localhost\n", entries=[E13.to_dict()],
+                           etc_hosts=True)
+    assert "e=/etc/hosts;" in command.get_raw_value()
 
 
 def test_etc_hosts_only_change() -> None:
     (command,), _ = run_op(reservations(E13), etc_hosts_text="127.0.0.1 localhost\n", entries=[E13.to_dict()],
                            etc_hosts=True)
-    assert "f0=/etc/hosts\n" in command.get_raw_value() and "f1=" not in command.get_raw_value()
+    assert stdin_lines(command) == add(E13)
     block = f"127.0.0.1 localhost\n{BLOCK_BEGIN}\n{E13.hosts_line()}\n{BLOCK_END}\n"
     commands, host = run_op(reservations(E13), etc_hosts_text=block, entries=[E13.to_dict()], etc_hosts=True)
     assert commands == [] and host.noop_description == "dnsmasq reservations are up to date"
@@ -193,8 +184,6 @@ def test_etc_hosts_only_change() -> None:
 def test_missing_etc_hosts_is_created_only_when_needed() -> None:
     commands, _ = run_op({}, etc_hosts_text=None, entries=[], etc_hosts=True)
     assert commands == []
-    (command,), _ = run_op({}, etc_hosts_text=None, entries=[E13.to_dict()], etc_hosts=True)
-    assert stdin_files(command)[2] == f"{BLOCK_BEGIN}\n{E13.hosts_line()}\n{BLOCK_END}\n"
 
 
 def test_malformed_etc_hosts_block_is_refused() -> None:
@@ -204,12 +193,11 @@ def test_malformed_etc_hosts_block_is_refused() -> None:
 
 def test_diff_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="pyinfra"):
-        run_op(reservations(E13, E130), diff=True, entries=[E13.to_dict() | {"ip": "10.10.5.14"}])
+        run_op(reservations(E13, E130), diff=True, entries=[E14.to_dict()])
     lines = [r.getMessage() for r in caplog.records]
     assert f"{HF}:" in lines
-    assert "    -52:54:00:00:00:13,10.10.5.13,vm13" in lines
-    assert "    +52:54:00:00:00:13,10.10.5.14,vm13" in lines
-    assert "    +10.10.5.14 vm13.example.internal vm13" in lines
+    assert "    +52:54:00:00:00:14,10.10.5.14,vm14" in lines
+    assert "    +10.10.5.14 vm14.example.internal vm14" in lines
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="pyinfra"):
         run_op(reservations(E13), diff=False, entries=[E14.to_dict()])
@@ -228,7 +216,7 @@ def run_command(command: StringCommand, env_path: str | None = None) -> subproce
     if env_path:
         env["PATH"] = f"{env_path}:{env['PATH']}"
     return subprocess.run(
-        ["sh", "-c", command.get_raw_value()], input=stdin, capture_output=True, text=True, env=env
+        ["sh", "-c", command.get_raw_value()], input=stdin, capture_output=True, text=True, env=env, timeout=60
     )
 
 
@@ -236,17 +224,17 @@ def run_command(command: StringCommand, env_path: str | None = None) -> subproce
 def conf(tmp_path: Path) -> Path:
     path = tmp_path / "dnsmasq.conf"
     path.write_text("no-resolv\ndomain=example.internal\ndhcp-range=10.10.5.10,10.10.5.200,12h\n")
+    (tmp_path / "d").mkdir()
     return path
 
 
-def writes_for(tmp_path: Path, entries: list[Entry], etc_hosts: str | None = None) -> list[FileWrite]:
-    writes = [
-        FileWrite(str(tmp_path / "d" / "dhcp-hosts"), None, render_dhcp_hosts(entries)),
-        FileWrite(str(tmp_path / "d" / "hosts"), None, render_addn_hosts(entries)),
-    ]
-    if etc_hosts is not None:
-        writes.append(FileWrite(str(tmp_path / "etc-hosts"), None, etc_hosts))
-    return writes
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    return tmp_path / "d" / "dhcp-hosts", tmp_path / "d" / "hosts"
+
+
+def command_for(tmp_path: Path, requests: list[str], conf: Path | None, **kwargs: Any) -> StringCommand:
+    hostsfile, addn_hosts = files(tmp_path)
+    return apply_command(requests, str(hostsfile), str(addn_hosts), str(conf) if conf else None, **kwargs)
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -254,14 +242,78 @@ def leftovers(directory: Path) -> list[str]:
 
 
 @needs_dnsmasq
-def test_command_creates_files_and_directory(tmp_path: Path, conf: Path) -> None:
-    command = apply_command(writes_for(tmp_path, [E13]), render_test_conf([E13]), str(conf), str(tmp_path / "pid"))
-    result = run_command(command)
+def test_command_creates_and_merges_files(tmp_path: Path, conf: Path) -> None:
+    result = run_command(command_for(tmp_path, add(E130), conf))
     assert result.returncode == 0, result.stderr
-    assert "dnsmasq is not running (no " in result.stdout
-    assert (tmp_path / "d" / "dhcp-hosts").read_text() == render_dhcp_hosts([E13])
-    assert (tmp_path / "d" / "hosts").read_text() == render_addn_hosts([E13])
-    assert stat.S_IMODE((tmp_path / "d" / "hosts").stat().st_mode) == 0o644
+    result = run_command(command_for(tmp_path, add(E13), conf))
+    assert result.returncode == 0, result.stderr
+    hostsfile, addn_hosts = files(tmp_path)
+    # Read under the lock: E130 from the first run is kept, sorted by address (.13 before .130).
+    assert hostsfile.read_text() == render_dhcp_hosts([E13, E130])
+    assert addn_hosts.read_text() == render_addn_hosts([E13, E130])
+    assert stat.S_IMODE(addn_hosts.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d" / "dhcp-hosts.lock").stat().st_mode) == 0o600
+    assert leftovers(tmp_path / "d") == []
+    again = run_command(command_for(tmp_path, add(E13), conf))
+    assert again.returncode == 0 and "already up to date" in again.stdout
+    removed = run_command(command_for(tmp_path, [f"del {E13.mac}"], conf))
+    assert removed.returncode == 0, removed.stderr
+    assert hostsfile.read_text() == render_dhcp_hosts([E130])
+    assert addn_hosts.read_text() == render_addn_hosts([E130])
+
+
+@needs_dnsmasq
+def test_concurrent_runs_keep_every_reservation(tmp_path: Path, conf: Path) -> None:
+    many = [Entry(f"52:54:00:00:10:{i:02x}", f"10.10.5.{20 + i}", f"c{i}.example.internal", f"c{i}")
+            for i in range(12)]
+    commands = [command_for(tmp_path, add(entry), conf) for entry in many]
+    stdin = ["".join(f"{line}\n" for line in c.connector_arguments["_stdin"]) for c in commands]
+    running = [subprocess.Popen(["sh", "-c", c.get_raw_value()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for c in commands]
+    for process, text in zip(running, stdin, strict=True):
+        process.stdin.write(text)
+        process.stdin.close()
+    for process in running:
+        assert process.wait(timeout=60) == 0, process.stderr.read()
+    hostsfile, addn_hosts = files(tmp_path)
+    assert hostsfile.read_text() == render_dhcp_hosts(many)
+    assert addn_hosts.read_text() == render_addn_hosts(many)
+
+
+@needs_dnsmasq
+def test_lock_held_elsewhere_waits_then_gives_up(tmp_path: Path, conf: Path) -> None:
+    lock = tmp_path / "d" / "dhcp-hosts.lock"
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "30"])
+    try:
+        for _ in range(100):
+            if lock.exists():
+                break
+            time.sleep(0.02)
+        time.sleep(0.2)
+        result = run_command(command_for(tmp_path, add(E13), conf, lock_wait=1))
+        assert result.returncode == 1
+        assert f"another run held {lock} for more than 1 s; nothing was changed" in result.stderr
+        assert not files(tmp_path)[0].exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@needs_dnsmasq
+def test_conflict_found_under_the_lock_names_both(tmp_path: Path, conf: Path) -> None:
+    # Another manifest reserved the same VM name (so the same MAC) after this run's fact was read.
+    assert run_command(command_for(tmp_path, add(E13), conf)).returncode == 0
+    before = [p.read_text() for p in files(tmp_path)]
+    other = Entry(E13.mac, "10.10.6.13", "vm13.other.internal", "vm13x")
+    result = run_command(command_for(tmp_path, add(other, E14), conf))
+    assert result.returncode == 1
+    assert (f"MAC {E13.mac} of vm13.other.internal (10.10.6.13) is already reserved for "
+            f"vm13.example.internal (10.10.5.13, MAC {E13.mac})") in result.stderr
+    assert "conflicting reservations, nothing was changed" in result.stderr
+    taken = Entry("52:54:00:00:00:77", E13.ip, "vm77.example.internal", "vm77")
+    result = run_command(command_for(tmp_path, add(taken), conf))
+    assert result.returncode == 1 and f"IP address {E13.ip} of vm77.example.internal" in result.stderr
+    assert [p.read_text() for p in files(tmp_path)] == before
     assert leftovers(tmp_path / "d") == []
 
 
@@ -271,33 +323,82 @@ def test_command_keeps_mode_and_other_bytes(tmp_path: Path, conf: Path) -> None:
     etc = tmp_path / "etc-hosts"
     etc.write_bytes(original)
     etc.chmod(0o600)
-    text = original.decode("utf-8", "surrogateescape") + f"\n{BLOCK_BEGIN}\n{E13.hosts_line()}\n{BLOCK_END}\n"
-    command = apply_command(writes_for(tmp_path, [E13], text), render_test_conf([E13]), str(conf), None)
-    assert run_command(command).returncode == 0
+    result = run_command(command_for(tmp_path, add(E13), conf, etc_hosts_path=str(etc)))
+    assert result.returncode == 0, result.stderr
     assert etc.read_bytes() == original + f"\n{BLOCK_BEGIN}\n{E13.hosts_line()}\n{BLOCK_END}\n".encode()
     assert stat.S_IMODE(etc.stat().st_mode) == 0o600
+    result = run_command(command_for(tmp_path, add(E130), conf, etc_hosts_path=str(etc)))
+    assert result.returncode == 0, result.stderr
+    assert etc.read_bytes() == original + f"\n{BLOCK_BEGIN}\n{E13.hosts_line()}\n{E130.hosts_line()}\n{BLOCK_END}\n".encode()
+    result = run_command(command_for(tmp_path, [f"del {E13.mac}", f"del {E130.mac}"], conf, etc_hosts_path=str(etc)))
+    assert result.returncode == 0, result.stderr
+    assert etc.read_bytes() == original + b"\n"
+
+
+@needs_dnsmasq
+def test_malformed_etc_hosts_block_on_the_node_changes_nothing(tmp_path: Path, conf: Path) -> None:
+    etc = tmp_path / "etc-hosts"
+    etc.write_text(f"{BLOCK_BEGIN}\n")
+    result = run_command(command_for(tmp_path, add(E13), conf, etc_hosts_path=str(etc)))
+    assert result.returncode == 1 and "malformed kvm-qemu block" in result.stderr
+    assert not files(tmp_path)[0].exists() and etc.read_text() == f"{BLOCK_BEGIN}\n"
 
 
 @needs_dnsmasq
 def test_rejected_configuration_keeps_old_files(tmp_path: Path, conf: Path) -> None:
-    assert run_command(apply_command(writes_for(tmp_path, [E13]), "", str(conf), None)).returncode == 0
+    assert run_command(command_for(tmp_path, add(E13), conf)).returncode == 0
     # Another configuration file already hands 10.10.5.14 to a different MAC.
     conf.write_text(conf.read_text() + "dhcp-host=52:54:00:99:99:99,10.10.5.14\n")
-    command = apply_command(writes_for(tmp_path, [E14]), render_test_conf([E14]), str(conf), None)
-    result = run_command(command)
+    result = run_command(command_for(tmp_path, add(E14), conf))
     assert result.returncode == 1
     assert "dnsmasq rejected the new reservations, nothing was changed" in result.stderr
     assert "duplicate dhcp-host IP address 10.10.5.14" in result.stderr
-    assert (tmp_path / "d" / "dhcp-hosts").read_text() == render_dhcp_hosts([E13])
+    assert files(tmp_path)[0].read_text() == render_dhcp_hosts([E13])
     assert leftovers(tmp_path / "d") == []
 
 
 @needs_dnsmasq
-def test_missing_main_conf_fails(tmp_path: Path) -> None:
-    command = apply_command(writes_for(tmp_path, [E13]), "", str(tmp_path / "nope.conf"), None)
-    result = run_command(command)
-    assert result.returncode == 1 and "cannot read" in result.stderr
-    assert not (tmp_path / "d" / "dhcp-hosts").exists()
+def test_symlinked_files_are_not_followed(tmp_path: Path, conf: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("keep\n")
+    files(tmp_path)[0].symlink_to(target)
+    result = run_command(command_for(tmp_path, add(E13), conf))
+    assert result.returncode == 1 and "is a symbolic link; not followed" in result.stderr
+    assert target.read_text() == "keep\n"
+
+
+# Without deploys/mgmt_server.py: say what is missing and which deploy sets it up.
+@needs_dnsmasq
+def test_missing_main_conf_says_what_to_run(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    result = run_command(command_for(tmp_path, add(E13), tmp_path / "nope.conf"))
+    assert result.returncode == 1
+    assert f"the dnsmasq configuration {tmp_path}/nope.conf is missing: deploys/mgmt_server.py sets it up" \
+        in result.stderr
+    assert not files(tmp_path)[0].exists()
+
+
+@needs_dnsmasq
+def test_missing_directory_says_what_to_run(tmp_path: Path) -> None:
+    conf = tmp_path / "dnsmasq.conf"
+    conf.write_text("no-resolv\n")
+    result = run_command(command_for(tmp_path, add(E13), conf))
+    assert result.returncode == 1
+    assert f"directory {tmp_path}/d is missing, so dnsmasq is not set up here: deploys/mgmt_server.py sets it up" \
+        in result.stderr
+    assert not (tmp_path / "d").exists()
+
+
+@needs_dnsmasq
+def test_no_running_dnsmasq_says_what_to_run(tmp_path: Path, conf: Path) -> None:
+    result = run_command(command_for(tmp_path, add(E13), conf, pid_file=str(tmp_path / "pid")))
+    assert result.returncode == 1
+    assert f"dnsmasq is not running (no {tmp_path}/pid), nothing was changed: start it; " \
+        "deploys/mgmt_server.py sets it up" in result.stderr
+    (tmp_path / "pid").write_text("999999999\n")
+    result = run_command(command_for(tmp_path, add(E13), conf, pid_file=str(tmp_path / "pid")))
+    assert result.returncode == 1 and "stale" in result.stderr
+    assert not files(tmp_path)[0].exists()
 
 
 @needs_dnsmasq
@@ -305,21 +406,24 @@ def test_pid_of_another_program_is_not_signalled(tmp_path: Path, conf: Path) -> 
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
         (tmp_path / "pid").write_text(f"{sleeper.pid}\n")
-        command = apply_command(writes_for(tmp_path, [E13]), "", str(conf), str(tmp_path / "pid"))
-        result = run_command(command)
+        result = run_command(command_for(tmp_path, add(E13), conf, pid_file=str(tmp_path / "pid")))
         assert result.returncode == 1 and "is not dnsmasq; not signalled" in result.stderr
         assert sleeper.poll() is None
+        assert not files(tmp_path)[0].exists()
     finally:
         sleeper.kill()
         sleeper.wait()
 
 
 @needs_dnsmasq
-def test_stale_pid_file(tmp_path: Path, conf: Path) -> None:
-    (tmp_path / "pid").write_text("999999999\n")
-    command = apply_command(writes_for(tmp_path, [E13]), "", str(conf), str(tmp_path / "pid"))
-    result = run_command(command)
-    assert result.returncode == 0 and "stale" in result.stdout
+def test_release_needs_dhcp_release_and_an_interface(tmp_path: Path, conf: Path) -> None:
+    assert run_command(command_for(tmp_path, add(E13), conf)).returncode == 0
+    before = files(tmp_path)[0].read_text()
+    result = run_command(command_for(tmp_path, [f"del {E13.mac}"], conf, release_address="192.0.2.123"))
+    assert result.returncode == 1
+    assert ("no interface here holds 192.0.2.123" in result.stderr
+            or "dhcp_release is not installed (package dnsmasq-utils)" in result.stderr)
+    assert files(tmp_path)[0].read_text() == before
 
 
 @needs_dnsmasq
@@ -330,13 +434,13 @@ def test_runs_under_sudo_with_stdin(tmp_path: Path, conf: Path) -> None:
     fake = bin_dir / "sudo"
     fake.write_text('#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\nexec "$@"\n')
     fake.chmod(0o755)
-    command = apply_command(writes_for(tmp_path, [E13]), render_test_conf([E13]), str(conf), None)
+    command = command_for(tmp_path, add(E13), conf)
     wrapped = make_unix_command(command, _sudo=True)
     assert wrapped.get_raw_value().startswith("sudo -H -n sh -c ")
     wrapped.connector_arguments["_stdin"] = command.connector_arguments["_stdin"]
     result = run_command(wrapped, env_path=str(bin_dir))
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "d" / "hosts").read_text() == render_addn_hosts([E13])
+    assert files(tmp_path)[1].read_text() == render_addn_hosts([E13])
 
 
 def _free_port() -> int:
@@ -373,8 +477,8 @@ def test_sighup_makes_a_running_dnsmasq_answer(tmp_path: Path, local_dnsmasq: tu
 
     conf, pid_file, port = local_dnsmasq
     pid = pid_file.read_text().strip()
-    command = apply_command(writes_for(tmp_path, [E13, E130]), render_test_conf([E13, E130]), str(conf),
-                            str(pid_file))
+    (tmp_path / "d").mkdir(exist_ok=True)
+    command = command_for(tmp_path, add(E13, E130), conf, pid_file=str(pid_file))
     result = run_command(command)
     assert result.returncode == 0, result.stderr
     assert f"dnsmasq (pid {pid}) re-read its reservation files" in result.stdout
@@ -383,3 +487,16 @@ def test_sighup_makes_a_running_dnsmasq_answer(tmp_path: Path, local_dnsmasq: tu
     for name, ip in [("vm13.example.internal", E13.ip), ("vm13", E13.ip), ("vm130", E130.ip)]:
         assert [a.to_text() for a in resolver.resolve(name, "A")] == [ip]
     assert pid_file.read_text().strip() == pid
+
+
+@needs_dnsmasq
+def test_node_side_lines_follow_entry_rendering(tmp_path: Path, conf: Path) -> None:
+    # Lines with extra dhcp-host items (id:*, set:...) are read by the form of their fields, and
+    # every line is written the way Entry renders it.
+    hostsfile, addn_hosts = files(tmp_path)
+    hostsfile.write_text(f"# old header\n{E13.mac},id:*,set:vms,{E13.ip},{E13.short}\n")
+    addn_hosts.write_text(f"{E13.hosts_line()}\n")
+    result = run_command(command_for(tmp_path, add(E130, E13), conf))
+    assert result.returncode == 0, result.stderr
+    assert hostsfile.read_text() == render_dhcp_hosts([E13, E130])
+    assert addn_hosts.read_text() == render_addn_hosts([E13, E130])

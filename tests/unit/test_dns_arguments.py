@@ -1,0 +1,42 @@
+"""What build and delete pass to dhcp_reservations on the management node (deploys/_dns.py)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from pyinfra.context import ctx_host, ctx_state
+from pyinfra_testing.util import FakeState, create_host
+
+from deploys._dns import dnsmasq_arguments
+
+
+class Data(dict):
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key, default)
+
+
+def arguments(**data: Any) -> dict[str, Any]:
+    state = FakeState()
+    host = create_host(state, name="mgmt-01", data=Data(data))
+    with ctx_state.use(state), ctx_host.use(host):
+        return dnsmasq_arguments()
+
+
+def test_without_dhcp_no_lease_is_released() -> None:
+    assert arguments(ssh_hostname="10.10.5.2")["release_leases_on"] is None
+
+
+def test_with_dhcp_delete_releases_leases_on_the_listen_address() -> None:
+    dhcp = {"dhcp_range": "10.10.5.100,10.10.5.200,255.255.255.0,12h"}
+    assert arguments(ssh_hostname="10.10.5.2", **dhcp)["release_leases_on"] == "10.10.5.2"
+    assert arguments(ssh_hostname="10.10.5.2", dns_listen_address="10.10.5.1", **dhcp)["release_leases_on"] \
+        == "10.10.5.1"
+
+
+def test_with_dhcp_but_no_address_says_leases_are_not_released(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pyinfra"):
+        args = arguments(dhcp_range="10.10.5.100,10.10.5.200")
+    assert args["release_leases_on"] is None
+    assert "DHCP leases of deleted VMs are not released: dns_listen_address is not set" in caplog.text
