@@ -7,6 +7,7 @@ from typing import Any
 from pyinfra import host
 
 from inventories.manifest_model import VmSpec
+from operations._virsh import DEFAULT_COPY_TIMEOUT, DEFAULT_TIMEOUT
 
 DEFAULTS: dict[str, Any] = {
     "libvirt_uri": "qemu:///system",
@@ -17,6 +18,8 @@ DEFAULTS: dict[str, Any] = {
     "keep_disks": False,
     "force": False,
     "stop_timeout": 60,
+    "command_timeout": DEFAULT_TIMEOUT,
+    "copy_timeout": DEFAULT_COPY_TIMEOUT,
     "overcommit": 2.0,
     "xml_dir": "xml",
     "dnsmasq_conf": "/etc/dnsmasq.conf",
@@ -55,6 +58,18 @@ def number(key: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise SettingError(f"{key}={value!r}: expected a number") from None
+
+
+def seconds(key: str) -> int:
+    """A time limit in whole seconds, at least 1 (``--data command_timeout=30``)."""
+    value = setting(key)
+    try:
+        result = int(str(value).strip())
+    except (TypeError, ValueError):
+        result = 0
+    if result < 1 or isinstance(value, bool):
+        raise SettingError(f"{key}={value!r}: expected a whole number of seconds, at least 1")
+    return result
 
 
 def vmspecs() -> list[VmSpec]:

@@ -1,26 +1,28 @@
 """Build the manifest: clone every vmspec on its host, converge existing VMs, then DHCP + DNS on mgmt.
 
-pyinfra inventories/manifest.py deploys/build.py [--data overcommit=2.0]
+pyinfra inventories/manifest.py deploys/build.py [--data overcommit=2.0] [--data command_timeout=60]
 """
 
 from pyinfra import host
 
 from deploys._capacity import check_capacity
 from deploys._dns import dnsmasq_arguments, entries
-from deploys._settings import is_hypervisor, is_mgmt, number, setting, vmspecs
+from deploys._settings import is_hypervisor, is_mgmt, number, seconds, setting, vmspecs
 from facts.libvirt import Hypervisor
 from operations import dnsmasq, libvirt
 
 if is_hypervisor():
     specs = vmspecs()
     # One read serves the preflight and the operation's planning; execution reads afresh.
-    snapshot = host.get_fact(Hypervisor, uri=setting("libvirt_uri"))
+    snapshot = host.get_fact(Hypervisor, uri=setting("libvirt_uri"), timeout=seconds("command_timeout"))
     check_capacity(specs, number("overcommit"), snapshot)
     libvirt.domains_built(
         name="Clone and converge VMs",
         vmspecs=[spec.to_dict() for spec in specs],
         uri=setting("libvirt_uri"),
         prepared_snapshot=snapshot,
+        command_timeout=seconds("command_timeout"),
+        copy_timeout=seconds("copy_timeout"),
     )
 
 if is_mgmt():

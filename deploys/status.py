@@ -5,15 +5,15 @@
 Read-only: one fact per host, printed as a table; drift is marked with ``!``.
 """
 
-from facts.libvirt import Hypervisor
 from pyinfra import host, logger
 
-from deploys._settings import all_vmspecs, is_hypervisor, is_mgmt, setting, vmspecs
+from deploys._settings import all_vmspecs, is_hypervisor, is_mgmt, seconds, setting, vmspecs
 from facts.dnsmasq import DnsmasqReservations
+from facts.libvirt import Hypervisor
 from operations._status import reservation_lines, status_lines
 
 if is_hypervisor():
-    snapshot = host.get_fact(Hypervisor, uri=setting("libvirt_uri"))
+    snapshot = host.get_fact(Hypervisor, uri=setting("libvirt_uri"), timeout=seconds("command_timeout"))
     for line in status_lines(vmspecs(), snapshot):
         logger.info(f"{host.print_prefix}{line}")
 
