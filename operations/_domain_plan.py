@@ -343,7 +343,7 @@ def _with_cleanup(
     quoted: list[Any] = [q(p) for p in paths]
     stop = "exit 1"
     body = sh(
-        "umask 077; made=0; cleanup() { i=0; for f in",
+        "umask 077; made=0; bad=; cleanup() { i=0; for f in",
         *quoted,
         '; do [ "$i" -ge "$made" ] || rm -f -- "$f"; i=$((i + 1)); done; };',
         "for f in",
@@ -360,8 +360,9 @@ def _with_cleanup(
         *quoted,
         '; do ( set -C; : > "$f" ) || break; made=$((made + 1));',
         'if [ ! -f "$f" ] || [ -L "$f" ] || [ "$(readlink -f -- "$f")" != "$d/${f##*/}" ]; then',
-        'echo "kvm-qemu: $f is not a file in the pool directory $d; refusing it" >&2; break; fi; done;',
-        "if [",
+        'echo "kvm-qemu: $f is not a file in the pool directory $d; refusing it" >&2;',
+        "bad=1; break; fi; done;",
+        'if [ -z "$bad" ] && [',
         q(len(paths)),
         '-eq "$made" ] &&',
         command,
