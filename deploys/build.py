@@ -15,7 +15,10 @@ if is_hypervisor():
     specs = vmspecs()
     # One read serves the preflight and the operation's planning; execution reads afresh.
     snapshot = host.get_fact(Hypervisor, uri=setting("libvirt_uri"), timeout=seconds("command_timeout"))
-    check_capacity(specs, number("overcommit"), snapshot)
+    # A fact that failed (libvirtd down, timed out) already failed this host; its empty default must
+    # not reach the preflight, whose refusal would stop every host.
+    if host not in host.state.failed_hosts:
+        check_capacity(specs, number("overcommit"), snapshot)
     libvirt.domains_built(
         name="Clone and converge VMs",
         vmspecs=[spec.to_dict() for spec in specs],

@@ -14,8 +14,11 @@ from operations._status import reservation_lines, status_lines
 
 if is_hypervisor():
     snapshot = host.get_fact(Hypervisor, uri=setting("libvirt_uri"), timeout=seconds("command_timeout"))
-    for line in status_lines(vmspecs(), snapshot):
-        logger.info(f"{host.print_prefix}{line}")
+    # A failed read (libvirtd down or timed out) fails this host with the reason; its empty default
+    # would show every VM as absent.
+    if host not in host.state.failed_hosts:
+        for line in status_lines(vmspecs(), snapshot):
+            logger.info(f"{host.print_prefix}{line}")
 
 if is_mgmt():
     reservations = host.get_fact(

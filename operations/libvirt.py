@@ -43,6 +43,18 @@ def _yield_plans(plans: list[VmPlan]) -> Commands:
             yield StringCommand(plan.command, _stdin=plan.stdin) if plan.stdin else plan.command
 
 
+UNREAD = "the libvirt state of this host could not be read (see the error above); nothing was changed"
+
+
+def _hypervisor(uri: str, timeout: int) -> dict[str, Any] | None:
+    """The Hypervisor fact, or None when reading it failed (pyinfra then returns the empty default and
+    marks the host failed: planning on that would take every domain for absent)."""
+    snapshot = host.get_fact(Hypervisor, uri=uri, timeout=timeout)
+    if host in getattr(host.state, "failed_hosts", ()):
+        return None
+    return snapshot
+
+
 def _specs(vmspecs: list[dict[str, Any]] | list[VmSpec]) -> list[VmSpec]:
     return [v if isinstance(v, VmSpec) else VmSpec(**v) for v in vmspecs]
 
@@ -61,7 +73,11 @@ def pool(
     Changing the path of an existing pool is refused: redefining it would orphan its volumes.
     """
     t = command_timeout
-    pools = host.get_fact(Hypervisor, uri=uri, timeout=t)["pools"]
+    snapshot = _hypervisor(uri, t)
+    if snapshot is None:
+        yield fail(UNREAD)
+        return
+    pools = snapshot["pools"]
     current = pools.get(pool_name)
     if not present:
         if current is None:
@@ -126,7 +142,10 @@ def domains_built(
     if prepared_snapshot is not None and not executing:
         snapshot = prepared_snapshot
     else:
-        snapshot = host.get_fact(Hypervisor, uri=uri, timeout=command_timeout)
+        snapshot = _hypervisor(uri, command_timeout)
+    if snapshot is None:
+        yield fail(UNREAD)
+        return
     plans = build_plans(specs, snapshot, uri, clone=clone, timeout=command_timeout, copy_timeout=copy_timeout)
     _log(plans)
     if not any(p.changes for p in plans):
@@ -149,7 +168,11 @@ def domains_power(
     ``force`` destroys at once (the original tool's stop). Domains not defined here are reported.
     Each virsh call is bounded by ``command_timeout`` seconds.
     """
-    known = host.get_fact(Hypervisor, uri=uri, timeout=command_timeout)["domains"]
+    snapshot = _hypervisor(uri, command_timeout)
+    if snapshot is None:
+        yield fail(UNREAD)
+        return
+    known = snapshot["domains"]
     missing = [d for d in domains if d not in known]
     if missing:
         logger.warning(f"{getattr(host, 'print_prefix', '')}not defined here: {', '.join(missing)}")
@@ -197,7 +220,10 @@ def domains_deleted(
     for ``reservations_of_deleted``.
     """
     state = host.state
-    snapshot = host.get_fact(Hypervisor, uri=uri, timeout=command_timeout)
+    snapshot = _hypervisor(uri, command_timeout)
+    if snapshot is None:  # never take an unread host for one whose domains are all gone
+        yield fail(UNREAD)
+        return
     plans = {d: delete_plan(d, snapshot, uri, keep_disks, timeout=command_timeout) for d in domains}
     absent = [d for d, p in plans.items() if p is None and d not in snapshot.get("domains", {})]
     if getattr(state, "is_executing", False) and absent:
@@ -258,7 +284,11 @@ def domain_defined(xml_file: str, uri: str = DEFAULT_URI, command_timeout: int =
         vm = domain_name(xml)
     except (OSError, CloneError) as exc:
         raise OperationValueError(f"cannot use domain XML {xml_file}: {exc}") from None
-    current = host.get_fact(Hypervisor, uri=uri, timeout=command_timeout)["domains"].get(vm)
+    snapshot = _hypervisor(uri, command_timeout)
+    if snapshot is None:
+        yield fail(UNREAD)
+        return
+    current = snapshot["domains"].get(vm)
     if current is not None and xml_covers(xml, current["xml"]):
         host.noop(f"domain {vm} matches {xml_file}")
         return
@@ -288,7 +318,11 @@ def domains_xml_saved(
     The XML comes from the fact (no extra round trip); files already identical are left alone. It
     holds console passwords (read with the secure flag), so the files are readable by their owner only.
     """
-    known = host.get_fact(Hypervisor, uri=uri, timeout=command_timeout)["domains"]
+    snapshot = _hypervisor(uri, command_timeout)
+    if snapshot is None:
+        yield fail(UNREAD)
+        return
+    known = snapshot["domains"]
     changed = False
     for vm in domains:
         if vm not in known:
