@@ -392,3 +392,15 @@ def test_probe_stays_python36_compatible() -> None:
     compile(PROBE, "probe", "exec")
     assert 'f"' not in PROBE and ":=" not in PROBE
     assert sys.version_info >= (3, 11)
+
+
+def test_a_host_whose_fact_failed_at_execution_records_nothing() -> None:
+    # pyinfra returns the empty default and marks the host failed: that must not read as "all absent".
+    state = FakeState()
+    state.is_executing = True
+    host = create_host(state, facts={"libvirt.Hypervisor": {"timeout=60, uri=qemu:///system": snapshot()}})
+    state.failed_hosts = {host}
+    with ctx_state.use(state), ctx_host.use(host):
+        (command,) = list(libvirt.domains_deleted._inner(domains=["kvmhost01"]))
+    assert "could not be read" in command.get_raw_value() and command.get_raw_value().endswith("exit 1")
+    assert libvirt.gone_in_this_run(state, host.name) == set()
