@@ -21,6 +21,7 @@ if is_hypervisor():
         keep_disks=flag("keep_disks"),
         uri=setting("libvirt_uri"),
         command_timeout=seconds("command_timeout"),
+        shared_dirs=[setting("kvm_secondary_storage")],
     )
 
 if is_mgmt():

@@ -18,6 +18,7 @@ from operations._domain_xml import CloneError, clone_xml, data_disk_targets, pla
 from operations._virsh import DEFAULT_COPY_TIMEOUT, DEFAULT_TIMEOUT, KILL_AFTER, all_of, bounded, q, sh, virsh
 
 GIB_KIB = 1024 * 1024
+NETWORK_POOLS = {"netfs", "gluster", "rbd", "iscsi", "iscsi-direct", "sheepdog"}
 ACTIVE_STATES = {"running", "idle", "paused", "in shutdown", "pmsuspended"}
 
 Domain = dict[str, Any]
@@ -519,7 +520,7 @@ def in_use(snapshot: Snapshot, except_domain: str | None = None) -> dict[str, st
 
 
 def owned_volumes(
-    vm: str, domain: Domain | None, snapshot: Snapshot
+    vm: str, domain: Domain | None, snapshot: Snapshot, shared_dirs: tuple[str, ...] = ()
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """The (pool, file name) pairs a delete may remove, and the disk paths it keeps (with why).
 
@@ -527,6 +528,10 @@ def owned_volumes(
     not a disk or backing file of any other domain, and not the backing file of another file. The
     domain's disks and, when it is already gone (a delete that failed halfway), the files left with
     that name in the pool directories. Never the base image, an ISO, or a file outside every pool.
+
+    Leftovers are taken only from pools this host alone uses: not from ``shared_dirs`` (the
+    secondary storage) or network pools, where a file with that name may be the disk of a VM of the
+    same name on another host, which no domain list of this host shows.
     """
     pattern = re.compile(rf"^{re.escape(vm)}-vd[a-z]+(\.[A-Za-z0-9]+)?$")
     pools_by_dir = {
@@ -540,10 +545,19 @@ def owned_volumes(
     known = list(files) + [
         v["path"] for vols in snapshot.get("volumes", {}).values() for v in vols.values() if v.get("path")
     ]
+    shared = {posixpath.normpath(d) for d in shared_dirs} | {
+        posixpath.normpath(p["path"])
+        for p in snapshot.get("pools", {}).values()
+        if p.get("path") and p.get("type") in NETWORK_POOLS
+    }
+    elsewhere: list[str] = []
     for path in known:
         directory, base = posixpath.split(posixpath.normpath(path))
-        if directory in pools_by_dir and pattern.match(base):
-            candidates.setdefault(posixpath.normpath(path), {"device": "disk", "path": path})
+        if directory in pools_by_dir and pattern.match(base) and posixpath.normpath(path) not in candidates:
+            if directory in shared:
+                elsewhere.append(posixpath.normpath(path))
+            else:
+                candidates[posixpath.normpath(path)] = {"device": "disk", "path": path}
     used = in_use(snapshot, except_domain=vm)
     backing = _backing_map(snapshot)
     backs_others = {b: p for p, b in backing.items() if p not in candidates}
@@ -569,11 +583,20 @@ def owned_volumes(
             kept.append(f"{path} (a {kind}, not a plain file)")
         else:
             owned.append((pool, base))
+    kept += [
+        f"{path} (not a disk of {vm} here; in shared storage it may belong to a VM on another host)"
+        for path in sorted(set(elsewhere))
+    ]
     return sorted(owned), kept
 
 
 def delete_plan(
-    vm: str, snapshot: Snapshot, uri: str, keep_disks: bool = False, timeout: int = DEFAULT_TIMEOUT
+    vm: str,
+    snapshot: Snapshot,
+    uri: str,
+    keep_disks: bool = False,
+    timeout: int = DEFAULT_TIMEOUT,
+    shared_dirs: tuple[str, ...] = (),
 ) -> VmPlan | None:
     """Destroy and undefine ``vm``, then remove the files it owns; None when nothing is left to do.
 
@@ -583,7 +606,7 @@ def delete_plan(
     already gone, the files it owned that are still in the pool directories are removed.
     """
     domain = snapshot.get("domains", {}).get(vm)
-    owned, kept = owned_volumes(vm, domain, snapshot)
+    owned, kept = owned_volumes(vm, domain, snapshot, shared_dirs)
     if domain is None and (keep_disks or not owned):
         return None
     pools = snapshot.get("pools", {})

@@ -207,6 +207,7 @@ def domains_deleted(
     keep_disks: bool = False,
     uri: str = DEFAULT_URI,
     command_timeout: int = DEFAULT_TIMEOUT,
+    shared_dirs: list[str] | None = None,
 ) -> Commands:
     """Destroy and undefine the domains, then delete only the files each one owns (unless keep_disks).
 
@@ -214,7 +215,9 @@ def domains_deleted(
     any other domain (read from every domain's definition and the image headers, inactive pools
     included); never the base image, an ISO or anything outside a pool. Every file is checked before
     the domain is undefined. A domain that is already gone has its remaining owned files removed, so
-    a delete that failed halfway finishes on a re-run; with nothing left it is a no-op.
+    a delete that failed halfway finishes on a re-run; with nothing left it is a no-op. Such
+    leftovers are never taken from ``shared_dirs`` (storage other hosts use too, e.g. the secondary
+    pool's NFS share) or network pools.
 
     At execute time each VM is recorded once its command succeeded (or when it was already absent),
     for ``reservations_of_deleted``.
@@ -224,7 +227,8 @@ def domains_deleted(
     if snapshot is None:  # never take an unread host for one whose domains are all gone
         yield fail(UNREAD)
         return
-    plans = {d: delete_plan(d, snapshot, uri, keep_disks, timeout=command_timeout) for d in domains}
+    shared = tuple(shared_dirs or ())
+    plans = {d: delete_plan(d, snapshot, uri, keep_disks, command_timeout, shared) for d in domains}
     absent = [d for d, p in plans.items() if p is None and d not in snapshot.get("domains", {})]
     if getattr(state, "is_executing", False) and absent:
         _record_gone(state, host, absent)

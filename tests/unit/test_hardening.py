@@ -404,3 +404,24 @@ def test_a_host_whose_fact_failed_at_execution_records_nothing() -> None:
         (command,) = list(libvirt.domains_deleted._inner(domains=["kvmhost01"]))
     assert "could not be read" in command.get_raw_value() and command.get_raw_value().endswith("exit 1")
     assert libvirt.gone_in_this_run(state, host.name) == set()
+
+
+def test_leftovers_in_shared_storage_are_kept() -> None:
+    # /secondary is shared by every hypervisor: a kvmhost01 disk there may be the disk of a VM of the
+    # same name on another host, which this host's domain list cannot show.
+    snap = snapshot()
+    snap["files"] = {
+        "/secondary/kvmhost01-vda.img": {"kind": "file", "backing": None},
+        "/data01/primary/kvmhost01-vdb.img": {"kind": "file", "backing": None},
+    }
+    plan = delete_plan("kvmhost01", snap, TEST_URI, shared_dirs=("/secondary",))
+    command = rendered(plan)
+    assert "/data01/primary/kvmhost01-vdb.img" in command and "/secondary/kvmhost01-vda.img" not in command
+    assert any("may belong to a VM on another host" in n for n in plan.notes)
+    # A disk the domain here really has is still its own, shared storage or not.
+    domain = built_domain(disks=[{"target": "vda", "device": "disk", "path": "/secondary/kvmhost01-vda.img"}])
+    domain["config"]["disks"] = domain["disks"]
+    snap["domains"]["kvmhost01"] = domain
+    assert "/secondary/kvmhost01-vda.img" in rendered(
+        delete_plan("kvmhost01", snap, TEST_URI, shared_dirs=("/secondary",))
+    )
