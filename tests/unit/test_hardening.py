@@ -425,3 +425,26 @@ def test_leftovers_in_shared_storage_are_kept() -> None:
     assert "/secondary/kvmhost01-vda.img" in rendered(
         delete_plan("kvmhost01", snap, TEST_URI, shared_dirs=("/secondary",))
     )
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "inf", "nan", "1.5", "", "ten", True])
+def test_command_timeout_must_be_whole_seconds(value: Any) -> None:
+    from deploys._settings import SettingError, seconds
+
+    state = FakeState()
+    host = create_host(state, facts={})
+    host.data = {"command_timeout": value}
+    with ctx_state.use(state), ctx_host.use(host), pytest.raises(SettingError, match="command_timeout="):
+        seconds("command_timeout")
+
+
+def test_command_timeout_default_and_override() -> None:
+    from deploys._settings import seconds
+
+    state = FakeState()
+    host = create_host(state, facts={})
+    with ctx_state.use(state), ctx_host.use(host):
+        host.data = {}
+        assert seconds("command_timeout") == 60 and seconds("copy_timeout") == 3600
+        host.data = {"command_timeout": "15"}
+        assert seconds("command_timeout") == 15
