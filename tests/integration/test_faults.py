@@ -157,6 +157,7 @@ def test_one_build_with_three_faults_then_repair_converges(faulty: Faulty) -> No
             faults.small_tmpfs("sm-03", "/data01/primary", 64),
         ):
             result, elapsed = c.run("build", "command_timeout=20", limit=150)
+            print(f"faulty build: {elapsed:.1f} s")
             text = output(result)
             assert result.returncode != 0
             assert elapsed < 150, f"the faulty build took {elapsed:.0f} s"
@@ -175,7 +176,8 @@ def test_one_build_with_three_faults_then_repair_converges(faulty: Faulty) -> No
         assert_nothing_half_made(c, host)
     assert "ft-b1" not in c.domains("sm-02") and "ft-a1" not in c.domains("sm-01")
 
-    repaired, _ = c.run("build")
+    repaired, elapsed = c.run("build")
+    print(f"re-run after repair: {elapsed:.1f} s")
     assert repaired.returncode == 0, output(repaired)[-4000:]
     defined = {
         line.split(": define from")[0].split()[-1]
@@ -204,6 +206,7 @@ def test_status_with_a_frozen_libvirtd_fails_that_host_in_time_and_reports_the_o
     converged(c)
     with faults.frozen("sm-02", "libvirtd"):
         result, elapsed = c.run("status", "command_timeout=5", limit=60)
+    print(f"status with a frozen libvirtd: {elapsed:.1f} s")
     text = output(result)
     assert result.returncode != 0
     assert elapsed < 45, f"status took {elapsed:.0f} s"
@@ -229,6 +232,7 @@ def test_delete_keeps_an_iso_a_foreign_disk_and_reservations_it_could_not_releas
     try:
         with faults.killed("sm-02", "libvirtd"):
             result, elapsed = c.run("delete", "command_timeout=20", limit=120)
+        print(f"delete with a dead libvirtd: {elapsed:.1f} s")
         assert result.returncode != 0 and elapsed < 120
         assert "ft-d1" not in c.domains("sm-04")
         left = c.ssh(
