@@ -10,11 +10,17 @@ from deploys._dns import dnsmasq_arguments, entries
 from deploys._settings import is_hypervisor, is_mgmt, number, seconds, setting, vmspecs
 from facts.libvirt import Hypervisor
 from operations import dnsmasq, libvirt
+from operations._virsh import session_limit
 
 if is_hypervisor():
     specs = vmspecs()
     # One read serves the preflight and the operation's planning; execution reads afresh.
-    snapshot = host.get_fact(Hypervisor, uri=setting("libvirt_uri"), timeout=seconds("command_timeout"))
+    snapshot = host.get_fact(
+        Hypervisor,
+        uri=setting("libvirt_uri"),
+        timeout=seconds("command_timeout"),
+        _timeout=session_limit(1, seconds("command_timeout") + 10),
+    )
     # A fact that failed (libvirtd down, timed out) already failed this host; its empty default must
     # not reach the preflight, whose refusal would stop every host.
     if host not in host.state.failed_hosts:

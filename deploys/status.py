@@ -11,9 +11,15 @@ from deploys._settings import all_vmspecs, is_hypervisor, is_mgmt, seconds, sett
 from facts.dnsmasq import DnsmasqReservations
 from facts.libvirt import Hypervisor
 from operations._status import reservation_lines, status_lines
+from operations._virsh import session_limit
 
 if is_hypervisor():
-    snapshot = host.get_fact(Hypervisor, uri=setting("libvirt_uri"), timeout=seconds("command_timeout"))
+    snapshot = host.get_fact(
+        Hypervisor,
+        uri=setting("libvirt_uri"),
+        timeout=seconds("command_timeout"),
+        _timeout=session_limit(1, seconds("command_timeout") + 10),
+    )
     # A failed read (libvirtd down or timed out) fails this host with the reason; its empty default
     # would show every VM as absent.
     if host not in host.state.failed_hosts:

@@ -15,7 +15,17 @@ from pyinfra.api import StringCommand
 
 from inventories.manifest_model import VmSpec
 from operations._domain_xml import CloneError, clone_xml, data_disk_targets, plan_disks
-from operations._virsh import DEFAULT_COPY_TIMEOUT, DEFAULT_TIMEOUT, KILL_AFTER, all_of, bounded, q, sh, virsh
+from operations._virsh import (
+    DEFAULT_COPY_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    KILL_AFTER,
+    all_of,
+    bounded,
+    q,
+    session_limit,
+    sh,
+    virsh,
+)
 
 GIB_KIB = 1024 * 1024
 NETWORK_POOLS = {"netfs", "gluster", "rbd", "iscsi", "iscsi-direct", "sheepdog"}
@@ -35,6 +45,8 @@ class VmPlan:
     command: StringCommand | None = None
     stdin: str | None = None
     error: str | None = None
+    # Seconds the controller waits for ``command`` (the sum of its steps' limits plus slack).
+    limit: int = 0
 
     @property
     def changes(self) -> bool:
@@ -147,6 +159,8 @@ def clone_plan(
     plan.command = _with_cleanup(paths, pool["path"], all_of(steps), timeout)
     if spec.autostart:
         plan.command = sh(plan.command, "&&", virsh(uri, "autostart", spec.name, timeout=timeout))
+    copies = sum(1 for d in disks if d.source is not None and spec.clone != "linked")
+    plan.limit = session_limit(len(steps) + 2 - copies, timeout, copies * (int(copy_timeout) + KILL_AFTER))
     plan.stdin = xml
     return plan
 
@@ -326,6 +340,7 @@ def converge_plan(
         )
     if commands:
         plan.command = all_of(commands)
+        plan.limit = session_limit(2 * len(commands), timeout)
     return plan
 
 
@@ -426,6 +441,7 @@ def power_plan(
             [virsh(uri, "start", n, timeout=step_timeout) for n in to_start]
             + [virsh(uri, "resume", n, timeout=step_timeout) for n in to_resume]
         )
+        plan.limit = session_limit(len(to_start) + len(to_resume), step_timeout)
         return plan
     to_stop = [n for n in present if is_active(domains[n])]
     if not to_stop:
@@ -434,6 +450,7 @@ def power_plan(
     if force:
         plan.actions = [f"destroy (power off) {n}" for n in to_stop]
         plan.command = all_of([virsh(uri, "destroy", n, timeout=step_timeout) for n in to_stop])
+        plan.limit = session_limit(len(to_stop), step_timeout)
         return plan
     plan.actions = [f"shut down {n} (destroy after {timeout}s)" for n in to_stop]
     quoted: list[Any] = [q(n) for n in to_stop]
@@ -466,6 +483,8 @@ def power_plan(
         q(int(step_timeout)),
         's" >&2; rc=1; }; fi; done; exit $rc',
     )
+    # shutdown, a last domstate and destroy per VM, the wait, and one domstate per VM that overruns it
+    plan.limit = session_limit(4 * len(to_stop), step_timeout, int(timeout))
     return plan
 
 
@@ -660,4 +679,5 @@ def delete_plan(
     if not commands:
         return None
     plan.command = all_of(commands)
+    plan.limit = session_limit(len(commands), timeout)
     return plan

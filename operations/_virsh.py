@@ -15,6 +15,14 @@ DEFAULT_TIMEOUT = 60
 # Seconds a full copy of a base disk may take (it moves the base's data): --data copy_timeout=
 DEFAULT_COPY_TIMEOUT = 3600
 KILL_AFTER = 5
+# Added to a command's own limits for the controller-side bound (SSH round trip, shell, small steps).
+SLACK = 30
+
+
+def session_limit(steps: int, timeout: int, extra: int = 0) -> int:
+    """Seconds pyinfra waits for a command of ``steps`` bounded steps (plus ``extra``) before it gives
+    up on the host: the remote limits cannot help when the SSH session itself stops answering."""
+    return steps * (int(timeout) + KILL_AFTER) + int(extra) + SLACK
 
 
 def bounded(step: str, timeout: int, *command: str | StringCommand | QuoteString) -> StringCommand:

@@ -22,7 +22,15 @@ from inventories.manifest_model import VmSpec
 from operations import dnsmasq
 from operations._domain_plan import VmPlan, build_plans, delete_plan, power_plan
 from operations._domain_xml import CloneError, domain_name, xml_covers
-from operations._virsh import DEFAULT_COPY_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_URI, all_of, fail, virsh
+from operations._virsh import (
+    DEFAULT_COPY_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    DEFAULT_URI,
+    all_of,
+    fail,
+    session_limit,
+    virsh,
+)
 
 Commands = Generator[Any, None, None]
 
@@ -40,7 +48,7 @@ def _yield_plans(plans: list[VmPlan]) -> Commands:
         if plan.error:
             yield fail(f"{plan.vm}: {plan.error}")
         elif plan.command is not None:
-            yield StringCommand(plan.command, _stdin=plan.stdin) if plan.stdin else plan.command
+            yield _limited(plan)
 
 
 UNREAD = "the libvirt state of this host could not be read (see the error above); nothing was changed"
@@ -49,10 +57,19 @@ UNREAD = "the libvirt state of this host could not be read (see the error above)
 def _hypervisor(uri: str, timeout: int) -> dict[str, Any] | None:
     """The Hypervisor fact, or None when reading it failed (pyinfra then returns the empty default and
     marks the host failed: planning on that would take every domain for absent)."""
-    snapshot = host.get_fact(Hypervisor, uri=uri, timeout=timeout)
+    # The probe's watchdog ends it after ``timeout``; coreutils timeout 10 s later; this bounds the session.
+    snapshot = host.get_fact(Hypervisor, uri=uri, timeout=timeout, _timeout=session_limit(1, timeout + 10))
     if host in getattr(host.state, "failed_hosts", ()):
         return None
     return snapshot
+
+
+def _limited(plan: VmPlan) -> StringCommand:
+    """The plan's command with its stdin and the controller-side time limit."""
+    extra: dict[str, Any] = {"_timeout": plan.limit} if plan.limit else {}
+    if plan.stdin:
+        extra["_stdin"] = plan.stdin
+    return StringCommand(plan.command, **extra) if extra else plan.command
 
 
 def _specs(vmspecs: list[dict[str, Any]] | list[VmSpec]) -> list[VmSpec]:
@@ -84,7 +101,8 @@ def pool(
             host.noop(f"pool {pool_name} is absent")
             return
         steps = [virsh(uri, "pool-destroy", pool_name, timeout=t)] if current["state"] == "running" else []
-        yield all_of(steps + [virsh(uri, "pool-undefine", pool_name, timeout=t)])
+        steps.append(virsh(uri, "pool-undefine", pool_name, timeout=t))
+        yield StringCommand(all_of(steps), _timeout=session_limit(len(steps), t))
         return
     if current is None:
         steps = [
@@ -94,7 +112,7 @@ def pool(
         ]
         if autostart:
             steps.append(virsh(uri, "pool-autostart", pool_name, timeout=t))
-        yield all_of(steps)
+        yield StringCommand(all_of(steps), _timeout=session_limit(len(steps), t))
         return
     if os.path.normpath(current.get("path") or "") != os.path.normpath(path):
         message = (
@@ -117,7 +135,7 @@ def pool(
     if not steps:
         host.noop(f"pool {pool_name} is defined at {path} and running")
         return
-    yield all_of(steps)
+    yield StringCommand(all_of(steps), _timeout=session_limit(len(steps), t))
 
 
 @operation()
@@ -183,7 +201,7 @@ def domains_power(
         host.noop(f"{len(domains) - len(missing)} domain(s) already {'running' if running else 'shut off'}")
         return
     _log([plan])
-    yield plan.command
+    yield _limited(plan)
 
 
 # VMs each host deleted (or found absent) during the current run, per State: filled at execute time by
@@ -238,7 +256,7 @@ def domains_deleted(
         return
     _log(todo)
     for plan in todo:
-        yield plan.command
+        yield _limited(plan)
         yield FunctionCommand(_record_gone, ([plan.vm],), {})
 
 
@@ -299,7 +317,12 @@ def domain_defined(xml_file: str, uri: str = DEFAULT_URI, command_timeout: int =
     logger.info(
         f"{getattr(host, 'print_prefix', '')}{vm}: {'redefine' if current else 'define'} from {xml_file}"
     )
-    yield StringCommand(virsh(uri, "define", "/dev/stdin", timeout=command_timeout), ">/dev/null", _stdin=xml)
+    yield StringCommand(
+        virsh(uri, "define", "/dev/stdin", timeout=command_timeout),
+        ">/dev/null",
+        _stdin=xml,
+        _timeout=session_limit(1, command_timeout),
+    )
 
 
 def _write_file(path: str, text: str) -> None:

@@ -448,3 +448,26 @@ def test_command_timeout_default_and_override() -> None:
         assert seconds("command_timeout") == 60 and seconds("copy_timeout") == 3600
         host.data = {"command_timeout": "15"}
         assert seconds("command_timeout") == 15
+
+
+def test_every_command_also_has_a_controller_side_limit() -> None:
+    # A host whose sshd stops answering mid-command never reports the remote timeout: pyinfra stops
+    # waiting after the sum of the command's step limits plus slack.
+    state = FakeState()
+    snap = snapshot({"kvmhost01": built_domain("running")})
+    host = create_host(state, facts={"libvirt.Hypervisor": {"timeout=7, uri=qemu:///system": snap}})
+    with ctx_state.use(state), ctx_host.use(host):
+        built = list(libvirt.domains_built._inner(vmspecs=[spec(name="new").to_dict()], command_timeout=7))
+        stopped = list(
+            libvirt.domains_power._inner(domains=["kvmhost01"], running=False, timeout=20, command_timeout=7)
+        )
+        deleted = list(libvirt.domains_deleted._inner(domains=["kvmhost01"], command_timeout=7))
+        pooled = list(libvirt.pool._inner(pool_name="fast", path="/srv/fast", command_timeout=7))
+    limits = [
+        c.connector_arguments.get("_timeout")
+        for c in built + stopped + deleted + pooled
+        if c.connector_arguments
+    ]
+    assert len(limits) == 4 and all(limits)
+    assert limits[0] >= 3600  # the clone copies the base: copy_timeout
+    assert 20 < limits[1] < 3600 and limits[3] == 4 * 12 + 30
