@@ -9,6 +9,7 @@ from pyinfra import host
 from pyinfra.api.exceptions import PyinfraError
 
 from inventories.manifest_model import VmSpec
+from operations._virsh import DEFAULT_COPY_TIMEOUT, DEFAULT_TIMEOUT
 
 DEFAULTS: dict[str, Any] = {
     "libvirt_uri": "qemu:///system",
@@ -22,6 +23,8 @@ DEFAULTS: dict[str, Any] = {
     "vcpu_allocation_ratio": 4.0,
     "memory_allocation_ratio": 1.0,
     "overcommit": None,
+    "command_timeout": DEFAULT_TIMEOUT,
+    "copy_timeout": DEFAULT_COPY_TIMEOUT,
     "xml_dir": "xml",
     "dnsmasq_conf": "/etc/dnsmasq.conf",
     "dnsmasq_pid_file": "/run/dnsmasq/dnsmasq.pid",
@@ -67,6 +70,18 @@ def number(key: str, positive: bool = False) -> float:
         raise SettingError(f"{key}={value!r}: expected a finite number")
     if positive and result <= 0:
         raise SettingError(f"{key}={value!r}: expected a number greater than 0")
+    return result
+
+
+def seconds(key: str) -> int:
+    """A time limit in whole seconds, at least 1 (``--data command_timeout=30``)."""
+    value = setting(key)
+    try:
+        result = int(str(value).strip())
+    except (TypeError, ValueError):
+        result = 0
+    if result < 1 or isinstance(value, bool):
+        raise SettingError(f"{key}={value!r}: expected a whole number of seconds, at least 1")
     return result
 
 

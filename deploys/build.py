@@ -1,14 +1,14 @@
 """Build the manifest: clone every vmspec on its host, converge existing VMs, then DHCP + DNS on mgmt.
 
 pyinfra inventories/manifest.py deploys/build.py [--data vcpu_allocation_ratio=4.0]
-    [--data memory_allocation_ratio=1.0]
+    [--data memory_allocation_ratio=1.0] [--data command_timeout=60]
 
 A host whose VMs do not fit (capacity preflight) fails alone with a per-host table; the others are built.
 """
 
 from deploys._capacity import allocation_ratios
 from deploys._dns import dnsmasq_arguments, entries
-from deploys._settings import is_hypervisor, is_mgmt, setting, vmspecs
+from deploys._settings import is_hypervisor, is_mgmt, seconds, setting, vmspecs
 from operations import dnsmasq, libvirt
 
 if is_hypervisor():
@@ -19,6 +19,8 @@ if is_hypervisor():
         uri=setting("libvirt_uri"),
         vcpu_ratio=vcpu_ratio,
         memory_ratio=memory_ratio,
+        command_timeout=seconds("command_timeout"),
+        copy_timeout=seconds("copy_timeout"),
     )
 
 if is_mgmt():

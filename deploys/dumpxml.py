@@ -7,7 +7,7 @@ import os
 
 from pyinfra import host
 
-from deploys._settings import is_hypervisor, setting, vmspecs
+from deploys._settings import is_hypervisor, seconds, setting, vmspecs
 from operations import libvirt
 
 if is_hypervisor():
@@ -16,4 +16,5 @@ if is_hypervisor():
         domains=[spec.name for spec in vmspecs()],
         directory=os.path.join(setting("xml_dir"), host.name),
         uri=setting("libvirt_uri"),
+        command_timeout=seconds("command_timeout"),
     )

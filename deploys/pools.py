@@ -3,7 +3,7 @@
 pyinfra inventories/manifest.py deploys/pools.py
 """
 
-from deploys._settings import is_hypervisor, setting
+from deploys._settings import is_hypervisor, seconds, setting
 from operations import libvirt
 
 if is_hypervisor():
@@ -13,6 +13,7 @@ if is_hypervisor():
         path=setting("kvm_primary_storage"),
         autostart=True,
         uri=setting("libvirt_uri"),
+        command_timeout=seconds("command_timeout"),
     )
     # Not autostarted: the NFS share may not be mounted yet when libvirtd starts.
     libvirt.pool(
@@ -21,4 +22,5 @@ if is_hypervisor():
         path=setting("kvm_secondary_storage"),
         autostart=False,
         uri=setting("libvirt_uri"),
+        command_timeout=seconds("command_timeout"),
     )

@@ -3,7 +3,7 @@
 pyinfra inventories/manifest.py deploys/resize.py
 """
 
-from deploys._settings import is_hypervisor, setting, vmspecs
+from deploys._settings import is_hypervisor, seconds, setting, vmspecs
 from operations import libvirt
 
 if is_hypervisor():
@@ -12,4 +12,5 @@ if is_hypervisor():
         vmspecs=[spec.to_dict() for spec in vmspecs()],
         clone=False,
         uri=setting("libvirt_uri"),
+        command_timeout=seconds("command_timeout"),
     )

@@ -3,7 +3,7 @@
 pyinfra inventories/manifest.py deploys/start.py
 """
 
-from deploys._settings import is_hypervisor, setting, vmspecs
+from deploys._settings import is_hypervisor, seconds, setting, vmspecs
 from operations import libvirt
 
 if is_hypervisor():
@@ -12,4 +12,5 @@ if is_hypervisor():
         domains=[spec.name for spec in vmspecs()],
         running=True,
         uri=setting("libvirt_uri"),
+        command_timeout=seconds("command_timeout"),
     )

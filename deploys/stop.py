@@ -1,9 +1,10 @@
 """Stop the manifest's VMs: graceful shutdown, destroyed after ``stop_timeout`` seconds (``force``: at once).
 
 pyinfra inventories/manifest.py deploys/stop.py [--data stop_timeout=60] [--data force=true]
+    [--data command_timeout=60]
 """
 
-from deploys._settings import flag, is_hypervisor, number, setting, vmspecs
+from deploys._settings import flag, is_hypervisor, number, seconds, setting, vmspecs
 from operations import libvirt
 
 if is_hypervisor():
@@ -14,4 +15,5 @@ if is_hypervisor():
         force=flag("force"),
         timeout=int(number("stop_timeout")),
         uri=setting("libvirt_uri"),
+        command_timeout=seconds("command_timeout"),
     )

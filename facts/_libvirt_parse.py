@@ -186,6 +186,14 @@ def domains_from(
     return domains
 
 
+def files_from(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{path: {kind, backing}}`` as the probe found them (older probes send nothing: empty)."""
+    files = {}
+    for path, entry in (data.get("files") or {}).items():
+        files[str(path)] = {"kind": str(entry.get("kind") or "missing"), "backing": entry.get("backing")}
+    return files
+
+
 def capacity_from(data: dict[str, Any]) -> dict[str, Any]:
     node = data["node"]
     return {
@@ -213,6 +221,7 @@ def hypervisor_from(lines: list[str]) -> dict[str, Any]:
             "volumes": volumes,
             "domains": domains_from(data, volumes),
             "capacity": capacity_from(data),
+            "files": files_from(data),
         }
     except (KeyError, TypeError, AttributeError) as exc:
         raise ParseError(f"unexpected probe output: {exc!r}") from None

@@ -23,19 +23,24 @@ from pyinfra.api.exceptions import FactProcessError
 
 from facts._libvirt_parse import ParseError, hypervisor_from
 from facts._libvirt_probe import PROBE
+from operations._virsh import DEFAULT_TIMEOUT, bounded
 
 DEFAULT_URI = "qemu:///system"
 
 
-def probe_command(uri: str) -> StringCommand:
+def probe_command(uri: str, timeout: int = DEFAULT_TIMEOUT) -> StringCommand:
+    """The probe under its own watchdog (``timeout`` s, naming the step), with coreutils ``timeout``
+    a little later as the backstop should the interpreter itself hang."""
+    seconds = int(timeout)
     # The host's own Python 3: /usr/bin/python3, or platform-python on RHEL 8 minimal installs.
     return StringCommand(
         "PY=$(command -v /usr/bin/python3 || command -v /usr/libexec/platform-python || command -v python3)"
         ' || { echo "kvm-qemu: no python3 on this host" >&2; exit 4; };',
-        '"$PY"',
-        "-c",
-        QuoteString(PROBE),
-        QuoteString(uri),
+        bounded(
+            "libvirt probe",
+            seconds + 10,
+            StringCommand('"$PY"', "-c", QuoteString(PROBE), QuoteString(uri), QuoteString(str(seconds))),
+        ),
     )
 
 
@@ -47,11 +52,11 @@ class _LibvirtFact(FactBase):
     def default() -> Any:
         return {}
 
-    def requires_command(self, uri: str = DEFAULT_URI) -> str:
+    def requires_command(self, uri: str = DEFAULT_URI, timeout: int = DEFAULT_TIMEOUT) -> str:
         return "virsh"
 
-    def command(self, uri: str = DEFAULT_URI) -> StringCommand:
-        return probe_command(uri)
+    def command(self, uri: str = DEFAULT_URI, timeout: int = DEFAULT_TIMEOUT) -> StringCommand:
+        return probe_command(uri, timeout)
 
     def process(self, output: list[str]) -> Any:
         try:
@@ -61,13 +66,17 @@ class _LibvirtFact(FactBase):
 
 
 class Hypervisor(_LibvirtFact):
-    """``{"pools": Pools, "volumes": Volumes, "domains": Domains, "capacity": HostCapacity}``."""
+    """``{"pools": Pools, "volumes": Volumes, "domains": Domains, "capacity": HostCapacity, "files": Files}``.
+
+    ``files``: ``{path: {kind, backing}}`` for every entry of every directory pool (active or not) and
+    every domain disk with its backing chain; ``kind`` is file, link, dir, other or missing.
+    """
 
     abstract = False
 
     @staticmethod
     def default() -> dict[str, Any]:
-        return {"pools": {}, "volumes": {}, "domains": {}, "capacity": {}}
+        return {"pools": {}, "volumes": {}, "domains": {}, "capacity": {}, "files": {}}
 
 
 class Pools(_LibvirtFact):

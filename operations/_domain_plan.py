@@ -15,9 +15,20 @@ from pyinfra.api import StringCommand
 
 from inventories.manifest_model import VmSpec
 from operations._domain_xml import CloneError, clone_xml, data_disk_targets, plan_disks
-from operations._virsh import all_of, q, sh, virsh
+from operations._virsh import (
+    DEFAULT_COPY_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    KILL_AFTER,
+    all_of,
+    bounded,
+    q,
+    session_limit,
+    sh,
+    virsh,
+)
 
 GIB_KIB = 1024 * 1024
+NETWORK_POOLS = {"netfs", "gluster", "rbd", "iscsi", "iscsi-direct", "sheepdog"}
 ACTIVE_STATES = {"running", "idle", "paused", "in shutdown", "pmsuspended"}
 
 Domain = dict[str, Any]
@@ -34,6 +45,8 @@ class VmPlan:
     command: StringCommand | None = None
     stdin: str | None = None
     error: str | None = None
+    # Seconds the controller waits for ``command`` (the sum of its steps' limits plus slack).
+    limit: int = 0
 
     @property
     def changes(self) -> bool:
@@ -58,8 +71,17 @@ def is_active(domain: Domain) -> bool:
 # --- clone -------------------------------------------------------------------------------------------
 
 
-def clone_plan(spec: VmSpec, snapshot: Snapshot, uri: str) -> VmPlan:
-    """A new domain from ``spec.srcvm``: disk copies or overlays, data disks, one ``virsh define``."""
+def clone_plan(
+    spec: VmSpec,
+    snapshot: Snapshot,
+    uri: str,
+    timeout: int = DEFAULT_TIMEOUT,
+    copy_timeout: int = DEFAULT_COPY_TIMEOUT,
+) -> VmPlan:
+    """A new domain from ``spec.srcvm``: disk copies or overlays, data disks, one ``virsh define``.
+
+    Every step is bounded by ``timeout`` seconds, a full copy of a base disk by ``copy_timeout``.
+    """
     plan = VmPlan(spec.name)
     source = snapshot.get("domains", {}).get(spec.srcvm)
     pool = snapshot.get("pools", {}).get(spec.pool)
@@ -82,11 +104,23 @@ def clone_plan(spec: VmSpec, snapshot: Snapshot, uri: str) -> VmPlan:
     steps: list[StringCommand] = []
     for disk in disks:
         if disk.source is None:
-            steps.append(sh("truncate", "-s", q(f"{disk.size_gib}G"), "--", q(disk.path)))
+            steps.append(
+                bounded(
+                    f"create {disk.path}",
+                    timeout,
+                    "truncate",
+                    "-s",
+                    q(f"{disk.size_gib}G"),
+                    "--",
+                    q(disk.path),
+                )
+            )
             plan.actions.append(f"data disk {disk.target} {disk.size_gib} GiB")
         elif spec.clone == "linked":
             steps.append(
-                sh(
+                bounded(
+                    f"create {disk.path}",
+                    timeout,
                     "qemu-img",
                     "create",
                     "-q",
@@ -101,9 +135,19 @@ def clone_plan(spec: VmSpec, snapshot: Snapshot, uri: str) -> VmPlan:
             )
             plan.actions.append(f"linked clone of {disk.source.path} as {disk.path}")
         else:
-            steps.append(sh("cp", "--sparse=always", "--", q(disk.source.path), q(disk.path)))
+            steps.append(
+                bounded(
+                    f"copy of {disk.source.path} to {disk.path}",
+                    copy_timeout,
+                    "cp",
+                    "--sparse=always",
+                    "--",
+                    q(disk.source.path),
+                    q(disk.path),
+                )
+            )
             plan.actions.append(f"full copy of {disk.source.path} to {disk.path}")
-    steps.append(sh(virsh(uri, "define", "/dev/stdin"), ">/dev/null"))
+    steps.append(sh(virsh(uri, "define", "/dev/stdin", timeout=timeout), ">/dev/null"))
     plan.actions.insert(
         0,
         f"define from {spec.srcvm} with {spec.vcpus} vCPU(s), memory {spec.memory_gb} GiB "
@@ -112,9 +156,11 @@ def clone_plan(spec: VmSpec, snapshot: Snapshot, uri: str) -> VmPlan:
     if spec.autostart:
         plan.actions.append("autostart on")
 
-    plan.command = _with_cleanup(paths, all_of(steps))
+    plan.command = _with_cleanup(paths, pool["path"], all_of(steps), timeout)
     if spec.autostart:
-        plan.command = sh(plan.command, "&&", virsh(uri, "autostart", spec.name))
+        plan.command = sh(plan.command, "&&", virsh(uri, "autostart", spec.name, timeout=timeout))
+    copies = sum(1 for d in disks if d.source is not None and spec.clone != "linked")
+    plan.limit = session_limit(len(steps) + 2 - copies, timeout, copies * (int(copy_timeout) + KILL_AFTER))
     plan.stdin = xml
     return plan
 
@@ -122,7 +168,9 @@ def clone_plan(spec: VmSpec, snapshot: Snapshot, uri: str) -> VmPlan:
 # --- converge an existing domain -------------------------------------------------------------------
 
 
-def resource_plan(spec: VmSpec, domain: Domain, uri: str) -> tuple[list[StringCommand], list[str], list[str]]:
+def resource_plan(
+    spec: VmSpec, domain: Domain, uri: str, timeout: int = DEFAULT_TIMEOUT
+) -> tuple[list[StringCommand], list[str], list[str]]:
     """Commands, actions and notes that bring vCPUs and memory to the vmspec.
 
     Persistent config always; the running domain too where libvirt allows it (memory up to its max
@@ -138,8 +186,16 @@ def resource_plan(spec: VmSpec, domain: Domain, uri: str) -> tuple[list[StringCo
     if domain.get("persistent", True):
         cfg_max, cfg_cur = cfg["max_memory_kib"], cfg["memory_kib"]
         if (cfg_max, cfg_cur) != (want_max, want_cur):
-            setmax = [virsh(uri, "setmaxmem", name, want_max, "--config")] if cfg_max != want_max else []
-            setcur = [virsh(uri, "setmem", name, want_cur, "--config")] if cfg_cur != want_cur else []
+            setmax = (
+                [virsh(uri, "setmaxmem", name, want_max, "--config", timeout=timeout)]
+                if cfg_max != want_max
+                else []
+            )
+            setcur = (
+                [virsh(uri, "setmem", name, want_cur, "--config", timeout=timeout)]
+                if cfg_cur != want_cur
+                else []
+            )
             # Lowering max below the current value would be refused, so shrink current first.
             commands += setcur + setmax if want_max < cfg_cur else setmax + setcur
             if cfg_max != want_max:
@@ -149,11 +205,15 @@ def resource_plan(spec: VmSpec, domain: Domain, uri: str) -> tuple[list[StringCo
         cfg_vcpus, cfg_maxv = cfg["vcpus"], cfg["max_vcpus"]
         if (cfg_vcpus, cfg_maxv) != (want_cpu, want_cpu):
             setmaxv = (
-                [virsh(uri, "setvcpus", name, want_cpu, "--maximum", "--config")]
+                [virsh(uri, "setvcpus", name, want_cpu, "--maximum", "--config", timeout=timeout)]
                 if cfg_maxv != want_cpu
                 else []
             )
-            setv = [virsh(uri, "setvcpus", name, want_cpu, "--config")] if cfg_vcpus != want_cpu else []
+            setv = (
+                [virsh(uri, "setvcpus", name, want_cpu, "--config", timeout=timeout)]
+                if cfg_vcpus != want_cpu
+                else []
+            )
             commands += setmaxv + setv if want_cpu > cfg_vcpus else setv + setmaxv
             actions.append(f"vCPUs {cfg_vcpus} (max {cfg_maxv}) -> {want_cpu} (config)")
     else:
@@ -167,7 +227,7 @@ def resource_plan(spec: VmSpec, domain: Domain, uri: str) -> tuple[list[StringCo
         live_cur, live_max = domain["memory_kib"], domain["max_memory_kib"]
         if cfg_cur != want_cur:
             if want_cur <= live_max:
-                commands.append(virsh(uri, "setmem", name, want_cur, "--live"))
+                commands.append(virsh(uri, "setmem", name, want_cur, "--live", timeout=timeout))
                 actions.append(f"memory {gib(live_cur)} -> {gib(want_cur)} (live)")
             else:
                 notes.append(
@@ -181,7 +241,7 @@ def resource_plan(spec: VmSpec, domain: Domain, uri: str) -> tuple[list[StringCo
         live_vcpus, live_maxv = domain["vcpus"], domain["max_vcpus"]
         if live_vcpus != want_cpu:
             if cfg_vcpus != want_cpu and live_vcpus < want_cpu <= live_maxv:
-                commands.append(virsh(uri, "setvcpus", name, want_cpu, "--live"))
+                commands.append(virsh(uri, "setvcpus", name, want_cpu, "--live", timeout=timeout))
                 actions.append(f"vCPUs {live_vcpus} -> {want_cpu} (live)")
             else:
                 notes.append(f"vCPUs {live_vcpus} -> {want_cpu} takes effect at next boot")
@@ -191,7 +251,7 @@ def resource_plan(spec: VmSpec, domain: Domain, uri: str) -> tuple[list[StringCo
 
 
 def disk_plan(
-    spec: VmSpec, domain: Domain, snapshot: Snapshot, uri: str
+    spec: VmSpec, domain: Domain, snapshot: Snapshot, uri: str, timeout: int = DEFAULT_TIMEOUT
 ) -> tuple[list[StringCommand], list[str], list[str]]:
     """Add missing data disks; never shrink or remove one (differences become notes).
 
@@ -233,7 +293,9 @@ def disk_plan(
     live = ["--live"] if is_active(domain) else []
     for target in missing:
         path = posixpath.join(pool["path"], f"{spec.name}-{target}.img")
-        create = sh("truncate", "-s", q(f"{spec.disk_size_gb}G"), "--", q(path))
+        create = bounded(
+            f"create {path}", timeout, "truncate", "-s", q(f"{spec.disk_size_gb}G"), "--", q(path)
+        )
         attach = virsh(
             uri,
             "attach-disk",
@@ -246,24 +308,29 @@ def disk_plan(
             "raw",
             "--config",
             *live,
+            timeout=timeout,
         )
-        commands.append(_new_disk(path, create, attach))
+        commands.append(_with_cleanup([path], pool["path"], all_of([create, attach]), timeout, grouped=True))
         actions.append(f"add data disk {target} {spec.disk_size_gb} GiB" + (" (live)" if live else ""))
     return commands, actions, notes
 
 
-def converge_plan(spec: VmSpec, snapshot: Snapshot, uri: str, disks: bool = True) -> VmPlan:
+def converge_plan(
+    spec: VmSpec, snapshot: Snapshot, uri: str, disks: bool = True, timeout: int = DEFAULT_TIMEOUT
+) -> VmPlan:
     """Bring an existing domain to its vmspec: resources, data disks, autostart; report the rest."""
     domain = snapshot["domains"][spec.name]
     plan = VmPlan(spec.name)
-    commands, plan.actions, plan.notes = resource_plan(spec, domain, uri)
+    commands, plan.actions, plan.notes = resource_plan(spec, domain, uri, timeout)
     if disks:
-        more, actions, notes = disk_plan(spec, domain, snapshot, uri)
+        more, actions, notes = disk_plan(spec, domain, snapshot, uri, timeout)
         commands += more
         plan.actions += actions
         plan.notes += notes
     if spec.autostart is not None and bool(domain.get("autostart")) != spec.autostart:
-        commands.append(virsh(uri, "autostart", *([] if spec.autostart else ["--disable"]), spec.name))
+        commands.append(
+            virsh(uri, "autostart", *([] if spec.autostart else ["--disable"]), spec.name, timeout=timeout)
+        )
         plan.actions.append(f"autostart {'on' if spec.autostart else 'off'}")
     interfaces = (domain.get("config") or domain).get("interfaces") or []
     if interfaces and (interfaces[0].get("mac") or "").lower() != spec.mac:
@@ -273,53 +340,74 @@ def converge_plan(spec: VmSpec, snapshot: Snapshot, uri: str, disks: bool = True
         )
     if commands:
         plan.command = all_of(commands)
+        plan.limit = session_limit(2 * len(commands), timeout)
     return plan
 
 
-def _with_cleanup(paths: list[str], command: StringCommand) -> StringCommand:
-    """Run ``command`` creating ``paths``: refuse if any exists, remove them all if anything fails."""
+def _with_cleanup(
+    paths: list[str], pool_dir: str, command: StringCommand, timeout: int, grouped: bool = False
+) -> StringCommand:
+    """Create ``paths`` (files in ``pool_dir``) as new 0600 files, then run ``command`` that fills them.
+
+    A path that exists as anything, a dangling symbolic link included, is refused. Each file is made
+    with O_EXCL (``set -C``), so a link planted between the check and the creation is not followed
+    either, and must then be a plain file whose resolved directory is the pool's. The umask makes
+    it, and whatever ``command`` creates, readable by root only (libvirt's own volume mode). If
+    anything fails, the files made here are removed again. ``grouped``: in a subshell, whose status is
+    the result, for use inside a longer command.
+    """
     quoted: list[Any] = [q(p) for p in paths]
-    return sh(
-        "cleanup() { rm -f --",
+    stop = "exit 1"
+    body = sh(
+        "umask 077; made=0; bad=; cleanup() { i=0; for f in",
         *quoted,
-        "; };",
+        '; do [ "$i" -ge "$made" ] || rm -f -- "$f"; i=$((i + 1)); done; };',
         "for f in",
         *quoted,
-        '; do if [ -e "$f" ]; then',
-        'echo "kvm-qemu: $f already exists; refusing to overwrite it" >&2; exit 1; fi; done;',
-        "trap cleanup EXIT;",
+        '; do if [ -e "$f" ] || [ -L "$f" ]; then',
+        'echo "kvm-qemu: $f already exists; refusing to overwrite it" >&2;',
+        stop,
+        "; fi; done;",
+        "d=$(",
+        bounded(f"resolve {pool_dir}", timeout, "readlink", "-f", "--", q(pool_dir)),
+        ") ||",
+        stop,
+        "; trap cleanup EXIT; for f in",
+        *quoted,
+        '; do ( set -C; : > "$f" ) || break; made=$((made + 1));',
+        'if [ ! -f "$f" ] || [ -L "$f" ] || [ "$(readlink -f -- "$f")" != "$d/${f##*/}" ]; then',
+        'echo "kvm-qemu: $f is not a file in the pool directory $d; refusing it" >&2;',
+        "bad=1; break; fi; done;",
+        'if [ -z "$bad" ] && [',
+        q(len(paths)),
+        '-eq "$made" ] &&',
         command,
-        "|| exit 1; trap - EXIT",
+        "; then trap - EXIT; else cleanup; trap - EXIT;",
+        stop,
+        "; fi",
     )
+    if grouped:
+        # A subshell: the umask, trap and variables stay inside, and its status is the result.
+        return sh("(", body, ")")
+    return body
 
 
-def _new_disk(path: str, create: StringCommand, attach: StringCommand) -> StringCommand:
-    """Create one data disk file and attach it; the file is removed again if the attach fails."""
-    return sh(
-        "{ if [ -e",
-        q(path),
-        "]; then echo 'kvm-qemu:'",
-        q(path),
-        "'already exists; refusing to overwrite it' >&2; false; else",
-        create,
-        "&&",
-        "{",
-        attach,
-        "|| { rm -f --",
-        q(path),
-        "; false; }; }; fi; }",
-    )
-
-
-def build_plans(specs: list[VmSpec], snapshot: Snapshot, uri: str, clone: bool = True) -> list[VmPlan]:
+def build_plans(
+    specs: list[VmSpec],
+    snapshot: Snapshot,
+    uri: str,
+    clone: bool = True,
+    timeout: int = DEFAULT_TIMEOUT,
+    copy_timeout: int = DEFAULT_COPY_TIMEOUT,
+) -> list[VmPlan]:
     """Clone what is missing (when ``clone``), converge what exists."""
     plans = []
     domains = snapshot.get("domains", {})
     for spec in specs:
         if spec.name in domains:
-            plans.append(converge_plan(spec, snapshot, uri))
+            plans.append(converge_plan(spec, snapshot, uri, timeout=timeout))
         elif clone:
-            plans.append(clone_plan(spec, snapshot, uri))
+            plans.append(clone_plan(spec, snapshot, uri, timeout, copy_timeout))
         else:
             plans.append(VmPlan(spec.name, notes=["not defined on this host (run deploys/build.py)"]))
     return plans
@@ -335,8 +423,12 @@ def power_plan(
     uri: str,
     force: bool = False,
     timeout: int = 60,
+    step_timeout: int = DEFAULT_TIMEOUT,
 ) -> VmPlan | None:
-    """One command for all of a host's VMs: start/resume, or shutdown-wait-destroy (``force``: destroy)."""
+    """One command for all of a host's VMs: start/resume, or shutdown-wait-destroy (``force``: destroy).
+
+    ``timeout``: seconds a graceful shutdown may take; ``step_timeout``: seconds any one virsh call may take.
+    """
     present = [n for n in names if n in domains]
     if running:
         to_start = [n for n in present if domains[n].get("state") not in ACTIVE_STATES]
@@ -346,8 +438,10 @@ def power_plan(
         plan = VmPlan(", ".join(to_start + to_resume))
         plan.actions = [f"start {n}" for n in to_start] + [f"resume {n}" for n in to_resume]
         plan.command = all_of(
-            [virsh(uri, "start", n) for n in to_start] + [virsh(uri, "resume", n) for n in to_resume]
+            [virsh(uri, "start", n, timeout=step_timeout) for n in to_start]
+            + [virsh(uri, "resume", n, timeout=step_timeout) for n in to_resume]
         )
+        plan.limit = session_limit(len(to_start) + len(to_resume), step_timeout)
         return plan
     to_stop = [n for n in present if is_active(domains[n])]
     if not to_stop:
@@ -355,17 +449,19 @@ def power_plan(
     plan = VmPlan(", ".join(to_stop))
     if force:
         plan.actions = [f"destroy (power off) {n}" for n in to_stop]
-        plan.command = all_of([virsh(uri, "destroy", n) for n in to_stop])
+        plan.command = all_of([virsh(uri, "destroy", n, timeout=step_timeout) for n in to_stop])
+        plan.limit = session_limit(len(to_stop), step_timeout)
         return plan
     plan.actions = [f"shut down {n} (destroy after {timeout}s)" for n in to_stop]
     quoted: list[Any] = [q(n) for n in to_stop]
     # virsh() would quote "$n" literally, so the loop variable is expanded in plain shell text here.
-    state = sh('"$(virsh -q -c', q(uri), 'domstate -- "$n")"')
+    run = sh("timeout -k", str(KILL_AFTER), q(int(step_timeout)), "virsh -q -c", q(uri))
+    state = sh('"$(', run, 'domstate -- "$n")"')
     plan.command = sh(
-        "for n in",
+        "rc=0; for n in",
         *quoted,
-        "; do virsh -q -c",
-        q(uri),
+        "; do",
+        run,
         'shutdown -- "$n" >/dev/null || true; done;',
         "deadline=$(( $(date +%s) +",
         q(int(timeout)),
@@ -382,90 +478,206 @@ def power_plan(
         'echo "kvm-qemu: $n did not shut down within',
         q(int(timeout)),
         's; destroying it";',
-        "virsh -q -c",
-        q(uri),
-        'destroy -- "$n" >/dev/null; fi; done',
+        run,
+        'destroy -- "$n" >/dev/null || { echo "kvm-qemu: destroy of $n failed or timed out after',
+        q(int(step_timeout)),
+        's" >&2; rc=1; }; fi; done; exit $rc',
     )
+    # shutdown, a last domstate and destroy per VM, the wait, and one domstate per VM that overruns it
+    plan.limit = session_limit(4 * len(to_stop), step_timeout, int(timeout))
     return plan
 
 
 # --- delete --------------------------------------------------------------------------------------
 
 
-def owned_volumes(vm: str, domain: Domain, snapshot: Snapshot) -> tuple[list[tuple[str, str]], list[str]]:
-    """The (pool, volume) pairs a delete may remove, and the disk paths it keeps (with why).
+def _disks_of(domain: Domain) -> list[dict[str, Any]]:
+    """Every disk of a domain, live and persistent definitions together."""
+    return list(domain.get("disks", [])) + list((domain.get("config") or {}).get("disks", []))
 
-    Owned means: a disk (not cdrom) of this domain, in a pool directory, named ``<vm>-vd*``, and not the
-    backing file of any other volume. Never the base image, an ISO, or a file outside every pool.
+
+def _backing_map(snapshot: Snapshot) -> dict[str, str]:
+    """path -> backing file, from image headers (every pool directory, every domain disk) and volumes."""
+    backing: dict[str, str] = {}
+    for vols in snapshot.get("volumes", {}).values():
+        for vol in vols.values():
+            if vol.get("path") and vol.get("backing"):
+                backing[posixpath.normpath(vol["path"])] = posixpath.normpath(vol["backing"])
+    for path, entry in snapshot.get("files", {}).items():
+        if entry.get("backing"):
+            backing[posixpath.normpath(path)] = posixpath.normpath(entry["backing"])
+    for domain in snapshot.get("domains", {}).values():
+        for disk in _disks_of(domain):
+            if disk.get("path") and disk.get("backing"):
+                backing.setdefault(posixpath.normpath(disk["path"]), posixpath.normpath(disk["backing"]))
+    return backing
+
+
+def in_use(snapshot: Snapshot, except_domain: str | None = None) -> dict[str, str]:
+    """path -> why it is in use: every disk of every other domain, and each one's whole backing chain.
+
+    Read from the domain definitions (defined and running domains alike) and the image headers, so a
+    base whose linked clones sit in an inactive pool is in use even though no pool lists them.
+    """
+    backing = _backing_map(snapshot)
+    used: dict[str, str] = {}
+    for name, domain in snapshot.get("domains", {}).items():
+        if name == except_domain:
+            continue
+        for disk in _disks_of(domain):
+            if not disk.get("path"):
+                continue
+            chain = [posixpath.normpath(disk["path"])]
+            following = backing.get(chain[0]) or disk.get("backing")
+            while following and posixpath.normpath(following) not in chain and len(chain) < 32:
+                chain.append(posixpath.normpath(following))
+                following = backing.get(chain[-1])
+            used.setdefault(chain[0], f"disk of domain {name}")
+            for path in chain[1:]:
+                used.setdefault(path, f"backing file of domain {name}")
+    return used
+
+
+def owned_volumes(
+    vm: str, domain: Domain | None, snapshot: Snapshot, shared_dirs: tuple[str, ...] = ()
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (pool, file name) pairs a delete may remove, and the disk paths it keeps (with why).
+
+    Owned means: in a pool directory, named ``<vm>-vd*`` like the build names them, a plain file,
+    not a disk or backing file of any other domain, and not the backing file of another file. The
+    domain's disks and, when it is already gone (a delete that failed halfway), the files left with
+    that name in the pool directories. Never the base image, an ISO, or a file outside every pool.
+
+    Leftovers are taken only from pools this host alone uses: not from ``shared_dirs`` (the
+    secondary storage) or network pools, where a file with that name may be the disk of a VM of the
+    same name on another host, which no domain list of this host shows.
     """
     pattern = re.compile(rf"^{re.escape(vm)}-vd[a-z]+(\.[A-Za-z0-9]+)?$")
     pools_by_dir = {
         posixpath.normpath(p["path"]): name for name, p in snapshot.get("pools", {}).items() if p.get("path")
     }
-    backing_files = {
-        vol.get("backing")
-        for vols in snapshot.get("volumes", {}).values()
-        for vol in vols.values()
-        if vol.get("backing")
+    files = snapshot.get("files", {})
+    candidates: dict[str, dict[str, Any]] = {}
+    for disk in _disks_of(domain or {}):
+        if disk.get("path"):
+            candidates.setdefault(posixpath.normpath(disk["path"]), disk)
+    known = list(files) + [
+        v["path"] for vols in snapshot.get("volumes", {}).values() for v in vols.values() if v.get("path")
+    ]
+    shared = {posixpath.normpath(d) for d in shared_dirs} | {
+        posixpath.normpath(p["path"])
+        for p in snapshot.get("pools", {}).values()
+        if p.get("path") and p.get("type") in NETWORK_POOLS
     }
-    disks: dict[str, dict[str, Any]] = {}
-    for source in (domain, domain.get("config") or {}):
-        for disk in source.get("disks", []):
-            if disk.get("path"):
-                disks.setdefault(disk["path"], disk)
+    elsewhere: list[str] = []
+    for path in known:
+        directory, base = posixpath.split(posixpath.normpath(path))
+        if directory in pools_by_dir and pattern.match(base) and posixpath.normpath(path) not in candidates:
+            if directory in shared:
+                elsewhere.append(posixpath.normpath(path))
+            else:
+                candidates[posixpath.normpath(path)] = {"device": "disk", "path": path}
+    used = in_use(snapshot, except_domain=vm)
+    backing = _backing_map(snapshot)
+    backs_others = {b: p for p, b in backing.items() if p not in candidates}
     owned: list[tuple[str, str]] = []
     kept: list[str] = []
-    for path, disk in disks.items():
-        directory, base = posixpath.split(posixpath.normpath(path))
+    for path, disk in candidates.items():
+        directory, base = posixpath.split(path)
         pool = pools_by_dir.get(directory)
-        if disk.get("device") != "disk":
+        kind = files.get(path, {}).get("kind", "file")
+        if disk.get("device", "disk") != "disk":
             kept.append(f"{path} ({disk.get('device')})")
         elif pool is None:
             kept.append(f"{path} (not in a storage pool)")
         elif not pattern.match(base):
             kept.append(f"{path} (not named after {vm})")
-        elif path in backing_files:
-            kept.append(f"{path} (backing file of another volume)")
+        elif path in used:
+            kept.append(f"{path} ({used[path]})")
+        elif path in backs_others:
+            kept.append(f"{path} (backing file of another volume, {backs_others[path]})")
+        elif kind == "missing":
+            continue
+        elif kind != "file":
+            kept.append(f"{path} (a {kind}, not a plain file)")
         else:
             owned.append((pool, base))
-    return owned, kept
+    kept += [
+        f"{path} (not a disk of {vm} here; in shared storage it may belong to a VM on another host)"
+        for path in sorted(set(elsewhere))
+    ]
+    return sorted(owned), kept
 
 
-def delete_plan(vm: str, snapshot: Snapshot, uri: str, keep_disks: bool = False) -> VmPlan | None:
+def delete_plan(
+    vm: str,
+    snapshot: Snapshot,
+    uri: str,
+    keep_disks: bool = False,
+    timeout: int = DEFAULT_TIMEOUT,
+    shared_dirs: tuple[str, ...] = (),
+) -> VmPlan | None:
+    """Destroy and undefine ``vm``, then remove the files it owns; None when nothing is left to do.
+
+    Every file is checked on the host before anything changes (still a plain file, not a link), so a
+    refusal leaves the domain defined. Files are removed directly, not through a pool (an inactive
+    pool cannot delete volumes), so a re-run after a failure finishes the job: when the domain is
+    already gone, the files it owned that are still in the pool directories are removed.
+    """
     domain = snapshot.get("domains", {}).get(vm)
-    if domain is None:
+    owned, kept = owned_volumes(vm, domain, snapshot, shared_dirs)
+    if domain is None and (keep_disks or not owned):
         return None
+    pools = snapshot.get("pools", {})
+    paths = [posixpath.join(pools[pool]["path"], base) for pool, base in owned]
+    quoted: list[Any] = [q(p) for p in paths]
     plan = VmPlan(vm)
     commands: list[StringCommand] = []
-    if is_active(domain):
-        commands.append(virsh(uri, "destroy", vm))
-        plan.actions.append("destroy")
-    if domain.get("persistent", True):
+    if paths and not keep_disks:
         commands.append(
             sh(
-                virsh(
-                    uri,
-                    "undefine",
-                    "--nvram",
-                    "--managed-save",
-                    "--snapshots-metadata",
-                    "--checkpoints-metadata",
-                    vm,
-                ),
-                ">/dev/null",
+                "{ for f in",
+                *quoted,
+                '; do if [ -L "$f" ] || { [ -e "$f" ] && [ ! -f "$f" ]; }; then',
+                'echo "kvm-qemu: $f is not a plain file any more; refusing to delete',
+                q(vm),
+                '" >&2; exit 1; fi; done; }',
             )
         )
-        plan.actions.append("undefine (with NVRAM, managed save, snapshot metadata)")
-    owned, kept = owned_volumes(vm, domain, snapshot)
-    if keep_disks:
-        plan.notes += [f"kept {pool}/{vol} (keep_disks)" for pool, vol in owned]
+    if domain is None:
+        plan.actions.append("domain already undefined")
     else:
-        for pool in sorted({p for p, _ in owned}):
-            commands.append(virsh(uri, "pool-refresh", pool))
-            for vol_pool, vol in owned:
-                if vol_pool == pool:
-                    commands.append(virsh(uri, "vol-delete", "--pool", pool, vol))
-                    plan.actions.append(f"delete volume {pool}/{vol}")
+        if is_active(domain):
+            commands.append(virsh(uri, "destroy", vm, timeout=timeout))
+            plan.actions.append("destroy")
+        if domain.get("persistent", True):
+            commands.append(
+                sh(
+                    virsh(
+                        uri,
+                        "undefine",
+                        "--nvram",
+                        "--managed-save",
+                        "--snapshots-metadata",
+                        "--checkpoints-metadata",
+                        vm,
+                        timeout=timeout,
+                    ),
+                    ">/dev/null",
+                )
+            )
+            plan.actions.append("undefine (with NVRAM, managed save, snapshot metadata)")
+    if keep_disks:
+        plan.notes += [f"kept {pool}/{base} (keep_disks)" for pool, base in owned]
+    elif paths:
+        commands.append(bounded(f"removal of the disks of {vm}", timeout, "rm", "-f", "--", *quoted))
+        plan.actions += [f"delete {path}" for path in paths]
+        # Refreshing keeps libvirt's volume lists current; an inactive pool has none to refresh.
+        for pool in sorted({p for p, _ in owned if pools[p].get("state") == "running"}):
+            commands.append(sh("{", virsh(uri, "pool-refresh", pool, timeout=timeout), ">/dev/null || :; }"))
     plan.notes += [f"kept {k}" for k in kept]
+    if not commands:
+        return None
     plan.command = all_of(commands)
+    plan.limit = session_limit(len(commands), timeout)
     return plan

@@ -1,15 +1,54 @@
-"""Command builders: every value goes through QuoteString, so nothing from a manifest is shell text."""
+"""Command builders: every value goes through QuoteString, so nothing from a manifest is shell text.
+
+Every remote step is bounded: ``virsh`` and ``bounded`` run their command under coreutils ``timeout``
+(SIGTERM after the limit, SIGKILL 5 s later) and, when the limit is hit, say on stderr which step timed
+out and after how long; pyinfra prefixes that line with the host's name.
+"""
 
 from __future__ import annotations
 
 from pyinfra.api import QuoteString, StringCommand
 
 DEFAULT_URI = "qemu:///system"
+# Seconds one remote step (a virsh call, the probe, creating a disk file) may take: --data command_timeout=
+DEFAULT_TIMEOUT = 60
+# Seconds a full copy of a base disk may take (it moves the base's data): --data copy_timeout=
+DEFAULT_COPY_TIMEOUT = 3600
+KILL_AFTER = 5
+# Added to a command's own limits for the controller-side bound (SSH round trip, shell, small steps).
+SLACK = 30
 
 
-def virsh(uri: str, *args: str | int) -> StringCommand:
-    """``virsh -c URI ARGS...`` with every argument quoted."""
-    return StringCommand("virsh", "-q", "-c", QuoteString(uri), *(QuoteString(str(a)) for a in args))
+def session_limit(steps: int, timeout: int, extra: int = 0) -> int:
+    """Seconds pyinfra waits for a command of ``steps`` bounded steps (plus ``extra``) before it gives
+    up on the host: the remote limits cannot help when the SSH session itself stops answering."""
+    return steps * (int(timeout) + KILL_AFTER) + int(extra) + SLACK
+
+
+def bounded(step: str, timeout: int, *command: str | StringCommand | QuoteString) -> StringCommand:
+    """``command`` under ``timeout`` seconds; on expiry its exit status is kept and stderr names ``step``.
+
+    ``timeout`` exits 124 after SIGTERM and 137 when SIGKILL was needed.
+    """
+    seconds = int(timeout)
+    return StringCommand(
+        "{ timeout -k",
+        str(KILL_AFTER),
+        QuoteString(str(seconds)),
+        *command,
+        "|| { rc=$?; if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then echo",
+        QuoteString(f"kvm-qemu: timed out after {seconds} s: {step}"),
+        ">&2; fi; (exit $rc); }; }",
+    )
+
+
+def virsh(uri: str, *args: str | int, timeout: int = DEFAULT_TIMEOUT) -> StringCommand:
+    """``virsh -c URI ARGS...`` with every argument quoted, bounded by ``timeout`` seconds."""
+    words = [str(a) for a in args]
+    step = "virsh " + " ".join(words[:2]) if words else "virsh"
+    return bounded(
+        step, timeout, StringCommand("virsh", "-q", "-c", QuoteString(uri), *(QuoteString(w) for w in words))
+    )
 
 
 def sh(*parts: str | StringCommand | QuoteString) -> StringCommand:

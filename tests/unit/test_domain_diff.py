@@ -18,7 +18,7 @@ from operations._domain_diff import build_diff, delete_diff, power_diff
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SNAPSHOT = Hypervisor().process((FIXTURES / "libvirt" / "cluster.json").read_text().splitlines())
-URI_KEY = "uri=qemu:///system"
+URI_KEY = "timeout=60, uri=qemu:///system"
 
 
 def spec(**overrides: Any) -> VmSpec:
