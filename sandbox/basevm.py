@@ -59,8 +59,9 @@ def domain_xml(
     uuid: str | None = None,
     memory_mib: int = 1024,
     current_mib: int = 1024,
+    bridge: str = "br-cluster",
 ) -> str:
-    """Domain XML for a headless VM with one virtio disk and one user-mode NIC.
+    """Domain XML for a headless VM with one virtio disk and one NIC on the cluster bridge.
 
     No graphics or video: all nodes share the network namespace, so VNC/SPICE ports would clash.
     """
@@ -87,8 +88,9 @@ def domain_xml(
       <source file='{escape(disk)}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-    <interface type='user'>
+    <interface type='bridge'>
       <mac address='{mac}'/>
+      <source bridge='{bridge}'/>
       <model type='virtio'/>
     </interface>
     <serial type='pty'>

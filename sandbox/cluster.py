@@ -19,13 +19,15 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import basevm, guest, hypervisor, mgmt, proc, system
+from . import basevm, guest, hypervisor, mgmt, network, proc, system
 from .node import Node
 from .proc import SandboxError
 from .sshd import generate_key, write_known_hosts
@@ -88,6 +90,18 @@ class Layout:
         return self.root / "ssh" / "known_hosts"
 
     @property
+    def guest_ssh_config(self) -> Path:
+        return self.root / "ssh" / "guests.config"
+
+    @property
+    def guest_known_hosts(self) -> Path:
+        return self.root / "ssh" / "guest_known_hosts"
+
+    @property
+    def mgmt_manifest(self) -> Path:
+        return self.root / "mgmt-manifest.json"
+
+    @property
     def secondary(self) -> Path:
         return self.root / "secondary"
 
@@ -117,6 +131,7 @@ class State:
     nodes: dict[str, Node]
     guests: dict[str, Node]
     created_paths: list[str]
+    netns: str = ""
 
     @property
     def hypervisors(self) -> list[Node]:
@@ -135,6 +150,7 @@ class State:
             "base_vm": self.base_vm,
             "virt_type": self.virt_type,
             "created_paths": self.created_paths,
+            "netns": self.netns,
             "nodes": {name: node.to_json() for name, node in self.nodes.items()},
             "guests": {name: node.to_json() for name, node in self.guests.items()},
         }
@@ -146,6 +162,7 @@ class State:
             base_vm=data["base_vm"],
             virt_type=data["virt_type"],
             created_paths=data["created_paths"],
+            netns=data.get("netns", ""),
             nodes={name: Node.from_json(n) for name, n in data["nodes"].items()},
             guests={name: Node.from_json(n) for name, n in data["guests"].items()},
         )
@@ -180,8 +197,17 @@ def _inventory(layout: Layout, state: State) -> dict:
 
     return {
         "hosts": {node.name: data(node) for node in state.hypervisors},
-        "mgmt": {"name": MGMT_NAME, "data": data(state.mgmt)},
-        "guests": {name: data(node) for name, node in state.guests.items()},
+        "mgmt": {"name": MGMT_NAME, "data": {**data(state.mgmt), **mgmt.inventory_data()}},
+        # Stand-ins listen on loopback: no ProxyCommand for them.
+        "guests": {name: {**data(node), "ssh_config_file": None} for name, node in state.guests.items()},
+        # Booted guests live on the cluster network: reached through the namespace (ProxyCommand).
+        "guest_defaults": {
+            "ssh_user": "root",
+            "ssh_key": str(layout.key),
+            "ssh_config_file": str(layout.guest_ssh_config),
+            "ssh_known_hosts_file": str(layout.guest_known_hosts),
+            "ssh_strict_host_key_checking": "yes",
+        },
     }
 
 
@@ -233,6 +259,11 @@ def _preflight(hosts: int) -> None:
     system.check_port_free(MGMT_ADDRESS, 22)
     system.check_port_free(MGMT_ADDRESS, mgmt.DNS_PORT, socket.SOCK_DGRAM)
     system.check_port_free(MGMT_ADDRESS, mgmt.DNS_PORT)
+    if network.exists():
+        raise SandboxError(
+            f"network namespace {network.NETNS} exists but no sandbox is recorded; "
+            f"`ip netns del {network.NETNS}`"
+        )
 
 
 def _create_mountpoints(state: State) -> None:
@@ -261,6 +292,8 @@ def _prepare_files(layout: Layout, state: State) -> None:
         path.mkdir(parents=True, exist_ok=True)
     generate_key(layout.key, "kvm-qemu-sandbox")
     layout.authorized_keys.write_text(Path(f"{layout.key}.pub").read_text())
+    layout.guest_ssh_config.write_text(network.ssh_config())
+    layout.guest_known_hosts.touch()
     for node in state.hypervisors:
         node.dir.mkdir(parents=True, exist_ok=True)
         hypervisor.prepare(node, layout.secondary)
@@ -270,13 +303,37 @@ def _prepare_files(layout: Layout, state: State) -> None:
 
 def _start_hypervisor(node: Node, layout: Layout, capabilities: Path) -> None:
     hypervisor.copy_capabilities(capabilities, hypervisor.capabilities_dir(node))
-    hypervisor.start_libvirt(node)
+    hypervisor.start_libvirt(node, str(network.netns_path()))
     node.start_sshd(layout.authorized_keys)
 
 
 def _start_mgmt(node: Node, layout: Layout) -> None:
     node.start_sshd(layout.authorized_keys)
-    mgmt.start_dnsmasq(node)
+
+
+PYINFRA = Path(sys.executable).with_name("pyinfra")
+
+
+def _configure_mgmt(layout: Layout, state: State) -> None:
+    """Write the management node's dnsmasq configuration with the project's own deploy, then start it."""
+    _write_json(layout.mgmt_manifest, [{"host": node.name, "vmspecs": []} for node in state.hypervisors])
+    env = {
+        **proc.CLEAN_ENV,
+        "KVM_MANIFEST": str(layout.mgmt_manifest),
+        "KVM_INVENTORY_DATA": str(layout.inventory),
+        "KVM_MGMT_HOST": MGMT_NAME,
+        "PYINFRA_PROGRESS": "off",
+    }
+    argv = [str(PYINFRA), "-y", "--limit", MGMT_NAME, "inventories/manifest.py", "deploys/mgmt_server.py"]
+    result = subprocess.run(
+        argv, cwd=mgmt.REPO, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
+    if result.returncode != 0:
+        raise SandboxError(
+            "deploys/mgmt_server.py failed on the management node:\n"
+            + (result.stdout + result.stderr)[-3000:]
+        )
+    mgmt.start_dnsmasq(state.mgmt)
 
 
 def _parallel(pool: ThreadPoolExecutor, fn: Callable[[Node], object], items: list[Node]) -> None:
@@ -289,7 +346,7 @@ def _define_base_vm(layout: Layout, state: State, node: Node) -> None:
     disk = f"{hypervisor.SECONDARY}/{basevm.disk_name(state.base_vm)}"
     xml = layout.root / f"{state.base_vm}.xml"
     if not xml.exists():
-        xml.write_text(basevm.domain_xml(state.base_vm, disk, state.virt_type))
+        xml.write_text(basevm.domain_xml(state.base_vm, disk, state.virt_type, bridge=network.BRIDGE))
     hypervisor.virsh(node, "define", str(xml))
 
 
@@ -317,6 +374,12 @@ def _bring_up(layout: Layout, state: State, base_data_mib: int, base_size_gib: i
     # Record state before touching anything, so `down` can always undo a crashed `up`.
     layout.root.mkdir(parents=True, exist_ok=True)
     _save(layout, state)
+    with _phase("cluster network"):
+        # Before the nodes' namespaces: they see /run/netns/NAME, so daemons in them can enter it.
+        state.netns = network.NETNS
+        _save(layout, state)
+        state.created_paths.extend(network.create(state.netns))
+        _save(layout, state)
     with _phase("node files"):
         _prepare_files(layout, state)
         _create_mountpoints(state)
@@ -335,8 +398,11 @@ def _bring_up(layout: Layout, state: State, base_data_mib: int, base_size_gib: i
             with _phase("waiting for the base disk"):
                 disk_done.result()
         _save(layout, state)
-        with _phase("base VM definitions"):
+        _publish(layout, state)
+        with _phase("management node configuration and base VM definitions"):
+            mgmt_done = pool.submit(_configure_mgmt, layout, state)
             _parallel(pool, lambda n: _define_base_vm(layout, state, n), state.hypervisors)
+            mgmt_done.result()
     return _publish(layout, state)
 
 
@@ -400,8 +466,13 @@ def _stop_nodes(nodes: list[Node]) -> None:
 def _teardown(layout: Layout, state: State) -> None:
     _stop_nodes(list(state.guests.values()))
     _stop_nodes(list(state.nodes.values()))
+    if state.netns:
+        network.delete(state.netns)
     for path in reversed(state.created_paths):
-        system.remove_mountpoint(Path(path))
+        if Path(path) == network.NETNS_DIR:
+            network.remove_netns_dir()
+        else:
+            system.remove_mountpoint(Path(path))
     shutil.rmtree(layout.root, ignore_errors=False)
 
 
@@ -561,6 +632,11 @@ def leftovers(recorded: dict) -> list[str]:
             # A mount namespace (and every mount in it) lives while any process is inside it.
             if node.mnt_ns and (users := proc.pids_in_namespace(node.mnt_ns)):
                 problems.append(f"{name}: mount namespace still used by {users}")
+    if recorded.get("netns") and network.exists(recorded["netns"]):
+        problems.append(f"network namespace {recorded['netns']} still exists")
+    problems.extend(
+        f"cluster address in the root namespace: {line}" for line in network.addresses_in_root_namespace()
+    )
     mounts = Path("/proc/self/mountinfo").read_text()
     if state_dir in mounts:
         problems.append(f"something from {state_dir} is still mounted")
