@@ -102,7 +102,7 @@ def test_renaming_only_rewrites_the_hosts_file() -> None:
 def test_vmspec_dicts_are_accepted() -> None:
     spec = {"name": "vm14", "hostname": E14.hostname, "ipaddress": E14.ip, "mac": E14.mac, "vcpus": 1}
     (command,), _ = run_op({}, entries=[spec])
-    assert stdin_files(command)[0].endswith(f"{E14.mac},{E14.ip},vm14\n")
+    assert stdin_files(command)[0].endswith(f"{E14.mac},id:*,{E14.ip},vm14\n")
 
 
 def test_removal_by_mac_keeps_the_neighbour() -> None:
@@ -207,8 +207,8 @@ def test_diff_is_logged(caplog: pytest.LogCaptureFixture) -> None:
         run_op(reservations(E13, E130), diff=True, entries=[E13.to_dict() | {"ip": "10.10.5.14"}])
     lines = [r.getMessage() for r in caplog.records]
     assert f"{HF}:" in lines
-    assert "    -52:54:00:00:00:13,10.10.5.13,vm13" in lines
-    assert "    +52:54:00:00:00:13,10.10.5.14,vm13" in lines
+    assert "    -52:54:00:00:00:13,id:*,10.10.5.13,vm13" in lines
+    assert "    +52:54:00:00:00:13,id:*,10.10.5.14,vm13" in lines
     assert "    +10.10.5.14 vm13.example.internal vm13" in lines
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="pyinfra"):
