@@ -15,11 +15,17 @@ def node_data(inventory: dict[str, Any], name: str) -> dict[str, Any]:
     return inventory["hosts"].get(name) or inventory["guests"][name]
 
 
+def guest_data(inventory: dict[str, Any], address: str) -> dict[str, Any]:
+    """SSH data of a booted guest at address on the cluster network (through the ProxyCommand)."""
+    return {**inventory["guest_defaults"], "ssh_hostname": address}
+
+
 def ssh(data: dict[str, Any], command: str, check: bool = True, timeout: int = 120) -> str:
     """Run ``command`` on a node with the system ssh client; stdout, or AssertionError when ``check``."""
+    config = ["-F", data["ssh_config_file"]] if data.get("ssh_config_file") else []
     result = subprocess.run(
-        ["ssh", "-i", data["ssh_key"], "-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}",
-         "-o", "BatchMode=yes", "-p", str(data.get("ssh_port", 22)),
+        ["ssh", *config, "-i", data["ssh_key"], "-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}",
+         "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-p", str(data.get("ssh_port", 22)),
          f"{data.get('ssh_user', 'root')}@{data['ssh_hostname']}", command],
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip

@@ -24,10 +24,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import basevm, guest, hypervisor, mgmt, network, proc, system
+from . import basevm, guest, guest_image, hypervisor, mgmt, network, proc, system
 from .node import Node
 from .proc import SandboxError
 from .sshd import generate_key, write_known_hosts
@@ -132,6 +132,8 @@ class State:
     guests: dict[str, Node]
     created_paths: list[str]
     netns: str = ""
+    # How the accelerator was chosen: guest_image.Accel fields (cpu_model, boot_seconds, ...).
+    accel: dict = field(default_factory=dict)
 
     @property
     def hypervisors(self) -> list[Node]:
@@ -151,6 +153,7 @@ class State:
             "virt_type": self.virt_type,
             "created_paths": self.created_paths,
             "netns": self.netns,
+            "accel": self.accel,
             "nodes": {name: node.to_json() for name, node in self.nodes.items()},
             "guests": {name: node.to_json() for name, node in self.guests.items()},
         }
@@ -163,6 +166,7 @@ class State:
             virt_type=data["virt_type"],
             created_paths=data["created_paths"],
             netns=data.get("netns", ""),
+            accel=data.get("accel", {}),
             nodes={name: Node.from_json(n) for name, n in data["nodes"].items()},
             guests={name: Node.from_json(n) for name, n in data["guests"].items()},
         )
@@ -259,6 +263,10 @@ def _preflight(hosts: int) -> None:
     system.check_port_free(MGMT_ADDRESS, 22)
     system.check_port_free(MGMT_ADDRESS, mgmt.DNS_PORT, socket.SOCK_DGRAM)
     system.check_port_free(MGMT_ADDRESS, mgmt.DNS_PORT)
+    if network.exists() and not network.in_use():
+        # Left behind by a down that did not know about it; nothing runs inside: remove it.
+        log.info("removing the stale, unused network namespace %s", network.NETNS)
+        network.delete()
     if network.exists():
         raise SandboxError(
             f"network namespace {network.NETNS} exists but no sandbox is recorded; "
@@ -278,7 +286,7 @@ def _create_mountpoints(state: State) -> None:
 
 
 def _new_state(layout: Layout, hosts: int, base_vm: str) -> State:
-    virt_type = "kvm" if system.kvm_usable() else "qemu"
+    virt_type = ""  # chosen by booting the guest (guest_image.choose_accelerator)
     nodes = {}
     for index in range(1, hosts + 1):
         name = host_name(index)
@@ -342,12 +350,50 @@ def _parallel(pool: ThreadPoolExecutor, fn: Callable[[Node], object], items: lis
         future.result()
 
 
-def _define_base_vm(layout: Layout, state: State, node: Node) -> None:
+def _write_base_xml(
+    layout: Layout, state: State, image: guest_image.GuestImage, accel: guest_image.Accel
+) -> None:
+    """The base VM and its shared-client-id twin (same disk), booting from /secondary."""
     disk = f"{hypervisor.SECONDARY}/{basevm.disk_name(state.base_vm)}"
-    xml = layout.root / f"{state.base_vm}.xml"
-    if not xml.exists():
-        xml.write_text(basevm.domain_xml(state.base_vm, disk, state.virt_type, bridge=network.BRIDGE))
-    hypervisor.virsh(node, "define", str(xml))
+    boot = guest_image.GuestImage(
+        **{
+            **asdict(image),
+            "kernel": Path(hypervisor.SECONDARY) / image.kernel.name,
+            "initrd": Path(hypervisor.SECONDARY) / image.initrd.name,
+        }
+    )
+    for name, cmdline in (
+        (state.base_vm, image.cmdline),
+        (state.base_vm + basevm.SHARED_ID_SUFFIX, image.cmdline_with(clientid="shared")),
+    ):
+        xml = basevm.domain_xml(name, disk, accel, boot, cmdline=cmdline, bridge=network.BRIDGE)
+        (layout.root / f"{name}.xml").write_text(xml)
+
+
+def _define_base_vm(layout: Layout, state: State, node: Node) -> None:
+    for name in (state.base_vm, state.base_vm + basevm.SHARED_ID_SUFFIX):
+        hypervisor.virsh(node, "define", str(layout.root / f"{name}.xml"))
+
+
+def _prepare_guest(layout: Layout, state: State, size_gib: int, data_mib: int) -> None:
+    """Build (or take from the cache) the guest, place kernel and initrd in /secondary, write the
+    base VM's root disk, and choose the accelerator by booting the guest (cached too)."""
+    with _phase("guest image"):
+        image = guest_image.build()
+        placed = guest_image.install(image, layout.secondary)
+    with _phase("base disk"):
+        disk = layout.secondary / basevm.disk_name(state.base_vm)
+        host_key = basevm.create_disk(disk, image, Path(f"{layout.key}.pub").read_text(), size_gib, data_mib)
+    with _phase("accelerator"):
+        accel = guest_image.choose_accelerator(image)
+    state.virt_type = accel.domain_type
+    state.accel = asdict(accel)
+    # Every clone boots with the base disk's host key: pin it for every address of the network.
+    kind, blob = host_key.split()[:2]
+    layout.guest_known_hosts.write_text(
+        "".join(f"{address} {kind} {blob}\n" for address in network.NETWORK.hosts())
+    )
+    _write_base_xml(layout, state, placed, accel)
 
 
 @contextlib.contextmanager
@@ -384,10 +430,10 @@ def _bring_up(layout: Layout, state: State, base_data_mib: int, base_size_gib: i
         _prepare_files(layout, state)
         _create_mountpoints(state)
         _save(layout, state)
-    disk = layout.secondary / basevm.disk_name(state.base_vm)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        # Writing the disk's random data is I/O and urandom bound; overlap it with daemon start-up.
-        disk_done: Future = pool.submit(basevm.create_disk, disk, base_size_gib, base_data_mib)
+        # The guest image, the base disk's random data and the accelerator probe are I/O or CPU
+        # bound; overlap them with daemon start-up.
+        disk_done: Future = pool.submit(_prepare_guest, layout, state, base_size_gib, base_data_mib)
         try:
             with _phase("namespaces"):
                 for node in state.nodes.values():
@@ -411,7 +457,11 @@ def _check_args(hosts: int, base_vm: str, base_data_mib: int, base_size_gib: int
         raise SandboxError(f"--hosts must be between 1 and {MAX_HOSTS}")
     if not guest.NAME_RE.match(base_vm):
         raise SandboxError(f"invalid base VM name {base_vm!r}")
-    if base_data_mib < 0 or base_size_gib < 1 or (base_data_mib + 1) << 20 > base_size_gib << 30:
+    if (
+        base_data_mib < 0
+        or base_size_gib < 1
+        or (base_data_mib + basevm.ROOTFS_RESERVE_MIB) << 20 > base_size_gib << 30
+    ):
         raise SandboxError("base VM data must fit in the disk after its first MiB")
 
 
@@ -439,7 +489,7 @@ def bring_up(
         system.ensure_packages()
         _preflight(hosts)
         state = _new_state(layout, hosts, base_vm)
-        log.info("starting %d hypervisors and %s (%s)", hosts, MGMT_NAME, state.virt_type.upper())
+        log.info("starting %d hypervisors and %s", hosts, MGMT_NAME)
         try:
             return _bring_up(layout, state, base_data_mib, base_size_gib), False
         except BaseException:
@@ -597,6 +647,7 @@ def status() -> dict:
         "inventory": str(layout.inventory),
         "virt_type": state.virt_type,
         "accelerator": accelerator,
+        "accel": state.accel,
         "virt": accelerator,
         "base_vm": state.base_vm,
         "hosts": hosts,

@@ -32,6 +32,11 @@ def exists(name: str = NETNS) -> bool:
     return netns_path(name).exists()
 
 
+def in_use(name: str = NETNS) -> bool:
+    """True while any process runs inside the namespace."""
+    return bool(run(["ip", "netns", "pids", name], check=False).stdout.strip())
+
+
 def create(name: str = NETNS) -> list[str]:
     """Create the namespace with lo and the bridge up; returns paths created outside the state dir."""
     if exists(name):
