@@ -42,8 +42,8 @@ def domain_xml(
     *,
     cmdline: str | None = None,
     mac: str = BASE_MAC,
-    memory_mib: int = 512,
-    current_mib: int = 512,
+    memory_mib: int = 1024,
+    current_mib: int = 1024,
     bridge: str = "br-cluster",
 ) -> str:
     """Domain XML for the bootable base VM: direct kernel boot (kernel and initrd from the shared

@@ -30,8 +30,8 @@ def ssh(
         ["ssh", *config, "-i", data["ssh_key"], "-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}",
          "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-p", str(data.get("ssh_port", 22)),
          f"{data.get('ssh_user', 'root')}@{data['ssh_hostname']}", command],
-        capture_output=True, text=True, timeout=timeout, input=stdin,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=timeout,
+        **({"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}),
     )  # fmt: skip
     if check and result.returncode != 0:
         raise AssertionError(f"{command!r} on {data['ssh_hostname']} failed: {result.stderr.strip()}")

@@ -121,6 +121,9 @@ def output(result: subprocess.CompletedProcess[str]) -> str:
 def guests(sandbox_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guests]:
     g = Guests(sandbox_cluster, tmp_path_factory.mktemp("guests"))
     g.checksum = g.base_checksum()
+    pools_before = {
+        host: g.host(host, "virsh -q pool-list --all --name").split() for host in ("sm-01", "sm-02")
+    }
     g.pyinfra(MANIFEST, "pools")
     g.pyinfra(MANIFEST, "build")
     g.pyinfra(MANIFEST, "start")
@@ -132,6 +135,11 @@ def guests(sandbox_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFac
         g.host(
             host, f"virsh -q destroy {vm}; virsh -q undefine {vm}; rm -f /data01/primary/{vm}-*", check=False
         )
+    # Leave the pools as found: other tests define pools on the same directories.
+    for host, before in pools_before.items():
+        for pool in ("default", "secondary"):
+            if pool not in before:
+                g.host(host, f"virsh -q pool-destroy {pool}; virsh -q pool-undefine {pool}", check=False)
 
 
 def test_wait_prints_when_each_guest_had_its_lease_and_answered_ssh(guests: Guests) -> None:
