@@ -1,10 +1,16 @@
 """Bring the sandbox cluster up and down, report on it, and manage guest stand-ins.
 
+The cluster network is a network namespace (sandbox/network.py) holding a bridge with the management
+node's address; every libvirtd and the management node's dnsmasq run inside it, sshd on loopback.
+The base VM boots the guest built by sandbox/guest_image.py.
+
 Layout of the state directory ($KVM_SANDBOX_DIR, default /tmp/kvm-qemu-sandbox):
   state.json        what is running (pids with start times, namespaces, mounts, created paths)
-  inventory.json    SSH data for pyinfra: hosts, mgmt, guests
+  inventory.json    SSH data for pyinfra: hosts, mgmt (with its dnsmasq data), guest_defaults, guests
+  mgmt-manifest.json  the hosts, for running deploys/mgmt_server.py on the management node at up
   env.sh            exports KVM_INVENTORY_DATA and KVM_MGMT_HOST
-  ssh/              client key, authorized_keys, known_hosts
+  ssh/              client key, authorized_keys, known_hosts; guests.config (ProxyCommand) and
+                    guest_known_hosts (the base disk's host key for every cluster address)
   secondary/        shared by all hypervisors as /secondary (the NFS stand-in)
   nodes/<name>/     per-node backing dirs for the private bind mounts, pid files, logs
   guests/<name>/    the same for guest stand-ins
