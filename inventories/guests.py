@@ -7,13 +7,17 @@ from inventories._loader import connection_data as _connection_data
 from inventories._loader import load_or_exit as _load_or_exit
 
 _entries = _load_or_exit()
-_guest_extra = _connection_data().get("guests", {})
+_data = _connection_data()
+_guest_extra = _data.get("guests", {})
+# Connection data for every guest (e.g. an ssh_config_file with a ProxyCommand), under the per-guest data.
+_guest_defaults = _data.get("guest_defaults", {})
 
 vms = [
     (
         _spec.name,
         {
             "ssh_hostname": _spec.ssh_host,
+            **_guest_defaults,
             **_guest_extra.get(_spec.name, {}),
             "kvm_vmspec": _spec.to_dict(),
             "kvm_hypervisor": _entry.host,

@@ -2,7 +2,7 @@
 
 An entry is (MAC, IP, FQDN, short name); the MAC is its identity. The tool owns two files:
 
-* the dhcp-hostsfile, one ``MAC,IP,shortname`` line per entry;
+* the dhcp-hostsfile, one ``MAC,id:*,IP,shortname`` line per entry (``id:*``: any client id);
 * the addn-hosts file, one ``IP FQDN shortname`` line per entry.
 
 Both start with a ``#`` header; comments and blank lines are ignored when reading. The two files must
@@ -43,6 +43,9 @@ class EntryError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
+IGNORE_CLIENT_ID = "id:*"
+
+
 @dataclass(frozen=True, order=True)
 class Entry:
     """One reservation. ``mac`` is lower case; ``ip`` is the canonical dotted quad."""
@@ -60,7 +63,8 @@ class Entry:
         return (int(ipaddress.IPv4Address(self.ip)), self.mac)
 
     def dhcp_line(self) -> str:
-        return f"{self.mac},{self.ip},{self.short}"
+        # id:* ignores the DHCP client identifier: clones of one image often send the same one.
+        return f"{self.mac},{IGNORE_CLIENT_ID},{self.ip},{self.short}"
 
     def hosts_line(self) -> str:
         return f"{self.ip} {self.hostname} {self.short}"
@@ -224,11 +228,13 @@ def _content_lines(text: str) -> Iterable[tuple[int, str]]:
 
 
 def parse_dhcp_hosts(text: str, source: str = "dhcp-hosts") -> list[tuple[int, str, str, str]]:
-    """``MAC,IP,short`` lines -> [(line number, mac, ip, short)]."""
+    """``MAC,id:*,IP,short`` (or ``MAC,IP,short``) lines -> [(line number, mac, ip, short)]."""
     rows: list[tuple[int, str, str, str]] = []
     problems: list[str] = []
     for number, line in _content_lines(text):
         fields = line.split(",")
+        if len(fields) == 4 and fields[1] == IGNORE_CLIENT_ID:
+            del fields[1]
         try:
             if len(fields) != 3:
                 raise EntryError(f"expected MAC,IP,short name but found {len(fields)} field(s)")

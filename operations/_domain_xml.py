@@ -92,6 +92,7 @@ def plan_disks(spec: VmSpec, source_xml: str, pool_path: str) -> list[ClonedDisk
 def clone_xml(spec: VmSpec, source_xml: str, disks: list[ClonedDisk]) -> str:
     """The new domain's XML: name, no UUID (libvirt makes one), the spec's MAC, memory, vCPUs and disks."""
     root = _parse(source_xml)
+    source_name = root.findtext("name") or ""
     _set_text(root, "name", spec.name)
     for tag in ("uuid", "title", "description"):
         for element in root.findall(tag):
@@ -130,6 +131,7 @@ def clone_xml(spec: VmSpec, source_xml: str, disks: list[ClonedDisk]) -> str:
         raise CloneError("the source domain has no <devices>")
     _rewrite_disks(devices, disks)
     _rewrite_interfaces(devices, spec.mac)
+    _rewrite_console_logs(devices, source_name, spec.name)
     return ET.tostring(root, encoding="unicode")
 
 
@@ -179,6 +181,21 @@ def _rewrite_interfaces(devices: ET.Element, mac: str) -> None:
         # The first NIC gets the manifest's MAC (its DHCP reservation); libvirt picks fresh ones for the rest.
         if index == 0:
             interface.insert(0, ET.Element("mac", {"address": mac}))
+
+
+def _rewrite_console_logs(devices: ET.Element, source_name: str, name: str) -> None:
+    """A serial console logged to a file named after the source domain gets the clone's own file."""
+    for device in devices.findall("serial") + devices.findall("console"):
+        for element, attribute in [(e, "path") for e in device.findall("source")] + [
+            (e, "file") for e in device.findall("log")
+        ]:
+            path = element.get(attribute)
+            if not path or not source_name:
+                continue
+            directory, _, filename = path.rpartition("/")
+            rest = filename[len(source_name) :]
+            if filename.startswith(source_name) and rest[:1] in ("-", ".", "_"):
+                element.set(attribute, f"{directory}/{name}{rest}")
 
 
 def _set_memory(root: ET.Element, tag: str, kib: int) -> None:

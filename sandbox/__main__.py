@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="start the cluster (no-op if already up with the same size)")
     up.add_argument("--hosts", type=int, default=2, help="number of hypervisors sm-01..sm-NN (default 2)")
     up.add_argument("--base-vm", default="centos7", help="name of the base VM defined on every host")
-    up.add_argument("--base-data-mib", type=int, default=1024, help="random data in the base disk (MiB)")
+    up.add_argument("--base-data-mib", type=int, default=1024, help="random data in the base root disk (MiB)")
     up.add_argument("--base-size-gib", type=int, default=40, help="virtual size of the base disk (GiB)")
 
     status = commands.add_parser("status", help="show nodes, pids, libvirt version, KVM or TCG")
@@ -73,8 +73,11 @@ def _cmd_status(args: argparse.Namespace) -> None:
         print(f"sandbox not up (state dir {report['state_dir']})")
         return
     health = "up" if report["up"] else "DEGRADED (run down, then up)"
+    accel = report.get("accel") or {}
+    how = f" (-cpu {accel['cpu_model']}, booted in {accel['boot_seconds']} s)" if accel else ""
     print(
-        f"sandbox {health}; {report['accelerator']}; base VM {report['base_vm']}; state {report['state_dir']}"
+        f"sandbox {health}; {report['accelerator']}{how}; base VM {report['base_vm']}; "
+        f"state {report['state_dir']}"
     )
     for name, info in report["hosts"].items():
         libvirt = info.get("libvirt", {})

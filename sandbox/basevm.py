@@ -1,83 +1,74 @@
-"""The base VM every hypervisor knows: a sparse raw disk in /secondary and its domain XML."""
+"""The base VM every hypervisor knows: a bootable root disk in /secondary and its domain XML."""
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-MIB = 1 << 20
-GIB = 1 << 30
-CHUNK = 4 * MIB
+from . import guest_image
+
 BASE_MAC = "52:54:00:00:00:01"
+CONSOLE_LOG_DIR = "/var/log/libvirt/qemu"
+# A second base domain on the same disk whose guests all send one DHCP client identifier, as
+# clones of one image often do (systemd-networkd derives it from the shared /etc/machine-id).
+SHARED_ID_SUFFIX = "-shared-id"
+# guest_image.make_rootfs keeps this much of the disk for the file system itself.
+ROOTFS_RESERVE_MIB = 64
 
 
 def disk_name(vm: str) -> str:
     return f"{vm}-vda.img"
 
 
-def create_disk(path: Path, size_gib: int, data_mib: int) -> None:
-    """Create the sparse image once: zero first MiB, then data_mib of random data.
-
-    The first MiB stays zero so SeaBIOS finds no boot sector and idles instead of executing
-    garbage; the random data gives copy/clone operations real bytes to move.
-    """
-    size = size_gib * GIB
-    if path.exists() and path.stat().st_size == size:
-        return
-    if (data_mib + 1) * MIB > size:
-        raise ValueError(f"{data_mib} MiB of data does not fit in a {size_gib} GiB disk")
-    partial = path.with_name(path.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.ftruncate(fd, size)
-        offsets = range(MIB, MIB + data_mib * MIB, CHUNK)
-        end = MIB + data_mib * MIB
-        # getrandom() and write() release the GIL, so a few threads use every core.
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            list(pool.map(lambda offset: _write_random(fd, offset, min(CHUNK, end - offset)), offsets))
-    finally:
-        os.close(fd)
-    # Rename last so an interrupted run never leaves a disk that looks complete.
-    partial.rename(path)
+def console_log(vm: str) -> str:
+    """Where a VM's serial console is logged on its hypervisor (clones get their own file)."""
+    return f"{CONSOLE_LOG_DIR}/{vm}-console.log"
 
 
-def _write_random(fd: int, offset: int, length: int) -> None:
-    data = os.urandom(length)
-    while data:
-        written = os.pwrite(fd, data, offset)
-        data, offset = data[written:], offset + written
+def create_disk(
+    path: Path, image: guest_image.GuestImage, authorized_key: str, size_gib: int, data_mib: int
+) -> str:
+    """The base VM's root disk: the guest's ext4 root file system with data_mib of random data
+    (so copy/clone operations move real bytes), sparse, size_gib large. Returns the guest's SSH
+    host key line, which every clone shares."""
+    return guest_image.make_rootfs(path, image, authorized_key, data_mib=data_mib, size_gib=size_gib)
 
 
 def domain_xml(
     name: str,
     disk: str,
-    virt_type: str,
+    accel: guest_image.Accel,
+    boot: guest_image.GuestImage,
     *,
+    cmdline: str | None = None,
     mac: str = BASE_MAC,
-    uuid: str | None = None,
     memory_mib: int = 1024,
     current_mib: int = 1024,
+    bridge: str = "br-cluster",
 ) -> str:
-    """Domain XML for a headless VM with one virtio disk and one user-mode NIC.
+    """Domain XML for the bootable base VM: direct kernel boot (kernel and initrd from the shared
+    secondary directory, root file system on vda), one NIC on the cluster bridge, the serial
+    console logged to a file, a balloon, and the accelerator (and CPU model) chosen by booting.
 
-    No graphics or video: all nodes share the network namespace, so VNC/SPICE ports would clash.
+    No graphics or video: a headless guest needs none, and VNC autoports of hosts sharing one
+    network stack would clash.
     """
-    uuid_line = f"\n  <uuid>{escape(uuid)}</uuid>" if uuid else ""
-    return f"""<domain type='{virt_type}'>
-  <name>{escape(name)}</name>{uuid_line}
+    return f"""<domain type='{escape(accel.domain_type)}'>
+  <name>{escape(name)}</name>
   <memory unit='MiB'>{memory_mib}</memory>
   <currentMemory unit='MiB'>{current_mib}</currentMemory>
   <vcpu placement='static'>1</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
-    <boot dev='hd'/>
+    <kernel>{escape(str(boot.kernel))}</kernel>
+    <initrd>{escape(str(boot.initrd))}</initrd>
+    <cmdline>{escape(cmdline or boot.cmdline)}</cmdline>
   </os>
   <features>
     <acpi/>
     <apic/>
   </features>
+  {accel.cpu_xml}
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
@@ -87,16 +78,15 @@ def domain_xml(
       <source file='{escape(disk)}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-    <interface type='user'>
+    <interface type='bridge'>
       <mac address='{mac}'/>
+      <source bridge='{escape(bridge)}'/>
       <model type='virtio'/>
     </interface>
-    <serial type='pty'>
+    <serial type='file'>
+      <source path='{escape(console_log(name))}'/>
       <target port='0'/>
     </serial>
-    <console type='pty'>
-      <target type='serial' port='0'/>
-    </console>
     <memballoon model='virtio'/>
   </devices>
 </domain>

@@ -1,10 +1,16 @@
 """Bring the sandbox cluster up and down, report on it, and manage guest stand-ins.
 
+The cluster network is a network namespace (sandbox/network.py) holding a bridge with the management
+node's address; every libvirtd and the management node's dnsmasq run inside it, sshd on loopback.
+The base VM boots the guest built by sandbox/guest_image.py.
+
 Layout of the state directory ($KVM_SANDBOX_DIR, default /tmp/kvm-qemu-sandbox):
   state.json        what is running (pids with start times, namespaces, mounts, created paths)
-  inventory.json    SSH data for pyinfra: hosts, mgmt, guests
+  inventory.json    SSH data for pyinfra: hosts, mgmt (with its dnsmasq data), guest_defaults, guests
+  mgmt-manifest.json  the hosts, for running deploys/mgmt_server.py on the management node at up
   env.sh            exports KVM_INVENTORY_DATA and KVM_MGMT_HOST
-  ssh/              client key, authorized_keys, known_hosts
+  ssh/              client key, authorized_keys, known_hosts; guests.config (ProxyCommand) and
+                    guest_known_hosts (the base disk's host key for every cluster address)
   secondary/        shared by all hypervisors as /secondary (the NFS stand-in)
   nodes/<name>/     per-node backing dirs for the private bind mounts, pid files, logs
   guests/<name>/    the same for guest stand-ins
@@ -19,13 +25,15 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import basevm, guest, hypervisor, mgmt, proc, system
+from . import basevm, guest, guest_image, hypervisor, mgmt, network, proc, system
 from .node import Node
 from .proc import SandboxError
 from .sshd import generate_key, write_known_hosts
@@ -88,6 +96,18 @@ class Layout:
         return self.root / "ssh" / "known_hosts"
 
     @property
+    def guest_ssh_config(self) -> Path:
+        return self.root / "ssh" / "guests.config"
+
+    @property
+    def guest_known_hosts(self) -> Path:
+        return self.root / "ssh" / "guest_known_hosts"
+
+    @property
+    def mgmt_manifest(self) -> Path:
+        return self.root / "mgmt-manifest.json"
+
+    @property
     def secondary(self) -> Path:
         return self.root / "secondary"
 
@@ -117,6 +137,9 @@ class State:
     nodes: dict[str, Node]
     guests: dict[str, Node]
     created_paths: list[str]
+    netns: str = ""
+    # How the accelerator was chosen: guest_image.Accel fields (cpu_model, boot_seconds, ...).
+    accel: dict = field(default_factory=dict)
 
     @property
     def hypervisors(self) -> list[Node]:
@@ -135,6 +158,8 @@ class State:
             "base_vm": self.base_vm,
             "virt_type": self.virt_type,
             "created_paths": self.created_paths,
+            "netns": self.netns,
+            "accel": self.accel,
             "nodes": {name: node.to_json() for name, node in self.nodes.items()},
             "guests": {name: node.to_json() for name, node in self.guests.items()},
         }
@@ -146,6 +171,8 @@ class State:
             base_vm=data["base_vm"],
             virt_type=data["virt_type"],
             created_paths=data["created_paths"],
+            netns=data.get("netns", ""),
+            accel=data.get("accel", {}),
             nodes={name: Node.from_json(n) for name, n in data["nodes"].items()},
             guests={name: Node.from_json(n) for name, n in data["guests"].items()},
         )
@@ -180,8 +207,17 @@ def _inventory(layout: Layout, state: State) -> dict:
 
     return {
         "hosts": {node.name: data(node) for node in state.hypervisors},
-        "mgmt": {"name": MGMT_NAME, "data": data(state.mgmt)},
-        "guests": {name: data(node) for name, node in state.guests.items()},
+        "mgmt": {"name": MGMT_NAME, "data": {**data(state.mgmt), **mgmt.inventory_data()}},
+        # Stand-ins listen on loopback: no ProxyCommand for them.
+        "guests": {name: {**data(node), "ssh_config_file": None} for name, node in state.guests.items()},
+        # Booted guests live on the cluster network: reached through the namespace (ProxyCommand).
+        "guest_defaults": {
+            "ssh_user": "root",
+            "ssh_key": str(layout.key),
+            "ssh_config_file": str(layout.guest_ssh_config),
+            "ssh_known_hosts_file": str(layout.guest_known_hosts),
+            "ssh_strict_host_key_checking": "yes",
+        },
     }
 
 
@@ -233,6 +269,15 @@ def _preflight(hosts: int) -> None:
     system.check_port_free(MGMT_ADDRESS, 22)
     system.check_port_free(MGMT_ADDRESS, mgmt.DNS_PORT, socket.SOCK_DGRAM)
     system.check_port_free(MGMT_ADDRESS, mgmt.DNS_PORT)
+    if network.exists() and not network.in_use():
+        # Left behind by a down that did not know about it; nothing runs inside: remove it.
+        log.info("removing the stale, unused network namespace %s", network.NETNS)
+        network.delete()
+    if network.exists():
+        raise SandboxError(
+            f"network namespace {network.NETNS} exists but no sandbox is recorded; "
+            f"`ip netns del {network.NETNS}`"
+        )
 
 
 def _create_mountpoints(state: State) -> None:
@@ -247,7 +292,7 @@ def _create_mountpoints(state: State) -> None:
 
 
 def _new_state(layout: Layout, hosts: int, base_vm: str) -> State:
-    virt_type = "kvm" if system.kvm_usable() else "qemu"
+    virt_type = ""  # chosen by booting the guest (guest_image.choose_accelerator)
     nodes = {}
     for index in range(1, hosts + 1):
         name = host_name(index)
@@ -261,6 +306,8 @@ def _prepare_files(layout: Layout, state: State) -> None:
         path.mkdir(parents=True, exist_ok=True)
     generate_key(layout.key, "kvm-qemu-sandbox")
     layout.authorized_keys.write_text(Path(f"{layout.key}.pub").read_text())
+    layout.guest_ssh_config.write_text(network.ssh_config())
+    layout.guest_known_hosts.touch()
     for node in state.hypervisors:
         node.dir.mkdir(parents=True, exist_ok=True)
         hypervisor.prepare(node, layout.secondary)
@@ -270,13 +317,37 @@ def _prepare_files(layout: Layout, state: State) -> None:
 
 def _start_hypervisor(node: Node, layout: Layout, capabilities: Path) -> None:
     hypervisor.copy_capabilities(capabilities, hypervisor.capabilities_dir(node))
-    hypervisor.start_libvirt(node)
+    hypervisor.start_libvirt(node, str(network.netns_path()))
     node.start_sshd(layout.authorized_keys)
 
 
 def _start_mgmt(node: Node, layout: Layout) -> None:
     node.start_sshd(layout.authorized_keys)
-    mgmt.start_dnsmasq(node)
+
+
+PYINFRA = Path(sys.executable).with_name("pyinfra")
+
+
+def _configure_mgmt(layout: Layout, state: State) -> None:
+    """Write the management node's dnsmasq configuration with the project's own deploy, then start it."""
+    _write_json(layout.mgmt_manifest, [{"host": node.name, "vmspecs": []} for node in state.hypervisors])
+    env = {
+        **proc.CLEAN_ENV,
+        "KVM_MANIFEST": str(layout.mgmt_manifest),
+        "KVM_INVENTORY_DATA": str(layout.inventory),
+        "KVM_MGMT_HOST": MGMT_NAME,
+        "PYINFRA_PROGRESS": "off",
+    }
+    argv = [str(PYINFRA), "-y", "--limit", MGMT_NAME, "inventories/manifest.py", "deploys/mgmt_server.py"]
+    result = subprocess.run(
+        argv, cwd=mgmt.REPO, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
+    if result.returncode != 0:
+        raise SandboxError(
+            "deploys/mgmt_server.py failed on the management node:\n"
+            + (result.stdout + result.stderr)[-3000:]
+        )
+    mgmt.start_dnsmasq(state.mgmt)
 
 
 def _parallel(pool: ThreadPoolExecutor, fn: Callable[[Node], object], items: list[Node]) -> None:
@@ -285,12 +356,50 @@ def _parallel(pool: ThreadPoolExecutor, fn: Callable[[Node], object], items: lis
         future.result()
 
 
-def _define_base_vm(layout: Layout, state: State, node: Node) -> None:
+def _write_base_xml(
+    layout: Layout, state: State, image: guest_image.GuestImage, accel: guest_image.Accel
+) -> None:
+    """The base VM and its shared-client-id twin (same disk), booting from /secondary."""
     disk = f"{hypervisor.SECONDARY}/{basevm.disk_name(state.base_vm)}"
-    xml = layout.root / f"{state.base_vm}.xml"
-    if not xml.exists():
-        xml.write_text(basevm.domain_xml(state.base_vm, disk, state.virt_type))
-    hypervisor.virsh(node, "define", str(xml))
+    boot = guest_image.GuestImage(
+        **{
+            **asdict(image),
+            "kernel": Path(hypervisor.SECONDARY) / image.kernel.name,
+            "initrd": Path(hypervisor.SECONDARY) / image.initrd.name,
+        }
+    )
+    for name, cmdline in (
+        (state.base_vm, image.cmdline),
+        (state.base_vm + basevm.SHARED_ID_SUFFIX, image.cmdline_with(clientid="shared")),
+    ):
+        xml = basevm.domain_xml(name, disk, accel, boot, cmdline=cmdline, bridge=network.BRIDGE)
+        (layout.root / f"{name}.xml").write_text(xml)
+
+
+def _define_base_vm(layout: Layout, state: State, node: Node) -> None:
+    for name in (state.base_vm, state.base_vm + basevm.SHARED_ID_SUFFIX):
+        hypervisor.virsh(node, "define", str(layout.root / f"{name}.xml"))
+
+
+def _prepare_guest(layout: Layout, state: State, size_gib: int, data_mib: int) -> None:
+    """Build (or take from the cache) the guest, place kernel and initrd in /secondary, write the
+    base VM's root disk, and choose the accelerator by booting the guest (cached too)."""
+    with _phase("guest image"):
+        image = guest_image.build()
+        placed = guest_image.install(image, layout.secondary)
+    with _phase("base disk"):
+        disk = layout.secondary / basevm.disk_name(state.base_vm)
+        host_key = basevm.create_disk(disk, image, Path(f"{layout.key}.pub").read_text(), size_gib, data_mib)
+    with _phase("accelerator"):
+        accel = guest_image.choose_accelerator(image)
+    state.virt_type = accel.domain_type
+    state.accel = asdict(accel)
+    # Every clone boots with the base disk's host key: pin it for every address of the network.
+    kind, blob = host_key.split()[:2]
+    layout.guest_known_hosts.write_text(
+        "".join(f"{address} {kind} {blob}\n" for address in network.NETWORK.hosts())
+    )
+    _write_base_xml(layout, state, placed, accel)
 
 
 @contextlib.contextmanager
@@ -317,14 +426,20 @@ def _bring_up(layout: Layout, state: State, base_data_mib: int, base_size_gib: i
     # Record state before touching anything, so `down` can always undo a crashed `up`.
     layout.root.mkdir(parents=True, exist_ok=True)
     _save(layout, state)
+    with _phase("cluster network"):
+        # Before the nodes' namespaces: they see /run/netns/NAME, so daemons in them can enter it.
+        state.netns = network.NETNS
+        _save(layout, state)
+        state.created_paths.extend(network.create(state.netns))
+        _save(layout, state)
     with _phase("node files"):
         _prepare_files(layout, state)
         _create_mountpoints(state)
         _save(layout, state)
-    disk = layout.secondary / basevm.disk_name(state.base_vm)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        # Writing the disk's random data is I/O and urandom bound; overlap it with daemon start-up.
-        disk_done: Future = pool.submit(basevm.create_disk, disk, base_size_gib, base_data_mib)
+        # The guest image, the base disk's random data and the accelerator probe are I/O or CPU
+        # bound; overlap them with daemon start-up.
+        disk_done: Future = pool.submit(_prepare_guest, layout, state, base_size_gib, base_data_mib)
         try:
             with _phase("namespaces"):
                 for node in state.nodes.values():
@@ -335,8 +450,11 @@ def _bring_up(layout: Layout, state: State, base_data_mib: int, base_size_gib: i
             with _phase("waiting for the base disk"):
                 disk_done.result()
         _save(layout, state)
-        with _phase("base VM definitions"):
+        _publish(layout, state)
+        with _phase("management node configuration and base VM definitions"):
+            mgmt_done = pool.submit(_configure_mgmt, layout, state)
             _parallel(pool, lambda n: _define_base_vm(layout, state, n), state.hypervisors)
+            mgmt_done.result()
     return _publish(layout, state)
 
 
@@ -345,7 +463,11 @@ def _check_args(hosts: int, base_vm: str, base_data_mib: int, base_size_gib: int
         raise SandboxError(f"--hosts must be between 1 and {MAX_HOSTS}")
     if not guest.NAME_RE.match(base_vm):
         raise SandboxError(f"invalid base VM name {base_vm!r}")
-    if base_data_mib < 0 or base_size_gib < 1 or (base_data_mib + 1) << 20 > base_size_gib << 30:
+    if (
+        base_data_mib < 0
+        or base_size_gib < 1
+        or (base_data_mib + basevm.ROOTFS_RESERVE_MIB) << 20 > base_size_gib << 30
+    ):
         raise SandboxError("base VM data must fit in the disk after its first MiB")
 
 
@@ -373,7 +495,7 @@ def bring_up(
         system.ensure_packages()
         _preflight(hosts)
         state = _new_state(layout, hosts, base_vm)
-        log.info("starting %d hypervisors and %s (%s)", hosts, MGMT_NAME, state.virt_type.upper())
+        log.info("starting %d hypervisors and %s", hosts, MGMT_NAME)
         try:
             return _bring_up(layout, state, base_data_mib, base_size_gib), False
         except BaseException:
@@ -400,8 +522,13 @@ def _stop_nodes(nodes: list[Node]) -> None:
 def _teardown(layout: Layout, state: State) -> None:
     _stop_nodes(list(state.guests.values()))
     _stop_nodes(list(state.nodes.values()))
+    if state.netns:
+        network.delete(state.netns)
     for path in reversed(state.created_paths):
-        system.remove_mountpoint(Path(path))
+        if Path(path) == network.NETNS_DIR:
+            network.remove_netns_dir()
+        else:
+            system.remove_mountpoint(Path(path))
     shutil.rmtree(layout.root, ignore_errors=False)
 
 
@@ -526,6 +653,7 @@ def status() -> dict:
         "inventory": str(layout.inventory),
         "virt_type": state.virt_type,
         "accelerator": accelerator,
+        "accel": state.accel,
         "virt": accelerator,
         "base_vm": state.base_vm,
         "hosts": hosts,
@@ -561,6 +689,11 @@ def leftovers(recorded: dict) -> list[str]:
             # A mount namespace (and every mount in it) lives while any process is inside it.
             if node.mnt_ns and (users := proc.pids_in_namespace(node.mnt_ns)):
                 problems.append(f"{name}: mount namespace still used by {users}")
+    if recorded.get("netns") and network.exists(recorded["netns"]):
+        problems.append(f"network namespace {recorded['netns']} still exists")
+    problems.extend(
+        f"cluster address in the root namespace: {line}" for line in network.addresses_in_root_namespace()
+    )
     mounts = Path("/proc/self/mountinfo").read_text()
     if state_dir in mounts:
         problems.append(f"something from {state_dir} is still mounted")

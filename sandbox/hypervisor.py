@@ -106,12 +106,13 @@ def copy_capabilities(source: Path, target: Path) -> None:
         shutil.copytree(source, target, dirs_exist_ok=True)
 
 
-def start_libvirt(node: Node) -> None:
-    """Start virtlogd then libvirtd inside the node, and wait until libvirtd answers."""
+def start_libvirt(node: Node, netns: str | None = None) -> None:
+    """Start virtlogd then libvirtd inside the node (and the cluster network namespace at path netns,
+    where libvirtd's VMs get their taps), and wait until libvirtd answers on its socket."""
     for daemon in ("virtlogd", "libvirtd"):
         pid_file = node.dir / f"{daemon}.pid"
         pid_file.unlink(missing_ok=True)
-        node.run([f"/usr/sbin/{daemon}", "--daemon", "--pid-file", str(pid_file)])
+        node.run([f"/usr/sbin/{daemon}", "--daemon", "--pid-file", str(pid_file)], netns=netns)
         pid = proc.wait_for(lambda f=pid_file: proc.read_pid_file(f), f"{daemon} on {node.name}", timeout=15)
         node.record_daemon(daemon, pid)
     socket = node.dir / "run-libvirt" / "libvirt-sock"

@@ -103,9 +103,9 @@ class Node:
         return pid if pid and proc.alive(pid, started) else None
 
     def run(
-        self, argv: list[str], *, timeout: float = 60, check: bool = True
+        self, argv: list[str], *, timeout: float = 60, check: bool = True, netns: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return proc.nsrun(self.holder, argv, timeout=timeout, check=check)
+        return proc.nsrun(self.holder, argv, timeout=timeout, check=check, netns=netns)
 
     def stop(self, timeout: float = 10) -> None:
         """Stop everything running in the node, unmount its binds, then end the holder."""

@@ -39,19 +39,22 @@ def run(argv: Sequence[str], *, timeout: float = 60, check: bool = True) -> subp
     return proc
 
 
-def nsenter_argv(pid: int, argv: Sequence[str], *, uts: bool = True) -> list[str]:
-    """Prefix argv so it runs inside the namespaces held by pid."""
+def nsenter_argv(pid: int, argv: Sequence[str], *, uts: bool = True, netns: str | None = None) -> list[str]:
+    """Prefix argv so it runs inside the namespaces held by pid (and the network namespace at the
+    path netns, e.g. /run/netns/NAME, resolved in the caller's mount namespace)."""
     prefix = ["nsenter", f"--mount=/proc/{pid}/ns/mnt"]
     if uts:
         prefix.append(f"--uts=/proc/{pid}/ns/uts")
+    if netns:
+        prefix.append(f"--net={netns}")
     return [*prefix, "--", *argv]
 
 
 def nsrun(
-    pid: int, argv: Sequence[str], *, timeout: float = 60, check: bool = True
+    pid: int, argv: Sequence[str], *, timeout: float = 60, check: bool = True, netns: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run a command inside the namespaces held by pid."""
-    return run(nsenter_argv(pid, argv), timeout=timeout, check=check)
+    return run(nsenter_argv(pid, argv, netns=netns), timeout=timeout, check=check)
 
 
 def start_time(pid: int) -> int | None:
@@ -185,3 +188,17 @@ def wait_for(predicate: Callable[[], T], what: str, timeout: float = 30, interva
         if time.monotonic() > deadline:
             raise SandboxError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def spawn_daemon(argv: Sequence[str], log_file: Path) -> None:
+    """Start a long-running foreground process detached from the caller (own session, output to log)."""
+    with open(log_file, "ab") as log:
+        subprocess.Popen(
+            list(argv),
+            env=CLEAN_ENV,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )

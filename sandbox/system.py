@@ -20,6 +20,12 @@ REQUIRED_PACKAGES = (
     "qemu-system-x86",
     "qemu-utils",
     "dnsmasq-base",
+    # The management node's configuration comes from deploys/mgmt_server.py, which installs the
+    # dnsmasq package when missing; installed here, that deploy changes nothing on the machine.
+    "dnsmasq",
+    "dnsmasq-utils",
+    "busybox-static",
+    "iproute2",
     "openssh-server",
     "openssh-client",
     "python3-libvirt",

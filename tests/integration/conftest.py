@@ -52,3 +52,22 @@ def sandbox_cluster() -> Iterator[dict]:
         if recorded is not None:
             problems = cluster.leftovers(recorded)
             assert not problems, "sandbox down left things behind:\n" + "\n".join(problems)
+
+
+def _consoles() -> str:
+    """The tail of every guest's serial console log on every hypervisor of the sandbox."""
+    nodes = cluster.state_dir() / "nodes"
+    parts = []
+    for log in sorted(nodes.glob("*/var-log-libvirt/qemu/*-console.log")):
+        lines = log.read_text(errors="replace").splitlines()[-40:]
+        parts.append(f"--- {log.parent.parent.parent.name}: {log.name}\n" + "\n".join(lines))
+    return "\n".join(parts) or "(no console logs)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Attach the guests' serial consoles to a failing test that boots guests."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and item.get_closest_marker("guests") is not None:
+        report.sections.append(("guest serial consoles", _consoles()))

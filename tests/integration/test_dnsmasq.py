@@ -38,8 +38,18 @@ UNRELATED = "10.10.98.7\tunrelated.example.org   unrelated  # kept byte for byte
 
 # .13 and .130 side by side: removing one must never touch the other.
 ENTRIES = [
-    {"mac": "52:54:00:d5:00:13", "ip": "10.10.98.13", "hostname": "dnstest13.sandbox.internal", "short": "dnstest13"},
-    {"mac": "52:54:00:d5:01:30", "ip": "10.10.98.130", "hostname": "dnstest130.sandbox.internal", "short": "dnstest130"},
+    {
+        "mac": "52:54:00:d5:00:13",
+        "ip": "10.10.98.13",
+        "hostname": "dnstest13.sandbox.internal",
+        "short": "dnstest13",
+    },
+    {
+        "mac": "52:54:00:d5:01:30",
+        "ip": "10.10.98.130",
+        "hostname": "dnstest130.sandbox.internal",
+        "short": "dnstest130",
+    },
 ]
 
 
@@ -114,7 +124,7 @@ def mgmt(sandbox_cluster: dict[str, Any]) -> Iterator[Mgmt]:
     node.apply(entries=ENTRIES, present=False, etc_hosts=True)
     if added.strip() == "added":
         # /etc/hosts is a bind-mounted file in the sandbox: rewrite it in place.
-        node.sh(f"t=$(mktemp) && grep -vxF {line} /etc/hosts > \"$t\"; cat \"$t\" > /etc/hosts; rm -f \"$t\"")
+        node.sh(f't=$(mktemp) && grep -vxF {line} /etc/hosts > "$t"; cat "$t" > /etc/hosts; rm -f "$t"')
 
 
 def test_reservations_lifecycle(mgmt: Mgmt) -> None:

@@ -34,7 +34,9 @@ from operations.dnsmasq import dhcp_reservations
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(
-        os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("dnsmasq", path="/usr/sbin:/sbin:/usr/bin"),
+        os.geteuid() != 0
+        or not shutil.which("ip")
+        or not shutil.which("dnsmasq", path="/usr/sbin:/sbin:/usr/bin"),
         reason="needs root, iproute2 and dnsmasq",
     ),
 ]
@@ -60,11 +62,16 @@ class DhcpNet:
 
     def client_lease(self, mac: str) -> dict[str, str]:
         subprocess.run(["ip", "-n", self.client_ns, "link", "set", self.client_if, "down"], check=True)
-        subprocess.run(["ip", "-n", self.client_ns, "link", "set", self.client_if, "address", mac], check=True)
+        subprocess.run(
+            ["ip", "-n", self.client_ns, "link", "set", self.client_if, "address", mac], check=True
+        )
         subprocess.run(["ip", "-n", self.client_ns, "link", "set", self.client_if, "up"], check=True)
         result = subprocess.run(
             ["ip", "netns", "exec", self.client_ns, sys.executable, str(PROBE), self.client_if, mac],
-            capture_output=True, text=True, timeout=20, check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
         )
         return json.loads(result.stdout)
 
@@ -79,8 +86,14 @@ def dhcp_net(tmp_path: Path) -> Iterator[DhcpNet]:
     server_ns, client_ns = f"kvmq-s{tag}", f"kvmq-c{tag}"
     server_if, client_if = f"kvq{tag}s", f"kvq{tag}c"
     net = DhcpNet(
-        server_ns, client_ns, client_if, tmp_path / "dnsmasq.conf", tmp_path / "dnsmasq.pid",
-        tmp_path / "leases", tmp_path / "d" / "dhcp-hosts", tmp_path / "d" / "hosts",
+        server_ns,
+        client_ns,
+        client_if,
+        tmp_path / "dnsmasq.conf",
+        tmp_path / "dnsmasq.pid",
+        tmp_path / "leases",
+        tmp_path / "d" / "dhcp-hosts",
+        tmp_path / "d" / "hosts",
     )
     # What deploys/mgmt_server.py leaves: the directory with both files, empty.
     net.hostsfile.parent.mkdir()
@@ -105,7 +118,12 @@ def dhcp_net(tmp_path: Path) -> Iterator[DhcpNet]:
     ]
     try:
         for command in setup:
-            subprocess.run(command, check=True, capture_output=True, env={**os.environ, "PATH": "/usr/sbin:/sbin:/usr/bin:/bin"})
+            subprocess.run(
+                command,
+                check=True,
+                capture_output=True,
+                env={**os.environ, "PATH": "/usr/sbin:/sbin:/usr/bin:/bin"},
+            )
         for _ in range(50):
             if net.pid_file.exists() and net.pid_file.read_text().strip():
                 break

@@ -3,7 +3,8 @@
 Each deploy runs through the real pyinfra CLI; the written files are checked over SSH, then a
 second run must report no change. The sandbox has no systemd, so nothing is (re)started: its
 libvirtd and dnsmasq keep running, which is checked too. The mgmt run keeps the sandbox's
-listen address and domain, so /etc/dnsmasq.conf ends up exactly as the sandbox wrote it.
+data (listen address, domain, DHCP range, from the inventory), so /etc/dnsmasq.conf ends up exactly
+as the sandbox's own run of that deploy wrote it.
 (The file name differs from tests/unit/test_host_deploys.py: pytest's default import mode needs
 unique basenames across test directories without __init__.py.)
 """
@@ -27,7 +28,6 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 MANIFEST = [{"host": "sm-01", "vmspecs": []}, {"host": "sm-02", "vmspecs": []}]
-SANDBOX_DNS = ["dns_listen_address=127.0.2.1", "dns_domain=sandbox.internal"]
 
 
 class Sandbox:
@@ -134,12 +134,13 @@ def test_kvm_host_on_sm01_then_no_change(cluster: Sandbox) -> None:
 
 def test_mgmt_server_on_mgmt01_then_no_change(cluster: Sandbox) -> None:
     address = cluster.inventory["mgmt"]["data"]["ssh_hostname"]
-    sandbox_conf = sandbox_mgmt.render_config(address)
+    # The sandbox's data is in the inventory: no --data needed to reproduce its configuration.
+    sandbox_conf = cluster.ssh("mgmt-01", "cat /etc/dnsmasq.conf")
     # A loopback upstream makes the config differ from the sandbox's, so the write and the
     # dnsmasq --test validation really run; it is put back below.
     extra = "dns_upstream_servers=127.0.0.1"
     try:
-        first, log = cluster.pyinfra("mgmt_server", "mgmt-01", *SANDBOX_DNS, extra)
+        first, log = cluster.pyinfra("mgmt_server", "mgmt-01", extra)
         ops = results(first)
         assert ops["Management node | dnsmasq configuration /etc/dnsmasq.conf"]["success"] == ["mgmt-01"]
         assert ops["Management node | Validate dnsmasq configuration (dnsmasq --test)"]["success"] == [
@@ -154,12 +155,14 @@ def test_mgmt_server_on_mgmt01_then_no_change(cluster: Sandbox) -> None:
             "bogus-priv",
             "no-resolv",
             "no-poll",
-            "listen-address=127.0.2.1",
+            "listen-address=10.10.5.1",
             "bind-interfaces",
             "server=127.0.0.1",
             "domain=sandbox.internal",
             "local=/sandbox.internal/",
             "expand-hosts",
+            "dhcp-range=10.10.5.10,10.10.5.250,255.255.255.0,1h",
+            "dhcp-lease-max=150",
             "pid-file=/run/dnsmasq/dnsmasq.pid",
             "dhcp-hostsfile=/etc/kvm-qemu/dnsmasq/dhcp-hosts",
             "addn-hosts=/etc/kvm-qemu/dnsmasq/hosts",
@@ -176,12 +179,12 @@ def test_mgmt_server_on_mgmt01_then_no_change(cluster: Sandbox) -> None:
             == "ok"
         )
 
-        plan, _ = cluster.pyinfra("mgmt_server", "mgmt-01", *SANDBOX_DNS, extra, dry=True)
+        plan, _ = cluster.pyinfra("mgmt_server", "mgmt-01", extra, dry=True)
         assert planned_changes(plan) == []
-        second, _ = cluster.pyinfra("mgmt_server", "mgmt-01", *SANDBOX_DNS, extra)
+        second, _ = cluster.pyinfra("mgmt_server", "mgmt-01", extra)
         assert changed(second) == []
     finally:
-        restored, _ = cluster.pyinfra("mgmt_server", "mgmt-01", *SANDBOX_DNS)
+        restored, _ = cluster.pyinfra("mgmt_server", "mgmt-01")
     assert changed(restored) == [
         "Management node | dnsmasq configuration /etc/dnsmasq.conf",
         "Management node | Validate dnsmasq configuration (dnsmasq --test)",
@@ -189,5 +192,5 @@ def test_mgmt_server_on_mgmt01_then_no_change(cluster: Sandbox) -> None:
     # Exactly what the sandbox started its dnsmasq with, and that dnsmasq still serves.
     assert cluster.ssh("mgmt-01", "cat /etc/dnsmasq.conf") == sandbox_conf
     assert sandbox_mgmt.dns_answers(address)
-    again, _ = cluster.pyinfra("mgmt_server", "mgmt-01", *SANDBOX_DNS)
+    again, _ = cluster.pyinfra("mgmt_server", "mgmt-01")
     assert changed(again) == []

@@ -3,6 +3,7 @@ working VMs, a real dnsmasq on the management node, and SSH-reachable guest stan
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import uuid
@@ -13,7 +14,7 @@ import paramiko
 import pytest
 
 import sandbox
-from sandbox import cluster, proc
+from sandbox import cluster, network, proc
 
 pytestmark = pytest.mark.integration
 
@@ -137,10 +138,44 @@ def test_primary_is_private_and_secondary_shared(sm01: dict, sm02: dict) -> None
 def test_base_vm_is_defined_on_every_host(sandbox_cluster: dict) -> None:
     for data in sandbox_cluster["hosts"].values():
         xml = ET.fromstring(ssh(data, f"{VIRSH} dumpxml centos7"))
-        assert xml.get("type") in ("kvm", "qemu")
+        assert xml.get("type") == sandbox.status()["virt_type"]
         assert xml.find("devices/disk/source").get("file") == "/secondary/centos7-vda.img"
+        assert xml.find("devices/interface").get("type") == "bridge"
+        assert xml.find("devices/interface/source").get("bridge") == network.BRIDGE
         assert xml.find("devices/interface/mac").get("address") == "52:54:00:00:00:01"
         assert xml.find("devices/graphics") is None
+        # Direct kernel boot from the shared directory, root file system on vda.
+        assert xml.findtext("os/kernel") == "/secondary/guest-vmlinuz"
+        assert xml.findtext("os/initrd") == "/secondary/guest-initrd.img"
+        assert "root=/dev/vda" in xml.findtext("os/cmdline")
+        serial = xml.find("devices/serial")
+        assert serial.get("type") == "file"
+        assert serial.find("source").get("path") == "/var/log/libvirt/qemu/centos7-console.log"
+        twin = ET.fromstring(ssh(data, f"{VIRSH} dumpxml centos7-shared-id"))
+        assert "kvmq.clientid=shared" in twin.findtext("os/cmdline")
+        assert twin.find("devices/disk/source").get("file") == "/secondary/centos7-vda.img"
+
+
+def _netns_of(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/net")
+
+
+def test_cluster_network_lives_in_its_own_namespace(sandbox_cluster: dict) -> None:
+    # Never an address or route of the cluster network in the root namespace.
+    assert network.addresses_in_root_namespace() == []
+    inside = subprocess.run(
+        ["ip", "-n", network.NETNS, "-4", "-o", "address", "show", "dev", network.BRIDGE],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert f"inet {network.MGMT_IP}/24" in inside
+    cluster_ns = f"net:[{os.stat(network.netns_path()).st_ino}]"
+    state = cluster.snapshot()
+    for name in sandbox_cluster["hosts"]:
+        libvirtd = state["nodes"][name]["daemons"]["libvirtd"][0]
+        sshd = state["nodes"][name]["daemons"]["sshd"][0]
+        assert _netns_of(libvirtd) == cluster_ns  # VM taps land on the bridge
+        assert _netns_of(sshd) == _netns_of(os.getpid())  # reached on loopback
+    assert _netns_of(state["nodes"]["mgmt-01"]["daemons"]["dnsmasq"][0]) == cluster_ns
 
 
 def _clone_xml(base_xml: str, name: str, disk: str) -> str:
@@ -149,6 +184,8 @@ def _clone_xml(base_xml: str, name: str, disk: str) -> str:
     domain.find("uuid").text = str(uuid.uuid4())
     domain.find("devices/disk/source").set("file", disk)
     domain.find("devices/interface/mac").set("address", "52:54:00:7e:57:01")
+    for source in domain.findall("devices/serial/source") + domain.findall("devices/console/source"):
+        source.set("path", f"/var/log/libvirt/qemu/{name}-console.log")
     # Room to balloon up: maximum 2 GiB, starting at 1 GiB.
     domain.find("memory").attrib, domain.find("memory").text = {"unit": "KiB"}, str(2 << 20)
     domain.find("currentMemory").attrib, domain.find("currentMemory").text = {"unit": "KiB"}, str(1 << 20)
@@ -202,7 +239,12 @@ def test_dnsmasq_answers_names_after_sighup(mgmt: dict) -> None:
 def test_mgmt_files_are_private(mgmt: dict) -> None:
     # The real machine has no sandbox entries; the management node's copy does after writes.
     assert ssh(mgmt, "test -f /etc/kvm-qemu/dnsmasq/dhcp-hosts && echo ok").strip() == "ok"
-    assert "listen-address=127.0.2.1" in ssh(mgmt, "cat /etc/dnsmasq.conf")
+    # Written by deploys/mgmt_server.py from the sandbox's data: the bridge address, DHCP on.
+    conf = ssh(mgmt, "cat /etc/dnsmasq.conf")
+    assert "# Managed by kvm-qemu (deploys/mgmt_server.py)" in conf
+    assert f"listen-address={network.MGMT_IP}" in conf
+    assert f"dhcp-range={network.DHCP_RANGE}" in conf
+    assert "domain=sandbox.internal" in conf
 
 
 def test_guest_stand_ins(sandbox_cluster: dict) -> None:

@@ -183,6 +183,8 @@ def test_parsers_report_line_numbers() -> None:
     assert parse_dhcp_hosts("# x\n\n52:54:00:00:00:13,10.10.5.13,vm13\n") == [
         (3, E13.mac, E13.ip, E13.short)
     ]
+    # Lines written with id:* (the client identifier is ignored) parse to the same reservation.
+    assert parse_dhcp_hosts("52:54:00:00:00:13,id:*,10.10.5.13,vm13\n") == [(1, E13.mac, E13.ip, E13.short)]
     assert parse_addn_hosts("\n  10.10.5.13\tvm13.example.internal  vm13  \n") == [
         (2, E13.ip, E13.hostname, E13.short)
     ]
@@ -195,9 +197,9 @@ def test_render_is_sorted_numerically_and_round_trips() -> None:
     dhcp, hosts = render_dhcp_hosts([E130, INFRA, E13]), render_addn_hosts([E130, INFRA, E13])
     assert dhcp == (
         f"{DHCP_HOSTS_HEADER}\n"
-        "52:54:00:aa:bb:cc,10.10.5.2,infra\n"
-        "52:54:00:00:00:13,10.10.5.13,vm13\n"
-        "52:54:00:00:01:30,10.10.5.130,vm130\n"
+        "52:54:00:aa:bb:cc,id:*,10.10.5.2,infra\n"
+        "52:54:00:00:00:13,id:*,10.10.5.13,vm13\n"
+        "52:54:00:00:01:30,id:*,10.10.5.130,vm130\n"
     )
     assert hosts == (
         f"{ADDN_HOSTS_HEADER}\n"
@@ -210,7 +212,8 @@ def test_render_is_sorted_numerically_and_round_trips() -> None:
 
 def test_render_test_conf() -> None:
     assert render_test_conf([E130, E13]) == (
-        "dhcp-host=52:54:00:00:00:13,10.10.5.13,vm13\ndhcp-host=52:54:00:00:01:30,10.10.5.130,vm130\n"
+        "dhcp-host=52:54:00:00:00:13,id:*,10.10.5.13,vm13\n"
+        "dhcp-host=52:54:00:00:01:30,id:*,10.10.5.130,vm130\n"
     )
     assert render_test_conf([]) == ""
 

@@ -155,6 +155,23 @@ def test_clone_does_not_carry_the_base_source_digest() -> None:
     assert root.find("metadata") is None
 
 
+def test_clone_gets_its_own_console_log_file() -> None:
+    base = BASE_XML.replace(
+        "</devices>",
+        "<serial type='file'><source path='/var/log/libvirt/qemu/centos7-console.log'/>"
+        "<target port='0'/></serial>"
+        "<console type='pty'><log file='/var/log/centos7.log' append='on'/></console>"
+        "<serial type='file'><source path='/var/log/centos70-other.log'/></serial></devices>",
+    )
+    vm = spec()
+    root = ET.fromstring(clone_xml(vm, base, plan_disks(vm, base, "/data01/primary")))
+    assert [source.get("path") for source in root.findall("./devices/serial/source")] == [
+        "/var/log/libvirt/qemu/kvmhost01-console.log",
+        "/var/log/centos70-other.log",  # another domain's name prefix is not the base's name
+    ]
+    assert [log.get("file") for log in root.findall("./devices/console/log")] == ["/var/log/kvmhost01.log"]
+
+
 def test_linked_clone_is_a_qcow2_overlay_on_the_base() -> None:
     vm = spec(clone="linked", num_disks=0)
     disks = plan_disks(vm, BASE_XML, "/data01/primary/")

@@ -196,7 +196,7 @@ def test_diff_is_logged(caplog: pytest.LogCaptureFixture) -> None:
         run_op(reservations(E13, E130), diff=True, entries=[E14.to_dict()])
     lines = [r.getMessage() for r in caplog.records]
     assert f"{HF}:" in lines
-    assert "    +52:54:00:00:00:14,10.10.5.14,vm14" in lines
+    assert "    +52:54:00:00:00:14,id:*,10.10.5.14,vm14" in lines
     assert "    +10.10.5.14 vm14.example.internal vm14" in lines
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="pyinfra"):

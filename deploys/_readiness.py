@@ -1,0 +1,178 @@
+"""Readiness after start (deploys/wait.py): the probe the management node runs, and its report.
+
+One bounded command on the management node waits for every VM at once: it reads dnsmasq's lease
+file until the VM's manifest MAC holds its manifest IP, then connects to the VM's SSH port (at its
+``sshHost``, the address pyinfra uses) until the server's banner answers. It runs in the network
+namespace of the management node's dnsmasq, which is the namespace it already runs in on a real
+management node and the cluster namespace in the sandbox. It prints one JSON object; everything
+else here is pure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pyinfra.api import FactBase, QuoteString, StringCommand
+from pyinfra.api.exceptions import FactProcessError
+
+WAIT_DEFAULTS: dict[str, Any] = {
+    # Seconds until a VM that has no lease or no SSH answer counts as not ready.
+    "wait_timeout": 300,
+    # dnsmasq's lease database on the management node (Debian's default;
+    # RHEL: /var/lib/dnsmasq/dnsmasq.leases).
+    "dhcp_leasefile": "/var/lib/misc/dnsmasq.leases",
+    "wait_ssh_port": 22,
+}
+
+# Run by python3 on the management node: argv[1] is the JSON configuration (see probe_config).
+PROBE = r"""
+import ctypes, json, os, socket, sys, time
+cfg = json.loads(sys.argv[1])
+start = time.monotonic()
+deadline = start + cfg["timeout"]
+note = ""
+try:
+    with open(cfg["pid_file"]) as f:
+        ns = "/proc/%d/ns/net" % int(f.read().split()[0])
+    if os.readlink(ns) != os.readlink("/proc/self/ns/net"):
+        fd = os.open(ns, os.O_RDONLY)
+        if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
+            note = "cannot enter the network namespace of dnsmasq: errno %d" % ctypes.get_errno()
+        os.close(fd)
+except (OSError, ValueError, IndexError) as exc:
+    note = "dnsmasq pid file %s: %s" % (cfg["pid_file"], exc)
+
+def answers(address, port, limit):
+    try:
+        with socket.create_connection((address, port), timeout=limit) as sock:
+            sock.settimeout(limit)
+            return sock.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+lease, ssh = {}, {}
+while True:
+    try:
+        with open(cfg["leasefile"]) as f:
+            held = {(w[1].lower(), w[2]) for w in (line.split() for line in f) if len(w) >= 3}
+    except OSError:
+        held = set()
+    for vm in cfg["vms"]:
+        name = vm["name"]
+        if name not in lease and (vm["mac"], vm["ip"]) in held:
+            lease[name] = round(time.monotonic() - start, 1)
+        if name in lease and name not in ssh:
+            left = deadline - time.monotonic()
+            if left > 0 and answers(vm["ssh"], cfg["port"], min(1.0, left)):
+                ssh[name] = round(time.monotonic() - start, 1)
+    if len(ssh) == len(cfg["vms"]) or time.monotonic() >= deadline:
+        break
+    time.sleep(0.25)
+print(json.dumps({"lease": lease, "ssh": ssh, "elapsed": round(time.monotonic() - start, 1), "note": note}))
+"""
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What the probe saw: seconds after its start when each VM's lease and SSH answer appeared."""
+
+    lease: Mapping[str, float]
+    ssh: Mapping[str, float]
+    elapsed: float
+    note: str = ""
+
+    def ready(self, name: str) -> bool:
+        return name in self.lease and name in self.ssh
+
+
+def probe_config(
+    vmspecs: Iterable[Mapping[str, Any]], timeout: float, leasefile: str, pid_file: str, port: int
+) -> dict:
+    """The probe's JSON argument for the manifest's VMs (vmspec dicts as in the inventory data)."""
+    return {
+        "timeout": timeout,
+        "leasefile": leasefile,
+        "pid_file": pid_file,
+        "port": port,
+        "vms": [
+            {
+                "name": spec["name"],
+                "mac": str(spec["mac"]).lower(),
+                "ip": spec["ipaddress"],
+                "ssh": spec.get("ssh_host") or spec["ipaddress"],
+            }
+            for spec in vmspecs
+        ],
+    }
+
+
+def probe_command(config: Mapping[str, Any]) -> StringCommand:
+    """One command, bounded twice: by the probe's own deadline and by `timeout` a little later."""
+    limit = int(config["timeout"]) + 15
+    return StringCommand(
+        "timeout", str(limit), "python3", "-c", QuoteString(PROBE), QuoteString(json.dumps(config))
+    )
+
+
+def parse(output: Iterable[str]) -> Readiness:
+    try:
+        data = json.loads("\n".join(output))
+        return Readiness(
+            lease={str(k): float(v) for k, v in data["lease"].items()},
+            ssh={str(k): float(v) for k, v in data["ssh"].items()},
+            elapsed=float(data["elapsed"]),
+            note=str(data.get("note", "")),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise FactProcessError(f"unexpected readiness probe output: {exc}") from None
+
+
+def table_lines(vmspecs: Iterable[Mapping[str, Any]], result: Readiness) -> list[str]:
+    """VM, IP, lease after N s, SSH after N s; '-' for what never came."""
+    rows = [("VM", "IP", "lease after", "SSH after")]
+    for spec in vmspecs:
+        name = spec["name"]
+        lease = f"{result.lease[name]:.1f} s" if name in result.lease else "-"
+        ssh = f"{result.ssh[name]:.1f} s" if name in result.ssh else "-"
+        rows.append((name, spec["ipaddress"], lease, ssh))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+
+
+def not_ready(vmspecs: Iterable[Mapping[str, Any]], result: Readiness) -> list[str]:
+    """Names of the VMs without a lease or without an SSH answer, each with what is missing."""
+    missing = []
+    for spec in vmspecs:
+        name = spec["name"]
+        if name not in result.lease:
+            missing.append(f"{name} (no lease for {spec['mac']} -> {spec['ipaddress']})")
+        elif name not in result.ssh:
+            missing.append(f"{name} (SSH at {spec.get('ssh_host') or spec['ipaddress']} does not answer)")
+    return missing
+
+
+def timeout_value(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"wait_timeout={value!r}: expected a number of seconds") from None
+    if not 0 < seconds <= 86400:
+        raise ValueError(f"wait_timeout={value!r}: expected more than 0 and at most 86400 seconds")
+    return seconds
+
+
+class ReadinessProbe(FactBase):
+    """Waits (bounded) on the management node until every VM holds its lease and answers SSH."""
+
+    default = dict
+
+    def command(self, config_json: str) -> StringCommand:
+        return probe_command(json.loads(config_json))
+
+    def process(self, output: list[str]) -> Readiness:  # type: ignore[override]
+        return parse(output)
