@@ -657,24 +657,45 @@ CANDIDATES = (
 )
 
 
-def qemu_argv(image: GuestImage, disk: Path, accel: str, cpu: str, serial_log: Path) -> list[str]:
-    """Boot image from disk under qemu with no network and no display; the console goes to serial_log."""
-    return [
+def qemu_argv(
+    image: GuestImage,
+    disk: Path,
+    accel: str,
+    cpu: str,
+    serial_log: Path,
+    *,
+    cmdline: str | None = None,
+    nic: tuple[str, str] | None = None,
+    snapshot: bool = True,
+    monitor: Path | None = None,
+) -> list[str]:
+    """qemu booting image from disk, no display, console to serial_log.
+
+    No network unless nic = (tap name, MAC); snapshot=True leaves the disk unchanged; monitor is a
+    unix socket path for the human monitor (``system_powerdown`` presses the power button).
+    """
+    argv = [
         "qemu-system-x86_64",
         "-machine", f"pc,accel={'kvm' if accel == 'kvm' else 'tcg'}",
         "-cpu", cpu,
         "-m", "512",
         "-smp", "1",
         "-display", "none",
-        "-monitor", "none",
-        "-nic", "none",
         "-no-reboot",
         "-serial", f"file:{serial_log}",
         "-kernel", str(image.kernel),
         "-initrd", str(image.initrd),
-        "-append", image.cmdline,
-        "-drive", f"file={disk},if=virtio,format=raw,snapshot=on",
+        "-append", cmdline or image.cmdline,
+        "-drive", f"file={disk},if=virtio,format=raw,snapshot={'on' if snapshot else 'off'}",
     ]  # fmt: skip
+    argv += ["-monitor", f"unix:{monitor},server=on,wait=off"] if monitor else ["-monitor", "none"]
+    if nic:
+        tap, mac = nic
+        argv += ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no"]
+        argv += ["-device", f"virtio-net-pci,netdev=n0,mac={mac}"]
+    else:
+        argv += ["-nic", "none"]
+    return argv
 
 
 def boot_until(argv: list[str], serial_log: Path, marker: str, timeout: float) -> float | None:
