@@ -54,6 +54,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -595,13 +596,61 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def _write_random_file(path: Path, data_mib: int) -> None:
+    """data_mib MiB from os.urandom; getrandom() and pwrite() release the GIL, so threads use every core."""
     chunk = 4 * MIB
-    with open(path, "wb") as f:
-        left = data_mib * MIB
-        while left:
-            n = min(chunk, left)
-            f.write(os.urandom(n))
-            left -= n
+    end = data_mib * MIB
+
+    def fill(offset: int) -> None:
+        data = memoryview(os.urandom(min(chunk, end - offset)))
+        while data:
+            written = os.pwrite(fd, data, offset)
+            data, offset = data[written:], offset + written
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            list(pool.map(fill, range(0, end, chunk)))
+    finally:
+        os.close(fd)
+
+
+def base_disk(image: GuestImage, data_mib: int, size_gib: int) -> Path:
+    """The root disk without any key, made once per (image, data_mib, size_gib) next to the image.
+
+    ``mkfs.ext4 -d`` copies the root tree and ``/data.bin`` (random, incompressible) into a sparse
+    raw file; lazy inode table and journal init keep the unwritten parts holes.
+    """
+    disk = image.directory / f"rootfs-{data_mib}m-{size_gib}g.img"
+    with _locked(image.directory):
+        if disk.exists():
+            return disk
+        work = Path(tempfile.mkdtemp(prefix=".rootfs.", dir=image.directory))
+        try:
+            root = work / "root"
+            shutil.copytree(image.tree, root, symlinks=True)
+            (root / "root" / ".ssh").mkdir(mode=0o700)
+            _write_random_file(root / "data.bin", data_mib)
+            partial = work / "disk.img"
+            with open(partial, "wb") as f:
+                f.truncate(size_gib * GIB)
+            options = "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1"
+            run(["mkfs.ext4", "-q", "-F", "-L", "kvmq-root", "-E", options, "-d", str(root), str(partial)],
+                timeout=900)  # fmt: skip
+            partial.rename(disk)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return disk
+
+
+def debugfs_script(files: dict[str, Path]) -> str:
+    """debugfs commands replacing each guest path with a local file (mode and owner follow the file)."""
+    lines = []
+    for guest_path, local in files.items():
+        for value in (guest_path, str(local)):
+            if not re.fullmatch(r"/[A-Za-z0-9._/+-]+", value):
+                raise SandboxError(f"{value!r}: not a plain path debugfs can take")
+        lines += [f"rm {guest_path}", f"write {local} {guest_path}"]
+    return "\n".join(lines) + "\n"
 
 
 def make_rootfs(
@@ -612,36 +661,47 @@ def make_rootfs(
     size_gib: int = 40,
     hostname: str | None = None,
 ) -> str:
-    """Write the raw ext4 root disk at path; return the guest's SSH host public key line."""
+    """Write the raw ext4 root disk at path; return the guest's SSH host public key line.
+
+    A copy of ``base_disk`` (cached) into which ``debugfs -w`` writes /root/.ssh/authorized_keys, a
+    fresh SSH host key and, if given, /etc/hostname: no mount, no second mkfs.
+    """
     path = Path(path)
     key_line = authorized_key.strip()
-    if not key_line or "\n" in key_line or not key_line.startswith(("ssh-", "ecdsa-", "sk-")):
+    if not re.fullmatch(r"(ssh-|ecdsa-|sk-)[\x21-\x7e]+ [A-Za-z0-9+/=]+( [^\n]*)?", key_line):
         raise ValueError(f"authorized_key: not one OpenSSH public key line: {authorized_key!r}")
     if data_mib < 0 or size_gib < 1 or (data_mib + 64) * MIB > size_gib * GIB:
         raise ValueError(f"data_mib={data_mib} does not fit in a size_gib={size_gib} disk")
     if hostname is not None and not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", hostname):
         raise ValueError(f"hostname: {hostname!r} is not a host name")
+    source = base_disk(image, data_mib, size_gib)
     work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        root = work / "root"
-        shutil.copytree(image.tree, root, symlinks=True)
-        ssh = root / "root" / ".ssh"
-        ssh.mkdir(mode=0o700)
-        (ssh / "authorized_keys").write_text(key_line + "\n")
-        (ssh / "authorized_keys").chmod(0o600)
-        hostkey = root / "etc" / "ssh" / "ssh_host_ed25519_key"
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kvmq-guest", "-f", str(hostkey)])
-        if hostname:
-            (root / "etc" / "hostname").write_text(hostname + "\n")
-        _write_random_file(root / "data.bin", data_mib)
         partial = work / "disk.img"
-        with open(partial, "wb") as f:
-            f.truncate(size_gib * GIB)
-        mkfs = ["mkfs.ext4", "-q", "-F", "-L", "kvmq-root", "-E", "root_owner=0:0", "-d", str(root)]
-        run([*mkfs, str(partial)], timeout=600)
-        pub = (hostkey.with_name(hostkey.name + ".pub")).read_text().strip()
+        run(["cp", "--sparse=always", str(source), str(partial)], timeout=600)
+        keys = work / "authorized_keys"
+        keys.write_text(key_line + "\n")
+        keys.chmod(0o600)
+        hostkey = work / "ssh_host_ed25519_key"
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kvmq-guest", "-f", str(hostkey)])
+        files = {
+            "/root/.ssh/authorized_keys": keys,
+            "/etc/ssh/ssh_host_ed25519_key": hostkey,
+            "/etc/ssh/ssh_host_ed25519_key.pub": hostkey.with_name(hostkey.name + ".pub"),
+        }
+        if hostname:
+            (work / "hostname").write_text(hostname + "\n")
+            (work / "hostname").chmod(0o644)
+            files["/etc/hostname"] = work / "hostname"
+        (work / "cmds").write_text(debugfs_script(files))
+        run(["debugfs", "-w", "-f", str(work / "cmds"), str(partial)], timeout=60)
+        # debugfs reports errors on stderr but exits 0: read every file back.
+        for guest_path, local in files.items():
+            got = run(["debugfs", "-R", f"cat {guest_path}", str(partial)], timeout=60).stdout
+            if got != local.read_text():
+                raise SandboxError(f"{path}: writing {guest_path} into the disk image failed")
         partial.rename(path)
-        return pub
+        return hostkey.with_name(hostkey.name + ".pub").read_text().strip()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

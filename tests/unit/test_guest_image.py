@@ -388,3 +388,49 @@ def test_choose_accelerator_boots_the_guest(image, tmp_path):
     assert 0 < accel.boot_seconds < 120
     assert "<cpu " in accel.cpu_xml
     assert not (tmp_path / "accel-root.img").exists()
+
+
+def test_debugfs_script_replaces_files_and_refuses_odd_paths(tmp_path):
+    script = gi.debugfs_script({"/root/.ssh/authorized_keys": tmp_path / "k"})
+    assert script == f"rm /root/.ssh/authorized_keys\nwrite {tmp_path}/k /root/.ssh/authorized_keys\n"
+    with pytest.raises(SandboxError, match="plain path"):
+        gi.debugfs_script({"/etc/a b": tmp_path / "k"})
+
+
+def _fake_image(tmp_path: Path) -> gi.GuestImage:
+    tree = tmp_path / "img" / "tree"
+    for d in ("etc/ssh", "root", "sbin"):
+        (tree / d).mkdir(parents=True)
+    (tree / "root").chmod(0o700)
+    (tree / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    return gi.GuestImage(tmp_path / "img", tmp_path / "k", tmp_path / "i", gi.CMDLINE, "K", tree, "img")
+
+
+def _debugfs(disk: Path, command: str) -> str:
+    return subprocess.run(["debugfs", "-R", command, str(disk)], capture_output=True, text=True).stdout
+
+
+def test_make_rootfs_puts_keys_and_hostname_on_a_copy_of_the_cached_disk(tmp_path):
+    image = _fake_image(tmp_path)
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKvmqTestKey sandbox"
+    disk = tmp_path / "vda.img"
+    host_pub = gi.make_rootfs(disk, image, key + "\n", data_mib=3, size_gib=1, hostname="base.example")
+    base = image.directory / "rootfs-3m-1g.img"
+    base_sum = subprocess.run(["sha256sum", str(base)], capture_output=True, text=True).stdout.split()[0]
+
+    assert disk.stat().st_size == 1 << 30 and disk.stat().st_blocks * 512 < 64 << 20  # sparse
+    assert _debugfs(disk, "cat /root/.ssh/authorized_keys") == key + "\n"
+    assert "Mode:  0600" in _debugfs(disk, "stat /root/.ssh/authorized_keys")
+    assert "Mode:  0700" in _debugfs(disk, "stat /root/.ssh")
+    assert "Mode:  0600" in _debugfs(disk, "stat /etc/ssh/ssh_host_ed25519_key")
+    assert _debugfs(disk, "cat /etc/ssh/ssh_host_ed25519_key.pub").strip() == host_pub
+    assert _debugfs(disk, "cat /etc/hostname") == "base.example\n"
+    assert "Size: 3145728" in _debugfs(disk, "stat /data.bin")
+    assert subprocess.run(["e2fsck", "-fn", str(disk)], capture_output=True).returncode == 0
+    # The cached disk holds no key and no hostname, and a second disk reuses it unchanged.
+    assert _debugfs(base, "cat /root/.ssh/authorized_keys") == ""
+    assert _debugfs(base, "cat /etc/hostname") == ""
+    other_pub = gi.make_rootfs(tmp_path / "vdb.img", image, key, data_mib=3, size_gib=1)
+    assert other_pub != host_pub
+    assert _debugfs(tmp_path / "vdb.img", "cat /etc/hostname") == ""
+    assert subprocess.run(["sha256sum", str(base)], capture_output=True, text=True).stdout.split()[0] == base_sum
