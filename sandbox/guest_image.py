@@ -15,10 +15,12 @@ API:
     console=ttyS0 ...``); ``cmdline_with(clientid="shared")`` adds options.
 
 ``make_rootfs(path, image, authorized_key, data_mib=1024, size_gib=40, hostname=None) -> str``
-    Write the raw ext4 disk image to boot as ``vda`` (``mkfs.ext4 -d``, no mount): the root tree,
-    ``/root/.ssh/authorized_keys`` holding ``authorized_key``, a fresh SSH host key, ``/data.bin`` with
-    ``data_mib`` MiB of random data and, if given, ``/etc/hostname``. Sparse, ``size_gib`` GiB. Returns
-    the host public key line (for known_hosts).
+    Write the raw ext4 disk image to boot as ``vda``: the root tree, ``/data.bin`` with ``data_mib`` MiB
+    of random data, ``/root/.ssh/authorized_keys`` holding ``authorized_key``, a fresh SSH host key and,
+    if given, ``/etc/hostname``. Sparse, ``size_gib`` GiB. Returns the host public key line (for
+    known_hosts). The keyless part (``base_disk``, ``mkfs.ext4 -d``, no mount) is made once per image
+    and size into the cache; each call copies it (``cp --sparse=always``) and writes the keys with
+    ``debugfs -w``. Measured for 1024 MiB / 40 GiB: about 9 s the first time, 1.5 s after.
 
 ``install(image, directory) -> GuestImage``
     Copy kernel and initrd into ``directory`` (e.g. the shared secondary directory), only when changed.
@@ -27,7 +29,8 @@ API:
     Boot the guest with qemu directly (no network, serial to a file) with KVM and ``-cpu max``, then
     ``qemu64``, then TCG; the first that prints ``KVMQ-BOOTED`` within a bound wins. ``Accel``
     gives libvirt's ``domain_type`` (``kvm``/``qemu``), the ``<cpu>`` element (``cpu_xml``) and the
-    measured ``boot_seconds``. Cached next to the image, keyed by the qemu binary.
+    measured ``boot_seconds``. Cached next to the image, keyed by the qemu binary. ``qemu_argv`` is the
+    same qemu command line, with an optional tap NIC and monitor socket, for tests.
 
 Guest behaviour (stage 1 ``sandbox/guest_init.sh``, then busybox init and ``/etc/init.d/rcS``):
 modules loaded, ``/dev/vda`` mounted rw as ``/`` (switch_root), hostname from the disk's
@@ -46,6 +49,7 @@ import fcntl
 import gzip
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -59,6 +63,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .proc import SandboxError, run
+
+log = logging.getLogger("sandbox")
 
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "virtio_balloon", "ext4", "button", "evdev")
@@ -803,15 +809,18 @@ def choose_accelerator(image: GuestImage, work_dir: Path | None = None, cache: b
             if domain_type == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
                 tried.append(f"kvm/{cpu}: no /dev/kvm")
                 continue
-            log = work / f"serial-{domain_type}-{cpu}.log"
-            argv = qemu_argv(image, disk, domain_type, cpu, log)
-            seconds = boot_until(argv, log, BOOTED_MARKER, bound)
+            serial = work / f"serial-{domain_type}-{cpu}.log"
+            argv = qemu_argv(image, disk, domain_type, cpu, serial)
+            started = time.monotonic()
+            seconds = boot_until(argv, serial, BOOTED_MARKER, bound)
+            log.info("guest boot under %s -cpu %s: %s after %.1f s", domain_type, cpu,
+                     "booted" if seconds is not None else "failed", time.monotonic() - started)  # fmt: skip
             if seconds is not None:
                 accel = Accel(domain_type, cpu, cpu_xml, tuple(argv[1:5]), round(seconds, 2))
                 if cache:
                     cache_file.write_text(json.dumps(asdict(accel), indent=2) + "\n")
                 return accel
-            tail = log.read_text(errors="replace")[-300:].strip().replace("\n", " | ")
+            tail = serial.read_text(errors="replace")[-300:].strip().replace("\n", " | ")
             tail = tail or "no output"
             tried.append(f"{domain_type}/{cpu}: no {BOOTED_MARKER} within {bound:.0f} s ({tail})")
         raise SandboxError("the guest boots under no accelerator: " + "; ".join(tried))

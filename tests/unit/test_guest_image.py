@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import socket
 import subprocess
 import time
@@ -181,7 +182,8 @@ def test_make_rootfs_refuses_bad_input_and_writes_nothing(tmp_path, kwargs, fiel
 
 # --- integration: boot the guest under qemu directly, on a bridge inside a private network namespace ----
 
-NETNS = "kvmq-gi-test"
+# Per process, so two runs never share (or delete) each other's namespace.
+NETNS = f"kvmq-gi-{os.getpid()}"
 BRIDGE_IP = "10.77.0.1"
 GUEST_MAC = "52:54:00:77:00:10"
 GUEST_IP = "10.77.0.10"
