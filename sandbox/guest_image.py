@@ -389,9 +389,12 @@ def _locked(directory: Path) -> Iterator[None]:
         yield
 
 
-def fetch_kernel(cache_dir: Path, package: str) -> tuple[Path, str]:
-    """Download and unpack the kernel package once; return (unpacked dir, kernel version)."""
-    unpacked = cache_dir / "kernel" / package
+def fetch_kernel(cache_dir: Path, package: str, version: str) -> tuple[Path, str]:
+    """Download (``apt-get download PACKAGE=VERSION``) and unpack the kernel package once.
+
+    Returns (unpacked dir, kernel release). Nothing is installed on the machine.
+    """
+    unpacked = cache_dir / "kernel" / f"{package}_{version.replace(':', '%3a')}"
     if not (unpacked / ".complete").exists():
         debs = cache_dir / "debs"
         debs.mkdir(parents=True, exist_ok=True)
@@ -400,10 +403,10 @@ def fetch_kernel(cache_dir: Path, package: str) -> tuple[Path, str]:
             import pwd
 
             os.chown(debs, pwd.getpwnam("_apt").pw_uid, 0)
-        found = sorted(debs.glob(f"{package}_*.deb"))
-        if not found:
+        deb = _find_deb(debs, package, version)
+        if deb is None:
             proc = subprocess.run(
-                ["apt-get", "download", "-q", package],
+                ["apt-get", "download", "-q", f"{package}={version}"],
                 cwd=debs,
                 capture_output=True,
                 text=True,
@@ -411,19 +414,27 @@ def fetch_kernel(cache_dir: Path, package: str) -> tuple[Path, str]:
                 stdin=subprocess.DEVNULL,
             )
             if proc.returncode != 0:
-                raise SandboxError(f"apt-get download {package} failed: {proc.stderr.strip()}")
-            found = sorted(debs.glob(f"{package}_*.deb"))
-        if not found:
-            raise SandboxError(f"apt-get download {package} left no .deb in {debs}")
+                raise SandboxError(f"apt-get download {package}={version} failed: {proc.stderr.strip()}")
+            deb = _find_deb(debs, package, version)
+        if deb is None:
+            raise SandboxError(f"apt-get download {package}={version} left no such .deb in {debs}")
         if unpacked.exists():
             shutil.rmtree(unpacked)
         unpacked.mkdir(parents=True)
-        run(["dpkg-deb", "-x", str(found[-1]), str(unpacked)], timeout=300)
+        run(["dpkg-deb", "-x", str(deb), str(unpacked)], timeout=300)
         (unpacked / ".complete").touch()
-    versions = [p.name for p in (unpacked / "lib" / "modules").iterdir() if p.is_dir()]
-    if len(versions) != 1:
-        raise SandboxError(f"{package}: expected one kernel version in lib/modules, found {versions}")
-    return unpacked, versions[0]
+    releases = [p.name for p in (unpacked / "lib" / "modules").iterdir() if p.is_dir()]
+    if len(releases) != 1:
+        raise SandboxError(f"{package}: expected one kernel release in lib/modules, found {releases}")
+    return unpacked, releases[0]
+
+
+def _find_deb(debs: Path, package: str, version: str) -> Path | None:
+    for deb in sorted(debs.glob(f"{package}_*.deb")):
+        fields = run(["dpkg-deb", "-f", str(deb), "Package", "Version"]).stdout
+        if fields.split() == ["Package:", package, "Version:", version]:
+            return deb
+    return None
 
 
 def module_order(unpacked: Path, kver: str, modules: Iterable[str] = MODULES) -> list[str]:
@@ -537,7 +548,7 @@ def build(cache_dir: Path | None = None) -> GuestImage:
         image = _load(directory)
         if image:
             return image
-        unpacked, kver = fetch_kernel(cache_dir, inputs["kernel_package"])
+        unpacked, kver = fetch_kernel(cache_dir, inputs["kernel_package"], inputs["kernel_version"])
         order = module_order(unpacked, kver)
         work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
         try:
@@ -561,12 +572,38 @@ def build(cache_dir: Path | None = None) -> GuestImage:
             if directory.exists():
                 shutil.rmtree(directory)
             work.rename(directory)
+            _prune(cache_dir, keep_image=key, keep_kernel=unpacked)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
     image = _load(directory)
     assert image is not None
     return image
+
+
+def _prune(cache_dir: Path, keep_image: str, keep_kernel: Path, keep: int = 2) -> None:
+    """Drop all but the `keep` newest builds (with their cached root disks) and older kernel packages.
+
+    Two survive so that two checkouts with different init scripts do not rebuild each other's away.
+    """
+    builds = [
+        e for e in cache_dir.iterdir() if re.fullmatch(r"[0-9a-f]{16}", e.name) and e.name != keep_image
+    ]
+    builds.sort(key=lambda e: e.stat().st_mtime, reverse=True)
+    kernels = {keep_kernel.name}
+    for entry in builds[: keep - 1]:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            inputs = json.loads((entry / "image.json").read_text())["inputs"]
+            kernels.add(f"{inputs['kernel_package']}_{inputs['kernel_version'].replace(':', '%3a')}")
+    for entry in builds[keep - 1 :]:
+        shutil.rmtree(entry, ignore_errors=True)
+    for entry in (cache_dir / "kernel").iterdir():
+        if entry.name not in kernels:
+            shutil.rmtree(entry, ignore_errors=True)
+    packages = {name.split("_", 1)[0] for name in kernels}
+    for deb in (cache_dir / "debs").glob("*.deb"):
+        if deb.name.split("_", 1)[0] not in packages:
+            deb.unlink()
 
 
 def install(image: GuestImage, directory: Path) -> GuestImage:

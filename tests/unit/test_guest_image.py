@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import socket
 import subprocess
@@ -436,3 +437,23 @@ def test_make_rootfs_puts_keys_and_hostname_on_a_copy_of_the_cached_disk(tmp_pat
     assert other_pub != host_pub
     assert _debugfs(tmp_path / "vdb.img", "cat /etc/hostname") == ""
     assert subprocess.run(["sha256sum", str(base)], capture_output=True, text=True).stdout.split()[0] == base_sum
+
+
+def test_prune_keeps_the_newest_other_build_and_the_kernels_in_use(tmp_path):
+    kernel = tmp_path / "kernel"
+    for name in ("linux-image-A_1", "linux-image-B_2", "linux-image-C_3"):
+        (kernel / name).mkdir(parents=True)
+    (tmp_path / "debs").mkdir()
+    for name in ("linux-image-A_1_amd64.deb", "linux-image-C_3_amd64.deb"):
+        (tmp_path / "debs" / name).write_text("")
+    builds = {"000000000000000a": "linux-image-A", "000000000000000b": "linux-image-B", "000000000000000c": None}
+    for age, (key, package) in enumerate(builds.items()):
+        (tmp_path / key).mkdir()
+        if package:
+            inputs = {"kernel_package": package, "kernel_version": package[-1].replace("A", "1").replace("B", "2")}
+            (tmp_path / key / "image.json").write_text(json.dumps({"inputs": inputs}))
+        os.utime(tmp_path / key, (1000 - age, 1000 - age))
+    gi._prune(tmp_path, keep_image="000000000000000c", keep_kernel=kernel / "linux-image-C_3")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000000000000a", "000000000000000c", "debs", "kernel"]
+    assert sorted(p.name for p in kernel.iterdir()) == ["linux-image-A_1", "linux-image-C_3"]
+    assert sorted(p.name for p in (tmp_path / "debs").iterdir()) == ["linux-image-A_1_amd64.deb", "linux-image-C_3_amd64.deb"]
