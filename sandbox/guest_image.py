@@ -132,7 +132,7 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 if [ -e /sys/class/net/eth0 ]; then
-    udhcpc -b -i eth0 -s /etc/kvmq/dhcp.sh -p /run/udhcpc.pid -t 5 -T 2 "$@" > /run/udhcpc.log 2>&1
+    udhcpc -b -i eth0 -s /etc/kvmq/dhcp.sh -p /run/udhcpc.pid -t 4 -T 1 -A 2 "$@" > /run/udhcpc.log 2>&1
 fi
 """.replace("SHARED_CLIENT_ID", SHARED_CLIENT_ID)
 

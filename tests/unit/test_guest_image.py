@@ -457,3 +457,17 @@ def test_prune_keeps_the_newest_other_build_and_the_kernels_in_use(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["000000000000000a", "000000000000000c", "debs", "kernel"]
     assert sorted(p.name for p in kernel.iterdir()) == ["linux-image-A_1", "linux-image-C_3"]
     assert sorted(p.name for p in (tmp_path / "debs").iterdir()) == ["linux-image-A_1_amd64.deb", "linux-image-C_3_amd64.deb"]
+
+
+def test_install_copies_kernel_and_initrd_once_and_replaces_stale_copies(tmp_path):
+    (tmp_path / "k").write_bytes(b"kernel")
+    (tmp_path / "i").write_bytes(b"initrd")
+    image = gi.GuestImage(tmp_path, tmp_path / "k", tmp_path / "i", gi.CMDLINE, "K", tmp_path / "t", "k")
+    dest = tmp_path / "secondary"
+    placed = gi.install(image, dest)
+    assert placed.kernel.read_bytes() == b"kernel" and placed.initrd.read_bytes() == b"initrd"
+    assert placed.cmdline == image.cmdline and placed.kernel.parent == dest
+    inode = placed.kernel.stat().st_ino
+    assert gi.install(image, dest).kernel.stat().st_ino == inode  # unchanged: not rewritten
+    (tmp_path / "i").write_bytes(b"initrd2")
+    assert gi.install(image, dest).initrd.read_bytes() == b"initrd2"
