@@ -27,7 +27,7 @@ while [ ! -b "$root" ] && [ "$tries" -gt 0 ]; do
     tries=$((tries - 1))
 done
 
-if [ -b "$root" ] && mount -t ext4 -o rw "$root" /newroot && [ -x /newroot/sbin/init ]; then
+if [ -b "$root" ] && mount -t ext4 -o rw,noinit_itable "$root" /newroot && [ -x /newroot/sbin/init ]; then
     mount --move /dev /newroot/dev
     mount --move /proc /newroot/proc
     mount --move /sys /newroot/sys
