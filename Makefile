@@ -4,7 +4,7 @@
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base dnsmasq dnsmasq-utils busybox-static \
+APT_PACKAGES := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base dnsmasq dnsmasq-utils \
                 openssh-server openssh-client python3-libvirt libvirt-dev pkg-config gcc python3-venv \
                 iproute2 util-linux busybox-static kmod e2fsprogs
 PYTEST_ARGS ?=

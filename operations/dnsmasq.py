@@ -198,10 +198,15 @@ if [ -n "$pidf" ]; then
 fi
 tr=$(mktemp) && cat > "$tr" || fail "cannot read the requested changes"
 ifc=
+# Leases are released where dnsmasq serves them: in its own network namespace when it runs in one.
+nsx=
+if [ -n "$pid" ] && [ "$(readlink "/proc/$pid/ns/net")" != "$(readlink /proc/self/ns/net)" ]; then
+  nsx="nsenter --net=/proc/$pid/ns/net --"
+fi
 if [ -n "$rel" ] && grep -q '^del ' "$tr"; then
   command -v dhcp_release >/dev/null 2>&1 || \
     fail "dhcp_release is not installed (package dnsmasq-utils), nothing was changed: $setup"
-  ifc=$(ip -o addr show to "$rel" 2>/dev/null | awk '{{ print $2; exit }}')
+  ifc=$($nsx ip -o addr show to "$rel" 2>/dev/null | awk '{{ print $2; exit }}')
   [ -n "$ifc" ] || \
     fail "no interface here holds $rel (dns_listen_address) to release DHCP leases on; nothing was changed"
 fi
@@ -254,7 +259,7 @@ if [ -n "$pid" ] && [ -n "$changed" ]; then
 fi
 if [ -n "$ifc" ]; then
   while read -r m ip; do
-    dhcp_release "$ifc" "$ip" "$m" || fail "dhcp_release $ifc $ip $m failed"
+    $nsx dhcp_release "$ifc" "$ip" "$m" || fail "dhcp_release $ifc $ip $m failed"
     echo "released the DHCP lease of $m ($ip) on $ifc"
   done < "$trel"
 fi

@@ -246,11 +246,6 @@ def test_delete_removes_the_volumes_and_keeps_the_base(guests: Guests) -> None:
     assert guests.base_checksum() == guests.checksum
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="dnsmasq answers a DHCP client's name from its lease database until the lease is released; "
-    "delete drops the lease only once it runs dhcp_release",
-)
 def test_deleted_guests_names_no_longer_resolve(guests: Guests) -> None:
     resolver = dns.resolver.Resolver(configure=False)
     resolver.nameservers = [guests.inventory["mgmt"]["data"]["ssh_hostname"]]
