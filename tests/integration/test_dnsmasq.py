@@ -233,7 +233,7 @@ def _manifest(host: str, prefix: str, first_ip: int) -> list[dict[str, Any]]:
     return [{
         "host": host,
         "vmspecs": [
-            {"name": f"{prefix}{i}", "hostname": f"{prefix}{i}.conc.internal", "ipaddress": f"10.10.99.{first_ip + i}",
+            {"name": f"{prefix}{i}", "hostname": f"{prefix}{i}.conc.internal", "ipaddress": f"10.10.5.{first_ip + i}",
              "vcpus": 1, "memoryGb": 1, "maxMemoryGb": 1, "numDisks": 0, "diskSize": 0, "clone": "linked"}
             for i in range(3)
         ],
@@ -267,7 +267,8 @@ def _workflows(sandbox_cluster: dict[str, Any], tmp_path: Path, deploy: str,
 def test_two_concurrent_builds_of_different_manifests_keep_every_reservation(
     mgmt: Mgmt, sandbox_cluster: dict[str, Any], tmp_path: Path
 ) -> None:
-    manifests = {"a": _manifest("sm-01", "conca", 10), "b": _manifest("sm-02", "concb", 20)}
+    # Inside the sandbox's dhcp_range, apart from the addresses other tests use.
+    manifests = {"a": _manifest("sm-01", "conca", 230), "b": _manifest("sm-02", "concb", 240)}
     hosts = {host: client.node_data(sandbox_cluster, host) for host in ("sm-01", "sm-02")}
     pools_before = {host: set(client.ssh(data, "virsh -q pool-list --all --name").split())
                     for host, data in hosts.items()}

@@ -333,8 +333,8 @@ def test_capacity_refusal_fails_that_host_alone_with_a_table(cluster: Cluster) -
         assert "capacity preflight refused the build on sm-01" in output
         table = [line for line in output.splitlines() if "vCPUs" in line and "limit" in line]
         assert table, output[-3000:]
-        assert re.search(r"sm-01 +1[01] +8 .*vCPUs > 2 CPUs x 4", output), output[-3000:]
-        assert re.search(r"sm-02 +2 +8 .* ok", output), output[-3000:]
+        assert re.search(r"sm-01 +\d+ +8 .*vCPUs > 2 CPUs x 4", output), output[-3000:]
+        assert re.search(r"sm-02 +\d+ +8 .* ok", output), output[-3000:]
         assert "wf-vm01 (9 vCPU, 1 GiB) would fit on: no other host" in output
         assert "wf-vm02 (1 vCPU, 1 GiB) would fit on: sm-02" in output
         assert not set(VMS["sm-01"]) & set(cluster.domains("sm-01"))
