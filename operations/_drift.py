@@ -129,11 +129,21 @@ def free_here(path: str, snapshot: Snapshot) -> str | None:
     return None
 
 
-def orphan_volumes(snapshots: dict[str, Snapshot | None], shared_dirs: tuple[str, ...] = ()) -> list[Finding]:
-    """Owned-pattern volumes with no domain, one finding per path (a shared path once)."""
+def orphan_volumes(
+    snapshots: dict[str, Snapshot | None],
+    shared_dirs: tuple[str, ...] = (),
+    manifest_vms: frozenset[str] = frozenset(),
+    bases: frozenset[str] = frozenset(),
+) -> list[Finding]:
+    """Owned-pattern volumes with no domain, one finding per path (a shared path once).
+
+    Prunable only when nothing may still want them: not a base image (``<vm>`` is a ``srcvm`` of the
+    manifest) and not a VM the manifest names (the delete or build workflow decides about those), and
+    in shared storage only when every hypervisor was read and none uses the file.
+    """
     read = {h: s for h, s in snapshots.items() if s is not None}
-    everyone_read = len(read) == len(snapshots)
-    findings: list[Finding] = []
+    unread = sorted(set(snapshots) - set(read))
+    found: list[tuple[str, str, str, str]] = []  # path, host, vm, where
     shared_seen: dict[str, list[str]] = {}
     for host_name in sorted(read):
         snapshot = read[host_name]
@@ -142,40 +152,39 @@ def orphan_volumes(snapshots: dict[str, Snapshot | None], shared_dirs: tuple[str
             match = VOLUME_NAME.match(posixpath.basename(path))
             if match is None or match["vm"] in snapshot.get("domains", {}):
                 continue
-            vm = match["vm"]
             if posixpath.dirname(path) in shared:
                 shared_seen.setdefault(path, []).append(host_name)
                 continue
-            owned, _ = owned_volumes(vm, None, snapshot, ())
+            owned, _ = owned_volumes(match["vm"], None, snapshot, ())
             if (pool, posixpath.basename(path)) in owned:
-                findings.append(
-                    Finding("orphan-volume", path, host_name, f"pool {pool}, no domain {vm}", True)
-                )
+                found.append((path, host_name, match["vm"], f"pool {pool}"))
     for path, seen_on in sorted(shared_seen.items()):
-        where = ", ".join(seen_on)
-        if not everyone_read:
-            unread = ", ".join(sorted(set(snapshots) - set(read)))
+        if any(free_here(path, read[h]) is not None for h in read):
+            continue  # used (or not a plain file) somewhere: not an orphan
+        match = VOLUME_NAME.match(posixpath.basename(path))
+        assert match is not None
+        found.append((path, seen_on[0], match["vm"], f"shared storage, seen on {', '.join(seen_on)}"))
+    findings: list[Finding] = []
+    for path, host_name, vm, where in found:
+        shared_path = not where.startswith("pool ")
+        if vm in bases:
+            findings.append(Finding("orphan-volume", path, host_name, f"{where}: base image of {vm}; kept"))
+        elif vm in manifest_vms:
             findings.append(
                 Finding(
-                    "orphan-volume",
-                    path,
-                    seen_on[0],
-                    f"shared storage (seen on {where}); not provable: {unread} not read",
+                    "orphan-volume", path, host_name, f"{where}: no domain {vm} here; the manifest names {vm}"
                 )
             )
-            continue
-        reasons = [f"{h}: {r}" for h in sorted(read) if (r := free_here(path, read[h])) is not None]
-        if reasons:
-            continue  # in use somewhere (or not a plain file): not an orphan
-        findings.append(
-            Finding(
-                "orphan-volume",
-                path,
-                seen_on[0],
-                f"shared storage, unused on every host (seen on {where})",
-                True,
+        elif shared_path and unread:
+            findings.append(
+                Finding(
+                    "orphan-volume", path, host_name, f"{where}: not provable, {', '.join(unread)} not read"
+                )
             )
-        )
+        else:
+            findings.append(
+                Finding("orphan-volume", path, host_name, f"{where}: no domain {vm}, unused", True)
+            )
     return findings
 
 
@@ -255,7 +264,7 @@ def find(
                 )
             )
 
-    findings += orphan_volumes(snapshots, shared_dirs)
+    findings += orphan_volumes(snapshots, shared_dirs, frozenset(specs), frozenset(bases))
 
     if reservations is not None:
         by_mac = {spec.mac.lower(): spec for _, spec in specs.values()}
