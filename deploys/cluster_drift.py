@@ -33,7 +33,7 @@ class ClusterView:
     placement: dict[str, list[VmSpec]]
     snapshots: dict[str, dict[str, Any] | None]
     reservations: dict[str, dict[str, str]] | None
-    mgmt: str
+    mgmt: str  # the management node's name ("" without one)
     findings: list[Finding]
     plan: PrunePlan
 
@@ -80,7 +80,7 @@ def cluster_view() -> ClusterView:
             snapshots[name_] = job.value
         mgmt_hosts = [m for m in inventory.get_group("mgmt", default=[]) if m in active]
         reservations = None
-        mgmt_name = mgmt_hosts[0].name if mgmt_hosts else "mgmt"
+        mgmt_name = mgmt_hosts[0].name if mgmt_hosts else ""
         if mgmt_hosts:
             member = mgmt_hosts[0]
             read = member.get_fact(
@@ -96,7 +96,7 @@ def cluster_view() -> ClusterView:
                 | {setting("kvm_secondary_storage")}
             )
         )
-        findings = find(placement, snapshots, reservations, shared, mgmt=mgmt_name)
+        findings = find(placement, snapshots, reservations, shared, mgmt=mgmt_name or "mgmt")
         view = ClusterView(
             placement, snapshots, reservations, mgmt_name, findings, prune_plan(findings, reservations)
         )
@@ -127,7 +127,7 @@ def _reporter(view: ClusterView) -> bool:
     if is_mgmt():
         return True
     hypervisors = sorted(view.snapshots)
-    return view.mgmt == "mgmt" and not is_mgmt() and bool(hypervisors) and host.name == hypervisors[0]
+    return not view.mgmt and bool(hypervisors) and host.name == hypervisors[0]
 
 
 @deploy("Prune orphans")

@@ -215,7 +215,12 @@ def find(
     unread = sorted(set(snapshots) - set(read))
     everyone_read = not unread
     findings += [
-        Finding("unread-host", h, "", "its facts could not be read; nothing is concluded about it")
+        Finding(
+            "unread-host",
+            h,
+            "",
+            "not read (unreachable, failed or outside --limit); nothing is concluded about it",
+        )
         for h in unread
     ]
 

@@ -226,7 +226,12 @@ def test_an_unread_host_proves_nothing() -> None:
     leases = reservations(reservation("gone", "10.10.5.99", STALE_MAC))
     findings = find(PLACEMENT, snapshots, leases, SHARED, mgmt="mgmt01")
     assert findings == [
-        Finding("unread-host", "sm-02", "", "its facts could not be read; nothing is concluded about it"),
+        Finding(
+            "unread-host",
+            "sm-02",
+            "",
+            "not read (unreachable, failed or outside --limit); nothing is concluded about it",
+        ),
         Finding(
             "orphan-volume",
             "/secondary/old-vda.img",
