@@ -119,6 +119,7 @@ def test_report_then_dry_prune_then_prune(cluster: Cluster) -> None:
         "no manifest VM, no domain on any host (prune removes it)",
     ):
         assert line in report, report[-4000:]
+    assert report.count("wrong-host: dr-vm03") == 1  # one report for the cluster, not one per host
     assert "dr-notes" not in report and f"orphan-volume: {FOREIGN_DISK}" not in report
     assert "unmanaged-domain: dr-idle" not in report  # the manifest's base VM
 
