@@ -12,6 +12,26 @@ def _cell(actual: Any, wanted: Any, text: str) -> str:
     return text if actual == wanted else f"{text}!"
 
 
+def configured(spec: VmSpec, domain: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
+    """(field, actual, wanted, shown) per compared value: the persistent definition the VM boots with."""
+    # Configured values: live memory of a running VM is whatever its balloon reports.
+    config = domain.get("config") or domain
+    disks = [d for d in config.get("disks", []) if d.get("device") == "disk"]
+    macs = [i.get("mac") for i in config.get("interfaces", [])]
+    return [
+        ("vcpus", config["vcpus"], spec.vcpus, str(config["vcpus"])),
+        ("memory", config["memory_kib"], spec.memory_kib, gib(config["memory_kib"])),
+        ("max memory", config["max_memory_kib"], spec.max_memory_kib, gib(config["max_memory_kib"])),
+        ("data disks", len(disks) - 1, spec.num_disks, str(len(disks) - 1)),
+        ("mac", macs[:1], [spec.mac], macs[0] if macs else "-"),
+    ]
+
+
+def drift(spec: VmSpec, domain: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(field, actual, wanted) for each configured value that differs from the manifest."""
+    return [(f, actual, wanted) for f, actual, wanted, _ in configured(spec, domain) if actual != wanted]
+
+
 def status_lines(specs: list[VmSpec], snapshot: dict[str, Any]) -> list[str]:
     domains = snapshot.get("domains", {})
     lines = [f"{'VM':<20} {'STATE':<10} {'VCPUS':<7} {'MEMORY':<10} {'MAX':<10} {'DISKS':<6} MAC"]
@@ -20,17 +40,10 @@ def status_lines(specs: list[VmSpec], snapshot: dict[str, Any]) -> list[str]:
         if domain is None:
             lines.append(f"{spec.name:<20} {'absent!':<10}")
             continue
-        # Configured values: live memory of a running VM is whatever its balloon reports.
-        config = domain.get("config") or domain
-        disks = [d for d in config.get("disks", []) if d.get("device") == "disk"]
-        macs = [i.get("mac") for i in config.get("interfaces", [])]
+        cells = [_cell(actual, wanted, shown) for _, actual, wanted, shown in configured(spec, domain)]
         lines.append(
             f"{spec.name:<20} {domain.get('state', '?'):<10} "
-            f"{_cell(config['vcpus'], spec.vcpus, str(config['vcpus'])):<7} "
-            f"{_cell(config['memory_kib'], spec.memory_kib, gib(config['memory_kib'])):<10} "
-            f"{_cell(config['max_memory_kib'], spec.max_memory_kib, gib(config['max_memory_kib'])):<10} "
-            f"{_cell(len(disks) - 1, spec.num_disks, str(len(disks) - 1)):<6} "
-            f"{_cell(macs[:1], [spec.mac], macs[0] if macs else '-')}"
+            f"{cells[0]:<7} {cells[1]:<10} {cells[2]:<10} {cells[3]:<6} {cells[4]}"
         )
     return lines
 

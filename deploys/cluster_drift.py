@@ -1,0 +1,164 @@
+"""Cluster-wide drift report and prune: ``drift_report()`` (read-only) and ``orphans_pruned()``.
+
+Both need the whole cluster at once, while pyinfra loads a deploy separately for each host. So the first
+host to load reads the cluster once for the run (``cluster_view``): every hypervisor's ``Hypervisor``
+fact (one round trip per host, all hosts at the same time) and the management node's reservations;
+the other hosts wait for that and use the same view. The findings and the prune plan are pure
+(``operations/_drift.py``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+from gevent.lock import Semaphore
+from pyinfra import host, logger
+from pyinfra.api import deploy
+
+from deploys._dns import dnsmasq_arguments
+from deploys._settings import DEFAULTS, is_hypervisor, is_mgmt, seconds, setting
+from facts.dnsmasq import DnsmasqReservations
+from facts.libvirt import Hypervisor
+from inventories.manifest_model import VmSpec
+from operations import dnsmasq, orphans
+from operations._drift import Finding, PrunePlan, find, prune_plan, report_lines
+from operations._virsh import session_limit
+
+
+@dataclass
+class ClusterView:
+    placement: dict[str, list[VmSpec]]
+    snapshots: dict[str, dict[str, Any] | None]
+    reservations: dict[str, dict[str, str]] | None
+    mgmt: str  # the management node's name ("" without one)
+    findings: list[Finding]
+    plan: PrunePlan
+
+
+_VIEWS: weakref.WeakKeyDictionary[Any, ClusterView] = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[Any, Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _data(member: Any, key: str) -> Any:
+    return member.data.get(key, DEFAULTS[key])
+
+
+def _read_hypervisor(state: Any, member: Any) -> dict[str, Any] | None:
+    timeout = int(_data(member, "command_timeout"))
+    snapshot = member.get_fact(
+        Hypervisor,
+        uri=_data(member, "libvirt_uri"),
+        timeout=timeout,
+        _timeout=session_limit(1, timeout + 10),
+    )
+    # A failed read fails that host; its empty default would make every VM there look absent.
+    return None if member in state.failed_hosts else snapshot
+
+
+def cluster_view() -> ClusterView:
+    """The cluster as read once for this run (the first host to ask reads it, the others wait)."""
+    state = host.state
+    lock = _LOCKS.setdefault(state, Semaphore())
+    with lock:
+        if state in _VIEWS:
+            return _VIEWS[state]
+        seconds("command_timeout")  # a bad value stops the run here, naming the key
+        inventory = state.inventory
+        active = set(inventory.get_active_hosts())
+        hypervisors = list(inventory.get_group("kvm_hosts", default=[]))
+        placement = {m.name: [VmSpec(**s) for s in m.data.get("kvm_vmspecs", [])] for m in hypervisors}
+        reachable = [m for m in hypervisors if m in active and m not in state.failed_hosts]
+        jobs = {m.name: gevent.spawn(_read_hypervisor, state, m) for m in reachable}
+        gevent.joinall(list(jobs.values()))
+        snapshots: dict[str, dict[str, Any] | None] = {m.name: None for m in hypervisors}
+        for name_, job in jobs.items():
+            if job.exception is not None:
+                raise job.exception
+            snapshots[name_] = job.value
+        mgmt_hosts = [m for m in inventory.get_group("mgmt", default=[]) if m in active]
+        reservations = None
+        mgmt_name = mgmt_hosts[0].name if mgmt_hosts else ""
+        if mgmt_hosts:
+            member = mgmt_hosts[0]
+            read = member.get_fact(
+                DnsmasqReservations,
+                hostsfile=_data(member, "dhcp_hostsfile"),
+                addn_hosts=_data(member, "dns_addn_hosts"),
+                _sudo=str(_data(member, "mgmt_sudo")).lower() in {"1", "true", "yes", "on"},
+            )
+            reservations = None if member in state.failed_hosts else read
+        shared = tuple(
+            sorted(
+                {str(_data(m, "kvm_secondary_storage")) for m in hypervisors}
+                | {setting("kvm_secondary_storage")}
+            )
+        )
+        findings = find(placement, snapshots, reservations, shared, mgmt=mgmt_name or "mgmt")
+        view = ClusterView(
+            placement, snapshots, reservations, mgmt_name, findings, prune_plan(findings, reservations)
+        )
+        _VIEWS[state] = view
+        return view
+
+
+def _print(lines: list[str]) -> None:
+    for line in lines:
+        logger.info(f"{host.print_prefix}{line}")
+
+
+@deploy("Report cluster drift")
+def drift_report() -> None:
+    """Print the cluster's drift once (from the management node, else the first hypervisor); change nothing.
+
+    Findings: hosts that could not be read, VMs defined on two hosts or on another host than the
+    manifest's, domains no manifest entry names (neither as a VM nor as a base ``srcvm``), manifest VMs
+    defined nowhere, configured resources that differ from the manifest, owned-pattern volumes with no
+    domain, reservations missing or differing, and reservations for VMs that do not exist.
+    """
+    view = cluster_view()
+    if _reporter(view):
+        _print(report_lines(view.findings))
+
+
+def _reporter(view: ClusterView) -> bool:
+    if is_mgmt():
+        return True
+    hypervisors = sorted(view.snapshots)
+    return not view.mgmt and bool(hypervisors) and host.name == hypervisors[0]
+
+
+@deploy("Prune orphans")
+def orphans_pruned() -> None:
+    """Remove the orphans the drift report proves to be the tool's own, nothing else.
+
+    On each hypervisor: its orphan volumes (``<vm>-vd*`` in a pool directory, no domain ``<vm>``, used
+    by nothing; in shared storage only when unused on every hypervisor), checked again on the host
+    right before removal. On the management node: reservations whose MAC no manifest VM has and no
+    domain on any hypervisor carries, removed through ``operations.dnsmasq.dhcp_reservations`` (which
+    also releases their leases). With any hypervisor unread, no reservation and no shared volume is
+    removed. Everything else is reported only.
+    """
+    view = cluster_view()
+    if _reporter(view):
+        _print(report_lines(view.findings))
+        if view.plan.empty():
+            _print(["prune: nothing to remove"])
+    if is_hypervisor():
+        paths = view.plan.volumes.get(host.name, [])
+        if paths:
+            orphans.orphan_volumes_absent(
+                name="Remove orphan volumes",
+                paths=paths,
+                uri=setting("libvirt_uri"),
+                command_timeout=seconds("command_timeout"),
+            )
+    if is_mgmt() and view.plan.reservations:
+        dnsmasq.dhcp_reservations(
+            name="Remove stale DHCP reservations and DNS names",
+            entries=view.plan.reservations,
+            present=False,
+            **dnsmasq_arguments(),
+        )

@@ -1,0 +1,391 @@
+"""Cluster-wide drift and orphans: the manifest, every hypervisor's ``Hypervisor`` fact and the management
+node's reservations in, findings and a prune plan out.
+
+Pure: no I/O. ``deploys/cluster_drift.py`` reads the facts (one round trip per host) and prints the
+findings; the prune workflow removes only what ``prune_plan`` returns, and ``operations/orphans.py``
+checks each volume again on its host right before it removes it.
+
+What counts as the tool's own (and so may be pruned):
+
+- a volume named like the build names disks (``<vm>-vd*`` in a storage pool directory) whose ``<vm>``
+  has no domain, that is a plain file, and that no domain uses as a disk or backing file (the delete
+  workflow's rules, ``owned_volumes``). In shared storage (``shared_dirs``, network pools) only when
+  every hypervisor was read and none defines ``<vm>`` or uses the file;
+- a DHCP reservation (the dhcp-hosts file holds only lines the tool wrote) whose MAC no manifest VM
+  has, that no domain on any hypervisor carries, and whose name no domain has; only when every
+  hypervisor was read.
+
+Everything else (foreign domains, foreign files, ISOs, base images) is only ever reported.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from inventories.manifest_model import VmSpec
+from operations._domain_plan import NETWORK_POOLS, _backing_map, in_use, owned_volumes
+from operations._status import drift
+
+Snapshot = dict[str, Any]
+
+# The build names a VM's disks <vm>-vda, <vm>-vdb, ... (with an optional extension).
+VOLUME_NAME = re.compile(r"^(?P<vm>.+)-vd[a-z]+(\.[A-Za-z0-9]+)?$")
+
+KINDS = (
+    "unread-host",
+    "duplicate",
+    "wrong-host",
+    "unmanaged-domain",
+    "absent",
+    "resources",
+    "orphan-volume",
+    "reservation",
+    "stale-reservation",
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One drift: ``kind`` (one of ``KINDS``), what it is about, where, and why.
+
+    ``host`` is the hypervisor concerned (for a prunable volume: the one that removes it), the
+    management node's ``mgmt`` for reservations, empty for the cluster. ``prunable``: the prune
+    workflow removes it.
+    """
+
+    kind: str
+    subject: str
+    host: str
+    detail: str
+    prunable: bool = False
+
+    def line(self) -> str:
+        mark = " (prune removes it)" if self.prunable else ""
+        where = f" on {self.host}" if self.host else ""
+        return f"{self.kind}: {self.subject}{where}: {self.detail}{mark}"
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    volumes: dict[str, list[str]]  # hypervisor -> paths it removes
+    reservations: list[dict[str, str]]  # {mac, ip, hostname, short} removed on the management node
+
+    def empty(self) -> bool:
+        return not self.reservations and not any(self.volumes.values())
+
+
+def _shared(snapshot: Snapshot, shared_dirs: tuple[str, ...]) -> set[str]:
+    return {posixpath.normpath(d) for d in shared_dirs} | {
+        posixpath.normpath(p["path"])
+        for p in snapshot.get("pools", {}).values()
+        if p.get("path") and p.get("type") in NETWORK_POOLS
+    }
+
+
+def _pool_files(snapshot: Snapshot) -> dict[str, str]:
+    """path -> pool name, for every file the fact saw in a pool directory."""
+    pools_by_dir = {
+        posixpath.normpath(p["path"]): name for name, p in snapshot.get("pools", {}).items() if p.get("path")
+    }
+    paths = list(snapshot.get("files", {})) + [
+        v["path"] for vols in snapshot.get("volumes", {}).values() for v in vols.values() if v.get("path")
+    ]
+    found: dict[str, str] = {}
+    for path in paths:
+        path = posixpath.normpath(path)
+        directory = posixpath.dirname(path)
+        if directory in pools_by_dir:
+            found[path] = pools_by_dir[directory]
+    return found
+
+
+def _kind(snapshot: Snapshot, path: str) -> str:
+    files = {posixpath.normpath(p): e for p, e in snapshot.get("files", {}).items()}
+    return files.get(path, {}).get("kind", "file")
+
+
+def free_here(path: str, snapshot: Snapshot) -> str | None:
+    """None when nothing on this host keeps ``path``, else why: the delete workflow's in-use rules
+    (a disk or backing file of any domain, the backing file of another file, not a plain file) and a
+    domain named after the file."""
+    path = posixpath.normpath(path)
+    match = VOLUME_NAME.match(posixpath.basename(path))
+    if match is None:
+        return "not named <vm>-vd*"
+    if match["vm"] in snapshot.get("domains", {}):
+        return f"domain {match['vm']} is defined"
+    used = in_use(snapshot)
+    if path in used:
+        return used[path]
+    backs = sorted(p for p, b in _backing_map(snapshot).items() if b == path and p != path)
+    if backs:
+        return f"backing file of {backs[0]}"
+    kind = _kind(snapshot, path)
+    if kind != "file":
+        return f"a {kind}, not a plain file"
+    return None
+
+
+def orphan_volumes(
+    snapshots: dict[str, Snapshot | None],
+    shared_dirs: tuple[str, ...] = (),
+    manifest_vms: frozenset[str] = frozenset(),
+    bases: frozenset[str] = frozenset(),
+) -> list[Finding]:
+    """Owned-pattern volumes with no domain, one finding per path (a shared path once).
+
+    Prunable only when nothing may still want them: not a base image (``<vm>`` is a ``srcvm`` of the
+    manifest) and not a VM the manifest names (the delete or build workflow decides about those), and
+    in shared storage only when every hypervisor was read and none uses the file.
+    """
+    read = {h: s for h, s in snapshots.items() if s is not None}
+    unread = sorted(set(snapshots) - set(read))
+    found: list[tuple[str, str, str, str]] = []  # path, host, vm, where
+    shared_seen: dict[str, list[str]] = {}
+    for host_name in sorted(read):
+        snapshot = read[host_name]
+        shared = _shared(snapshot, shared_dirs)
+        for path, pool in sorted(_pool_files(snapshot).items()):
+            match = VOLUME_NAME.match(posixpath.basename(path))
+            if match is None or match["vm"] in snapshot.get("domains", {}):
+                continue
+            if posixpath.dirname(path) in shared:
+                shared_seen.setdefault(path, []).append(host_name)
+                continue
+            owned, _ = owned_volumes(match["vm"], None, snapshot, ())
+            if (pool, posixpath.basename(path)) in owned:
+                found.append((path, host_name, match["vm"], f"pool {pool}"))
+    for path, seen_on in sorted(shared_seen.items()):
+        if any(free_here(path, read[h]) is not None for h in read):
+            continue  # used (or not a plain file) somewhere: not an orphan
+        match = VOLUME_NAME.match(posixpath.basename(path))
+        assert match is not None
+        found.append((path, seen_on[0], match["vm"], f"shared storage, seen on {', '.join(seen_on)}"))
+    findings: list[Finding] = []
+    for path, host_name, vm, where in found:
+        shared_path = not where.startswith("pool ")
+        if vm in bases:
+            findings.append(Finding("orphan-volume", path, host_name, f"{where}: base image of {vm}; kept"))
+        elif vm in manifest_vms:
+            findings.append(
+                Finding(
+                    "orphan-volume", path, host_name, f"{where}: no domain {vm} here; the manifest names {vm}"
+                )
+            )
+        elif shared_path and unread:
+            findings.append(
+                Finding(
+                    "orphan-volume", path, host_name, f"{where}: not provable, {', '.join(unread)} not read"
+                )
+            )
+        else:
+            findings.append(
+                Finding("orphan-volume", path, host_name, f"{where}: no domain {vm}, unused", True)
+            )
+    return findings
+
+
+def _macs(domain: dict[str, Any]) -> set[str]:
+    config = domain.get("config") or {}
+    return {
+        str(i.get("mac", "")).lower()
+        for i in list(domain.get("interfaces", [])) + list(config.get("interfaces", []))
+        if i.get("mac")
+    }
+
+
+def find(
+    placement: dict[str, list[VmSpec]],
+    snapshots: dict[str, Snapshot | None],
+    reservations: dict[str, dict[str, str]] | None,
+    shared_dirs: tuple[str, ...] = (),
+    mgmt: str = "mgmt",
+) -> list[Finding]:
+    """Every drift of the cluster, in a fixed order (by kind, then subject).
+
+    ``placement``: hypervisor -> the manifest's VMs on it; ``snapshots``: hypervisor -> its
+    ``Hypervisor`` fact, None when it could not be read (nothing is concluded from its absence);
+    ``reservations``: the ``DnsmasqReservations`` fact of ``mgmt``, None when not read.
+    """
+    findings: list[Finding] = []
+    read = {h: s for h, s in snapshots.items() if s is not None}
+    unread = sorted(set(snapshots) - set(read))
+    everyone_read = not unread
+    findings += [
+        Finding(
+            "unread-host",
+            h,
+            "",
+            "not read (unreachable, failed or outside --limit); nothing is concluded about it",
+        )
+        for h in unread
+    ]
+
+    specs = {spec.name: (h, spec) for h, vms in placement.items() for spec in vms}
+    bases = {spec.srcvm for _, spec in specs.values()}
+    defined_on: dict[str, list[str]] = {}
+    for host_name in sorted(read):
+        for domain in read[host_name].get("domains", {}):
+            defined_on.setdefault(domain, []).append(host_name)
+
+    for domain, hosts in sorted(defined_on.items()):
+        if domain in specs:
+            wanted = specs[domain][0]
+            if len(hosts) > 1:
+                findings.append(
+                    Finding(
+                        "duplicate",
+                        domain,
+                        "",
+                        f"defined on {', '.join(hosts)}; the manifest places it on {wanted}",
+                    )
+                )
+            elif hosts[0] != wanted:
+                findings.append(
+                    Finding("wrong-host", domain, hosts[0], f"the manifest places it on {wanted}")
+                )
+        elif domain not in bases:
+            findings += [Finding("unmanaged-domain", domain, h, "no manifest entry names it") for h in hosts]
+
+    for vm, (wanted, spec) in sorted(specs.items()):
+        if vm not in defined_on:
+            if wanted in read:
+                findings.append(Finding("absent", vm, wanted, "defined on no host read"))
+            continue
+        domain = read.get(wanted, {}).get("domains", {}).get(vm)
+        if domain is None:
+            continue
+        differs = drift(spec, domain)
+        if differs:
+            findings.append(
+                Finding(
+                    "resources",
+                    vm,
+                    wanted,
+                    "; ".join(f"{f} {_show(a)}, manifest {_show(w)}" for f, a, w in differs),
+                )
+            )
+
+    findings += orphan_volumes(snapshots, shared_dirs, frozenset(specs), frozenset(bases))
+
+    if reservations is not None:
+        by_mac = {spec.mac.lower(): spec for _, spec in specs.values()}
+        for vm, (_, spec) in sorted(specs.items()):
+            entry = reservations.get(spec.mac) or reservations.get(spec.mac.lower())
+            if entry is None:
+                findings.append(Finding("reservation", vm, mgmt, f"no reservation for {spec.mac}"))
+            elif entry.get("ip") != spec.ipaddress or entry.get("hostname") != spec.hostname:
+                findings.append(
+                    Finding(
+                        "reservation",
+                        vm,
+                        mgmt,
+                        f"reserved {entry.get('ip')} {entry.get('hostname')}, "
+                        f"manifest {spec.ipaddress} {spec.hostname}",
+                    )
+                )
+        carried: dict[str, str] = {}
+        for host_name, snapshot in sorted(read.items()):
+            for name, domain in snapshot.get("domains", {}).items():
+                for mac in _macs(domain):
+                    carried.setdefault(mac, f"domain {name} on {host_name}")
+        for mac, entry in sorted(reservations.items()):
+            if mac.lower() in by_mac:
+                continue
+            what = f"{entry.get('ip')} {entry.get('hostname')}"
+            short = entry.get("short") or str(entry.get("hostname", "")).split(".")[0]
+            holder = carried.get(mac.lower()) or (
+                f"domain {short} on {', '.join(defined_on[short])}" if short in defined_on else None
+            )
+            if holder:
+                findings.append(
+                    Finding(
+                        "reservation", mac, mgmt, f"{what}: no manifest VM has this MAC ({holder} uses it)"
+                    )
+                )
+            elif not everyone_read:
+                findings.append(
+                    Finding(
+                        "stale-reservation",
+                        mac,
+                        mgmt,
+                        f"{what}: no manifest VM; not provable: {', '.join(unread)} not read",
+                    )
+                )
+            else:
+                findings.append(
+                    Finding(
+                        "stale-reservation", mac, mgmt, f"{what}: no manifest VM, no domain on any host", True
+                    )
+                )
+
+    order = {k: i for i, k in enumerate(KINDS)}
+    return sorted(findings, key=lambda f: (order[f.kind], f.subject, f.host))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def prune_plan(findings: list[Finding], reservations: dict[str, dict[str, str]] | None) -> PrunePlan:
+    """What the prune workflow removes: the prunable findings, nothing else."""
+    volumes: dict[str, list[str]] = {}
+    entries: list[dict[str, str]] = []
+    for finding in findings:
+        if not finding.prunable:
+            continue
+        if finding.kind == "orphan-volume":
+            volumes.setdefault(finding.host, []).append(finding.subject)
+        elif finding.kind == "stale-reservation" and reservations is not None:
+            entry = reservations[finding.subject]
+            entries.append({k: entry[k] for k in ("mac", "ip", "hostname", "short") if k in entry})
+    return PrunePlan(volumes, entries)
+
+
+def report_lines(findings: list[Finding]) -> list[str]:
+    if not findings:
+        return ["no drift: every domain, volume and reservation matches the manifest"]
+    counts = {k: sum(1 for f in findings if f.kind == k) for k in KINDS}
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    return [f"drift: {summary}"] + [f"  {f.line()}" for f in findings]
+
+
+def recheck(paths: list[str], snapshot: Snapshot) -> tuple[list[str], list[str]]:
+    """At removal time on the host itself: (paths still free here, ``path (why)`` kept)."""
+    known = _pool_files(snapshot)
+    free: list[str] = []
+    kept: list[str] = []
+    for path in paths:
+        path = posixpath.normpath(path)
+        why = "not in a storage pool directory" if path not in known else free_here(path, snapshot)
+        if why is None:
+            free.append(path)
+        else:
+            kept.append(f"{path} ({why})")
+    return free, kept
+
+
+def running_pools(paths: list[str], snapshot: Snapshot) -> list[str]:
+    known = _pool_files(snapshot)
+    pools = snapshot.get("pools", {})
+    return sorted(
+        {known[p] for p in paths if p in known and pools.get(known[p], {}).get("state") == "running"}
+    )
+
+
+__all__ = [
+    "Finding",
+    "PrunePlan",
+    "find",
+    "free_here",
+    "orphan_volumes",
+    "prune_plan",
+    "recheck",
+    "report_lines",
+    "running_pools",
+]
