@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 import pytest
 
-from deploys._host_defaults import HostDataError
+from deploys._settings import SettingError as HostDataError
 from tests.unit.host_deploy_harness import Plan, SimHost, plan
 
 FIXTURES = Path(__file__).parent / "fixtures" / "host_deploys"

@@ -19,6 +19,7 @@ from pyinfra.connectors.util import make_unix_command
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.util import FakeState, create_host
 
+from inventories.manifest_model import VmSpec
 from operations._dnsmasq_entries import (
     BLOCK_BEGIN,
     BLOCK_END,
@@ -92,10 +93,15 @@ def test_adding_an_entry_is_one_locked_command() -> None:
     assert stdin_lines(command) == [f"add {E13.mac} {E13.ip} {E13.hostname} {E13.short}"]
 
 
-def test_vmspec_dicts_are_accepted() -> None:
-    spec = {"name": "vm14", "hostname": E14.hostname, "ipaddress": E14.ip, "mac": E14.mac, "vcpus": 1}
+def test_vmspecs_are_accepted_and_vmspec_dicts_refused() -> None:
+    spec = VmSpec(
+        name="vm14", hostname=E14.hostname, ipaddress=E14.ip, mac=E14.mac, vcpus=1, memory_gb=1,
+        max_memory_gb=1, num_disks=0, disk_size_gb=0,
+    )  # fmt: skip
     (command,), _ = run_op({}, entries=[spec])
     assert stdin_lines(command) == [f"add {E14.mac} {E14.ip} {E14.hostname} vm14"]
+    with pytest.raises(OperationValueError, match=r"vm14\.example\.internal: None is not an IPv4 address"):
+        run_op({}, entries=[spec.to_json()])
 
 
 def test_removal_sends_only_reserved_macs() -> None:
