@@ -46,6 +46,7 @@ from deploys._settings import (
     str_list,
 )
 from inventories.defaults import LIBVIRT_URI
+from inventories.dnsmasq_format import EntryError, parse_dhcp_range
 from operations._output import log
 
 # Our templates put each setting on its own line; without these jinja leaves a blank line per tag.
@@ -541,8 +542,11 @@ def optional_host(key: str) -> str | None:
 def dnsmasq_values() -> dict[str, Any]:
     """The variables of templates/dnsmasq.conf.j2 (the sandbox renders it with the same names)."""
     dhcp_range = setting("dhcp_range")
-    if dhcp_range and not re.fullmatch(r"[A-Za-z0-9.:,_-]+", str(dhcp_range)):
-        raise SettingError(f"dhcp_range={dhcp_range!r}: expected start,end[,netmask][,lease time]")
+    if dhcp_range:
+        try:
+            parse_dhcp_range(str(dhcp_range))
+        except EntryError as exc:
+            raise SettingError(str(exc).replace("dhcp_range ", "dhcp_range=", 1)) from None
     tftp_root = safe_path("tftp_root") if setting("tftp_root") else None
     try:
         lease_max = int(setting("dhcp_lease_max"))

@@ -31,6 +31,8 @@ _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE)
 
 IGNORE_CLIENT_ID = "id:*"
+# What a dhcp-range may contain (it is written into dnsmasq.conf as it is).
+_DHCP_RANGE_RE = re.compile(r"[A-Za-z0-9.:,_-]+")
 
 
 class EntryError(ValueError):
@@ -347,3 +349,25 @@ def render_addn_hosts(entries: Iterable[Entry]) -> str:
 def render_test_conf(entries: Iterable[Entry]) -> str:
     """dnsmasq options equivalent to the dhcp-hostsfile, for ``dnsmasq --test`` (which skips that file)."""
     return "".join(f"dhcp-host={entry.dhcp_line()}\n" for entry in sorted_entries(entries))
+
+
+def parse_dhcp_range(value: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    """``start,end[,mask][,lease]`` (leading ``set:``/``tag:`` items allowed) -> (start, end).
+
+    The one rule for a dhcp-range: the management node's deploy writes it into dnsmasq.conf, the
+    reservations operation checks addresses against it.
+    """
+    if not _DHCP_RANGE_RE.fullmatch(value):
+        raise EntryError(f"dhcp_range {value!r}: expected start,end[,netmask][,lease time]")
+    items = [item.strip() for item in value.split(",")]
+    while items and items[0].startswith(("set:", "tag:")):
+        items.pop(0)
+    try:
+        start, end = ipaddress.IPv4Address(items[0]), ipaddress.IPv4Address(items[1])
+    except (IndexError, ValueError):
+        raise EntryError(
+            f"dhcp_range {value!r} does not start with two IPv4 addresses (start,end[,mask][,lease])"
+        ) from None
+    if start > end:
+        raise EntryError(f"dhcp_range {value!r}: the start address is after the end address")
+    return start, end

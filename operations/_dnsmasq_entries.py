@@ -27,6 +27,7 @@ from inventories.dnsmasq_format import (
     normalize_mac,
     parse_addn_hosts,
     parse_dhcp_hosts,
+    parse_dhcp_range,
     parse_reservations,
     render_addn_hosts,
     render_dhcp_hosts,
@@ -49,6 +50,7 @@ __all__ = [
     "normalize_mac",
     "parse_addn_hosts",
     "parse_dhcp_hosts",
+    "parse_dhcp_range",
     "parse_reservations",
     "render_addn_hosts",
     "render_dhcp_hosts",
@@ -59,22 +61,6 @@ __all__ = [
 
 BLOCK_BEGIN = "# BEGIN kvm-qemu"
 BLOCK_END = "# END kvm-qemu"
-
-
-def parse_dhcp_range(value: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
-    """``start,end[,mask][,lease]`` (leading ``set:``/``tag:`` items allowed) -> (start, end)."""
-    items = [item.strip() for item in value.split(",")]
-    while items and items[0].startswith(("set:", "tag:")):
-        items.pop(0)
-    try:
-        start, end = ipaddress.IPv4Address(items[0]), ipaddress.IPv4Address(items[1])
-    except (IndexError, ValueError):
-        raise EntryError(
-            f"dhcp_range {value!r} does not start with two IPv4 addresses (start,end[,mask][,lease])"
-        ) from None
-    if start > end:
-        raise EntryError(f"dhcp_range {value!r}: the start address is after the end address")
-    return start, end
 
 
 def range_problems(entries: Iterable[Entry], dhcp_range: str) -> list[str]:

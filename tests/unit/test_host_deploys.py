@@ -795,6 +795,16 @@ def test_mgmt_server_rejects_unsafe_values(monkeypatch: pytest.MonkeyPatch) -> N
             mgmt_plan(monkeypatch, sim("debian12"), {key: value})
 
 
+def test_mgmt_server_refuses_a_dhcp_range_the_reservations_would_refuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One rule for dhcp_range: what dnsmasq.conf gets is what dhcp_reservations checks addresses against.
+    for value, message in (
+        ("everything", "does not start with two IPv4 addresses"),
+        ("10.0.0.9,10.0.0.1", "the start address is after the end address"),
+    ):
+        with pytest.raises(HostDataError, match=f"^dhcp_range='{value}'.*{message}"):
+            mgmt_plan(monkeypatch, sim("debian12"), {"dhcp_range": value})
+
+
 def test_dnsmasq_template_renders_with_only_its_documented_variables() -> None:
     """The sandbox renders the same template with exactly these names (and a plain environment)."""
     template = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True).from_string(
