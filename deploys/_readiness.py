@@ -1,4 +1,4 @@
-"""Readiness after start (deploys/wait.py): the probe the management node runs, and its report.
+"""Readiness after start (``wait`` in deploys/vms.py): the probe the management node runs, and its report.
 
 One bounded command on the management node waits for every VM at once: it reads dnsmasq's lease
 file until the VM's manifest MAC holds its manifest IP, then connects to the VM's SSH port (at its
@@ -18,14 +18,7 @@ from typing import Any
 from pyinfra.api import FactBase, QuoteString, StringCommand
 from pyinfra.api.exceptions import FactProcessError
 
-WAIT_DEFAULTS: dict[str, Any] = {
-    # Seconds until a VM that has no lease or no SSH answer counts as not ready.
-    "wait_timeout": 300,
-    # dnsmasq's lease database on the management node (Debian's default;
-    # RHEL: /var/lib/dnsmasq/dnsmasq.leases).
-    "dhcp_leasefile": "/var/lib/misc/dnsmasq.leases",
-    "wait_ssh_port": 22,
-}
+from inventories.manifest_model import VmSpec
 
 # Run by python3 on the management node: argv[1] is the JSON configuration (see probe_config).
 PROBE = r"""
@@ -88,10 +81,8 @@ class Readiness:
         return name in self.lease and name in self.ssh
 
 
-def probe_config(
-    vmspecs: Iterable[Mapping[str, Any]], timeout: float, leasefile: str, pid_file: str, port: int
-) -> dict:
-    """The probe's JSON argument for the manifest's VMs (vmspec dicts as in the inventory data)."""
+def probe_config(vmspecs: Iterable[VmSpec], timeout: float, leasefile: str, pid_file: str, port: int) -> dict:
+    """The probe's JSON argument for the manifest's VMs."""
     return {
         "timeout": timeout,
         "leasefile": leasefile,
@@ -99,10 +90,10 @@ def probe_config(
         "port": port,
         "vms": [
             {
-                "name": spec["name"],
-                "mac": str(spec["mac"]).lower(),
-                "ip": spec["ipaddress"],
-                "ssh": spec.get("ssh_host") or spec["ipaddress"],
+                "name": spec.name,
+                "mac": spec.mac.lower(),
+                "ip": spec.ipaddress,
+                "ssh": spec.ssh_host or spec.ipaddress,
             }
             for spec in vmspecs
         ],
@@ -130,29 +121,29 @@ def parse(output: Iterable[str]) -> Readiness:
         raise FactProcessError(f"unexpected readiness probe output: {exc}") from None
 
 
-def table_lines(vmspecs: Iterable[Mapping[str, Any]], result: Readiness) -> list[str]:
+def table_lines(vmspecs: Iterable[VmSpec], result: Readiness) -> list[str]:
     """VM, IP, lease after N s, SSH after N s; '-' for what never came."""
     rows = [("VM", "IP", "lease after", "SSH after")]
     for spec in vmspecs:
-        name = spec["name"]
+        name = spec.name
         lease = f"{result.lease[name]:.1f} s" if name in result.lease else "-"
         ssh = f"{result.ssh[name]:.1f} s" if name in result.ssh else "-"
-        rows.append((name, spec["ipaddress"], lease, ssh))
+        rows.append((name, spec.ipaddress, lease, ssh))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
 
 
-def not_ready(vmspecs: Iterable[Mapping[str, Any]], result: Readiness) -> list[str]:
+def not_ready(vmspecs: Iterable[VmSpec], result: Readiness) -> list[str]:
     """Names of the VMs without a lease or without an SSH answer, each with what is missing."""
     missing = []
     for spec in vmspecs:
-        name = spec["name"]
+        name = spec.name
         if name not in result.lease:
-            missing.append(f"{name} (no lease for {spec['mac']} -> {spec['ipaddress']})")
+            missing.append(f"{name} (no lease for {spec.mac} -> {spec.ipaddress})")
         elif name not in result.ssh:
-            missing.append(f"{name} (SSH at {spec.get('ssh_host') or spec['ipaddress']} does not answer)")
+            missing.append(f"{name} (SSH at {spec.ssh_host or spec.ipaddress} does not answer)")
     return missing
 
 
@@ -174,5 +165,5 @@ class ReadinessProbe(FactBase):
     def command(self, config_json: str) -> StringCommand:
         return probe_command(json.loads(config_json))
 
-    def process(self, output: list[str]) -> Readiness:  # type: ignore[override]
+    def process(self, output: list[str]) -> Readiness:
         return parse(output)

@@ -6,27 +6,6 @@ pyinfra inventories/manifest.py deploys/build.py [--data vcpu_allocation_ratio=4
 A host whose VMs do not fit (capacity preflight) fails alone with a per-host table; the others are built.
 """
 
-from deploys._capacity import allocation_ratios
-from deploys._dns import dnsmasq_arguments, entries
-from deploys._settings import is_hypervisor, is_mgmt, seconds, setting, vmspecs
-from operations import dnsmasq, libvirt
+from deploys.vms import build
 
-if is_hypervisor():
-    vcpu_ratio, memory_ratio = allocation_ratios()
-    libvirt.domains_built(
-        name="Clone and converge VMs",
-        vmspecs=[spec.to_dict() for spec in vmspecs()],
-        uri=setting("libvirt_uri"),
-        vcpu_ratio=vcpu_ratio,
-        memory_ratio=memory_ratio,
-        command_timeout=seconds("command_timeout"),
-        copy_timeout=seconds("copy_timeout"),
-    )
-
-if is_mgmt():
-    dnsmasq.dhcp_reservations(
-        name="DHCP reservations and DNS names",
-        entries=entries(),
-        dhcp_range=setting("dhcp_range"),
-        **dnsmasq_arguments(),
-    )
+build()

@@ -2,12 +2,12 @@
 
     pyinfra inventories/manifest.py deploys/kvm_host.py
 
-Data keys and defaults: deploys/_host_defaults.py (KVM_HOST_DEFAULTS).
+Data keys and defaults: deploys/_settings.py (KVM_HOST_DEFAULTS); the work: deploys/hosts.py.
 """
 
 from pyinfra import host
 
-from deploys._host_setup import kvm_host
+from deploys.hosts import kvm_host
 
 if "kvm_hosts" in host.groups:
     kvm_host()

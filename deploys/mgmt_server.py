@@ -2,12 +2,12 @@
 
     pyinfra inventories/manifest.py deploys/mgmt_server.py
 
-Data keys and defaults: deploys/_host_defaults.py (MGMT_DEFAULTS).
+Data keys and defaults: deploys/_settings.py (MGMT_DEFAULTS); the work: deploys/hosts.py.
 """
 
 from pyinfra import host
 
-from deploys._host_setup import mgmt_server
+from deploys.hosts import mgmt_server
 
 if "mgmt" in host.groups:
     mgmt_server()

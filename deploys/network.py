@@ -86,9 +86,10 @@ def bridge_network(
     }
     try:
         spec = parse_spec(values)
+        distro = host.get_fact(LinuxDistribution)
         chosen, reason = choose_backend(
             values["kvm_bridge_backend"],
-            host.get_fact(LinuxDistribution),
+            distro,
             lambda: host.get_fact(BridgeState, state_dir=state_dir, stamp=stamp).get("tools", []),
         )
     except BridgeSpecError as exc:

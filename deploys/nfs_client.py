@@ -2,12 +2,12 @@
 
     pyinfra inventories/manifest.py deploys/nfs_client.py
 
-Data keys and defaults: deploys/_host_defaults.py (NFS_DEFAULTS).
+Data keys and defaults: deploys/_settings.py (NFS_DEFAULTS); the work: deploys/hosts.py.
 """
 
 from pyinfra import host
 
-from deploys._host_setup import nfs_client
+from deploys.hosts import nfs_client
 
 if "kvm_hosts" in host.groups:
     nfs_client()

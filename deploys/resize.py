@@ -3,14 +3,6 @@
 pyinfra inventories/manifest.py deploys/resize.py
 """
 
-from deploys._settings import is_hypervisor, seconds, setting, vmspecs
-from operations import libvirt
+from deploys.vms import resize
 
-if is_hypervisor():
-    libvirt.domains_built(
-        name="Converge VM resources",
-        vmspecs=[spec.to_dict() for spec in vmspecs()],
-        clone=False,
-        uri=setting("libvirt_uri"),
-        command_timeout=seconds("command_timeout"),
-    )
+resize()

@@ -4,16 +4,6 @@ pyinfra inventories/manifest.py deploys/stop.py [--data stop_timeout=60] [--data
     [--data command_timeout=60]
 """
 
-from deploys._settings import flag, is_hypervisor, number, seconds, setting, vmspecs
-from operations import libvirt
+from deploys.vms import stop
 
-if is_hypervisor():
-    libvirt.domains_power(
-        name="Stop VMs",
-        domains=[spec.name for spec in vmspecs()],
-        running=False,
-        force=flag("force"),
-        timeout=int(number("stop_timeout")),
-        uri=setting("libvirt_uri"),
-        command_timeout=seconds("command_timeout"),
-    )
+stop()

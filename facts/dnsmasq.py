@@ -15,11 +15,10 @@ from typing import Any, TypeVar
 from pyinfra.api import FactBase, QuoteString, StringCommand
 from pyinfra.api.exceptions import FactProcessError
 
-from operations._dnsmasq_entries import EntryError, parse_reservations
-
-DEFAULT_HOSTSFILE = "/etc/kvm-qemu/dnsmasq/dhcp-hosts"
-DEFAULT_ADDN_HOSTS = "/etc/kvm-qemu/dnsmasq/hosts"
-DEFAULT_ETC_HOSTS = "/etc/hosts"
+from inventories.defaults import DHCP_HOSTSFILE as DEFAULT_HOSTSFILE
+from inventories.defaults import DNS_ADDN_HOSTS as DEFAULT_ADDN_HOSTS
+from inventories.defaults import ETC_HOSTS as DEFAULT_ETC_HOSTS
+from inventories.dnsmasq_format import EntryError, parse_reservations
 
 # Neither marker can be a line of base64 output (space and '-' are outside its alphabet).
 FILE_MARK = "-- file"

@@ -19,7 +19,7 @@ vms = [
             "ssh_hostname": _spec.ssh_host,
             **_guest_defaults,
             **_guest_extra.get(_spec.name, {}),
-            "kvm_vmspec": _spec.to_dict(),
+            "kvm_vmspec": _spec,
             "kvm_hypervisor": _entry.host,
         },
     )

@@ -2,7 +2,8 @@
 
 Groups: ``kvm_hosts`` (one host per manifest entry; host data ``kvm_vmspecs``) and ``mgmt`` (the
 management node running dnsmasq: ``@local`` or ``KVM_MGMT_HOST``; group data ``kvm_all_vmspecs``)
-and, when ``KVM_NFS_SERVER`` names a host, ``nfs_server``.
+and, when ``KVM_NFS_SERVER`` names a host, ``nfs_server``. Both vmspec keys hold ``VmSpec`` objects
+(inventories/manifest_model.py), which the deploys hand to the operations as they are.
 Guests are never part of this inventory: pyinfra connects to every host it lists.
 """
 
@@ -23,7 +24,7 @@ kvm_hosts = [
         {
             **_entry.ssh,
             **_host_extra.get(_entry.host, {}),
-            "kvm_vmspecs": [_spec.to_dict() for _spec in _entry.vmspecs],
+            "kvm_vmspecs": list(_entry.vmspecs),
         },
     )
     for _entry in _entries
@@ -32,7 +33,7 @@ kvm_hosts = [
 _mgmt_name = _os.environ.get(_MGMT_HOST_ENV) or _mgmt_extra.get("name") or "@local"
 mgmt = (
     [(_mgmt_name, dict(_mgmt_extra.get("data", {})))],
-    {"kvm_all_vmspecs": [_spec.to_dict() for _entry in _entries for _spec in _entry.vmspecs]},
+    {"kvm_all_vmspecs": [_spec for _entry in _entries for _spec in _entry.vmspecs]},
 )
 
 # The NFS server (deploys/nfs_server.py): a host named by KVM_NFS_SERVER, else the mgmt host serves.

@@ -91,7 +91,8 @@ class VmSpec:
     def max_memory_kib(self) -> int:
         return self.max_memory_gb * 1024 * 1024
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
+        """For pyinfra's JSON output of host data (``debug-inventory``, ``--debug-data``)."""
         return asdict(self)
 
 

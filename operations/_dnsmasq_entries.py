@@ -1,210 +1,66 @@
-"""Static DHCP reservations and DNS names for dnsmasq: parse, validate, diff and render. No I/O.
+"""Planning of the reservations operation: the dhcp-range check, the new set of entries, the requests
+sent to the node, the /etc/hosts block and the diff. No I/O. The file format itself (``Entry``, parse,
+render) is ``inventories/dnsmasq_format.py``.
 
-An entry is (MAC, IP, FQDN, short name); the MAC is its identity. The tool owns two files:
-
-* the dhcp-hostsfile, one ``MAC,id:*,IP,shortname`` line per entry (``id:*``: any client id);
-* the addn-hosts file, one ``IP FQDN shortname`` line per entry.
-
-Both start with a ``#`` header; comments and blank lines are ignored when reading. The two files must
-agree (same IPs, same short names); anything else is an :class:`EntryError` naming file and line.
 Optionally the same host lines also go into a marked block of /etc/hosts
 (``# BEGIN kvm-qemu`` ... ``# END kvm-qemu``); every other byte of that file is kept.
-
-Addresses are compared as parsed ``IPv4Address`` values, never as substrings or regexes, so
-10.10.5.13 and 10.10.5.130 are always different entries.
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
-from inventories.manifest_model import address_problem
+from inventories.dnsmasq_format import (
+    ADDN_HOSTS_HEADER,
+    DHCP_HOSTS_HEADER,
+    IGNORE_CLIENT_ID,
+    Entry,
+    EntryError,
+    _uniqueness_problems,
+    entries_from,
+    entry_from_mapping,
+    macs_from,
+    make_entry,
+    normalize_ip,
+    normalize_mac,
+    parse_addn_hosts,
+    parse_dhcp_hosts,
+    parse_dhcp_range,
+    parse_reservations,
+    render_addn_hosts,
+    render_dhcp_hosts,
+    render_test_conf,
+    reservation,
+    sorted_entries,
+)
 
-DHCP_HOSTS_HEADER = "# Managed by kvm-qemu (dhcp_reservations): MAC,IP,short name. Local changes are lost."
-ADDN_HOSTS_HEADER = "# Managed by kvm-qemu (dhcp_reservations): IP FQDN short name. Local changes are lost."
+__all__ = [
+    "ADDN_HOSTS_HEADER",
+    "DHCP_HOSTS_HEADER",
+    "IGNORE_CLIENT_ID",
+    "Entry",
+    "EntryError",
+    "entries_from",
+    "entry_from_mapping",
+    "macs_from",
+    "make_entry",
+    "normalize_ip",
+    "normalize_mac",
+    "parse_addn_hosts",
+    "parse_dhcp_hosts",
+    "parse_dhcp_range",
+    "parse_reservations",
+    "render_addn_hosts",
+    "render_dhcp_hosts",
+    "render_test_conf",
+    "reservation",
+    "sorted_entries",
+]
+
 BLOCK_BEGIN = "# BEGIN kvm-qemu"
 BLOCK_END = "# END kvm-qemu"
-
-# Always used with fullmatch: "$" alone also matches before a final newline.
-_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
-_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE)
-
-
-class EntryError(ValueError):
-    """Invalid input, unreadable files or conflicting reservations; the message lists every problem."""
-
-    def __init__(self, problems: str | Sequence[str]) -> None:
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__("\n".join(self.problems))
-
-
-IGNORE_CLIENT_ID = "id:*"
-
-
-@dataclass(frozen=True, order=True)
-class Entry:
-    """One reservation. ``mac`` is lower case; ``ip`` is the canonical dotted quad."""
-
-    mac: str
-    ip: str
-    hostname: str
-    short: str
-
-    @property
-    def names(self) -> tuple[str, str]:
-        return (self.hostname.lower(), self.short.lower())
-
-    def sort_key(self) -> tuple[int, str]:
-        return (int(ipaddress.IPv4Address(self.ip)), self.mac)
-
-    def dhcp_line(self) -> str:
-        # id:* ignores the DHCP client identifier: clones of one image often send the same one.
-        return f"{self.mac},{IGNORE_CLIENT_ID},{self.ip},{self.short}"
-
-    def hosts_line(self) -> str:
-        return f"{self.ip} {self.hostname} {self.short}"
-
-    def label(self) -> str:
-        return f"{self.mac} ({self.hostname})"
-
-    def to_dict(self) -> dict[str, str]:
-        return {"mac": self.mac, "ip": self.ip, "hostname": self.hostname, "short": self.short}
-
-
-# ---------------------------------------------------------------------------------------------
-# Field checks
-
-
-def normalize_mac(value: Any) -> str:
-    if not isinstance(value, str) or not _MAC_RE.fullmatch(value.lower()):
-        raise EntryError(f"{value!r} is not a MAC address such as 52:54:00:12:34:56")
-    if int(value[:2], 16) & 1:
-        raise EntryError(f"{value!r} is a multicast MAC address")
-    if value == "00:00:00:00:00:00":
-        raise EntryError(f"{value!r} is the all-zero MAC address")
-    return value.lower()
-
-
-def normalize_ip(value: Any) -> str:
-    if not isinstance(value, str):
-        raise EntryError(f"{value!r} is not an IPv4 address such as 10.10.5.11")
-    try:
-        address = ipaddress.IPv4Address(value)
-    except ValueError:
-        raise EntryError(f"{value!r} is not an IPv4 address such as 10.10.5.11") from None
-    reason = address_problem(str(address))
-    if reason:
-        raise EntryError(f"{value!r} cannot be reserved for a host: it {reason}")
-    return str(address)
-
-
-def check_fqdn(value: Any) -> str:
-    labels = value.split(".") if isinstance(value, str) else []
-    if len(labels) < 2 or len(value) > 253 or not all(_LABEL_RE.fullmatch(label) for label in labels):
-        raise EntryError(f"{value!r} is not a fully qualified host name such as vm01.example.internal")
-    return value
-
-
-def check_short(value: Any) -> str:
-    if not isinstance(value, str) or not _LABEL_RE.fullmatch(value):
-        raise EntryError(f"{value!r} is not a short host name such as vm01")
-    return value
-
-
-def make_entry(mac: Any, ip: Any, hostname: Any, short: Any) -> Entry:
-    """An Entry from raw values, or EntryError listing every bad field."""
-    problems: list[str] = []
-    values: list[str] = []
-    checks = ((normalize_mac, mac), (normalize_ip, ip), (check_fqdn, hostname), (check_short, short))
-    for check, value in checks:
-        try:
-            values.append(check(value))
-        except EntryError as exc:
-            problems += exc.problems
-    if problems:
-        raise EntryError(problems)
-    return Entry(*values)
-
-
-def entry_from_mapping(item: Any) -> Entry:
-    """Accept ``{mac, ip, hostname, short}`` or a VmSpec dict (``ipaddress``; short name from hostname)."""
-    if hasattr(item, "to_dict"):
-        item = item.to_dict()
-    if not isinstance(item, Mapping):
-        raise EntryError(f"an entry must be a mapping with mac, ip, hostname and short, not {item!r}")
-    hostname = item.get("hostname")
-    ip = item.get("ip", item.get("ipaddress"))
-    short = item.get("short")
-    if short is None and isinstance(hostname, str):
-        short = hostname.split(".", 1)[0]
-    try:
-        return make_entry(item.get("mac"), ip, hostname, short)
-    except EntryError as exc:
-        where = item.get("hostname") or item.get("mac") or item.get("name") or "entry"
-        raise EntryError([f"{where}: {problem}" for problem in exc.problems]) from None
-
-
-def macs_from(items: Iterable[Any]) -> list[str]:
-    """The MACs of entries given for removal (only ``mac`` is needed)."""
-    macs: list[str] = []
-    problems: list[str] = []
-    for item in items:
-        if hasattr(item, "to_dict"):
-            item = item.to_dict()
-        try:
-            raw = item.get("mac") if isinstance(item, Mapping) else item
-            mac = normalize_mac(raw)
-        except EntryError as exc:
-            problems += exc.problems
-            continue
-        if mac not in macs:
-            macs.append(mac)
-    if problems:
-        raise EntryError(problems)
-    return macs
-
-
-def entries_from(items: Iterable[Any]) -> list[Entry]:
-    """Entries to add or update; identical repeats collapse, any other repeat is an error."""
-    problems: list[str] = []
-    entries: list[Entry] = []
-    for item in items:
-        try:
-            entries.append(entry_from_mapping(item))
-        except EntryError as exc:
-            problems += exc.problems
-    if problems:
-        raise EntryError(problems)
-    unique = list(dict.fromkeys(entries))
-    problems += _uniqueness_problems(unique, existing={}, source="")
-    if problems:
-        raise EntryError(problems)
-    return unique
-
-
-# ---------------------------------------------------------------------------------------------
-# dhcp-range
-
-
-def parse_dhcp_range(value: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
-    """``start,end[,mask][,lease]`` (leading ``set:``/``tag:`` items allowed) -> (start, end)."""
-    items = [item.strip() for item in value.split(",")]
-    while items and items[0].startswith(("set:", "tag:")):
-        items.pop(0)
-    try:
-        start, end = ipaddress.IPv4Address(items[0]), ipaddress.IPv4Address(items[1])
-    except (IndexError, ValueError):
-        raise EntryError(
-            f"dhcp_range {value!r} does not start with two IPv4 addresses (start,end[,mask][,lease])"
-        ) from None
-    if start > end:
-        raise EntryError(f"dhcp_range {value!r}: the start address is after the end address")
-    return start, end
 
 
 def range_problems(entries: Iterable[Entry], dhcp_range: str) -> list[str]:
@@ -214,156 +70,6 @@ def range_problems(entries: Iterable[Entry], dhcp_range: str) -> list[str]:
         for entry in entries
         if not start <= ipaddress.IPv4Address(entry.ip) <= end
     ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading the two files
-
-
-def _content_lines(text: str) -> Iterable[tuple[int, str]]:
-    for number, line in enumerate(text.split("\n"), start=1):
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            yield number, stripped
-
-
-def parse_dhcp_hosts(text: str, source: str = "dhcp-hosts") -> list[tuple[int, str, str, str]]:
-    """``MAC,id:*,IP,short`` (or ``MAC,IP,short``) lines -> [(line number, mac, ip, short)]."""
-    rows: list[tuple[int, str, str, str]] = []
-    problems: list[str] = []
-    for number, line in _content_lines(text):
-        fields = line.split(",")
-        if len(fields) == 4 and fields[1] == IGNORE_CLIENT_ID:
-            del fields[1]
-        try:
-            if len(fields) != 3:
-                raise EntryError(f"expected MAC,IP,short name but found {len(fields)} field(s)")
-            mac, ip, short = normalize_mac(fields[0]), normalize_ip(fields[1]), check_short(fields[2])
-        except EntryError as exc:
-            problems += [f"{source} line {number} {line!r}: {problem}" for problem in exc.problems]
-            continue
-        rows.append((number, mac, ip, short))
-    if problems:
-        raise EntryError(problems)
-    return rows
-
-
-def parse_addn_hosts(text: str, source: str = "hosts") -> list[tuple[int, str, str, str]]:
-    """``IP FQDN short`` lines -> [(line number, ip, fqdn, short)]."""
-    rows: list[tuple[int, str, str, str]] = []
-    problems: list[str] = []
-    for number, line in _content_lines(text):
-        fields = line.split()
-        try:
-            if len(fields) != 3:
-                raise EntryError(f"expected IP FQDN short name but found {len(fields)} field(s)")
-            ip, fqdn, short = normalize_ip(fields[0]), check_fqdn(fields[1]), check_short(fields[2])
-        except EntryError as exc:
-            problems += [f"{source} line {number} {line!r}: {problem}" for problem in exc.problems]
-            continue
-        rows.append((number, ip, fqdn, short))
-    if problems:
-        raise EntryError(problems)
-    return rows
-
-
-def parse_reservations(
-    dhcp_text: str | None,
-    hosts_text: str | None,
-    dhcp_source: str = "dhcp-hosts",
-    hosts_source: str = "hosts",
-) -> dict[str, Entry]:
-    """Join both files (a missing file is empty) into ``{mac: Entry}``; disagreements are errors."""
-    dhcp_rows = parse_dhcp_hosts(dhcp_text or "", dhcp_source)
-    host_rows = parse_addn_hosts(hosts_text or "", hosts_source)
-    problems: list[str] = []
-    by_ip: dict[str, tuple[int, str, str]] = {}
-    for number, ip, fqdn, short in host_rows:
-        if ip in by_ip:
-            problems.append(f"{hosts_source} line {number}: {ip} is already listed on line {by_ip[ip][0]}")
-        else:
-            by_ip[ip] = (number, fqdn, short)
-    entries: dict[str, Entry] = {}
-    seen_ip: dict[str, int] = {}
-    for number, mac, ip, short in dhcp_rows:
-        where = f"{dhcp_source} line {number}"
-        if mac in entries:
-            problems.append(f"{where}: MAC {mac} is listed twice")
-            continue
-        if ip in seen_ip:
-            problems.append(f"{where}: {ip} is already reserved on line {seen_ip[ip]}")
-            continue
-        seen_ip[ip] = number
-        if ip not in by_ip:
-            problems.append(f"{where}: {ip} has no line in {hosts_source}")
-            continue
-        host_number, fqdn, host_short = by_ip[ip]
-        if host_short.lower() != short.lower():
-            problems.append(
-                f"{where}: short name {short!r} differs from {host_short!r} in {hosts_source} "
-                f"line {host_number}"
-            )
-            continue
-        entries[mac] = Entry(mac, ip, fqdn, short)
-    for ip, (number, _fqdn, _short) in by_ip.items():
-        if ip not in seen_ip:
-            problems.append(f"{hosts_source} line {number}: {ip} has no line in {dhcp_source}")
-    if problems:
-        raise EntryError(problems)
-    return entries
-
-
-# ---------------------------------------------------------------------------------------------
-# Planning
-
-
-def _uniqueness_problems(entries: Sequence[Entry], existing: Mapping[str, Entry], source: str) -> list[str]:
-    """Problems when two different MACs share an IP or a name, within ``entries`` or against ``existing``."""
-    problems: list[str] = []
-    owner_ip: dict[str, Entry] = {}
-    owner_name: dict[str, Entry] = {}
-    for entry in existing.values():
-        owner_ip[entry.ip] = entry
-        for name in entry.names:
-            owner_name[name] = entry
-    wanted_macs: dict[str, Entry] = {}
-    for entry in entries:
-        if entry.mac in wanted_macs:
-            problems.append(
-                f"MAC {entry.mac} is given twice in entries: {wanted_macs[entry.mac].hosts_line()!r} "
-                f"and {entry.hosts_line()!r}"
-            )
-            continue
-        wanted_macs[entry.mac] = entry
-    origin: dict[int, str] = {id(e): f"already reserved in {source}" for e in existing.values()}
-    for entry in wanted_macs.values():
-        old = existing.get(entry.mac)
-        if old is not None:
-            # The MAC is the identity, and a derived MAC comes from the VM name: a different IP or
-            # name under the same MAC is another VM (same name in another manifest, or a collision).
-            if (old.ip, old.names) != (entry.ip, entry.names):
-                problems.append(
-                    f"MAC {entry.mac} of {entry.hostname} ({entry.ip}) is already reserved in {source} for "
-                    f"{old.hostname} ({old.ip}): one MAC for two VMs (a VM of the same name in another "
-                    "manifest, or two names that derive one MAC); delete the other reservation or set "
-                    "macaddress"
-                )
-            continue
-        origin[id(entry)] = "also given in entries"
-        other = owner_ip.get(entry.ip)
-        if other is not None and other.mac != entry.mac:
-            problems.append(
-                f"IP address {entry.ip} of {entry.label()} is {origin[id(other)]} for {other.label()}"
-            )
-        else:
-            owner_ip[entry.ip] = entry
-        for name, shown in zip(entry.names, (entry.hostname, entry.short), strict=True):
-            other = owner_name.get(name)
-            if other is not None and other.mac != entry.mac:
-                problems.append(f"name {shown} of {entry.mac} is {origin[id(other)]} for {other.label()}")
-            else:
-                owner_name[name] = entry
-    return problems
 
 
 def plan(
@@ -402,31 +108,6 @@ def request_lines(entries: Sequence[Entry] | Sequence[str], present: bool) -> li
     if present:
         return [f"add {e.mac} {e.ip} {e.hostname} {e.short}" for e in entries if isinstance(e, Entry)]
     return [f"del {mac}" for mac in entries if isinstance(mac, str)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Rendering
-
-
-def sorted_entries(entries: Iterable[Entry]) -> list[Entry]:
-    return sorted(entries, key=Entry.sort_key)
-
-
-def _render(header: str, lines: Iterable[str]) -> str:
-    return "".join(f"{line}\n" for line in [header, *lines])
-
-
-def render_dhcp_hosts(entries: Iterable[Entry]) -> str:
-    return _render(DHCP_HOSTS_HEADER, (entry.dhcp_line() for entry in sorted_entries(entries)))
-
-
-def render_addn_hosts(entries: Iterable[Entry]) -> str:
-    return _render(ADDN_HOSTS_HEADER, (entry.hosts_line() for entry in sorted_entries(entries)))
-
-
-def render_test_conf(entries: Iterable[Entry]) -> str:
-    """dnsmasq options equivalent to the dhcp-hostsfile, for ``dnsmasq --test`` (which skips that file)."""
-    return "".join(f"dhcp-host={entry.dhcp_line()}\n" for entry in sorted_entries(entries))
 
 
 def _split_keepends(text: str) -> list[str]:
@@ -474,3 +155,4 @@ def unified_diff(old: str | None, new: str, path: str) -> list[str]:
         (old or "").splitlines(), new.splitlines(), fromfile=path, tofile=path, lineterm="", n=0
     )
     return [line for line in lines if not line.startswith(("---", "+++", "@@"))]
+

@@ -12,7 +12,7 @@ import weakref
 from typing import Any
 
 import gevent
-from pyinfra import host, logger
+from pyinfra import host
 
 from inventories.manifest_model import VmSpec
 from operations._capacity import (
@@ -22,6 +22,7 @@ from operations._capacity import (
     capacity_row,
     refusal_message,
 )
+from operations._output import log
 
 # Rows recorded at prepare (change detection) are replaced by those read again at execute.
 _ROWS: weakref.WeakKeyDictionary[Any, dict[str, CapacityRow]] = weakref.WeakKeyDictionary()
@@ -41,7 +42,7 @@ def capacity_refusal(
     )
     rows = _rows()
     rows[row.host] = row
-    logger.info(f"{getattr(host, 'print_prefix', '')}capacity: {row.table_line()}")
+    log(f"capacity: {row.table_line()}")
     if not row.problems:
         return None
     _wait_for_peers(rows, row.host)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pyinfra.api import QuoteString, StringCommand
 
-DEFAULT_URI = "qemu:///system"
-# Seconds one remote step (a virsh call, the probe, creating a disk file) may take: --data command_timeout=
-DEFAULT_TIMEOUT = 60
-# Seconds a full copy of a base disk may take (it moves the base's data): --data copy_timeout=
-DEFAULT_COPY_TIMEOUT = 3600
+from inventories.defaults import COMMAND_TIMEOUT as DEFAULT_TIMEOUT
+from inventories.defaults import COPY_TIMEOUT as DEFAULT_COPY_TIMEOUT
+from inventories.defaults import LIBVIRT_URI as DEFAULT_URI
+
+__all__ = ["DEFAULT_COPY_TIMEOUT", "DEFAULT_TIMEOUT", "DEFAULT_URI"]
 KILL_AFTER = 5
 # Added to a command's own limits for the controller-side bound (SSH round trip, shell, small steps).
 SLACK = 30

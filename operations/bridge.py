@@ -15,7 +15,7 @@ from io import StringIO
 from typing import Any
 
 import gevent
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import FileUploadCommand, FunctionCommand, QuoteString, StringCommand, operation
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.connectors.ssh import SSHConnector
@@ -30,6 +30,7 @@ from operations._bridge_render import (
     differences,
     switch_script,
 )
+from operations._output import log
 
 # Bound on the commit over the verification connection (the host-side commit waits 60 s for its lock).
 COMMIT_SECONDS = 90
@@ -71,14 +72,15 @@ def apply_change(state: Any, host: Any, script: str, seconds: int, arguments: di
     try:
         ok, output = host.run_shell_command(command, _timeout=seconds + 5, **arguments)
     except Exception as exc:
-        logger.warning(
-            f"{host.print_prefix}connection lost while applying ({type(exc).__name__}: {exc}); "
-            "verifying over a new connection"
+        log(
+            f"connection lost while applying ({type(exc).__name__}: {exc}); verifying over a new connection",
+            "warning",
+            on=host,
         )
         return True
     if not ok:
         for line in output.stderr_lines:
-            logger.error(f"{host.print_prefix}{line}")
+            log(line, "error", on=host)
     return bool(ok)
 
 
@@ -94,19 +96,21 @@ def verify_and_commit(state: Any, host: Any, state_dir: str, seconds: int, argum
         if ok and detail == "applied":
             break
         if (ok and detail in ("failed", "rolledback")) or time.monotonic() >= deadline:
-            logger.error(
-                f"{host.print_prefix}no new connection found the change applied within {seconds} s "
-                f"(last answer: {detail!r}); the host's timer restores the old network configuration"
+            log(
+                f"no new connection found the change applied within {seconds} s "
+                f"(last answer: {detail!r}); the host's timer restores the old network configuration",
+                "error",
+                on=host,
             )
             return False
         time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
-    logger.info(f"{host.print_prefix}a new connection reached the host after the change; committing")
+    log("a new connection reached the host after the change; committing", on=host)
     commit = StringCommand(
         "timeout", str(COMMIT_SECONDS - 5), "sh", QuoteString(f"{state_dir}/switch.sh"), "commit"
     )
     ok, detail = _run_new_connection(state, host, commit, arguments, COMMIT_SECONDS)
     if not ok:
-        logger.error(f"{host.print_prefix}commit failed: {detail}")
+        log(f"commit failed: {detail}", "error", on=host)
     return ok
 
 
@@ -134,7 +138,7 @@ def bridge_network(
     if not problems:
         host.noop(f"bridge {spec.bridge} is configured ({backend})")
         return
-    logger.info(f"{host.print_prefix}bridge {spec.bridge} ({backend}): {'; '.join(problems)}")
+    log(f"bridge {spec.bridge} ({backend}): {'; '.join(problems)}")
     script = f"{state_dir}/switch.sh"
     quoted_dir = QuoteString(state_dir)
     # 1. stage: a root-owned directory (never a link), the script, the saved old configuration.

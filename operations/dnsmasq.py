@@ -22,9 +22,8 @@ import os
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from string import Formatter
-from typing import Any
 
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
 
 from facts.dnsmasq import (
@@ -34,6 +33,9 @@ from facts.dnsmasq import (
     DnsmasqReservations,
     HostsFileText,
 )
+from inventories.defaults import DNSMASQ_CONF as DEFAULT_DNSMASQ_CONF
+from inventories.defaults import DNSMASQ_PID_FILE as DEFAULT_PID_FILE
+from inventories.manifest_model import VmSpec
 from operations._dnsmasq_entries import (
     ADDN_HOSTS_HEADER,
     BLOCK_BEGIN,
@@ -51,9 +53,8 @@ from operations._dnsmasq_entries import (
     splice_hosts_block,
     unified_diff,
 )
+from operations._output import log
 
-DEFAULT_DNSMASQ_CONF = "/etc/dnsmasq.conf"
-DEFAULT_PID_FILE = "/run/dnsmasq/dnsmasq.pid"
 # How long a run waits for another run's lock on the management node before giving up.
 DEFAULT_LOCK_WAIT = 120
 
@@ -306,16 +307,15 @@ def apply_command(
 
 
 def _log_diff(writes: Sequence[FileWrite]) -> None:
-    prefix = getattr(host, "print_prefix", "")
     for write in writes:
-        logger.info(f"{prefix}{write.path}:")
+        log(f"{write.path}:")
         for line in unified_diff(write.old, write.new, write.path):
-            logger.info(f"{prefix}    {line}")
+            log(f"    {line}")
 
 
 @operation()
 def dhcp_reservations(
-    entries: list[dict[str, Any]],
+    entries: Sequence[Entry | VmSpec | dict[str, str]],
     present: bool = True,
     hostsfile: str = DEFAULT_HOSTSFILE,
     addn_hosts: str = DEFAULT_ADDN_HOSTS,
@@ -329,8 +329,9 @@ def dhcp_reservations(
 ) -> Commands:
     """Add (``present=True``) or remove (``present=False``) static DHCP reservations and names.
 
-    + entries: dicts with ``mac, ip, hostname, short`` or VmSpec dicts (``ipaddress``; short name =
-      first label of ``hostname``); the MAC is the identity. For removal only ``mac`` is used.
+    + entries: ``Entry`` objects, ``VmSpec`` objects (``inventories.dnsmasq_format.reservation``) or
+      dicts with ``mac, ip, hostname, short`` (``short`` defaults to the first label of ``hostname``);
+      the MAC is the identity. For removal only ``mac`` is used.
     + present: add the entries (an identical entry is left alone), or remove exactly the entries with
       these MACs
     + hostsfile / addn_hosts: the two files this operation owns (``dhcp-hostsfile=`` / ``addn-hosts=``)
@@ -343,6 +344,15 @@ def dhcp_reservations(
     + release_leases_on: the address dnsmasq serves DHCP on; when set, removing an entry also releases
       its DHCP lease with ``dhcp_release`` on the interface holding that address
     + lock_wait: seconds to wait for another run's lock on the node
+
+    **Example:**
+
+    .. code:: python
+
+        dnsmasq.dhcp_reservations(
+            name="DHCP reservations",
+            entries=[{"mac": "52:54:00:00:00:13", "ip": "10.10.5.13", "hostname": "vm13.example.internal"}],
+        )
 
     An IP or name already reserved for another MAC, a MAC already reserved with another IP or name,
     duplicates within ``entries`` or an address outside ``dhcp_range`` are errors before anything is

@@ -1,4 +1,15 @@
-"""Idempotent libvirt operations: pools, clones from a base VM, resources, power, delete, define, dump.
+"""Idempotent libvirt operations, named like pyinfra core's (a noun, and state arguments):
+
+* ``pool``: a directory storage pool (``present=``);
+* ``vms``: the manifest's VMs as domains (``present=``: cloned and converged, or deleted);
+* ``vms_running``: their power state (``running=``);
+* ``vm_reservations``: their DHCP reservations and DNS names on the management node (``present=``;
+  removal follows the deletes of the same run);
+* ``domain``: a domain defined from a controller-side XML file (the base VM);
+* ``vm_xml_files``: copies of the VMs' XML definitions on the controller.
+
+VMs are ``VmSpec`` objects (inventories/manifest_model.py), as the manifest inventory puts them in
+host data.
 
 Each operation reads the ``Hypervisor`` fact once (one round trip for all pools, volumes and domains),
 plans with the pure functions in ``_domain_plan``, logs one line per VM, and yields one command per VM.
@@ -14,7 +25,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, operation
 
 from facts.libvirt import Hypervisor
@@ -24,6 +35,7 @@ from operations._domain_diff import build_diff, delete_diff, power_diff
 from operations._domain_plan import VmPlan, build_plans, delete_plan, power_plan
 from operations._domain_source import digest, recorded_digest, with_source
 from operations._domain_xml import CloneError, domain_name, xml_covers
+from operations._output import log
 from operations._preflight import capacity_refusal
 from operations._virsh import (
     DEFAULT_COPY_TIMEOUT,
@@ -39,10 +51,9 @@ Commands = Generator[Any, None, None]
 
 
 def _log(plans: list[VmPlan], everything: bool = False) -> None:
-    prefix = getattr(host, "print_prefix", "")
     for plan in plans:
         if everything or plan.changes or plan.notes:
-            logger.info(f"{prefix}{plan.summary()}")
+            log(plan.summary())
 
 
 def _diff(lines: list[str]) -> None:
@@ -53,9 +64,8 @@ def _diff(lines: list[str]) -> None:
         return
     if getattr(state, "is_executing", False) and getattr(state, "check_for_changes", True):
         return
-    prefix = getattr(host, "print_prefix", "")
     for line in lines:
-        logger.info(f"{prefix}    {line}")
+        log(f"    {line}")
 
 
 def _yield_plans(plans: list[VmPlan]) -> Commands:
@@ -90,8 +100,13 @@ def _limited(plan: VmPlan) -> StringCommand:
     return StringCommand(command, **extra) if extra else command
 
 
-def _specs(vmspecs: list[dict[str, Any]] | list[VmSpec]) -> list[VmSpec]:
-    return [v if isinstance(v, VmSpec) else VmSpec(**v) for v in vmspecs]
+def _specs(vmspecs: list[VmSpec]) -> list[VmSpec]:
+    """The VmSpecs, or OperationValueError naming what is not one (a dict is not: build a VmSpec)."""
+    specs = list(vmspecs)
+    for spec in specs:
+        if not isinstance(spec, VmSpec):
+            raise OperationValueError(f"vmspecs: expected VmSpec objects, got {spec!r}")
+    return specs
 
 
 @operation()
@@ -105,7 +120,19 @@ def pool(
 ) -> Commands:
     """A directory storage pool: defined, built, started, autostarted (or undefined, files kept).
 
-    Changing the path of an existing pool is refused: redefining it would orphan its volumes.
+    + pool_name: the libvirt pool's name
+    + path: its directory on the host (changing it for an existing pool is refused: redefining it
+      would orphan its volumes)
+    + autostart: started by libvirtd at boot
+    + present: defined and running, or undefined (its files are kept)
+    + uri: libvirt connection
+    + command_timeout: seconds each virsh call may take
+
+    **Example:**
+
+    .. code:: python
+
+        libvirt.pool(name="Primary storage pool", pool_name="default", path="/data01/primary")
     """
     t = command_timeout
     snapshot = _hypervisor(uri, t)
@@ -137,7 +164,7 @@ def pool(
             f"pool {pool_name} already exists with path {current.get('path')}, not {path}; "
             "refusing to redefine it (undefine it first, or use another pool name)"
         )
-        logger.warning(f"{getattr(host, 'print_prefix', '')}{message}")
+        log(message, "warning")
         yield fail(message)
         return
     steps = []
@@ -157,25 +184,56 @@ def pool(
 
 
 @operation()
-def domains_built(
-    vmspecs: list[dict[str, Any]],
-    clone: bool = True,
+def vms(
+    vmspecs: list[VmSpec],
+    present: bool = True,
+    create: bool = True,
+    keep_disks: bool = False,
+    shared_dirs: list[str] | None = None,
     uri: str = DEFAULT_URI,
     vcpu_ratio: float | None = None,
     memory_ratio: float | None = None,
     command_timeout: int = DEFAULT_TIMEOUT,
     copy_timeout: int = DEFAULT_COPY_TIMEOUT,
 ) -> Commands:
-    """Every vmspec of this host as a domain: cloned from its base when missing, else converged.
+    """The VMs of this host as libvirt domains: cloned from their base and converged, or deleted.
 
-    Converging sets vCPUs/memory (live where libvirt allows it, and in the persistent config), adds
-    missing data disks and sets autostart. With ``clone=False`` missing domains are only reported.
-    With ``vcpu_ratio``/``memory_ratio`` a capacity preflight runs first: when this host's VMs (plus the
-    other domains defined on it) exceed its CPUs/memory times the ratios, or a full clone would not fit
-    in its pool, this host alone fails with a per-host table and nothing is changed on it. Every remote
-    step is bounded by ``command_timeout`` seconds, a full copy of a base disk by ``copy_timeout``.
+    + vmspecs: the VMs (``VmSpec``), as the manifest inventory puts them in host data ``kvm_vmspecs``
+    + present: ``True``: each VM exists and matches its vmspec (vCPUs, memory live where libvirt
+      allows it and in the persistent config, missing data disks added, autostart); ``False``: each
+      VM is destroyed and undefined, and the files it alone owns are deleted (see below)
+    + create: clone missing VMs from their base (``False``: only converge existing ones, report the
+      missing ones)
+    + keep_disks: with ``present=False``, keep the VMs' disk files
+    + shared_dirs: with ``present=False``, storage other hosts use too (the secondary pool's NFS
+      share): leftovers of an already deleted VM are never taken from there
+    + uri: libvirt connection
+    + vcpu_ratio / memory_ratio: with ``present=True``, a capacity preflight: when this host's VMs
+      (plus the other domains defined on it) exceed its CPUs/memory times the ratios, or a full clone
+      would not fit in its pool, this host alone fails with a per-host table and nothing changes on it
+    + command_timeout: seconds each remote step may take
+    + copy_timeout: seconds a full copy of a base disk may take
+
+    Deleting removes only the files a VM owns: files in a storage pool directory named ``<vm>-vd*``
+    that are not a disk or backing file of any other domain (read from every domain's definition and
+    the image headers, inactive pools included); never the base image, an ISO or anything outside a
+    pool. A VM that is already gone has its remaining owned files removed, so a delete that failed
+    halfway finishes on a re-run. At execute time each deleted (or absent) VM is recorded for
+    ``vm_reservations(present=False)``.
+
+    **Example:**
+
+    .. code:: python
+
+        libvirt.vms(name="Clone and converge VMs", vmspecs=host.data.kvm_vmspecs)
+        libvirt.vms(name="Delete VMs", vmspecs=host.data.kvm_vmspecs, present=False)
     """
     specs = _specs(vmspecs)
+    if not present:
+        yield from _deleted(
+            [spec.name for spec in specs], keep_disks, uri, command_timeout, tuple(shared_dirs or ())
+        )
+        return
     snapshot = _hypervisor(uri, command_timeout)
     if snapshot is None:
         yield fail(UNREAD)
@@ -185,7 +243,9 @@ def domains_built(
         if refusal:
             yield fail(refusal)
             return
-    plans = build_plans(specs, snapshot, uri, clone=clone, timeout=command_timeout, copy_timeout=copy_timeout)
+    plans = build_plans(
+        specs, snapshot, uri, clone=create, timeout=command_timeout, copy_timeout=copy_timeout
+    )
     _log(plans)
     _diff(build_diff(specs, snapshot, {p.vm for p in plans if p.command is not None}))
     if not any(p.changes for p in plans):
@@ -195,19 +255,33 @@ def domains_built(
 
 
 @operation()
-def domains_power(
-    domains: list[str],
+def vms_running(
+    vmspecs: list[VmSpec],
     running: bool = True,
     force: bool = False,
-    timeout: int = 60,
+    stop_timeout: int = 60,
     uri: str = DEFAULT_URI,
     command_timeout: int = DEFAULT_TIMEOUT,
 ) -> Commands:
-    """Start (or resume) the domains, or stop them: graceful shutdown, destroyed after ``timeout`` seconds.
+    """The power state of the VMs: running (started or resumed) or shut off.
 
-    ``force`` destroys at once (the original tool's stop). Domains not defined here are reported.
-    Each virsh call is bounded by ``command_timeout`` seconds.
+    + vmspecs: the VMs (``VmSpec``); those not defined on this host are reported
+    + running: ``True``: started (or resumed); ``False``: graceful shutdown, destroyed after
+      ``stop_timeout`` seconds
+    + force: with ``running=False``, destroy at once (the original tool's stop)
+    + stop_timeout: seconds a graceful shutdown may take
+    + uri: libvirt connection
+    + command_timeout: seconds each virsh call may take
+
+    **Example:**
+
+    .. code:: python
+
+        libvirt.vms_running(name="Start VMs", vmspecs=host.data.kvm_vmspecs)
+        libvirt.vms_running(name="Stop VMs", vmspecs=host.data.kvm_vmspecs, running=False)
     """
+    domains = [spec.name for spec in _specs(vmspecs)]
+    timeout = stop_timeout
     snapshot = _hypervisor(uri, command_timeout)
     if snapshot is None:
         yield fail(UNREAD)
@@ -215,7 +289,7 @@ def domains_power(
     known = snapshot["domains"]
     missing = [d for d in domains if d not in known]
     if missing:
-        logger.warning(f"{getattr(host, 'print_prefix', '')}not defined here: {', '.join(missing)}")
+        log(f"not defined here: {', '.join(missing)}", "warning")
     plan = power_plan(
         domains, known, running, uri, force=force, timeout=timeout, step_timeout=command_timeout
     )
@@ -228,7 +302,7 @@ def domains_power(
 
 
 # VMs each host deleted (or found absent) during the current run, per State: filled at execute time by
-# ``domains_deleted``, read by ``reservations_of_deleted`` on the management node.
+# ``vms(present=False)``, read by ``vm_reservations`` on the management node.
 _GONE: weakref.WeakKeyDictionary[Any, dict[str, set[str]]] = weakref.WeakKeyDictionary()
 
 
@@ -238,37 +312,19 @@ def _record_gone(state: Any, host: Any, vms: list[str]) -> bool:
 
 
 def gone_in_this_run(state: Any, host_name: str) -> set[str]:
-    """The VMs ``domains_deleted`` deleted on ``host_name``, or found absent, while ``state`` executed."""
+    """The VMs ``vms(present=False)`` deleted on ``host_name``, or found absent, while ``state`` executed."""
     return set(_GONE.get(state, {}).get(host_name, set()))
 
 
-@operation()
-def domains_deleted(
-    domains: list[str],
-    keep_disks: bool = False,
-    uri: str = DEFAULT_URI,
-    command_timeout: int = DEFAULT_TIMEOUT,
-    shared_dirs: list[str] | None = None,
+def _deleted(
+    domains: list[str], keep_disks: bool, uri: str, command_timeout: int, shared: tuple[str, ...]
 ) -> Commands:
-    """Destroy and undefine the domains, then delete only the files each one owns (unless keep_disks).
-
-    Owned: files in a storage pool directory named ``<vm>-vd*`` that are not a disk or backing file of
-    any other domain (read from every domain's definition and the image headers, inactive pools
-    included); never the base image, an ISO or anything outside a pool. Every file is checked before
-    the domain is undefined. A domain that is already gone has its remaining owned files removed, so
-    a delete that failed halfway finishes on a re-run; with nothing left it is a no-op. Such
-    leftovers are never taken from ``shared_dirs`` (storage other hosts use too, e.g. the secondary
-    pool's NFS share) or network pools.
-
-    At execute time each VM is recorded once its command succeeded (or when it was already absent),
-    for ``reservations_of_deleted``.
-    """
+    """The commands of ``vms(present=False)``."""
     state = host.state
     snapshot = _hypervisor(uri, command_timeout)
     if snapshot is None:  # never take an unread host for one whose domains are all gone
         yield fail(UNREAD)
         return
-    shared = tuple(shared_dirs or ())
     plans = {d: delete_plan(d, snapshot, uri, keep_disks, command_timeout, shared) for d in domains}
     absent = [d for d, p in plans.items() if p is None and d not in snapshot.get("domains", {})]
     if getattr(state, "is_executing", False) and absent:
@@ -285,16 +341,30 @@ def domains_deleted(
 
 
 @operation()
-def reservations_of_deleted(
-    entries: list[dict[str, Any]], vm_hosts: dict[str, str], **dnsmasq_options: Any
+def vm_reservations(
+    vmspecs: list[VmSpec],
+    present: bool = True,
+    vm_hosts: dict[str, str] | None = None,
+    **dnsmasq_options: Any,
 ) -> Commands:
-    """Remove the DHCP reservations and DNS names of the VMs that are gone, keep the others.
+    """The DHCP reservations and DNS names of the VMs on the management node.
 
-    ``entries``: ``{vm, mac, ...}`` per VM; ``vm_hosts``: VM -> its hypervisor; ``dnsmasq_options``:
-    the arguments of ``dnsmasq.dhcp_reservations``. Run it after ``domains_deleted`` in the same deploy.
+    + vmspecs: the VMs (``VmSpec``), as the manifest inventory puts them in group data
+      ``kvm_all_vmspecs``; each becomes a reservation (``inventories.dnsmasq_format.reservation``)
+    + present: ``True``: every VM's reservation is present; ``False``: the reservations of the VMs
+      that ``vms(present=False)`` deleted in this run (or found absent) are removed, the others kept
+    + vm_hosts: with ``present=False``, VM name -> the inventory name of its hypervisor
+    + dnsmasq_options: the other arguments of ``dnsmasq.dhcp_reservations`` (files, ``dhcp_range``,
+      ``release_leases_on`` ...)
+
+    **Example:**
+
+    .. code:: python
+
+        libvirt.vm_reservations(name="DHCP reservations", vmspecs=host.data.kvm_all_vmspecs)
 
     Why this is sound: pyinfra runs an operation on every host before it starts the next one, so this
-    operation (on the management node) executes after ``domains_deleted`` has finished everywhere.
+    operation (on the management node) executes after ``vms(present=False)`` has finished everywhere.
     That operation records a VM only after the VM's delete command exited 0 on its host (a callback
     that pyinfra runs only when every earlier command of the operation succeeded), or when the
     execute-time fact showed the VM absent. A VM on a host that could not be reached, whose fact
@@ -303,28 +373,43 @@ def reservations_of_deleted(
     removed; the output says so and a re-run removes them. At prepare time (``--dry``) every entry
     is shown, as a complete delete would remove it.
     """
+    specs = _specs(vmspecs)
+    if present:
+        yield from dnsmasq.dhcp_reservations._inner(entries=specs, present=True, **dnsmasq_options)
+        return
     state = host.state
-    chosen = list(entries)
+    chosen = specs
     if getattr(state, "is_executing", False):
-        gone = {vm for vm, on in vm_hosts.items() if vm in gone_in_this_run(state, on)}
-        chosen = [e for e in entries if e["vm"] in gone]
-        kept = sorted(e["vm"] for e in entries if e["vm"] not in gone)
+        on = vm_hosts or {}
+        gone = {vm for vm, member in on.items() if vm in gone_in_this_run(state, member)}
+        chosen = [spec for spec in specs if spec.name in gone]
+        kept = sorted(spec.name for spec in specs if spec.name not in gone)
         if kept:
-            logger.warning(
-                f"{getattr(host, 'print_prefix', '')}keeping the DHCP reservations and DNS names of "
-                f"{', '.join(kept)}: not deleted in this run (their hypervisor failed or was not reached)"
+            log(
+                f"keeping the DHCP reservations and DNS names of {', '.join(kept)}: not deleted in this "
+                "run (their hypervisor failed or was not reached)",
+                "warning",
             )
     if not chosen:
         host.noop("no reservation of a deleted VM to remove")
         return
-    yield from dnsmasq.dhcp_reservations._inner(
-        entries=[{k: v for k, v in e.items() if k != "vm"} for e in chosen], present=False, **dnsmasq_options
-    )
+    yield from dnsmasq.dhcp_reservations._inner(entries=chosen, present=False, **dnsmasq_options)
 
 
 @operation()
-def domain_defined(xml_file: str, uri: str = DEFAULT_URI, command_timeout: int = DEFAULT_TIMEOUT) -> Commands:
-    """Define a domain from a controller-side XML file when absent or when the file changed (``-x``).
+def domain(xml_file: str, uri: str = DEFAULT_URI, command_timeout: int = DEFAULT_TIMEOUT) -> Commands:
+    """A domain defined from a controller-side XML file: defined when absent or when the file changed
+    (the original ``-x``, for the base VM).
+
+    + xml_file: the domain XML on the controller; its ``<name>`` names the domain
+    + uri: libvirt connection
+    + command_timeout: seconds the define may take
+
+    **Example:**
+
+    .. code:: python
+
+        libvirt.domain(name="Define base VM", xml_file="centos7.xml")
 
     The define records the file's SHA-256 in the domain's ``<metadata>``; later runs compare that digest,
     not libvirt's expanded XML (units, machine type, UUID, passwords differ from any hand-written file).
@@ -352,8 +437,8 @@ def domain_defined(xml_file: str, uri: str = DEFAULT_URI, command_timeout: int =
         definition = with_source(xml, file_digest, current.get("uuid") if current else None)
     except CloneError as exc:
         raise OperationValueError(f"cannot redefine {vm} from {xml_file}: {exc}") from None
-    logger.info(
-        f"{getattr(host, 'print_prefix', '')}{vm}: {'redefine' if current else 'define'} from {xml_file}"
+    log(
+        f"{vm}: {'redefine' if current else 'define'} from {xml_file}"
         + (f" (keeping UUID {current.get('uuid')})" if current else "")
     )
     yield StringCommand(
@@ -376,14 +461,26 @@ def _write_file(path: str, text: str) -> None:
 
 
 @operation()
-def domains_xml_saved(
-    domains: list[str], directory: str, uri: str = DEFAULT_URI, command_timeout: int = DEFAULT_TIMEOUT
+def vm_xml_files(
+    vmspecs: list[VmSpec], directory: str, uri: str = DEFAULT_URI, command_timeout: int = DEFAULT_TIMEOUT
 ) -> Commands:
-    """Save each domain's persistent XML on the controller as ``<directory>/<domain>.xml``.
+    """Copies of the VMs' persistent XML on the controller, as ``<directory>/<vm>.xml``.
+
+    + vmspecs: the VMs (``VmSpec``); those not defined on this host are reported
+    + directory: controller-side directory of the files
+    + uri: libvirt connection
+    + command_timeout: seconds reading the host's state may take
 
     The XML comes from the fact (no extra round trip); files already identical are left alone. It
     holds console passwords (read with the secure flag), so the files are readable by their owner only.
+
+    **Example:**
+
+    .. code:: python
+
+        libvirt.vm_xml_files(name="Save VM XML", vmspecs=host.data.kvm_vmspecs, directory="xml/sm-01")
     """
+    domains = [spec.name for spec in _specs(vmspecs)]
     snapshot = _hypervisor(uri, command_timeout)
     if snapshot is None:
         yield fail(UNREAD)
@@ -392,7 +489,7 @@ def domains_xml_saved(
     changed = False
     for vm in domains:
         if vm not in known:
-            logger.warning(f"{getattr(host, 'print_prefix', '')}{vm}: not defined here, no XML saved")
+            log(f"{vm}: not defined here, no XML saved", "warning")
             continue
         path = os.path.join(directory, f"{vm}.xml")
         xml = known[vm]["xml"]

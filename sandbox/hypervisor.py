@@ -7,13 +7,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from inventories.defaults import LIBVIRT_URI
+from inventories.defaults import PRIMARY_STORAGE as PRIMARY_POOL
+from inventories.defaults import SECONDARY_STORAGE as SECONDARY
+
 from . import proc
 from .node import Mount, Node
 
-LIBVIRT_URI = "qemu:///system"
 REAL_LIBVIRT_ETC = Path("/etc/libvirt")
-PRIMARY_POOL = "/data01/primary"
-SECONDARY = "/secondary"
 
 # What qemu.conf needs for libvirt to run guests like in an unprivileged container here:
 # no cgroups (no systemd), no SELinux/AppArmor labelling, qemu as root, and qemu kept in the

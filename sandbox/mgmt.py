@@ -6,6 +6,10 @@ import socket
 import struct
 from pathlib import Path
 
+from inventories.defaults import DHCP_HOSTSFILE, DHCP_LEASEFILE, DNSMASQ_CONF
+from inventories.defaults import DNS_ADDN_HOSTS as ADDN_HOSTS
+from inventories.defaults import DNSMASQ_PID_FILE as PID_FILE
+
 from . import network, proc
 from .node import Node
 
@@ -13,11 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 RELAY = Path(__file__).resolve().parent / "dnsrelay.py"
 DOMAIN = "sandbox.internal"
 DNS_PORT = 53
-DNSMASQ_DIR = "/etc/kvm-qemu/dnsmasq"
-DHCP_HOSTSFILE = f"{DNSMASQ_DIR}/dhcp-hosts"
-ADDN_HOSTS = f"{DNSMASQ_DIR}/hosts"
-PID_FILE = "/run/dnsmasq/dnsmasq.pid"
-LEASE_FILE = "/var/lib/misc/dnsmasq.leases"
+LEASE_FILE = DHCP_LEASEFILE
 
 
 def inventory_data() -> dict:
@@ -27,7 +27,7 @@ def inventory_data() -> dict:
         "dns_listen_address": network.MGMT_IP,
         "dns_domain": DOMAIN,
         "dhcp_range": network.DHCP_RANGE,
-        "dnsmasq_conf": "/etc/dnsmasq.conf",
+        "dnsmasq_conf": DNSMASQ_CONF,
         "dnsmasq_pid_file": PID_FILE,
         "dhcp_hostsfile": DHCP_HOSTSFILE,
         "dns_addn_hosts": ADDN_HOSTS,
@@ -39,7 +39,7 @@ def prepare(node: Node) -> None:
     """Create the node's private files and directories and register its bind mounts."""
     node.private_file("/etc/hosts", "etc-hosts", Path("/etc/hosts").read_text())
     # Empty until deploys/mgmt_server.py writes it (with the dhcp-hosts and hosts files).
-    node.private_file("/etc/dnsmasq.conf", "dnsmasq.conf", "")
+    node.private_file(DNSMASQ_CONF, "dnsmasq.conf", "")
     node.private_dir("/etc/dnsmasq.d", "etc-dnsmasq.d")
     node.private_dir("/etc/kvm-qemu", "etc-kvm-qemu")
     node.private_dir("/run/dnsmasq", "run-dnsmasq")
@@ -56,7 +56,7 @@ def start_dnsmasq(node: Node) -> None:
     pid_file.unlink(missing_ok=True)
     log = node.dir / "dnsmasq.log"
     node.run(
-        ["dnsmasq", "--conf-file=/etc/dnsmasq.conf", "--user=root", f"--log-facility={log}"], netns=netns
+        ["dnsmasq", f"--conf-file={DNSMASQ_CONF}", "--user=root", f"--log-facility={log}"], netns=netns
     )
     pid = proc.wait_for(lambda: proc.read_pid_file(pid_file), f"dnsmasq pid file (log: {log})", timeout=10)
     node.record_daemon("dnsmasq", pid)

@@ -13,8 +13,7 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.util import FakeState, create_host
 
-from deploys._capacity import allocation_ratios
-from deploys._settings import SettingError, number
+from deploys._settings import SettingError, allocation_ratios, number
 
 REPO = Path(__file__).resolve().parents[2]
 

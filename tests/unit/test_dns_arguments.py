@@ -1,4 +1,4 @@
-"""What build and delete pass to dhcp_reservations on the management node (deploys/_dns.py)."""
+"""What build and delete pass to dhcp_reservations on the management node (deploys/vms.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.util import FakeState, create_host
 
-from deploys._dns import dnsmasq_arguments
+from deploys.vms import dnsmasq_arguments
 
 
 class Data(dict):

@@ -25,6 +25,7 @@ from operations._dnsmasq_entries import (
     render_addn_hosts,
     render_dhcp_hosts,
     render_test_conf,
+    reservation,
     splice_hosts_block,
     unified_diff,
 )
@@ -81,12 +82,15 @@ def test_make_entry_lists_every_bad_field() -> None:
     assert len(info.value.problems) == 4
 
 
-def test_entries_from_accepts_plain_and_vmspec_dicts() -> None:
+def test_entries_from_accepts_plain_dicts_and_vmspecs_but_not_vmspec_dicts() -> None:
     spec = VmSpec(
         name="vm130", hostname="vm130.example.internal", ipaddress="10.10.5.130", vcpus=1, memory_gb=1,
         max_memory_gb=1, num_disks=0, disk_size_gb=0, mac="52:54:00:00:01:30",
     )
-    assert entries_from([E13.to_dict(), spec.to_dict(), spec]) == [E13, E130]
+    assert entries_from([E13.to_dict(), spec, spec]) == [E13, E130]
+    assert reservation(spec) == E130
+    with pytest.raises(EntryError, match="vm130.example.internal: None is not an IPv4 address"):
+        entries_from([spec.to_json()])
 
 
 def test_entries_from_explicit_short_name_wins() -> None:

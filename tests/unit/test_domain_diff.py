@@ -85,23 +85,23 @@ def logged(caplog: pytest.LogCaptureFixture, op: Any, diff: bool, **kwargs: Any)
 @pytest.mark.parametrize(
     ("op", "kwargs", "line"),
     [
-        (libvirt.domains_built, {"vmspecs": [spec(vcpus=2).to_dict()]}, "fx-off: vCPUs 1 -> 2"),
+        (libvirt.vms, {"vmspecs": [spec(vcpus=2)]}, "fx-off: vCPUs 1 -> 2"),
         (
-            libvirt.domains_built,
-            {"vmspecs": [spec(vcpus=2).to_dict()], "clone": False},
+            libvirt.vms,
+            {"vmspecs": [spec(vcpus=2)], "create": False},
             "fx-off: vCPUs 1 -> 2",
         ),
         (
-            libvirt.domains_power,
-            {"domains": ["fx-off"], "running": True},
+            libvirt.vms_running,
+            {"vmspecs": [spec()], "running": True},
             "fx-off: power state shut off -> running",
         ),
         (
-            libvirt.domains_power,
-            {"domains": ["fx-run"], "running": False},
+            libvirt.vms_running,
+            {"vmspecs": [spec(name="fx-run")], "running": False},
             "fx-run: power state running -> shut off",
         ),
-        (libvirt.domains_deleted, {"domains": ["fx-run"]}, "fx-run: memory 1 GiB -> absent"),
+        (libvirt.vms, {"vmspecs": [spec(name="fx-run")], "present": False}, "fx-run: memory 1 GiB -> absent"),
     ],
 )
 def test_operations_print_the_diff_only_with_diff(

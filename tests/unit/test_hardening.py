@@ -257,11 +257,14 @@ def run_reservations(executing: bool, gone: dict[str, list[str]]) -> list[str]:
     host = create_host(state, facts={"dnsmasq.DnsmasqReservations": {key: current}})
     for on, vms in gone.items():
         libvirt._record_gone(state, type("H", (), {"name": on})(), vms)
-    entries = [{"vm": e["short"], **e} for e in current.values()]
+    vmspecs = [
+        spec(name=e["short"], hostname=e["hostname"], ipaddress=e["ip"], mac=e["mac"]) for e in current.values()
+    ]
     with ctx_state.use(state), ctx_host.use(host):
         commands = list(
-            libvirt.reservations_of_deleted._inner(
-                entries=entries,
+            libvirt.vm_reservations._inner(
+                vmspecs=vmspecs,
+                present=False,
                 vm_hosts={"a": "sm-01", "b": "sm-02"},
                 hostsfile="/d",
                 addn_hosts="/h",
@@ -287,7 +290,7 @@ def test_delete_records_a_vm_only_after_its_command() -> None:
     snap = snapshot({"kvmhost01": built_domain()})
     host = create_host(state, facts={"libvirt.Hypervisor": {"timeout=60, uri=qemu:///system": snap}})
     with ctx_state.use(state), ctx_host.use(host):
-        commands = list(libvirt.domains_deleted._inner(domains=["kvmhost01", "gone"]))
+        commands = list(libvirt.vms._inner(vmspecs=[spec(), spec(name="gone")], present=False))
     assert libvirt.gone_in_this_run(state, host.name) == {"gone"}  # absent at execute time
     assert [type(c).__name__ for c in commands] == ["StringCommand", "FunctionCommand"]
     commands[1].function(state, host, *commands[1].args)  # what pyinfra runs after the delete succeeded
@@ -322,7 +325,7 @@ def test_command_timeout_reaches_the_fact_and_the_commands() -> None:
     host = create_host(state, facts={"libvirt.Hypervisor": {"timeout=9, uri=qemu:///system": snapshot()}})
     with ctx_state.use(state), ctx_host.use(host):
         (command,) = list(
-            libvirt.domains_built._inner(vmspecs=[spec(name="new").to_dict()], command_timeout=9)
+            libvirt.vms._inner(vmspecs=[spec(name="new")], command_timeout=9)
         )
     assert every_virsh_is_bounded(command.get_raw_value(), 9)
     assert "timeout -k 5 19" in Hypervisor().command(timeout=9).get_raw_value()
@@ -400,7 +403,7 @@ def test_a_host_whose_fact_failed_at_execution_records_nothing() -> None:
     host = create_host(state, facts={"libvirt.Hypervisor": {"timeout=60, uri=qemu:///system": snapshot()}})
     state.failed_hosts = {host}
     with ctx_state.use(state), ctx_host.use(host):
-        (command,) = list(libvirt.domains_deleted._inner(domains=["kvmhost01"]))
+        (command,) = list(libvirt.vms._inner(vmspecs=[spec()], present=False))
     assert "could not be read" in command.get_raw_value() and command.get_raw_value().endswith("exit 1")
     assert libvirt.gone_in_this_run(state, host.name) == set()
 
@@ -456,11 +459,11 @@ def test_every_command_also_has_a_controller_side_limit() -> None:
     snap = snapshot({"kvmhost01": built_domain("running")})
     host = create_host(state, facts={"libvirt.Hypervisor": {"timeout=7, uri=qemu:///system": snap}})
     with ctx_state.use(state), ctx_host.use(host):
-        built = list(libvirt.domains_built._inner(vmspecs=[spec(name="new").to_dict()], command_timeout=7))
+        built = list(libvirt.vms._inner(vmspecs=[spec(name="new")], command_timeout=7))
         stopped = list(
-            libvirt.domains_power._inner(domains=["kvmhost01"], running=False, timeout=20, command_timeout=7)
+            libvirt.vms_running._inner(vmspecs=[spec()], running=False, stop_timeout=20, command_timeout=7)
         )
-        deleted = list(libvirt.domains_deleted._inner(domains=["kvmhost01"], command_timeout=7))
+        deleted = list(libvirt.vms._inner(vmspecs=[spec()], present=False, command_timeout=7))
         pooled = list(libvirt.pool._inner(pool_name="fast", path="/srv/fast", command_timeout=7))
     limits = [
         c.connector_arguments.get("_timeout")

@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 import pytest
 
-from deploys._host_defaults import HostDataError
+from deploys._settings import SettingError as HostDataError
 from tests.unit.host_deploy_harness import Plan, SimHost, plan
 
 FIXTURES = Path(__file__).parent / "fixtures" / "host_deploys"
@@ -793,6 +793,16 @@ def test_mgmt_server_rejects_unsafe_values(monkeypatch: pytest.MonkeyPatch) -> N
     ):
         with pytest.raises(HostDataError, match=key):
             mgmt_plan(monkeypatch, sim("debian12"), {key: value})
+
+
+def test_mgmt_server_refuses_a_dhcp_range_the_reservations_would_refuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One rule for dhcp_range: what dnsmasq.conf gets is what dhcp_reservations checks addresses against.
+    for value, message in (
+        ("everything", "does not start with two IPv4 addresses"),
+        ("10.0.0.9,10.0.0.1", "the start address is after the end address"),
+    ):
+        with pytest.raises(HostDataError, match=f"^dhcp_range='{value}'.*{message}"):
+            mgmt_plan(monkeypatch, sim("debian12"), {"dhcp_range": value})
 
 
 def test_dnsmasq_template_renders_with_only_its_documented_variables() -> None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from pyinfra.connectors.util import make_unix_command
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.util import FakeState, create_host
 
+from inventories.manifest_model import VmSpec
 from operations._dnsmasq_entries import (
     BLOCK_BEGIN,
     BLOCK_END,
@@ -92,10 +91,15 @@ def test_adding_an_entry_is_one_locked_command() -> None:
     assert stdin_lines(command) == [f"add {E13.mac} {E13.ip} {E13.hostname} {E13.short}"]
 
 
-def test_vmspec_dicts_are_accepted() -> None:
-    spec = {"name": "vm14", "hostname": E14.hostname, "ipaddress": E14.ip, "mac": E14.mac, "vcpus": 1}
+def test_vmspecs_are_accepted_and_vmspec_dicts_refused() -> None:
+    spec = VmSpec(
+        name="vm14", hostname=E14.hostname, ipaddress=E14.ip, mac=E14.mac, vcpus=1, memory_gb=1,
+        max_memory_gb=1, num_disks=0, disk_size_gb=0,
+    )  # fmt: skip
     (command,), _ = run_op({}, entries=[spec])
     assert stdin_lines(command) == [f"add {E14.mac} {E14.ip} {E14.hostname} vm14"]
+    with pytest.raises(OperationValueError, match=r"vm14\.example\.internal: None is not an IPv4 address"):
+        run_op({}, entries=[spec.to_json()])
 
 
 def test_removal_sends_only_reserved_macs() -> None:
@@ -441,52 +445,6 @@ def test_runs_under_sudo_with_stdin(tmp_path: Path, conf: Path) -> None:
     result = run_command(wrapped, env_path=str(bin_dir))
     assert result.returncode == 0, result.stderr
     assert files(tmp_path)[1].read_text() == render_addn_hosts([E13])
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def local_dnsmasq(tmp_path: Path) -> Iterator[tuple[Path, Path, int]]:
-    if DNSMASQ is None or os.geteuid() != 0:
-        pytest.skip("needs dnsmasq and root")
-    port = _free_port()
-    conf = tmp_path / "run.conf"
-    pid_file = tmp_path / "dnsmasq.pid"
-    conf.write_text(
-        f"no-resolv\nno-hosts\nuser=root\nport={port}\nlisten-address=127.0.0.1\nbind-interfaces\n"
-        f"dhcp-hostsfile={tmp_path}/d/dhcp-hosts\naddn-hosts={tmp_path}/d/hosts\npid-file={pid_file}\n"
-    )
-    subprocess.run([DNSMASQ, f"--conf-file={conf}"], check=True)
-    for _ in range(50):
-        if pid_file.exists() and pid_file.read_text().strip():
-            break
-        time.sleep(0.05)
-    pid = int(pid_file.read_text())
-    try:
-        yield conf, pid_file, port
-    finally:
-        os.kill(pid, 15)
-
-
-def test_sighup_makes_a_running_dnsmasq_answer(tmp_path: Path, local_dnsmasq: tuple[Path, Path, int]) -> None:
-    import dns.resolver
-
-    conf, pid_file, port = local_dnsmasq
-    pid = pid_file.read_text().strip()
-    (tmp_path / "d").mkdir(exist_ok=True)
-    command = command_for(tmp_path, add(E13, E130), conf, pid_file=str(pid_file))
-    result = run_command(command)
-    assert result.returncode == 0, result.stderr
-    assert f"dnsmasq (pid {pid}) re-read its reservation files" in result.stdout
-    resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers, resolver.port, resolver.lifetime = ["127.0.0.1"], port, 3
-    for name, ip in [("vm13.example.internal", E13.ip), ("vm13", E13.ip), ("vm130", E130.ip)]:
-        assert [a.to_text() for a in resolver.resolve(name, "A")] == [ip]
-    assert pid_file.read_text().strip() == pid
 
 
 @needs_dnsmasq

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +35,13 @@ def run(op: Any, snapshot: dict[str, Any] | None = None, **kwargs: Any) -> tuple
     return commands, host
 
 
-def vmspec(**overrides: Any) -> dict[str, Any]:
+def vmspec(**overrides: Any) -> VmSpec:
     values: dict[str, Any] = dict(
         name="fx-new", hostname="fx-new.example.internal", ipaddress="10.0.0.5", vcpus=2, memory_gb=1,
         max_memory_gb=2, num_disks=1, disk_size_gb=2, mac=mac_for("fx-new"),
     )  # fmt: skip
     values.update(overrides)
-    return VmSpec(**values).to_dict()
+    return VmSpec(**values)
 
 
 def test_pool_present_and_running_is_a_noop() -> None:
@@ -74,7 +75,7 @@ def test_changing_a_pool_path_fails_the_host_instead_of_redefining() -> None:
 
 
 def test_build_clones_from_the_real_base_definition() -> None:
-    (command,), _ = run(libvirt.domains_built, vmspecs=[vmspec()])
+    (command,), _ = run(libvirt.vms, vmspecs=[vmspec()])
     assert "cp --sparse=always -- /secondary/centos7-vda.img /data01/primary/fx-new-vda.img" in command
     assert "truncate -s 2G -- /data01/primary/fx-new-vdb.img" in command
 
@@ -82,26 +83,26 @@ def test_build_clones_from_the_real_base_definition() -> None:
 def test_build_of_existing_domains_converges_or_noops() -> None:
     # fx-off in the fixture: 1 vCPU, 1 GiB, overlay disk + vdb data disk, shut off.
     spec = vmspec(name="fx-off", vcpus=1, memory_gb=1, max_memory_gb=1, num_disks=1, mac="52:54:00:00:0f:02")
-    commands, host = run(libvirt.domains_built, vmspecs=[spec])
+    commands, host = run(libvirt.vms, vmspecs=[spec])
     assert commands == [] and host.noop_description == "1 domain(s) match the manifest"
-    (command,), _ = run(libvirt.domains_built, vmspecs=[{**spec, "vcpus": 2}])
+    (command,), _ = run(libvirt.vms, vmspecs=[replace(spec, vcpus=2)])
     assert "setvcpus fx-off 2 --maximum --config" in command
 
 
 def test_build_with_a_missing_base_fails_only_at_execution_not_at_prepare() -> None:
-    (command,), _ = run(libvirt.domains_built, vmspecs=[vmspec(srcvm="rocky9")])
+    (command,), _ = run(libvirt.vms, vmspecs=[vmspec(srcvm="rocky9")])
     assert "source domain rocky9 is not defined" in command and command.endswith("exit 1")
 
 
 def test_power_and_delete_noops() -> None:
-    commands, host = run(libvirt.domains_power, domains=["fx-run"], running=True)
+    commands, host = run(libvirt.vms_running, vmspecs=[vmspec(name="fx-run")], running=True)
     assert commands == [] and host.noop_description == "1 domain(s) already running"
-    commands, host = run(libvirt.domains_deleted, domains=["gone"])
+    commands, host = run(libvirt.vms, vmspecs=[vmspec(name="gone")], present=False)
     assert commands == [] and host.noop_description == "1 domain(s) already absent"
 
 
 def test_delete_of_the_overlay_vm_keeps_its_base_and_the_empty_cdrom() -> None:
-    (command,), _ = run(libvirt.domains_deleted, domains=["fx-off"])
+    (command,), _ = run(libvirt.vms, vmspecs=[vmspec(name="fx-off")], present=False)
     assert "rm -f -- /data01/primary/fx-off-vda.qcow2 /data01/primary/fx-off-vdb.img" in command
     assert "centos7-vda.img" not in command
 
@@ -110,14 +111,14 @@ def test_define_from_xml(tmp_path: Path) -> None:
     base = SNAPSHOT["domains"]["centos7"]["xml"]
     path = tmp_path / "centos7.xml"
     path.write_text(base)
-    commands, host = run(libvirt.domain_defined, xml_file=str(path))
+    commands, host = run(libvirt.domain, xml_file=str(path))
     assert commands == [] and host.noop_description == f"domain centos7 matches {path}"
     changed = copy.deepcopy(SNAPSHOT)
     del changed["domains"]["centos7"]
-    (command,), _ = run(libvirt.domain_defined, snapshot=changed, xml_file=str(path))
+    (command,), _ = run(libvirt.domain, snapshot=changed, xml_file=str(path))
     assert command == "virsh -q -c qemu:///system define /dev/stdin >/dev/null"
     with pytest.raises(OperationValueError, match="cannot use domain XML"):
-        run(libvirt.domain_defined, xml_file=str(tmp_path / "missing.xml"))
+        run(libvirt.domain, xml_file=str(tmp_path / "missing.xml"))
 
 
 # --- define from a hand-written XML file -------------------------------------------------------------
@@ -165,7 +166,7 @@ def with_domain(xml: str, uuid: str = "5a1f0c6e-0000-4000-8000-000000000001") ->
 def test_hand_written_xml_defined_once_then_a_noop(tmp_path: Path) -> None:
     path = tmp_path / "hand.xml"
     path.write_text(HAND_WRITTEN)
-    (define,), _ = run_commands(libvirt.domain_defined, SNAPSHOT, xml_file=str(path))
+    (define,), _ = run_commands(libvirt.domain, SNAPSHOT, xml_file=str(path))
     sent = define.connector_arguments["_stdin"]
     assert (
         "<uuid>" not in sent and "digest=" in sent and "s3cret" in sent
@@ -173,12 +174,12 @@ def test_hand_written_xml_defined_once_then_a_noop(tmp_path: Path) -> None:
 
     uuid = "5a1f0c6e-0000-4000-8000-000000000001"
     defined = with_domain(as_libvirt_defines_it(sent, uuid), uuid)
-    commands, host = run_commands(libvirt.domain_defined, defined, xml_file=str(path))
+    commands, host = run_commands(libvirt.domain, defined, xml_file=str(path))
     assert commands == [] and host.noop_description == f"domain hand matches {path}"
 
     # The file changes: redefined once, keeping the domain's UUID.
     path.write_text(HAND_WRITTEN.replace("<vcpu>1</vcpu>", "<vcpu>2</vcpu>"))
-    (redefine,), _ = run_commands(libvirt.domain_defined, defined, xml_file=str(path))
+    (redefine,), _ = run_commands(libvirt.domain, defined, xml_file=str(path))
     sent = redefine.connector_arguments["_stdin"]
     assert f"<uuid>{uuid}</uuid>" in sent and "<vcpu>2</vcpu>" in sent
 
@@ -188,7 +189,7 @@ def test_hand_written_xml_with_another_uuid_is_refused(tmp_path: Path) -> None:
     path.write_text(HAND_WRITTEN.replace("<name>hand</name>", "<name>hand</name><uuid>0-other</uuid>"))
     defined = with_domain(as_libvirt_defines_it(HAND_WRITTEN, "u-1"), "u-1")
     with pytest.raises(OperationValueError, match="differs from the defined domain's u-1"):
-        run_commands(libvirt.domain_defined, defined, xml_file=str(path))
+        run_commands(libvirt.domain, defined, xml_file=str(path))
 
 
 # --- capacity preflight in the build operation ---------------------------------------------------------
@@ -196,12 +197,12 @@ def test_hand_written_xml_with_another_uuid_is_refused(tmp_path: Path) -> None:
 
 def test_build_refuses_a_host_that_does_not_fit_with_a_failing_command_not_an_exception() -> None:
     # The fixture host has 2 CPUs: 12 vCPUs do not fit at 4.0, and nothing is cloned.
-    (command,), _ = run(libvirt.domains_built, vmspecs=[vmspec(vcpus=12)], vcpu_ratio=4.0, memory_ratio=1.0)
+    (command,), _ = run(libvirt.vms, vmspecs=[vmspec(vcpus=12)], vcpu_ratio=4.0, memory_ratio=1.0)
     assert command.endswith("exit 1") and "define /dev/stdin" not in command
     assert "capacity preflight refused the build on" in command
     # 12 + the 4 vCPUs of the other domains defined there (wf-vm03, fx-off, fx-run; not the base)
     assert "16 vCPUs > 2 CPUs x 4" in command and "fx-new (12 vCPU, 1 GiB) would fit on" in command
-    (command,), _ = run(libvirt.domains_built, vmspecs=[vmspec(vcpus=4)], vcpu_ratio=4.0, memory_ratio=1.0)
+    (command,), _ = run(libvirt.vms, vmspecs=[vmspec(vcpus=4)], vcpu_ratio=4.0, memory_ratio=1.0)
     assert "define /dev/stdin" in command
 
 
@@ -209,6 +210,6 @@ def test_build_reads_the_fact_itself() -> None:
     state = FakeState()
     host = create_host(state, facts={})
     with ctx_state.use(state), ctx_host.use(host), pytest.raises(Exception, match="Missing test fact"):
-        list(libvirt.domains_built._inner(vmspecs=[vmspec()]))
+        list(libvirt.vms._inner(vmspecs=[vmspec()]))
     with pytest.raises(TypeError):
-        list(libvirt.domains_built._inner(vmspecs=[vmspec()], prepared_snapshot=SNAPSHOT))
+        list(libvirt.vms._inner(vmspecs=[vmspec()], prepared_snapshot=SNAPSHOT))

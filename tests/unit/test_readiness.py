@@ -1,4 +1,4 @@
-"""deploys/_readiness.py: the probe script run for real (local lease file, local TCP servers), and its report."""
+"""deploys/_readiness.py (the wait deploy): the probe script run for real (local lease file, local TCP servers), and its report."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,20 @@ from deploys._readiness import (
     table_lines,
     timeout_value,
 )
+from inventories.manifest_model import VmSpec
+
+
+def _spec(name: str, mac: str, ipaddress: str) -> VmSpec:
+    return VmSpec(
+        name=name, hostname=f"{name}.example.internal", ipaddress=ipaddress, vcpus=1, memory_gb=1,
+        max_memory_gb=1, num_disks=1, disk_size_gb=1, mac=mac,
+    )  # fmt: skip
+
 
 SPECS = [
-    {"name": "vm-a", "mac": "52:54:00:AA:00:01", "ipaddress": "127.0.0.1", "ssh_host": ""},
-    {"name": "vm-b", "mac": "52:54:00:aa:00:02", "ipaddress": "127.0.0.2", "ssh_host": ""},
-    {"name": "vm-c", "mac": "52:54:00:aa:00:03", "ipaddress": "10.10.5.3", "ssh_host": ""},
+    _spec("vm-a", "52:54:00:AA:00:01", "127.0.0.1"),
+    _spec("vm-b", "52:54:00:aa:00:02", "127.0.0.2"),
+    _spec("vm-c", "52:54:00:aa:00:03", "10.10.5.3"),
 ]
 
 
@@ -97,7 +107,7 @@ def test_probe_returns_as_soon_as_every_vm_is_ready(tmp_path: Path) -> None:
 
 def test_probe_command_quotes_everything_and_is_bounded() -> None:
     config = probe_config(
-        [{**SPECS[0], "name": "x'; rm -rf /"}], 30, "/var/lib/misc/dnsmasq.leases", "/p", 22
+        [replace(SPECS[0], name="x'; rm -rf /")], 30, "/var/lib/misc/dnsmasq.leases", "/p", 22
     )
     command = probe_command(config).get_raw_value()
     assert command.startswith("timeout 45 python3 -c '")

@@ -1,4 +1,4 @@
-"""Spec-vs-actual rows for deploys/status.py (pure)."""
+"""Spec-vs-actual rows of the status deploy (deploys/vms.py, pure)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The host setup deploys: KVM hypervisor, NFS secondary storage (server and clients), management node.
 
-The deploy files (``deploys/kvm_host.py`` ...) only pick the hosts; the work is here so the unit
-tests can drive the same functions. Data keys and defaults: ``deploys/_host_defaults.py``.
+The deploy files (``deploys/kvm_host.py`` ...) only pick the hosts and call these functions; your own
+deploy file can call them too. Each parameter left at None comes from host/group data or ``--data``
+(the key is named in the function's docstring); data keys and defaults: ``deploys/_settings.py``.
 
 Everything invalid in the data is rejected while the deploy loads (before any host changes);
 per-host problems found on the host itself (an unsupported distribution) fail that host only.
@@ -15,7 +16,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import StringCommand
 from pyinfra.api.command import QuoteString
 from pyinfra.api.deploy import deploy
@@ -26,13 +27,15 @@ from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import apt, dnf, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from deploys._host_defaults import (
+from deploys._settings import (
+    DEFAULTS,
     TEMPLATES,
-    HostDataError,
+    SettingError,
     address_of,
     distro_label,
     dns_listen_address,
     flag,
+    given,
     group_hosts,
     os_family,
     safe_host,
@@ -42,6 +45,9 @@ from deploys._host_defaults import (
     str_dict,
     str_list,
 )
+from inventories.defaults import LIBVIRT_URI
+from inventories.dnsmasq_format import EntryError, parse_dhcp_range
+from operations._output import log
 
 # Our templates put each setting on its own line; without these jinja leaves a blank line per tag.
 JINJA = {"trim_blocks": True, "lstrip_blocks": True}
@@ -126,9 +132,10 @@ def systemd_running() -> bool:
 
 
 def skipped_services(what: str) -> None:
-    logger.warning(
-        f"{host.print_prefix}systemd is not running (no /run/systemd/system): {what} "
-        "not enabled, started or restarted on this host"
+    log(
+        f"systemd is not running (no /run/systemd/system): {what} not enabled, started or restarted "
+        "on this host",
+        "warning",
     )
 
 
@@ -158,19 +165,19 @@ def ere_literal(path: str) -> str:
 def unit_name(key: str) -> str:
     value = str(setting(key))
     if not _UNIT.fullmatch(value):
-        raise HostDataError(f"{key}={value!r}: not a systemd unit name")
+        raise SettingError(f"{key}={value!r}: not a systemd unit name")
     return value
 
 
 # --- KVM hypervisor -----------------------------------------------------------------------------
 
 
-def graphics_listen() -> str:
+def graphics_listen_address() -> str:
     value = str(setting("kvm_graphics_listen"))
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        raise HostDataError(f"kvm_graphics_listen={value!r}: expected an IP address") from None
+        raise SettingError(f"kvm_graphics_listen={value!r}: expected an IP address") from None
     return value
 
 
@@ -180,14 +187,14 @@ def tls_sources() -> dict[str, str]:
     for key in TLS_FILES:
         value = setting(key)
         if not value or not Path(str(value)).is_file():
-            raise HostDataError(
+            raise SettingError(
                 f"libvirt_listen_tls needs {key} (a certificate file on this machine); got {value!r}"
             )
         sources[key] = str(value)
     for dn in str_list("libvirt_tls_allowed_dn_list"):
         # The list is written as a quoted libvirt config value on one line.
         if '"' in dn or "\\" in dn or any(ord(char) < 32 for char in dn):
-            raise HostDataError(
+            raise SettingError(
                 f"libvirt_tls_allowed_dn_list: {dn!r} may not contain quotes, backslashes or control chars"
             )
     return sources
@@ -197,9 +204,9 @@ def sysctl_settings() -> dict[str, str]:
     settings = str_dict("kvm_sysctl")
     for key, value in settings.items():
         if key in SYSCTL_TYPOS:
-            raise HostDataError(f"kvm_sysctl: {key!r} does not exist; did you mean {SYSCTL_TYPOS[key]!r}?")
+            raise SettingError(f"kvm_sysctl: {key!r} does not exist; did you mean {SYSCTL_TYPOS[key]!r}?")
         if not _SYSCTL_KEY.fullmatch(key) or not _SYSCTL_VALUE.fullmatch(value):
-            raise HostDataError(f"kvm_sysctl: {key}={value!r} is not a valid sysctl setting")
+            raise SettingError(f"kvm_sysctl: {key}={value!r} is not a valid sysctl setting")
     return settings
 
 
@@ -240,8 +247,41 @@ def libvirtd_settings(tls: bool) -> dict[str, str]:
     return settings
 
 
-@deploy("KVM host")
-def kvm_host() -> None:
+@deploy("KVM host", data_defaults=DEFAULTS)
+def kvm_host(
+    users: list[str] | None = None,
+    primary_storage: str | None = None,
+    secondary_storage: str | None = None,
+    guestfs_tools: bool | None = None,
+    extra_packages: list[str] | None = None,
+    graphics_listen: str | None = None,
+    listen_tls: bool | None = None,
+    sysctl: dict[str, str] | None = None,
+    apparmor: bool | None = None,
+) -> None:
+    """KVM hypervisor: packages, groups, storage directory, libvirt configuration, services.
+
+    Parameters (data key): users (``kvm_users``), primary_storage (``kvm_primary_storage``),
+    secondary_storage (``kvm_secondary_storage``), guestfs_tools (``kvm_guestfs_tools``),
+    extra_packages (``kvm_extra_packages``), graphics_listen (``kvm_graphics_listen``), listen_tls
+    (``libvirt_listen_tls``), sysctl (``kvm_sysctl``), apparmor (``kvm_apparmor``).
+    """
+    parameters = {
+        "kvm_users": users,
+        "kvm_primary_storage": primary_storage,
+        "kvm_secondary_storage": secondary_storage,
+        "kvm_guestfs_tools": guestfs_tools,
+        "kvm_extra_packages": extra_packages,
+        "kvm_graphics_listen": graphics_listen,
+        "libvirt_listen_tls": listen_tls,
+        "kvm_sysctl": sysctl,
+        "kvm_apparmor": apparmor,
+    }
+    with given(parameters):
+        _kvm_host()
+
+
+def _kvm_host() -> None:
     family = host_family()
     if family is None:
         return
@@ -250,7 +290,7 @@ def kvm_host() -> None:
     users = str_list("kvm_users")
     primary = safe_path("kvm_primary_storage")
     secondary = safe_path("kvm_secondary_storage")
-    listen = graphics_listen()
+    listen = graphics_listen_address()
     tls = flag("libvirt_listen_tls")
     tls_files = tls_sources() if tls else {}
     sysctls = sysctl_settings()
@@ -289,7 +329,7 @@ def kvm_host() -> None:
     libvirtd_changes.append(config_line(QEMU_CONF, "vnc_listen", f'"{listen}"'))
     libvirtd_changes.append(config_line(QEMU_CONF, "spice_listen", f'"{listen}"'))
     # Client default (virsh without -c); read by each client, so no restart.
-    config_line(LIBVIRT_CONF, "uri_default", '"qemu:///system"')
+    config_line(LIBVIRT_CONF, "uri_default", f'"{LIBVIRT_URI}"')
 
     bridge_sysctls = any(key.startswith("net.bridge.") for key in sysctls)
     if bridge_sysctls:
@@ -370,7 +410,7 @@ def export_clients() -> list[str]:
     else:
         clients = [address_of(member) for member in group_hosts("kvm_hosts")]
     if not clients:
-        raise HostDataError("nfs_server: no clients to export to (no kvm_hosts and no nfs_clients)")
+        raise SettingError("nfs_server: no clients to export to (no kvm_hosts and no nfs_clients)")
     return sorted({safe_host(client, "nfs_clients") for client in clients})
 
 
@@ -382,8 +422,17 @@ def export_options() -> list[str]:
     return safe_options(options, "nfs_export_options")
 
 
-@deploy("NFS server")
-def nfs_server() -> None:
+@deploy("NFS server", data_defaults=DEFAULTS)
+def nfs_server(
+    export: str | None = None, clients: list[str] | None = None, no_root_squash: bool | None = None
+) -> None:
+    """Export the secondary storage share: export (``nfs_export``), clients (``nfs_clients``; default:
+    every ``kvm_hosts`` host), no_root_squash (``nfs_no_root_squash``); the other ``nfs_*`` keys as data."""
+    with given({"nfs_export": export, "nfs_clients": clients, "nfs_no_root_squash": no_root_squash}):
+        _nfs_server()
+
+
+def _nfs_server() -> None:
     family = host_family()
     if family is None:
         return
@@ -394,10 +443,10 @@ def nfs_server() -> None:
     mode = str(setting("nfs_export_mode") or ("0755" if flag("nfs_no_root_squash") else "1777"))
     # pyinfra writes mode, owner and group into chmod/chown unquoted.
     if not _MODE.fullmatch(mode):
-        raise HostDataError(f"nfs_export_mode={mode!r}: expected an octal mode such as 1777")
+        raise SettingError(f"nfs_export_mode={mode!r}: expected an octal mode such as 1777")
     for key in ("nfs_export_owner", "nfs_export_group"):
         if not _ACCOUNT.fullmatch(str(setting(key))):
-            raise HostDataError(f"{key}={setting(key)!r}: expected a user or group name")
+            raise SettingError(f"{key}={setting(key)!r}: expected a user or group name")
     has_systemd = systemd_running()
 
     install(family, NFS_SERVER_PACKAGES[family], "NFS server")
@@ -432,7 +481,7 @@ def nfs_server_address() -> str:
     if not value:
         servers = group_hosts("nfs_server") or group_hosts("mgmt")
         if not servers or servers[0].name.startswith("@"):
-            raise HostDataError(
+            raise SettingError(
                 "nfs_client: set nfs_server (the address clients mount from): "
                 "the NFS server host has no ssh_hostname to derive it from"
             )
@@ -440,8 +489,17 @@ def nfs_server_address() -> str:
     return safe_host(str(value), "nfs_server")
 
 
-@deploy("NFS client")
-def nfs_client() -> None:
+@deploy("NFS client", data_defaults=DEFAULTS)
+def nfs_client(
+    server: str | None = None, export: str | None = None, mountpoint: str | None = None
+) -> None:
+    """Mount the NFS share at the secondary pool's path: server (``nfs_server``; default: the NFS
+    server host's address), export (``nfs_export``), mountpoint (``kvm_secondary_storage``)."""
+    with given({"nfs_server": server, "nfs_export": export, "kvm_secondary_storage": mountpoint}):
+        _nfs_client()
+
+
+def _nfs_client() -> None:
     family = host_family()
     if family is None:
         return
@@ -484,13 +542,16 @@ def optional_host(key: str) -> str | None:
 def dnsmasq_values() -> dict[str, Any]:
     """The variables of templates/dnsmasq.conf.j2 (the sandbox renders it with the same names)."""
     dhcp_range = setting("dhcp_range")
-    if dhcp_range and not re.fullmatch(r"[A-Za-z0-9.:,_-]+", str(dhcp_range)):
-        raise HostDataError(f"dhcp_range={dhcp_range!r}: expected start,end[,netmask][,lease time]")
+    if dhcp_range:
+        try:
+            parse_dhcp_range(str(dhcp_range))
+        except EntryError as exc:
+            raise SettingError(str(exc).replace("dhcp_range ", "dhcp_range=", 1)) from None
     tftp_root = safe_path("tftp_root") if setting("tftp_root") else None
     try:
         lease_max = int(setting("dhcp_lease_max"))
     except (TypeError, ValueError):
-        raise HostDataError(f"dhcp_lease_max={setting('dhcp_lease_max')!r}: expected a number") from None
+        raise SettingError(f"dhcp_lease_max={setting('dhcp_lease_max')!r}: expected a number") from None
     return {
         "listen_address": dns_listen_address(),
         "domain": optional_host("dns_domain"),
@@ -505,8 +566,18 @@ def dnsmasq_values() -> dict[str, Any]:
     }
 
 
-@deploy("Management node")
-def mgmt_server() -> None:
+@deploy("Management node", data_defaults=DEFAULTS)
+def mgmt_server(
+    listen_address: str | None = None, domain: str | None = None, dhcp_range: str | None = None
+) -> None:
+    """dnsmasq for the cluster's DNS names and DHCP reservations: listen_address
+    (``dns_listen_address``), domain (``dns_domain``), dhcp_range (``dhcp_range``); the other ``dns_*``,
+    ``dhcp_*`` and ``dnsmasq_*`` keys as data."""
+    with given({"dns_listen_address": listen_address, "dns_domain": domain, "dhcp_range": dhcp_range}):
+        _mgmt_server()
+
+
+def _mgmt_server() -> None:
     family = host_family()
     if family is None:
         return
