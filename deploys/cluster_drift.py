@@ -18,8 +18,8 @@ from gevent.lock import Semaphore
 from pyinfra import host, logger
 from pyinfra.api import deploy
 
-from deploys._dns import dnsmasq_arguments
 from deploys._settings import DEFAULTS, is_hypervisor, is_mgmt, seconds, setting
+from deploys.vms import dnsmasq_arguments
 from facts.dnsmasq import DnsmasqReservations
 from facts.libvirt import Hypervisor
 from inventories.manifest_model import VmSpec
@@ -69,7 +69,7 @@ def cluster_view() -> ClusterView:
         inventory = state.inventory
         active = set(inventory.get_active_hosts())
         hypervisors = list(inventory.get_group("kvm_hosts", default=[]))
-        placement = {m.name: [VmSpec(**s) for s in m.data.get("kvm_vmspecs", [])] for m in hypervisors}
+        placement = {m.name: list(m.data.get("kvm_vmspecs", [])) for m in hypervisors}
         reachable = [m for m in hypervisors if m in active and m not in state.failed_hosts]
         jobs = {m.name: gevent.spawn(_read_hypervisor, state, m) for m in reachable}
         gevent.joinall(list(jobs.values()))

@@ -5,9 +5,18 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from deploys._status import status_lines
 from inventories.manifest_model import VmSpec, mac_for
-from operations._drift import Finding, PrunePlan, find, prune_plan, recheck, report_lines, running_pools
-from operations._status import drift, status_lines
+from operations._drift import (
+    Finding,
+    PrunePlan,
+    drift,
+    find,
+    prune_plan,
+    recheck,
+    report_lines,
+    running_pools,
+)
 from operations.orphans import removal_command
 
 GIB = 1024 * 1024
