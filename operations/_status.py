@@ -14,7 +14,9 @@ def _cell(actual: Any, wanted: Any, text: str) -> str:
 
 def status_lines(specs: list[VmSpec], snapshot: dict[str, Any]) -> list[str]:
     domains = snapshot.get("domains", {})
-    lines = [f"{'VM':<20} {'STATE':<10} {'VCPUS':<7} {'MEMORY':<10} {'MAX':<10} {'DISKS':<6} MAC"]
+    lines = [
+        f"{'VM':<20} {'STATE':<10} {'VCPUS':<7} {'MEMORY':<10} {'MAX':<10} {'DISKS':<6} {'MAC':<18} SNAPSHOTS"
+    ]
     for spec in specs:
         domain = domains.get(spec.name)
         if domain is None:
@@ -30,9 +32,18 @@ def status_lines(specs: list[VmSpec], snapshot: dict[str, Any]) -> list[str]:
             f"{_cell(config['memory_kib'], spec.memory_kib, gib(config['memory_kib'])):<10} "
             f"{_cell(config['max_memory_kib'], spec.max_memory_kib, gib(config['max_memory_kib'])):<10} "
             f"{_cell(len(disks) - 1, spec.num_disks, str(len(disks) - 1)):<6} "
-            f"{_cell(macs[:1], [spec.mac], macs[0] if macs else '-')}"
+            f"{_cell(macs[:1], [spec.mac], macs[0] if macs else '-'):<18} "
+            f"{snapshot_cell(spec, domain)}"
         )
     return lines
+
+
+def snapshot_cell(spec: VmSpec, domain: dict[str, Any]) -> str:
+    """The domain's snapshots oldest first, ``*`` on the current one; manifest ones missing: ``NAME!``."""
+    have = domain.get("snapshots") or []
+    names = [s["name"] + ("*" if s.get("current") else "") for s in have]
+    names += [f"{n}!" for n in spec.snapshots if n not in {s["name"] for s in have}]
+    return ",".join(names) or "-"
 
 
 def reservation_lines(specs: list[VmSpec], reservations: dict[str, dict[str, str]]) -> list[str]:
