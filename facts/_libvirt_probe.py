@@ -4,8 +4,8 @@ Run on the hypervisor as ``python3 -c PROBE URI TIMEOUT``. It lists pools (activ
 so disk files created outside libvirt appear), their volumes, the domains (live XML, plus the
 persistent XML of running domains, both with the secure flag so console passwords survive a clone),
 their snapshots (XML of each, and which is current), the node's size, and the files the delete and
-build decisions need: every entry of every directory
-pool (active or not) and every domain disk with its qcow2 backing chain, read from the image headers.
+build decisions need: every entry of every directory pool (active or not) and every domain disk with
+its qcow2 backing chain, read from the image headers.
 Raw libvirt XML is printed as is; the controller parses it (``facts/_libvirt_parse.py``), so this
 script stays small and needs only the libvirt bindings.
 

@@ -256,9 +256,10 @@ def _pointed_below(xml: str, layers: list[tuple[str, str, str, str]]) -> str:
     by_target = {target: (below, fmt) for target, _, below, fmt in layers}
     for disk in root.findall("devices/disk"):
         target = disk.find("target")
-        if target is None or target.get("dev") not in by_target:
+        dev = target.get("dev") if target is not None else None
+        if dev is None or dev not in by_target:
             continue
-        below, fmt = by_target[target.get("dev")]
+        below, fmt = by_target[dev]
         source = disk.find("source")
         if source is None:
             source = ET.SubElement(disk, "source")

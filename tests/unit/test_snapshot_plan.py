@@ -241,3 +241,28 @@ def test_manifest_snapshots_key() -> None:
     )
     assert any(p.startswith("[0].vmspecs[0].snapshots[2]: 'x\\n' is not valid") for p in problems)
     assert any("non-unique" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            {"snapshot_action": "rollback"},
+            "snapshot_action='rollback': expected one of create, revert, delete",
+        ),
+        ({"snapshot_action": "revert"}, "snapshot_action=revert: needs --data snapshot=NAME"),
+        ({"snapshot": "../x", "snapshot_action": "delete"}, "snapshot='../x': a snapshot name uses letters"),
+    ],
+)
+def test_workflow_settings_are_checked_naming_the_key(data: dict[str, Any], message: str) -> None:
+    from pyinfra.context import ctx_host, ctx_state
+    from pyinfra_testing.util import FakeState, create_host
+
+    from deploys._settings import SettingError
+    from deploys._snapshot import _choice
+
+    state = FakeState()
+    host = create_host(state, name="sm-01", facts={}, data=data)
+    with ctx_state.use(state), ctx_host.use(host), pytest.raises(SettingError) as raised:
+        _choice()
+    assert str(raised.value).startswith(message)
