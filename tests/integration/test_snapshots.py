@@ -134,7 +134,10 @@ def test_snapshot_lifecycle(cluster: Cluster) -> None:
     assert snapshots(c, FULL) == [SNAP] and disk(c, FULL) == overlay[FULL]
     assert f"{POOL_DIR}/{FULL}-vda@second.qcow2" not in files(c)
     c.ssh(HOST, f"qemu-io -r -f qcow2 -c 'read -P 0xcd 1M 64k' {overlay[FULL]} | grep -q 'read 65536'")
-    c.deploy(ONLY_FULL, "snapshot", f"snapshot={SNAP}", "snapshot_action=delete")
+    delete = (f"snapshot={SNAP}", "snapshot_action=delete")
+    c.deploy(ONLY_FULL, "snapshot", *delete, flag="--dry")
+    assert snapshots(c, FULL) == [SNAP] and disk(c, FULL) == overlay[FULL] and overlay[FULL] in files(c)
+    c.deploy(ONLY_FULL, "snapshot", *delete)
     assert snapshots(c, FULL) == [] and disk(c, FULL) == below[FULL]
     c.ssh(HOST, f"qemu-io -r -f raw -c 'read -P 0xcd 1M 64k' {below[FULL]} | grep -q 'read 65536'")
 
