@@ -12,7 +12,7 @@ manages itself, the same way for raw (full) and qcow2 (linked) clones:
 - revert NAME: the overlays are emptied again (``qemu-img create`` over the same backing file), which
   throws away every write since the snapshot. Only the newest snapshot can be reverted to.
 - delete NAME: the overlays are committed into the files below them (the VM keeps its current data),
-  the domain points at those files again, the snapshot's metadata goes and the overlays are removed.
+  the domain points at those files again, the overlays are removed and the snapshot's metadata goes.
   Only the newest snapshot can be deleted; a file another domain uses (a base) is never committed into.
 
 A running VM is refused (stop it first), as the original tool did. Deleting the VM removes the
@@ -273,6 +273,46 @@ def _pointed_below(xml: str, layers: list[tuple[str, str, str, str]]) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+def _back_below(vm: str, domain: Domain, snapshot_name: str) -> list[str]:
+    """The overlays of the newest snapshot ``snapshot_name`` when every disk is already back on the file
+    below its overlay (a delete stopped after its define); empty otherwise."""
+    snapshot = _find(domain, snapshot_name)
+    if snapshot is None or _later(domain, snapshot_name):
+        return []
+    external = [d for d in snapshot["disks"] if d.get("snapshot") == "external"]
+    now = {d["target"]: d.get("path") for d in _disks(domain)}
+    before = {d["target"]: d.get("path") for d in snapshot.get("domain_disks", [])}
+    overlays = [d.get("path") or "" for d in external]
+    mine = all(
+        o == overlay_path(o or "/", vm, d["target"], snapshot_name)
+        for o, d in zip(overlays, external, strict=True)
+    )
+    if (
+        external
+        and mine
+        and all(before.get(d["target"]) and now.get(d["target"]) == before[d["target"]] for d in external)
+    ):
+        return overlays
+    return []
+
+
+def _forget(vm: str, snapshot_name: str, overlays: list[str], uri: str, timeout: int) -> list[StringCommand]:
+    """Remove the overlays (refusing anything but plain files; missing ones are fine), then the metadata."""
+    quoted: list[Any] = [q(o) for o in overlays]
+    return [
+        sh(
+            "{ for f in",
+            *quoted,
+            '; do if [ -L "$f" ] || { [ -e "$f" ] && [ ! -f "$f" ]; }; then',
+            'echo "kvm-qemu: $f is not a plain file; refusing to delete it for',
+            q(vm),
+            '" >&2; exit 1; fi; done; }',
+        ),
+        bounded(f"removal of the overlays of {snapshot_name}", timeout, "rm", "-f", "--", *quoted),
+        sh(virsh(uri, "snapshot-delete", vm, snapshot_name, "--metadata", timeout=timeout), ">/dev/null"),
+    ]
+
+
 def delete_plan(
     vm: str,
     snapshot_name: str,
@@ -284,14 +324,22 @@ def delete_plan(
     """Delete ``snapshot_name`` and keep the VM's current data; None when there is no such snapshot.
 
     The overlays are committed into the files below them, the domain is defined on those files, the
-    snapshot's metadata is deleted, and the overlays are removed, in that order, so a failure at any
-    step leaves a consistent VM (a re-run finishes the job). ``fact``: the Hypervisor fact, to refuse
-    committing into a file another domain uses.
+    overlays are removed and the snapshot's metadata is deleted, in that order, so a failure at any
+    step leaves a consistent VM, and a re-run finishes the job (when the domain is already back on
+    the files below, only the removal and the metadata are left). ``fact``: the Hypervisor fact, to
+    refuse committing into a file another domain uses.
     """
     if domain is None or _find(domain, snapshot_name) is None:
         return None
     plan = VmPlan(vm)
     if not _offline(plan, domain, "deleted"):
+        return plan
+    leftovers = _back_below(vm, domain, snapshot_name)
+    if leftovers:
+        plan.actions.append(f"finish deleting snapshot {snapshot_name}: remove {', '.join(leftovers)}")
+        steps = _forget(vm, snapshot_name, leftovers, uri, timeout)
+        plan.command = all_of(steps)
+        plan.limit = session_limit(len(steps), timeout)
         return plan
     layers, error = _layers(vm, domain, snapshot_name)
     if error:
@@ -314,19 +362,7 @@ def delete_plan(
         )
         plan.actions.append(f"delete snapshot {snapshot_name}: commit {overlay} into {below}, remove it")
     steps.append(sh(virsh(uri, "define", "/dev/stdin", timeout=timeout), ">/dev/null"))
-    steps.append(
-        sh(virsh(uri, "snapshot-delete", vm, snapshot_name, "--metadata", timeout=timeout), ">/dev/null")
-    )
-    steps.append(
-        bounded(
-            f"removal of the overlays of {snapshot_name}",
-            timeout,
-            "rm",
-            "-f",
-            "--",
-            *[q(o) for o in overlays],
-        )
-    )
+    steps += _forget(vm, snapshot_name, overlays, uri, timeout)
     plan.command = all_of(steps)
     plan.stdin = _pointed_below(domain["xml"], layers)
     plan.limit = session_limit(len(steps), timeout)

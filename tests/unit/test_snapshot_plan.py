@@ -161,18 +161,34 @@ def test_delete_commits_then_points_the_domain_below_then_removes_metadata_and_o
             'file; refusing to change the snapshots of vm1 " >&2; exit 1; fi; done; }',
             step(f"commit of {OVL}", f"qemu-img commit -q -f qcow2 {OVL}"),
             step("virsh define /dev/stdin", "virsh -q -c qemu:///system define /dev/stdin") + " >/dev/null",
-            step(
-                "virsh snapshot-delete vm1",
-                "virsh -q -c qemu:///system snapshot-delete vm1 before-upgrade --metadata",
-            )
-            + " >/dev/null",
-            step("removal of the overlays of before-upgrade", f"rm -f -- {OVL}"),
+            *FORGET,
         ]
     )
     assert plan.stdin == (
         '<domain><name>vm1</name><devices><disk type="file" device="disk"><driver name="qemu" type="raw" />'
         f'<source file="{IMG}" /><target dev="vda" /></disk></devices></domain>'
     )
+
+
+FORGET = [
+    f'{{ for f in {OVL} ; do if [ -L "$f" ] || {{ [ -e "$f" ] && [ ! -f "$f" ]; }}; then echo "kvm-qemu: $f is '
+    'not a plain file; refusing to delete it for vm1 " >&2; exit 1; fi; done; }',
+    step("removal of the overlays of before-upgrade", f"rm -f -- {OVL}"),
+    step(
+        "virsh snapshot-delete vm1",
+        "virsh -q -c qemu:///system snapshot-delete vm1 before-upgrade --metadata",
+    )
+    + " >/dev/null",
+]
+
+
+def test_a_delete_that_stopped_after_its_define_is_finished_by_a_re_run() -> None:
+    dom = domain(on_overlay=True)
+    dom["disks"][0].update(path=IMG, format="raw")  # back on the file below; overlay and metadata left
+    plan = delete_plan("vm1", "before-upgrade", dom, {"domains": {"vm1": dom}}, URI)
+    assert plan.error is None and plan.stdin is None
+    assert plan.command.get_raw_value() == " && ".join(FORGET)
+    assert plan.actions == [f"finish deleting snapshot before-upgrade: remove {OVL}"]
 
 
 def test_delete_never_commits_into_a_file_another_domain_uses() -> None:
