@@ -3,8 +3,9 @@
 Run on the hypervisor as ``python3 -c PROBE URI TIMEOUT``. It lists pools (active ones refreshed first,
 so disk files created outside libvirt appear), their volumes, the domains (live XML, plus the
 persistent XML of running domains, both with the secure flag so console passwords survive a clone),
-the node's size, and the files the delete and build decisions need: every entry of every directory
-pool (active or not) and every domain disk with its qcow2 backing chain, read from the image headers.
+their snapshots (XML of each, and which is current), the node's size, and the files the delete and
+build decisions need: every entry of every directory pool (active or not) and every domain disk with
+its qcow2 backing chain, read from the image headers.
 Raw libvirt XML is printed as is; the controller parses it (``facts/_libvirt_parse.py``), so this
 script stays small and needs only the libvirt bindings.
 
@@ -121,8 +122,14 @@ for dom in conn.listAllDomains(0):
     if live is None:
         continue  # undefined while we looked
     inactive = safe(lambda: dom.XMLDesc(INACTIVE | SECURE)) if persistent and active else None
+    snapshots = []
+    for snap in safe(lambda: dom.listAllSnapshots(0), []):
+        text = safe(lambda: snap.getXMLDesc(0))
+        if text:
+            snapshots.append({"xml": text, "current": bool(safe(snap.isCurrent, 0))})
     domains.append({"name": dom.name(), "uuid": dom.UUIDString(), "state": state, "persistent": persistent,
-                    "autostart": bool(safe(dom.autostart, 0)), "xml": live, "inactive_xml": inactive})
+                    "autostart": bool(safe(dom.autostart, 0)), "xml": live, "inactive_xml": inactive,
+                    "snapshots": snapshots})
 
 import xml.etree.ElementTree as ET
 for pool in pools:

@@ -40,6 +40,10 @@ _FIELD_HINTS = {
     "ssh_key": "control characters are not allowed",
 }
 _FIELD_HINTS["srcvm"] = _FIELD_HINTS["name"]
+_FIELD_HINTS["snapshots"] = (
+    "a snapshot name uses letters, digits, '.', '_' and '-', starts with a letter or digit, "
+    "and has at most 63 characters"
+)
 _FIELD_HINTS["pool"] = "a pool name uses letters, digits, '.', '_' and '-'"
 
 
@@ -78,6 +82,8 @@ class VmSpec:
     autostart: bool | None = None
     ssh_host: str = ""
     description: str = ""
+    # Named offline snapshots that should exist (deploys/snapshot.py), oldest first.
+    snapshots: tuple[str, ...] = ()
 
     @property
     def short_name(self) -> str:
@@ -129,7 +135,8 @@ def _schema_problem(error: jsonschema.ValidationError) -> tuple[str, str]:
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
         return path, f"{path}: unknown field(s) {', '.join(map(repr, extra))} (allowed: {', '.join(allowed)})"
-    last = error.absolute_path[-1] if error.absolute_path else ""
+    # The field a value belongs to; for an item of a list (snapshots[1]) the list's name.
+    last = next((p for p in reversed(error.absolute_path) if isinstance(p, str)), "")
     if error.validator in ("pattern", "maxLength") and last in _FIELD_HINTS:
         return path, f"{path}: {error.instance!r} is not valid: {_FIELD_HINTS[last]}"
     if error.validator == "type":
@@ -308,6 +315,7 @@ def _vmspec(spec: dict[str, Any]) -> VmSpec:
         autostart=spec.get("autostart"),
         ssh_host=spec.get("sshHost", spec["ipaddress"]),
         description=spec.get("description", ""),
+        snapshots=tuple(spec.get("snapshots", ())),
     )
 
 

@@ -543,7 +543,8 @@ def owned_volumes(
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """The (pool, file name) pairs a delete may remove, and the disk paths it keeps (with why).
 
-    Owned means: in a pool directory, named ``<vm>-vd*`` like the build names them, a plain file,
+    Owned means: in a pool directory, named ``<vm>-vd*`` like the build names them (or
+    ``<vm>-vdX@<snapshot>.qcow2`` like ``_snapshot_plan`` names snapshot overlays), a plain file,
     not a disk or backing file of any other domain, and not the backing file of another file. The
     domain's disks and, when it is already gone (a delete that failed halfway), the files left with
     that name in the pool directories. Never the base image, an ISO, or a file outside every pool.
@@ -552,7 +553,8 @@ def owned_volumes(
     secondary storage) or network pools, where a file with that name may be the disk of a VM of the
     same name on another host, which no domain list of this host shows.
     """
-    pattern = re.compile(rf"^{re.escape(vm)}-vd[a-z]+(\.[A-Za-z0-9]+)?$")
+    # <vm>-vdX[.ext] from the build; <vm>-vdX@<snapshot>.qcow2 snapshot overlays (no VM name has '@').
+    pattern = re.compile(rf"^{re.escape(vm)}-vd[a-z]+((\.[A-Za-z0-9]+)?|@[A-Za-z0-9][A-Za-z0-9._-]*\.qcow2)$")
     pools_by_dir = {
         posixpath.normpath(p["path"]): name for name, p in snapshot.get("pools", {}).items() if p.get("path")
     }
