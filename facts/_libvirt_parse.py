@@ -187,10 +187,15 @@ def domains_from(
 
 
 def files_from(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{path: {kind, backing}}`` as the probe found them (older probes send nothing: empty)."""
+    """``{path: {kind, backing[, sha256]}}`` as the probe found them (older probes send nothing: empty).
+
+    ``sha256``: only for cloud-init seeds (``*-seed.iso``) that are plain files.
+    """
     files = {}
     for path, entry in (data.get("files") or {}).items():
         files[str(path)] = {"kind": str(entry.get("kind") or "missing"), "backing": entry.get("backing")}
+        if entry.get("sha256"):
+            files[str(path)]["sha256"] = str(entry["sha256"])
     return files
 
 

@@ -78,6 +78,8 @@ class VmSpec:
     autostart: bool | None = None
     ssh_host: str = ""
     description: str = ""
+    # A cloud-init NoCloud seed (``<vm>-seed.iso``) attached as a cdrom (operations/cloud_init.py).
+    cloud_init: bool = False
 
     @property
     def short_name(self) -> str:
@@ -308,6 +310,7 @@ def _vmspec(spec: dict[str, Any]) -> VmSpec:
         autostart=spec.get("autostart"),
         ssh_host=spec.get("sshHost", spec["ipaddress"]),
         description=spec.get("description", ""),
+        cloud_init=spec.get("cloudInit", False),
     )
 
 

@@ -543,7 +543,8 @@ def owned_volumes(
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """The (pool, file name) pairs a delete may remove, and the disk paths it keeps (with why).
 
-    Owned means: in a pool directory, named ``<vm>-vd*`` like the build names them, a plain file,
+    Owned means: in a pool directory, named ``<vm>-vd*`` like the build names them (or ``<vm>-seed.iso``,
+    its cloud-init seed, the one cdrom it owns), a plain file,
     not a disk or backing file of any other domain, and not the backing file of another file. The
     domain's disks and, when it is already gone (a delete that failed halfway), the files left with
     that name in the pool directories. Never the base image, an ISO, or a file outside every pool.
@@ -552,7 +553,8 @@ def owned_volumes(
     secondary storage) or network pools, where a file with that name may be the disk of a VM of the
     same name on another host, which no domain list of this host shows.
     """
-    pattern = re.compile(rf"^{re.escape(vm)}-vd[a-z]+(\.[A-Za-z0-9]+)?$")
+    pattern = re.compile(rf"^{re.escape(vm)}-(vd[a-z]+(\.[A-Za-z0-9]+)?|seed\.iso)$")
+    seed = f"{vm}-seed.iso"  # its cloud-init seed, attached as a cdrom
     pools_by_dir = {
         posixpath.normpath(p["path"]): name for name, p in snapshot.get("pools", {}).items() if p.get("path")
     }
@@ -586,7 +588,7 @@ def owned_volumes(
         directory, base = posixpath.split(path)
         pool = pools_by_dir.get(directory)
         kind = files.get(path, {}).get("kind", "file")
-        if disk.get("device", "disk") != "disk":
+        if disk.get("device", "disk") != "disk" and base != seed:
             kept.append(f"{path} ({disk.get('device')})")
         elif pool is None:
             kept.append(f"{path} (not in a storage pool)")
