@@ -7,6 +7,7 @@ Host or group data: ``cloud_init_users: [{name, ssh_authorized_keys: [...], sudo
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pyinfra import host
@@ -20,9 +21,18 @@ SEED_DEFAULTS: dict[str, Any] = {"cloud_init_users": []}
 
 
 def seed_users() -> list[dict[str, Any]]:
-    """``cloud_init_users`` from host data, checked (a ``SettingError`` names the bad key and value)."""
+    """``cloud_init_users`` from host data, checked (a ``SettingError`` names the bad key and value).
+
+    A string is read as JSON, so ``--data cloud_init_users='[{"name": "ops", ...}]'`` works too.
+    """
+    value = host.data.get("cloud_init_users", SEED_DEFAULTS["cloud_init_users"])
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise SettingError(f"cloud_init_users={value!r}: not JSON ({exc})") from None
     try:
-        return validate_users(host.data.get("cloud_init_users", SEED_DEFAULTS["cloud_init_users"]))
+        return validate_users(value)
     except SeedError as exc:
         raise SettingError(str(exc)) from None
 
