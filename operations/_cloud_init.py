@@ -188,12 +188,12 @@ def seed_plan(
         if kind == "file":
             steps.append(
                 sh(
-                    "{ f=",
+                    "{ for f in",
                     q(path),
-                    '; if [ -L "$f" ] || { [ -e "$f" ] && [ ! -f "$f" ]; }; then',
+                    '; do if [ -L "$f" ] || { [ -e "$f" ] && [ ! -f "$f" ]; }; then',
                     'echo "kvm-qemu: $f is not a plain file any more; refusing to replace it" >&2;',
                     "exit 1; fi;",
-                    'rm -f -- "$f"; }',
+                    'rm -f -- "$f"; done; }',
                 )
             )
         fill = bounded(f"write {path}", timeout, "sh", "-c", q('base64 -d | gzip -dc > "$1"'), "sh", q(path))

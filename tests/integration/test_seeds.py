@@ -107,7 +107,7 @@ def seeds(sandbox_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFact
 
 
 def _changed(output: str) -> str:
-    """The 'Changed' column of pyinfra's grand total ('-' when nothing changed)."""
+    """The 'Success' column of pyinfra's grand total: hosts with a change ('-' when none)."""
     return next(line for line in output.splitlines() if "Grand total" in line).split()[3]
 
 
@@ -130,7 +130,7 @@ def test_build_writes_and_attaches_the_seed(seeds: Seeds) -> None:
 def test_second_build_and_dry_run_change_nothing(seeds: Seeds) -> None:
     sha = seeds.sha()
     again = seeds.pyinfra("seeds", f"cloud_init_users={USERS}")
-    assert "up to date" in again and _changed(again) == "-", again[-2000:]
+    assert "[sm-01]   No changes" in again and _changed(again) == "-", again[-2000:]
     dry = seeds.pyinfra("seeds", f"cloud_init_users={OTHER_USERS}", dry=True)
     assert f"rewrite {SEED}" in dry, dry[-2000:]
     assert seeds.sha() == sha

@@ -9,6 +9,9 @@ import gzip
 import hashlib
 import io
 import re
+import stat
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pycdlib
@@ -228,13 +231,60 @@ def test_changed_content_rewrites_the_file_only() -> None:
     plan = seed_plan(spec(), snap, URI, validate_users(USERS))
     text = rendered(plan.command)
     assert text.startswith(
-        '{ f= /data01/primary/kvmhost01-seed.iso ; if [ -L "$f" ] || { [ -e "$f" ] && [ ! -f "$f" ]; }; then'
+        '{ for f in /data01/primary/kvmhost01-seed.iso ; do if [ -L "$f" ] || { [ -e "$f" ] && [ ! -f "$f" ]; }; then'
     )
-    assert 'rm -f -- "$f"; } && ' + WRITE in text
+    assert 'rm -f -- "$f"; done; } && ' + WRITE in text
     assert "attach" not in text
     assert b"ops" in read_back(image_of(plan))["user-data"]
     assert plan.actions[0].startswith(f"rewrite {SEED}")
     assert plan.notes == ["running: the guest reads the new seed at its next boot"]
+
+
+def _pool_at(directory: Path, seed_content: bytes | None) -> dict[str, Any]:
+    snap = snapshot({"kvmhost01": domain(seed=True)})
+    snap["pools"]["default"]["path"] = str(directory)
+    for disk in snap["domains"]["kvmhost01"]["config"]["disks"]:
+        if disk["path"] == SEED:
+            disk["path"] = str(directory / "kvmhost01-seed.iso")
+    if seed_content is not None:
+        path = str(directory / "kvmhost01-seed.iso")
+        snap["files"] = {
+            path: {"kind": "file", "backing": None, "sha256": hashlib.sha256(seed_content).hexdigest()}
+        }
+    return snap
+
+
+def _run(plan: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", "-c", plan.command.get_raw_value()],
+        input=plan.stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_write_and_rewrite_commands_run_in_a_real_shell(tmp_path: Path) -> None:
+    """The rendered commands (no virsh step: the seed is attached already) write the image, 0600."""
+    seed = tmp_path / "kvmhost01-seed.iso"
+    first = seed_plan(spec(), _pool_at(tmp_path, None), URI, [])
+    result = _run(first)
+    assert result.returncode == 0, result.stderr
+    assert seed.read_bytes() == image_of(first) and stat.S_IMODE(seed.stat().st_mode) == 0o600
+    second = seed_plan(spec(), _pool_at(tmp_path, seed.read_bytes()), URI, validate_users(USERS))
+    assert second.actions[0].startswith("rewrite")
+    result = _run(second)
+    assert result.returncode == 0, result.stderr
+    assert seed.read_bytes() == image_of(second) and stat.S_IMODE(seed.stat().st_mode) == 0o600
+    # A link planted at the seed's path is neither followed nor replaced.
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"keep")
+    seed.unlink()
+    seed.symlink_to(target)
+    third = seed_plan(spec(), _pool_at(tmp_path, b"old"), URI, [])
+    result = _run(third)
+    assert result.returncode != 0 and "is not a plain file any more; refusing to replace it" in result.stderr
+    assert seed.is_symlink() and target.read_bytes() == b"keep"
 
 
 @pytest.mark.parametrize("kind", ["link", "dir", "other"])
