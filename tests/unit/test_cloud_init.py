@@ -342,3 +342,30 @@ def test_delete_finishes_a_leftover_seed_and_keeps_one_another_domain_uses() -> 
     owned, kept = owned_volumes("kvmhost01", snap["domains"]["kvmhost01"], snap)
     assert ("default", "kvmhost01-seed.iso") not in owned
     assert f"{SEED} (disk of domain other)" in kept
+
+
+# --- host data through the deploy ------------------------------------------------------------------
+
+
+def test_seed_users_from_host_data_or_json_and_errors_name_the_key() -> None:
+    from deploys._seeds import seed_users
+    from deploys._settings import SettingError
+    from tests.unit.test_build_settings import with_data
+
+    assert with_data({"cloud_init_users": USERS}, seed_users)[0]["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
+    assert with_data({"cloud_init_users": '[{"name": "ci"}]'}, seed_users)[0]["name"] == "ci"
+    assert with_data({}, seed_users) == []
+    with pytest.raises(SettingError, match=r"^cloud_init_users='\[\{': not JSON"):
+        with_data({"cloud_init_users": "[{"}, seed_users)
+    with pytest.raises(SettingError, match=r"^cloud_init_users\[0\]\.name: 'Bad' is not a user name"):
+        with_data({"cloud_init_users": [{"name": "Bad"}]}, seed_users)
+
+
+def test_the_fact_passes_each_seeds_digest_on() -> None:
+    from facts._libvirt_parse import files_from
+
+    files = files_from(
+        {"files": {SEED: {"kind": "file", "backing": None, "sha256": "ab" * 32}, "/x.img": {"kind": "file"}}}
+    )
+    assert files[SEED] == {"kind": "file", "backing": None, "sha256": "ab" * 32}
+    assert files["/x.img"] == {"kind": "file", "backing": None}
