@@ -207,7 +207,9 @@ def seed_plan(
     cfg = (domain.get("config") or domain) if domain else {}
     attached = [d for d in cfg.get("disks", []) if d.get("path") == path]
     if not attached:
-        if domain is None or not _controllers(domain.get("xml", "")):
+        # Before the define, the clone will have its base's devices (cdroms, controllers).
+        basis = domain if domain is not None else snapshot.get("domains", {}).get(spec.srcvm) or {}
+        if not _controllers(basis.get("xml", "")):
             steps.append(
                 sh(
                     "printf '%s\\n'",
@@ -218,7 +220,7 @@ def seed_plan(
                 )
             )
             plan.actions.append("add a virtio-scsi controller")
-        target = _free_target(domain) if domain else "sda"
+        target = _free_target(basis)
         steps.append(
             sh(
                 virsh(

@@ -201,6 +201,17 @@ def test_new_domain_at_dry_run_uses_the_uuid_the_clone_gets() -> None:
     ]
 
 
+def test_dry_run_target_and_controller_follow_the_base() -> None:
+    snap = snapshot()
+    base = snap["domains"]["centos7"]
+    base["disks"].append({"target": "sda", "device": "cdrom", "path": "/secondary/other.iso"})
+    base["xml"] = (
+        "<domain><devices><controller type='scsi' index='0' model='virtio-scsi'/></devices></domain>"
+    )
+    text = rendered(seed_plan(spec(), snap, URI, [], executing=False).command)
+    assert "attach-device" not in text and text.endswith(" && " + ATTACH.format(target="sdb"))
+
+
 def test_missing_domain_at_execute_is_only_a_note() -> None:
     plan = seed_plan(spec(), snapshot(), URI, [], executing=True)
     assert plan.command is None and not plan.changes
