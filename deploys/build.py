@@ -8,6 +8,7 @@ A host whose VMs do not fit (capacity preflight) fails alone with a per-host tab
 
 from deploys._capacity import allocation_ratios
 from deploys._dns import dnsmasq_arguments, entries
+from deploys._seeds import cloud_init_seeds
 from deploys._settings import is_hypervisor, is_mgmt, seconds, setting, vmspecs
 from operations import dnsmasq, libvirt
 
@@ -22,6 +23,7 @@ if is_hypervisor():
         command_timeout=seconds("command_timeout"),
         copy_timeout=seconds("copy_timeout"),
     )
+    cloud_init_seeds()  # only VMs with cloudInit: their seed is written and attached before any start
 
 if is_mgmt():
     dnsmasq.dhcp_reservations(

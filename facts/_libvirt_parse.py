@@ -220,10 +220,15 @@ def snapshots_from(dom: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def files_from(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{path: {kind, backing}}`` as the probe found them (older probes send nothing: empty)."""
+    """``{path: {kind, backing[, sha256]}}`` as the probe found them (older probes send nothing: empty).
+
+    ``sha256``: only for cloud-init seeds (``*-seed.iso``) that are plain files.
+    """
     files = {}
     for path, entry in (data.get("files") or {}).items():
         files[str(path)] = {"kind": str(entry.get("kind") or "missing"), "backing": entry.get("backing")}
+        if entry.get("sha256"):
+            files[str(path)]["sha256"] = str(entry["sha256"])
     return files
 
 

@@ -84,6 +84,8 @@ class VmSpec:
     description: str = ""
     # Named offline snapshots that should exist (deploys/snapshot.py), oldest first.
     snapshots: tuple[str, ...] = ()
+    # A cloud-init NoCloud seed (``<vm>-seed.iso``) attached as a cdrom (operations/cloud_init.py).
+    cloud_init: bool = False
 
     @property
     def short_name(self) -> str:
@@ -316,6 +318,7 @@ def _vmspec(spec: dict[str, Any]) -> VmSpec:
         ssh_host=spec.get("sshHost", spec["ipaddress"]),
         description=spec.get("description", ""),
         snapshots=tuple(spec.get("snapshots", ())),
+        cloud_init=spec.get("cloudInit", False),
     )
 
 

@@ -544,7 +544,8 @@ def owned_volumes(
     """The (pool, file name) pairs a delete may remove, and the disk paths it keeps (with why).
 
     Owned means: in a pool directory, named ``<vm>-vd*`` like the build names them (or
-    ``<vm>-vdX@<snapshot>.qcow2`` like ``_snapshot_plan`` names snapshot overlays), a plain file,
+    ``<vm>-vdX@<snapshot>.qcow2`` like ``_snapshot_plan`` names snapshot overlays, or ``<vm>-seed.iso``,
+    its cloud-init seed, the one cdrom it owns), a plain file,
     not a disk or backing file of any other domain, and not the backing file of another file. The
     domain's disks and, when it is already gone (a delete that failed halfway), the files left with
     that name in the pool directories. Never the base image, an ISO, or a file outside every pool.
@@ -553,8 +554,12 @@ def owned_volumes(
     secondary storage) or network pools, where a file with that name may be the disk of a VM of the
     same name on another host, which no domain list of this host shows.
     """
-    # <vm>-vdX[.ext] from the build; <vm>-vdX@<snapshot>.qcow2 snapshot overlays (no VM name has '@').
-    pattern = re.compile(rf"^{re.escape(vm)}-vd[a-z]+((\.[A-Za-z0-9]+)?|@[A-Za-z0-9][A-Za-z0-9._-]*\.qcow2)$")
+    # <vm>-vdX[.ext] from the build; <vm>-vdX@<snapshot>.qcow2 snapshot overlays (no VM name has '@');
+    # <vm>-seed.iso, its cloud-init seed.
+    pattern = re.compile(
+        rf"^{re.escape(vm)}-(vd[a-z]+((\.[A-Za-z0-9]+)?|@[A-Za-z0-9][A-Za-z0-9._-]*\.qcow2)|seed\.iso)$"
+    )
+    seed = f"{vm}-seed.iso"  # its cloud-init seed, attached as a cdrom
     pools_by_dir = {
         posixpath.normpath(p["path"]): name for name, p in snapshot.get("pools", {}).items() if p.get("path")
     }
@@ -588,7 +593,7 @@ def owned_volumes(
         directory, base = posixpath.split(path)
         pool = pools_by_dir.get(directory)
         kind = files.get(path, {}).get("kind", "file")
-        if disk.get("device", "disk") != "disk":
+        if disk.get("device", "disk") != "disk" and base != seed:
             kept.append(f"{path} ({disk.get('device')})")
         elif pool is None:
             kept.append(f"{path} (not in a storage pool)")
