@@ -78,9 +78,16 @@ class Run:
     def host(self, name: str, command: str, check: bool = True) -> str:
         return client.ssh(client.node_data(self.inventory, name), command, check=check)
 
-    def pyinfra(self, deploy: str, *data: str, dry: bool = False, ok: bool | None = True) -> str:
+    def pyinfra(
+        self,
+        deploy: str,
+        *data: str,
+        dry: bool = False,
+        ok: bool | None = True,
+        manifest: str = "manifest.json",
+    ) -> str:
         env = client.workflow_env(
-            self.workdir / "manifest.json", self.workdir / "inventory.json", self.inventory["mgmt"]["name"]
+            self.workdir / manifest, self.workdir / "inventory.json", self.inventory["mgmt"]["name"]
         )
         extra = [x for d in data for x in ("--data", d)]
         result = subprocess.run(
@@ -123,6 +130,8 @@ def run(sandbox_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactor
     r.pyinfra("pools")
     yield r
     r.pyinfra("delete", ok=None)
+    if (r.workdir / "sysprep.json").exists():
+        r.pyinfra("delete", ok=None, manifest="sysprep.json")
     for host in ("sm-01", "sm-02"):
         for vm in ("it-bios", "it-uefi", CLONE):
             r.host(host, f"virsh -q destroy {vm}; virsh -q undefine --nvram {vm}", check=False)
@@ -202,3 +211,25 @@ def test_uefi_installer_gets_ovmf_and_its_own_nvram_and_clones_get_theirs(run: R
     assert run.host("sm-02", f"test -e {clone_nvram} && echo left || echo gone").strip() == "gone"
     run.host("sm-02", f"test -f {nvram.text}")  # the base's NVRAM stays
     assert re.search(r"it-uefi\b", run.host("sm-02", "virsh -q list --all --name"))
+
+
+def test_sysprep_without_virt_sysprep_fails_naming_host_and_tool_and_makes_nothing(run: Run) -> None:
+    vm = {**MANIFEST[1]["vmspecs"][0], "name": "it-sysprep", "hostname": "it-sysprep.sandbox.internal",
+          "ipaddress": "10.10.5.62", "srcvm": "centos7", "sysprep": True}  # fmt: skip
+    (run.workdir / "sysprep.json").write_text(json.dumps([{"host": "sm-01", "vmspecs": [vm]}]))
+    assert run.host("sm-01", "command -v virt-sysprep || echo absent").strip() == "absent"
+    dry = run.pyinfra("build", dry=True, manifest="sysprep.json")
+    assert "virt-sysprep (hostname it-sysprep.sandbox.internal)" in dry, dry[-3000:]
+    out = run.pyinfra("build", ok=False, manifest="sysprep.json")
+    assert (
+        "kvm-qemu: sm-01: virt-sysprep is not installed (libguestfs-tools; deploys/kvm_host.py installs it "
+        "with kvm_guestfs_tools=true): sysprep of it-sysprep refused, nothing was made"
+    ) in out, out[-3000:]
+    assert "it-sysprep" not in run.host("sm-01", "virsh -q list --all --name")
+    assert run.host("sm-01", "ls /data01/primary/ | grep -c it-sysprep || true").strip() == "0"
+    # Group data for vmspecs that do not say: the same refusal.
+    del vm["sysprep"]
+    (run.workdir / "sysprep.json").write_text(json.dumps([{"host": "sm-01", "vmspecs": [vm]}]))
+    out = run.pyinfra("build", "sysprep=true", ok=False, manifest="sysprep.json")
+    assert "sm-01: virt-sysprep is not installed" in out, out[-3000:]
+    assert "it-sysprep" not in run.host("sm-01", "virsh -q list --all --name")
