@@ -51,13 +51,13 @@ class InstallerSpec:
                            ("installer_pool", self.pool)):  # fmt: skip
             if not value or "/" in value or value in (".", "..") or any(ord(c) < 32 for c in value):
                 raise InstallerError(f"{key}={value!r}: expected a volume or pool name (no '/')")
-        for key, value, low, high in (
+        for key, number, low, high in (
             ("installer_boot_size_gib", self.boot_size_gib, 1, 65536),
             ("installer_vcpus", self.vcpus, 1, 4096),
             ("installer_memory_mib", self.memory_mib, 128, 16 * 1024 * 1024),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise InstallerError(f"{key}={value!r}: expected a whole number from {low} to {high}")
+            if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
+                raise InstallerError(f"{key}={number!r}: expected a whole number from {low} to {high}")
         if self.graphics not in GRAPHICS:
             raise InstallerError(
                 f"installer_graphics={self.graphics!r}: expected one of {', '.join(GRAPHICS)}"
