@@ -4,7 +4,9 @@ commands, no host."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -147,3 +149,29 @@ def test_manifest_sysprep_must_be_a_boolean() -> None:
     assert parse([{"host": "h1", "vmspecs": [vm]}])[0].vmspecs[0].sysprep is None
     with pytest.raises(ManifestError, match="sysprep"):
         parse([{"host": "h1", "vmspecs": [{**vm, "sysprep": "yes"}]}])
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([], "installer_iso is required"),
+        (["installer_iso=x.iso", "installer_host=nope"], "installer_host='nope': not a hypervisor"),
+        (["installer_iso=x.iso", "installer_boot_size_gib=abc"], "installer_boot_size_gib='abc': expected"),
+        (["installer_iso=x.iso", "uefi=maybe"], "uefi='maybe': expected true or false"),
+        (["installer_iso=x.iso", "installer_graphics=spice"], "installer_graphics='spice'"),
+    ],
+)
+def test_installer_deploy_refuses_bad_data_before_contacting_libvirt(
+    tmp_path: Any, data: list[str], message: str
+) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text('kvm_hosts = [("@local", {})]\n')
+    extra = [x for d in data for x in ("--data", d)]
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("pyinfra")), "--dry", str(inventory), "deploys/installer.py", *extra],
+        cwd=repo, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Hypervisor" not in result.stdout + result.stderr
