@@ -80,6 +80,8 @@ class VmSpec:
     pool: str = DEFAULT_POOL
     clone: str = "full"
     autostart: bool | None = None
+    # virt-sysprep the new disks after cloning (None: the ``sysprep`` group/host data, default off)
+    sysprep: bool | None = None
     ssh_host: str = ""
     description: str = ""
     # Named offline snapshots that should exist (deploys/snapshot.py), oldest first.
@@ -315,6 +317,7 @@ def _vmspec(spec: dict[str, Any]) -> VmSpec:
         pool=spec.get("pool", DEFAULT_POOL),
         clone=spec.get("clone", "full"),
         autostart=spec.get("autostart"),
+        sysprep=spec.get("sysprep"),
         ssh_host=spec.get("sshHost", spec["ipaddress"]),
         description=spec.get("description", ""),
         snapshots=tuple(spec.get("snapshots", ())),

@@ -15,6 +15,7 @@ from pyinfra.api import StringCommand
 
 from inventories.manifest_model import VmSpec
 from operations._domain_xml import CloneError, clone_xml, data_disk_targets, plan_disks
+from operations._sysprep import sysprep_command, tool_check
 from operations._virsh import (
     DEFAULT_COPY_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -147,6 +148,11 @@ def clone_plan(
                 )
             )
             plan.actions.append(f"full copy of {disk.source.path} to {disk.path}")
+    sysprep = bool(spec.sysprep)
+    if sysprep:  # clean clones (operations/_sysprep.py): after the copies, before the define
+        cloned = [(d.path, d.format) for d in disks if d.source is not None]
+        steps.append(sysprep_command(spec.hostname, cloned, copy_timeout))
+        plan.actions.append(f"virt-sysprep (hostname {spec.hostname})")
     steps.append(sh(virsh(uri, "define", "/dev/stdin", timeout=timeout), ">/dev/null"))
     plan.actions.insert(
         0,
@@ -157,10 +163,13 @@ def clone_plan(
         plan.actions.append("autostart on")
 
     plan.command = _with_cleanup(paths, pool["path"], all_of(steps), timeout)
+    if sysprep:
+        plan.command = sh(tool_check(spec.name), plan.command)
     if spec.autostart:
         plan.command = sh(plan.command, "&&", virsh(uri, "autostart", spec.name, timeout=timeout))
     copies = sum(1 for d in disks if d.source is not None and spec.clone != "linked")
-    plan.limit = session_limit(len(steps) + 2 - copies, timeout, copies * (int(copy_timeout) + KILL_AFTER))
+    slow = copies + sysprep
+    plan.limit = session_limit(len(steps) + 2 - slow, timeout, slow * (int(copy_timeout) + KILL_AFTER))
     plan.stdin = xml
     return plan
 
