@@ -6,7 +6,7 @@ PY          := $(VENV)/bin/python
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base dnsmasq dnsmasq-utils \
                 openssh-server openssh-client python3-libvirt libvirt-dev pkg-config gcc python3-venv \
-                iproute2 util-linux busybox-static kmod e2fsprogs
+                iproute2 util-linux busybox-static kmod e2fsprogs ovmf xorriso isolinux syslinux-common
 PYTEST_ARGS ?=
 
 .PHONY: demo test unit lint typecheck check-manifest starter bench system-packages venv sandbox-up sandbox-down clean

@@ -14,7 +14,9 @@ def _cell(actual: Any, wanted: Any, text: str) -> str:
 
 def status_lines(specs: list[VmSpec], snapshot: dict[str, Any]) -> list[str]:
     domains = snapshot.get("domains", {})
-    lines = [f"{'VM':<20} {'STATE':<10} {'VCPUS':<7} {'MEMORY':<10} {'MAX':<10} {'DISKS':<6} MAC"]
+    lines = [
+        f"{'VM':<20} {'STATE':<10} {'VCPUS':<7} {'MEMORY':<10} {'MAX':<10} {'DISKS':<6} {'MAC':<18} SNAPSHOTS"
+    ]
     for spec in specs:
         domain = domains.get(spec.name)
         if domain is None:
@@ -23,9 +25,18 @@ def status_lines(specs: list[VmSpec], snapshot: dict[str, Any]) -> list[str]:
         cells = [_cell(actual, wanted, shown) for _, actual, wanted, shown in configured(spec, domain)]
         lines.append(
             f"{spec.name:<20} {domain.get('state', '?'):<10} "
-            f"{cells[0]:<7} {cells[1]:<10} {cells[2]:<10} {cells[3]:<6} {cells[4]}"
+            f"{cells[0]:<7} {cells[1]:<10} {cells[2]:<10} {cells[3]:<6} {cells[4]:<18} "
+            f"{snapshot_cell(spec, domain)}"
         )
     return lines
+
+
+def snapshot_cell(spec: VmSpec, domain: dict[str, Any]) -> str:
+    """The domain's snapshots oldest first, ``*`` on the current one; manifest ones missing: ``NAME!``."""
+    have = domain.get("snapshots") or []
+    names = [s["name"] + ("*" if s.get("current") else "") for s in have]
+    names += [f"{n}!" for n in spec.snapshots if n not in {s["name"] for s in have}]
+    return ",".join(names) or "-"
 
 
 def reservation_lines(specs: list[VmSpec], reservations: dict[str, dict[str, str]]) -> list[str]:

@@ -182,15 +182,53 @@ def domains_from(
             **live,
             "config": config,
             "xml": config_xml,
+            "snapshots": snapshots_from(dom),
         }
     return domains
 
 
+def _snapshot(entry: dict[str, Any], domain: str) -> dict[str, Any]:
+    root = _xml(entry.get("xml"), f"snapshot of domain {domain}")
+    disks = []
+    for disk in root.findall("disks/disk"):
+        source = disk.find("source")
+        disks.append(
+            {
+                "target": disk.get("name"),
+                "snapshot": disk.get("snapshot"),
+                "path": source.get("file") if source is not None else None,
+            }
+        )
+    embedded = root.find("domain")
+    return {
+        "name": root.findtext("name"),
+        "parent": root.findtext("parent/name"),
+        "state": root.findtext("state"),
+        "created": int((root.findtext("creationTime") or "0").strip() or 0),
+        "current": bool(entry.get("current")),
+        "disks": disks,
+        # The domain's disks when the snapshot was taken: what each external overlay was put on.
+        "domain_disks": [_disk(d) for d in embedded.findall("devices/disk")] if embedded is not None else [],
+    }
+
+
+def snapshots_from(dom: dict[str, Any]) -> list[dict[str, Any]]:
+    """A domain's snapshots, oldest first: ``{name, parent, state, created, current, disks:
+    [{target, snapshot, path}], domain_disks: [...]}`` (older probes send none: empty)."""
+    found = [_snapshot(entry, str(dom.get("name"))) for entry in dom.get("snapshots") or []]
+    return sorted(found, key=lambda s: (s["created"], s["name"] or ""))
+
+
 def files_from(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{path: {kind, backing}}`` as the probe found them (older probes send nothing: empty)."""
+    """``{path: {kind, backing[, sha256]}}`` as the probe found them (older probes send nothing: empty).
+
+    ``sha256``: only for cloud-init seeds (``*-seed.iso``) that are plain files.
+    """
     files = {}
     for path, entry in (data.get("files") or {}).items():
         files[str(path)] = {"kind": str(entry.get("kind") or "missing"), "backing": entry.get("backing")}
+        if entry.get("sha256"):
+            files[str(path)]["sha256"] = str(entry["sha256"])
     return files
 
 

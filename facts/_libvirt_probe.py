@@ -3,8 +3,10 @@
 Run on the hypervisor as ``python3 -c PROBE URI TIMEOUT``. It lists pools (active ones refreshed first,
 so disk files created outside libvirt appear), their volumes, the domains (live XML, plus the
 persistent XML of running domains, both with the secure flag so console passwords survive a clone),
-the node's size, and the files the delete and build decisions need: every entry of every directory
-pool (active or not) and every domain disk with its qcow2 backing chain, read from the image headers.
+their snapshots (XML of each, and which is current), the node's size, and the files the delete and
+build decisions need: every entry of every directory pool (active or not) and every domain disk with
+its qcow2 backing chain, read from the image headers, and the SHA-256 of each cloud-init seed
+(``*-seed.iso``) in them.
 Raw libvirt XML is printed as is; the controller parses it (``facts/_libvirt_parse.py``), so this
 script stays small and needs only the libvirt bindings.
 
@@ -77,6 +79,28 @@ def qcow2_backing(path):
         return name
     return os.path.normpath(os.path.join(os.path.dirname(path), name))
 
+def seed_digest(path):
+    # A cloud-init seed is small: its SHA-256 tells whether it must be rebuilt (no link followed).
+    import hashlib
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > 16 << 20:
+            return None
+        digest = hashlib.sha256()
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return digest.hexdigest()
+            digest.update(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
 def describe(path, depth=0):
     if path in files or depth > 16:
         return
@@ -90,6 +114,8 @@ def describe(path, depth=0):
     step[0] = "read " + path
     backing = qcow2_backing(path) if kind in ("file", "link") else None
     files[path] = {"kind": kind, "backing": backing}
+    if kind == "file" and path.endswith("-seed.iso"):
+        files[path]["sha256"] = seed_digest(path)
     if backing and backing.startswith("/"):
         describe(backing, depth + 1)
 
@@ -121,8 +147,14 @@ for dom in conn.listAllDomains(0):
     if live is None:
         continue  # undefined while we looked
     inactive = safe(lambda: dom.XMLDesc(INACTIVE | SECURE)) if persistent and active else None
+    snapshots = []
+    for snap in safe(lambda: dom.listAllSnapshots(0), []):
+        text = safe(lambda: snap.getXMLDesc(0))
+        if text:
+            snapshots.append({"xml": text, "current": bool(safe(snap.isCurrent, 0))})
     domains.append({"name": dom.name(), "uuid": dom.UUIDString(), "state": state, "persistent": persistent,
-                    "autostart": bool(safe(dom.autostart, 0)), "xml": live, "inactive_xml": inactive})
+                    "autostart": bool(safe(dom.autostart, 0)), "xml": live, "inactive_xml": inactive,
+                    "snapshots": snapshots})
 
 import xml.etree.ElementTree as ET
 for pool in pools:

@@ -96,7 +96,8 @@ class Volumes(_LibvirtFact):
 class Domains(_LibvirtFact):
     """``{domain: {uuid, state, persistent, autostart, memory_kib, max_memory_kib, vcpus, max_vcpus,
     disks: [{target, device, path, format, bus, backing}], interfaces: [{mac, type, source, model}],
-    config: {...same resources and devices from the persistent definition...}, xml}}``.
+    config: {...same resources and devices from the persistent definition...}, xml,
+    snapshots: [{name, parent, state, created, current, disks, domain_disks}] (oldest first)}}``.
 
     Top-level values are live for running domains; ``config`` holds the persistent ones (they differ
     after e.g. a live setmem). ``xml`` is the persistent definition (the live one for transient domains).

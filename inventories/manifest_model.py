@@ -40,6 +40,10 @@ _FIELD_HINTS = {
     "ssh_key": "control characters are not allowed",
 }
 _FIELD_HINTS["srcvm"] = _FIELD_HINTS["name"]
+_FIELD_HINTS["snapshots"] = (
+    "a snapshot name uses letters, digits, '.', '_' and '-', starts with a letter or digit, "
+    "and has at most 63 characters"
+)
 _FIELD_HINTS["pool"] = "a pool name uses letters, digits, '.', '_' and '-'"
 
 
@@ -76,8 +80,14 @@ class VmSpec:
     pool: str = DEFAULT_POOL
     clone: str = "full"
     autostart: bool | None = None
+    # virt-sysprep the new disks after cloning (None: the ``sysprep`` group/host data, default off)
+    sysprep: bool | None = None
     ssh_host: str = ""
     description: str = ""
+    # Named offline snapshots that should exist (deploys/snapshot.py), oldest first.
+    snapshots: tuple[str, ...] = ()
+    # A cloud-init NoCloud seed (``<vm>-seed.iso``) attached as a cdrom (operations/cloud_init.py).
+    cloud_init: bool = False
 
     @property
     def short_name(self) -> str:
@@ -130,7 +140,8 @@ def _schema_problem(error: jsonschema.ValidationError) -> tuple[str, str]:
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
         return path, f"{path}: unknown field(s) {', '.join(map(repr, extra))} (allowed: {', '.join(allowed)})"
-    last = error.absolute_path[-1] if error.absolute_path else ""
+    # The field a value belongs to; for an item of a list (snapshots[1]) the list's name.
+    last = next((p for p in reversed(error.absolute_path) if isinstance(p, str)), "")
     if error.validator in ("pattern", "maxLength") and last in _FIELD_HINTS:
         return path, f"{path}: {error.instance!r} is not valid: {_FIELD_HINTS[last]}"
     if error.validator == "type":
@@ -307,8 +318,11 @@ def _vmspec(spec: dict[str, Any]) -> VmSpec:
         pool=spec.get("pool", DEFAULT_POOL),
         clone=spec.get("clone", "full"),
         autostart=spec.get("autostart"),
+        sysprep=spec.get("sysprep"),
         ssh_host=spec.get("sshHost", spec["ipaddress"]),
         description=spec.get("description", ""),
+        snapshots=tuple(spec.get("snapshots", ())),
+        cloud_init=spec.get("cloudInit", False),
     )
 
 

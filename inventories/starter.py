@@ -43,7 +43,7 @@ STARTER: list[dict[str, Any]] = [
                 "srcvm": "centos7",
                 "clone": "linked",
                 "description": "optional keys: srcvm (base VM to clone, default centos7), pool (default), "
-                "clone full|linked, macaddress (default derived from name), autostart, sshHost",
+                "clone full|linked, macaddress (default derived from name), autostart, sshHost, cloudInit",
             },
         ],
     },

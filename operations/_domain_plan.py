@@ -15,6 +15,7 @@ from pyinfra.api import StringCommand
 
 from inventories.manifest_model import VmSpec
 from operations._domain_xml import CloneError, clone_xml, data_disk_targets, plan_disks
+from operations._sysprep import sysprep_command, tool_check
 from operations._virsh import (
     DEFAULT_COPY_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -147,6 +148,11 @@ def clone_plan(
                 )
             )
             plan.actions.append(f"full copy of {disk.source.path} to {disk.path}")
+    sysprep = bool(spec.sysprep)
+    if sysprep:  # clean clones (operations/_sysprep.py): after the copies, before the define
+        cloned = [(d.path, d.format) for d in disks if d.source is not None]
+        steps.append(sysprep_command(spec.hostname, cloned, copy_timeout))
+        plan.actions.append(f"virt-sysprep (hostname {spec.hostname})")
     steps.append(sh(virsh(uri, "define", "/dev/stdin", timeout=timeout), ">/dev/null"))
     plan.actions.insert(
         0,
@@ -157,10 +163,13 @@ def clone_plan(
         plan.actions.append("autostart on")
 
     plan.command = _with_cleanup(paths, pool["path"], all_of(steps), timeout)
+    if sysprep:
+        plan.command = sh(tool_check(spec.name), plan.command)
     if spec.autostart:
         plan.command = sh(plan.command, "&&", virsh(uri, "autostart", spec.name, timeout=timeout))
     copies = sum(1 for d in disks if d.source is not None and spec.clone != "linked")
-    plan.limit = session_limit(len(steps) + 2 - copies, timeout, copies * (int(copy_timeout) + KILL_AFTER))
+    slow = copies + sysprep
+    plan.limit = session_limit(len(steps) + 2 - slow, timeout, slow * (int(copy_timeout) + KILL_AFTER))
     plan.stdin = xml
     return plan
 
@@ -543,7 +552,9 @@ def owned_volumes(
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """The (pool, file name) pairs a delete may remove, and the disk paths it keeps (with why).
 
-    Owned means: in a pool directory, named ``<vm>-vd*`` like the build names them, a plain file,
+    Owned means: in a pool directory, named ``<vm>-vd*`` like the build names them (or
+    ``<vm>-vdX@<snapshot>.qcow2`` like ``_snapshot_plan`` names snapshot overlays, or ``<vm>-seed.iso``,
+    its cloud-init seed, the one cdrom it owns), a plain file,
     not a disk or backing file of any other domain, and not the backing file of another file. The
     domain's disks and, when it is already gone (a delete that failed halfway), the files left with
     that name in the pool directories. Never the base image, an ISO, or a file outside every pool.
@@ -552,7 +563,12 @@ def owned_volumes(
     secondary storage) or network pools, where a file with that name may be the disk of a VM of the
     same name on another host, which no domain list of this host shows.
     """
-    pattern = re.compile(rf"^{re.escape(vm)}-vd[a-z]+(\.[A-Za-z0-9]+)?$")
+    # <vm>-vdX[.ext] from the build; <vm>-vdX@<snapshot>.qcow2 snapshot overlays (no VM name has '@');
+    # <vm>-seed.iso, its cloud-init seed.
+    pattern = re.compile(
+        rf"^{re.escape(vm)}-(vd[a-z]+((\.[A-Za-z0-9]+)?|@[A-Za-z0-9][A-Za-z0-9._-]*\.qcow2)|seed\.iso)$"
+    )
+    seed = f"{vm}-seed.iso"  # its cloud-init seed, attached as a cdrom
     pools_by_dir = {
         posixpath.normpath(p["path"]): name for name, p in snapshot.get("pools", {}).items() if p.get("path")
     }
@@ -586,7 +602,7 @@ def owned_volumes(
         directory, base = posixpath.split(path)
         pool = pools_by_dir.get(directory)
         kind = files.get(path, {}).get("kind", "file")
-        if disk.get("device", "disk") != "disk":
+        if disk.get("device", "disk") != "disk" and base != seed:
             kept.append(f"{path} ({disk.get('device')})")
         elif pool is None:
             kept.append(f"{path} (not in a storage pool)")

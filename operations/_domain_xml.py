@@ -6,6 +6,7 @@ rewrites the definition so that one ``virsh define`` creates a VM with the vmspe
 
 from __future__ import annotations
 
+import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -18,6 +19,9 @@ DISK_EXTENSIONS = {"raw": "img", "qcow2": "qcow2"}
 class CloneError(ValueError):
     """The source domain cannot be cloned as asked (the message says why)."""
 
+
+# Namespace of the UUIDs given to clones with a cloud-init seed (see ``stable_uuid``).
+UUID_NAMESPACE = uuid.UUID("6c1f3d52-1b0e-5a8e-9c61-4b7a9e0d2f31")
 
 # Namespace of the metadata element recording which controller-side file a domain was defined from.
 SOURCE_NAMESPACE = "https://kvm-qemu.invalid/xmlns/source/1"
@@ -90,13 +94,19 @@ def plan_disks(spec: VmSpec, source_xml: str, pool_path: str) -> list[ClonedDisk
 
 
 def clone_xml(spec: VmSpec, source_xml: str, disks: list[ClonedDisk]) -> str:
-    """The new domain's XML: name, no UUID (libvirt makes one), the spec's MAC, memory, vCPUs and disks."""
+    """The new domain's XML: name, the spec's MAC, memory, vCPUs and disks.
+
+    No UUID (libvirt makes one), except with ``cloud_init``: then ``stable_uuid(name)``.
+    """
     root = _parse(source_xml)
     source_name = root.findtext("name") or ""
     _set_text(root, "name", spec.name)
     for tag in ("uuid", "title", "description"):
         for element in root.findall(tag):
             root.remove(element)
+    if spec.cloud_init:
+        # Known before the define, so the seed's instance-id (the domain UUID) is too, even at --dry.
+        _set_text(root, "uuid", stable_uuid(spec.name))
     # The base's source-file digest describes the base, not the clone.
     for metadata in root.findall("metadata"):
         for element in metadata.findall(f"{{{SOURCE_NAMESPACE}}}source"):
@@ -133,6 +143,11 @@ def clone_xml(spec: VmSpec, source_xml: str, disks: list[ClonedDisk]) -> str:
     _rewrite_interfaces(devices, spec.mac)
     _rewrite_console_logs(devices, source_name, spec.name)
     return ET.tostring(root, encoding="unicode")
+
+
+def stable_uuid(vm: str) -> str:
+    """The UUID a clone with a cloud-init seed is defined with: derived from its name (uuid5)."""
+    return str(uuid.uuid5(UUID_NAMESPACE, vm))
 
 
 def _rewrite_disks(devices: ET.Element, disks: list[ClonedDisk]) -> None:

@@ -68,6 +68,8 @@ log = logging.getLogger("sandbox")
 
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "virtio_balloon", "ext4", "button", "evdev")
+# A cloud-init seed on a virtio-scsi cdrom (operations/cloud_init.py): the guest reads local-hostname.
+MODULES += ("virtio_scsi", "sr_mod", "isofs")
 SSH_BINARIES = ("/usr/sbin/sshd", "/usr/lib/openssh/sftp-server")
 BUSYBOX = Path("/bin/busybox")
 CMDLINE = "root=/dev/vda rw console=ttyS0 quiet"
@@ -106,6 +108,17 @@ ln -sf /proc/mounts /run/mtab 2>/dev/null
 if [ -s /etc/hostname ]; then
     hostname -F /etc/hostname
 fi
+# Without /etc/hostname, a NoCloud seed's local-hostname (volume cidata on a virtio-scsi cdrom) names it.
+if [ ! -s /etc/hostname ] && ls /sys/bus/virtio/drivers/virtio_scsi 2>/dev/null | grep -q '^virtio'; then
+    tries=30
+    while [ ! -b /dev/sr0 ] && [ "$tries" -gt 0 ]; do sleep 0.1; tries=$((tries - 1)); done
+    mkdir -p /run/kvmq/seed
+    if [ -b /dev/sr0 ] && mount -t iso9660 -o ro /dev/sr0 /run/kvmq/seed 2>/dev/null; then
+        seeded=$(sed -n 's/^local-hostname: *//p' /run/kvmq/seed/meta-data 2>/dev/null)
+        [ -n "$seeded" ] && hostname "$seeded" && echo "$seeded" > /run/kvmq/seed-hostname
+        umount /run/kvmq/seed
+    fi
+fi
 ip link set lo up
 
 acpid -c /etc/acpi -l /run/acpid.log -p /run/acpid.pid
@@ -125,7 +138,7 @@ fi
 echo "KVMQ-BOOTED hostname=$(hostname)" > /dev/console
 
 set --
-[ -s /etc/hostname ] && set -- -x "hostname:$(hostname)"
+{ [ -s /etc/hostname ] || [ -s /run/kvmq/seed-hostname ]; } && set -- -x "hostname:$(hostname)"
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         kvmq.clientid=shared) set -- "$@" -x "61:SHARED_CLIENT_ID" ;;
@@ -160,7 +173,7 @@ case "$1" in
             for d in $dns; do echo "nameserver $d"; done
         } > /run/resolv.conf.new
         mv /run/resolv.conf.new /run/resolv.conf
-        if [ ! -s /etc/hostname ] && [ -n "$hostname" ]; then
+        if [ ! -s /etc/hostname ] && [ ! -s /run/kvmq/seed-hostname ] && [ -n "$hostname" ]; then
             hostname "$hostname"
         fi
         echo "$ip" > /run/kvmq/lease

@@ -344,6 +344,6 @@ def test_status_lines_and_drift_share_one_comparison() -> None:
     assert drift(vm01, vm("vm01")) == []
     lines = status_lines([vm01, spec("vm09", "10.10.5.19")], {"domains": {"vm01": changed}})
     assert lines[1:] == [
-        f"vm01                 shut off   3!      1 GiB      2 GiB      1      {mac_for('vm01')}",
+        f"vm01                 shut off   3!      1 GiB      2 GiB      1      {mac_for('vm01')}  -",
         "vm09                 absent!   ",
     ]

@@ -134,7 +134,9 @@ def test_init_scripts_cover_hostname_dhcp_acpi_and_readiness():
     assert "udhcpc -b -i eth0 -s /etc/kvmq/dhcp.sh" in rcs
     assert f'kvmq.clientid=shared) set -- "$@" -x "61:{gi.SHARED_CLIENT_ID}"' in rcs
     # The offered name applies only when the VM's own disk has no /etc/hostname.
-    assert 'if [ ! -s /etc/hostname ] && [ -n "$hostname" ]; then' in gi.DHCP_SCRIPT
+    assert 'if [ ! -s /etc/hostname ] && [ ! -s /run/kvmq/seed-hostname ] && [ -n "$hostname" ]; then' in (
+        gi.DHCP_SCRIPT
+    )
     assert gi.DHCP_SCRIPT.count("KVMQ-READY") == 1 and "mkdir /run/kvmq/ready" in gi.DHCP_SCRIPT
     assert gi.POWER_BUTTON.index("sync") < gi.POWER_BUTTON.index("poweroff -f")
     stage1 = gi.STAGE1.read_text()

@@ -1,0 +1,369 @@
+"""Offline external snapshots of a domain's disks: fact in, per-VM plans out. Pure, no I/O.
+
+Why external and offline: full clones have raw disks, which cannot hold internal (qcow2) snapshots,
+and libvirt before 9.9 cannot revert external ones (the sandbox runs 9.0). So a snapshot here is a
+libvirt disk-only external snapshot of a shut-off domain, whose overlays this package makes and
+manages itself, the same way for raw (full) and qcow2 (linked) clones:
+
+- create NAME: each disk ``<dir>/<vm>-vdX.<ext>`` gets a new, empty qcow2 overlay
+  ``<dir>/<vm>-vdX@NAME.qcow2`` (0600, made like a clone's disk) on top of its current file, and
+  ``virsh snapshot-create-as --disk-only --reuse-external`` records the snapshot and points the domain
+  at the overlays. The file below an overlay is never written again while the snapshot exists.
+- revert NAME: the overlays are emptied again (``qemu-img create`` over the same backing file), which
+  throws away every write since the snapshot. Only the newest snapshot can be reverted to.
+- delete NAME: the overlays are committed into the files below them (the VM keeps its current data),
+  the domain points at those files again, the overlays are removed and the snapshot's metadata goes.
+  Only the newest snapshot can be deleted; a file another domain uses (a base) is never committed into.
+
+A running VM is refused (stop it first), as the original tool did. Deleting the VM removes the
+snapshots' metadata (``undefine --snapshots-metadata``) and the overlays, which are named after it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from pyinfra.api import StringCommand
+
+from operations._domain_plan import VmPlan, _with_cleanup, in_use, is_active
+from operations._virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
+
+SNAPSHOT_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
+ACTIONS = ("create", "revert", "delete")
+
+Domain = dict[str, Any]
+
+
+def valid_name(snapshot_name: str) -> bool:
+    return isinstance(snapshot_name, str) and re.fullmatch(SNAPSHOT_NAME, snapshot_name) is not None
+
+
+def overlay_path(disk_path: str, vm: str, target: str, snapshot_name: str) -> str:
+    """``<dir of disk>/<vm>-<target>@<snapshot>.qcow2``: '@' is in no VM name, so the owner is clear."""
+    return posixpath.join(posixpath.dirname(disk_path), f"{vm}-{target}@{snapshot_name}.qcow2")
+
+
+def _names(domain: Domain) -> list[str]:
+    return [s["name"] for s in domain.get("snapshots", [])]
+
+
+def _find(domain: Domain, snapshot_name: str) -> dict[str, Any] | None:
+    return next((s for s in domain.get("snapshots", []) if s["name"] == snapshot_name), None)
+
+
+def _later(domain: Domain, snapshot_name: str) -> list[str]:
+    return [s["name"] for s in domain.get("snapshots", []) if s.get("parent") == snapshot_name]
+
+
+def _disks(domain: Domain) -> list[dict[str, Any]]:
+    config = domain.get("config") or domain
+    return [d for d in config.get("disks", []) if d.get("device", "disk") == "disk"]
+
+
+def _offline(plan: VmPlan, domain: Domain, what: str) -> bool:
+    if is_active(domain):
+        plan.error = (
+            f"is {domain.get('state')}: snapshots are {what} offline only; stop it first (deploys/stop.py)"
+        )
+        return False
+    return True
+
+
+def _diskspec(target: str, *rest: str) -> str:
+    # virsh splits --diskspec at commas; a comma inside a value is written twice.
+    return ",".join([target.replace(",", ",,"), *(r.replace(",", ",,") for r in rest)])
+
+
+def create_plan(
+    vm: str, names: list[str], domain: Domain | None, uri: str, timeout: int = DEFAULT_TIMEOUT
+) -> VmPlan | None:
+    """Create the snapshots of ``names`` the domain lacks, in order (each on top of the previous one).
+
+    None when they all exist. One command: every overlay is made (0600, never over an existing file,
+    removed again if a later step fails), then ``snapshot-create-as`` for each name.
+    """
+    plan = VmPlan(vm)
+    if domain is None:
+        plan.error = "not defined on this host (run deploys/build.py)"
+        return plan
+    missing = [n for n in names if n not in _names(domain)]
+    if not missing:
+        return None
+    if not _offline(plan, domain, "taken"):
+        return plan
+    disks = _disks(domain)
+    if not disks or any(not d.get("path") or not d.get("target") for d in disks):
+        plan.error = "has a disk without a file source: only file-backed disks can be snapshotted here"
+        return plan
+    directories = sorted({posixpath.dirname(d["path"]) for d in disks})
+    if len(directories) != 1:
+        plan.error = f"has disks in several directories ({', '.join(directories)}); cannot snapshot it"
+        return plan
+    others = [d for d in (domain.get("config") or domain).get("disks", []) if d not in disks]
+    current = {d["target"]: (d["path"], d.get("format") or "raw") for d in disks}
+    paths: list[str] = []
+    steps: list[StringCommand] = []
+    for snapshot_name in missing:
+        specs: list[str] = []
+        made: list[str] = []
+        for target, (path, fmt) in current.items():
+            overlay = overlay_path(path, vm, target, snapshot_name)
+            made.append(overlay)
+            steps.append(
+                bounded(
+                    f"create {overlay}",
+                    timeout,
+                    "qemu-img",
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-F",
+                    q(fmt),
+                    "-b",
+                    q(path),
+                    q(overlay),
+                )
+            )
+            specs += ["--diskspec", _diskspec(target, "snapshot=external", f"file={overlay}", "driver=qcow2")]
+            current[target] = (overlay, "qcow2")
+        specs += [
+            x
+            for d in others
+            if d.get("target")
+            for x in ("--diskspec", _diskspec(d["target"], "snapshot=no"))
+        ]
+        steps.append(
+            sh(
+                virsh(
+                    uri,
+                    "snapshot-create-as",
+                    vm,
+                    snapshot_name,
+                    "--disk-only",
+                    "--atomic",
+                    "--reuse-external",
+                    *specs,
+                    timeout=timeout,
+                ),
+                ">/dev/null",
+            )
+        )
+        paths += made
+        plan.actions.append(f"create snapshot {snapshot_name} (new overlay(s) {', '.join(made)})")
+    plan.command = _with_cleanup(paths, directories[0], all_of(steps), timeout)
+    plan.limit = session_limit(len(steps) + 2, timeout)
+    return plan
+
+
+def _layers(
+    vm: str, domain: Domain, snapshot_name: str
+) -> tuple[list[tuple[str, str, str, str]], str | None]:
+    """``[(target, overlay, file below it, its format)]`` of the newest snapshot, or an error.
+
+    Checks what revert and delete rely on: it is this package's external snapshot, nothing was taken
+    after it, and the domain's disks are still its overlays.
+    """
+    snapshot = _find(domain, snapshot_name)
+    assert snapshot is not None
+    later = _later(domain, snapshot_name)
+    if later:
+        return [], (
+            f"snapshot {snapshot_name} has later snapshot(s) {', '.join(later)}: only the newest one can be "
+            "reverted to or deleted (delete the later ones first, newest first)"
+        )
+    external = [d for d in snapshot["disks"] if d.get("snapshot") == "external"]
+    if not external or any(d.get("snapshot") == "internal" for d in snapshot["disks"]):
+        return [], f"snapshot {snapshot_name} is not an external disk-only snapshot; use virsh for it"
+    now = {d["target"]: d.get("path") for d in _disks(domain)}
+    before = {d["target"]: d for d in snapshot.get("domain_disks", [])}
+    layers = []
+    for disk in external:
+        target, overlay = disk["target"], disk.get("path")
+        if overlay != overlay_path(overlay or "/", vm, target, snapshot_name):
+            return [], f"snapshot {snapshot_name}: {target} overlay {overlay} was not made by kvm-qemu"
+        if now.get(target) != overlay:
+            return [], (
+                f"snapshot {snapshot_name}: disk {target} is now {now.get(target)}, not the snapshot's "
+                f"overlay {overlay}; refusing to touch it"
+            )
+        below = before.get(target) or {}
+        if not below.get("path"):
+            return [], f"snapshot {snapshot_name}: the file below {overlay} is not recorded"
+        layers.append((target, overlay, below["path"], below.get("format") or "raw"))
+    return layers, None
+
+
+def _plain_files(vm: str, paths: list[str]) -> StringCommand:
+    return sh(
+        "{ for f in",
+        *[q(p) for p in paths],
+        '; do if [ -L "$f" ] || [ ! -f "$f" ]; then',
+        'echo "kvm-qemu: $f is not a plain file; refusing to change the snapshots of',
+        q(vm),
+        '" >&2; exit 1; fi; done; }',
+    )
+
+
+def revert_plan(
+    vm: str, snapshot_name: str, domain: Domain | None, uri: str, timeout: int = DEFAULT_TIMEOUT
+) -> VmPlan:
+    """Throw away every write since ``snapshot_name``: its overlays are made empty again."""
+    plan = VmPlan(vm)
+    if domain is None:
+        plan.error = "not defined on this host"
+        return plan
+    if _find(domain, snapshot_name) is None:
+        have = ", ".join(_names(domain)) or "none"
+        plan.error = f"has no snapshot {snapshot_name} (snapshots: {have})"
+        return plan
+    if not _offline(plan, domain, "reverted"):
+        return plan
+    layers, error = _layers(vm, domain, snapshot_name)
+    if error:
+        plan.error = error
+        return plan
+    steps = [_plain_files(vm, [overlay for _, overlay, _, _ in layers])]
+    for _target, overlay, below, fmt in layers:
+        steps.append(
+            bounded(
+                f"reset {overlay}",
+                timeout,
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                q(fmt),
+                "-b",
+                q(below),
+                q(overlay),
+            )
+        )
+        plan.actions.append(f"revert to {snapshot_name}: empty {overlay} again (on {below})")
+    plan.command = sh("umask 077;", all_of(steps))
+    plan.limit = session_limit(len(steps), timeout)
+    return plan
+
+
+def _pointed_below(xml: str, layers: list[tuple[str, str, str, str]]) -> str:
+    """The domain definition with each overlay's disk back on the file below it."""
+    root = ET.fromstring(xml)
+    by_target = {target: (below, fmt) for target, _, below, fmt in layers}
+    for disk in root.findall("devices/disk"):
+        target = disk.find("target")
+        dev = target.get("dev") if target is not None else None
+        if dev is None or dev not in by_target:
+            continue
+        below, fmt = by_target[dev]
+        source = disk.find("source")
+        if source is None:
+            source = ET.SubElement(disk, "source")
+        source.set("file", below)
+        driver = disk.find("driver")
+        if driver is None:
+            driver = ET.SubElement(disk, "driver", {"name": "qemu"})
+        driver.set("type", fmt)
+        for backing in disk.findall("backingStore"):
+            disk.remove(backing)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _back_below(vm: str, domain: Domain, snapshot_name: str) -> list[str]:
+    """The overlays of the newest snapshot ``snapshot_name`` when every disk is already back on the file
+    below its overlay (a delete stopped after its define); empty otherwise."""
+    snapshot = _find(domain, snapshot_name)
+    if snapshot is None or _later(domain, snapshot_name):
+        return []
+    external = [d for d in snapshot["disks"] if d.get("snapshot") == "external"]
+    now = {d["target"]: d.get("path") for d in _disks(domain)}
+    before = {d["target"]: d.get("path") for d in snapshot.get("domain_disks", [])}
+    overlays = [d.get("path") or "" for d in external]
+    mine = all(
+        o == overlay_path(o or "/", vm, d["target"], snapshot_name)
+        for o, d in zip(overlays, external, strict=True)
+    )
+    if (
+        external
+        and mine
+        and all(before.get(d["target"]) and now.get(d["target"]) == before[d["target"]] for d in external)
+    ):
+        return overlays
+    return []
+
+
+def _forget(vm: str, snapshot_name: str, overlays: list[str], uri: str, timeout: int) -> list[StringCommand]:
+    """Remove the overlays (refusing anything but plain files; missing ones are fine), then the metadata."""
+    quoted: list[Any] = [q(o) for o in overlays]
+    return [
+        sh(
+            "{ for f in",
+            *quoted,
+            '; do if [ -L "$f" ] || { [ -e "$f" ] && [ ! -f "$f" ]; }; then',
+            'echo "kvm-qemu: $f is not a plain file; refusing to delete it for',
+            q(vm),
+            '" >&2; exit 1; fi; done; }',
+        ),
+        bounded(f"removal of the overlays of {snapshot_name}", timeout, "rm", "-f", "--", *quoted),
+        sh(virsh(uri, "snapshot-delete", vm, snapshot_name, "--metadata", timeout=timeout), ">/dev/null"),
+    ]
+
+
+def delete_plan(
+    vm: str,
+    snapshot_name: str,
+    domain: Domain | None,
+    fact: dict[str, Any],
+    uri: str,
+    timeout: int = DEFAULT_TIMEOUT,
+) -> VmPlan | None:
+    """Delete ``snapshot_name`` and keep the VM's current data; None when there is no such snapshot.
+
+    The overlays are committed into the files below them, the domain is defined on those files, the
+    overlays are removed and the snapshot's metadata is deleted, in that order, so a failure at any
+    step leaves a consistent VM, and a re-run finishes the job (when the domain is already back on
+    the files below, only the removal and the metadata are left). ``fact``: the Hypervisor fact, to
+    refuse committing into a file another domain uses.
+    """
+    if domain is None or _find(domain, snapshot_name) is None:
+        return None
+    plan = VmPlan(vm)
+    if not _offline(plan, domain, "deleted"):
+        return plan
+    leftovers = _back_below(vm, domain, snapshot_name)
+    if leftovers:
+        plan.actions.append(f"finish deleting snapshot {snapshot_name}: remove {', '.join(leftovers)}")
+        steps = _forget(vm, snapshot_name, leftovers, uri, timeout)
+        plan.command = all_of(steps)
+        plan.limit = session_limit(len(steps), timeout)
+        return plan
+    layers, error = _layers(vm, domain, snapshot_name)
+    if error:
+        plan.error = error
+        return plan
+    used = in_use(fact, except_domain=vm)
+    shared = [
+        f"{below} ({used[posixpath.normpath(below)]})"
+        for _, _, below, _ in layers
+        if posixpath.normpath(below) in used
+    ]
+    if shared:
+        plan.error = f"snapshot {snapshot_name}: refusing to commit into {', '.join(shared)}"
+        return plan
+    overlays = [overlay for _, overlay, _, _ in layers]
+    steps = [_plain_files(vm, overlays)]
+    for _target, overlay, below, _fmt in layers:
+        steps.append(
+            bounded(f"commit of {overlay}", timeout, "qemu-img", "commit", "-q", "-f", "qcow2", q(overlay))
+        )
+        plan.actions.append(f"delete snapshot {snapshot_name}: commit {overlay} into {below}, remove it")
+    steps.append(sh(virsh(uri, "define", "/dev/stdin", timeout=timeout), ">/dev/null"))
+    steps += _forget(vm, snapshot_name, overlays, uri, timeout)
+    plan.command = all_of(steps)
+    plan.stdin = _pointed_below(domain["xml"], layers)
+    plan.limit = session_limit(len(steps), timeout)
+    return plan

@@ -1,0 +1,130 @@
+"""Named offline snapshots of domains: created, reverted to, deleted (see ``_snapshot_plan`` for how).
+
+Each operation reads the ``Hypervisor`` fact once per host (snapshots included), plans every VM with
+the pure functions in ``_snapshot_plan``, logs one line per VM and yields one command per VM. A VM
+that is running, absent (for revert) or whose snapshot is not the newest fails the host with the
+reason, after the host's other VMs were handled; nothing is changed on that VM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import OperationValueError, operation
+
+from operations._domain_plan import VmPlan
+from operations._snapshot_plan import create_plan, delete_plan, revert_plan, valid_name
+from operations._virsh import DEFAULT_TIMEOUT, DEFAULT_URI, fail
+from operations.libvirt import UNREAD, _hypervisor, _log, _yield_plans
+
+Commands = Generator[Any, None, None]
+
+
+def _check_names(names: list[str]) -> None:
+    bad = [n for n in names if not valid_name(n)]
+    if bad:
+        raise OperationValueError(
+            f"invalid snapshot name(s) {', '.join(map(repr, bad))}: a snapshot name uses letters, digits, "
+            "'.', '_' and '-', starts with a letter or digit, and has at most 63 characters"
+        )
+
+
+@operation()
+def domain_snapshots(
+    snapshots: dict[str, list[str]],
+    present: bool = True,
+    uri: str = DEFAULT_URI,
+    command_timeout: int = DEFAULT_TIMEOUT,
+) -> Commands:
+    """Make the named snapshots of each domain exist (``present``), or not exist.
+
+    + snapshots: ``{domain: [snapshot name, ...]}``, oldest first; missing ones are created in that order
+    + present: False deletes them (newest first is required: only a domain's newest snapshot can go)
+    + uri: the libvirt connection URI
+    + command_timeout: seconds each remote step may take
+
+    Created snapshots are offline, external, disk-only: the domain must be shut off. Deleting keeps the
+    VM's current data (the overlays are committed into the files below them).
+
+    **Example:**
+
+    .. code:: python
+
+        snapshot.domain_snapshots(
+            name="Snapshot before the upgrade",
+            snapshots={"vm01": ["before-upgrade"]},
+        )
+    """
+    _check_names([n for names in snapshots.values() for n in names])
+    fact = _hypervisor(uri, command_timeout)
+    if fact is None:
+        yield fail(UNREAD)
+        return
+    domains = fact["domains"]
+    plans: list[VmPlan] = []
+    for vm, names in snapshots.items():
+        if present:
+            plan = create_plan(vm, list(names), domains.get(vm), uri, command_timeout)
+            if plan is not None:
+                plans.append(plan)
+            continue
+        # One snapshot per domain per run: the next one's plan depends on this one's result.
+        existing = [n for n in reversed(_names(domains.get(vm) or {})) if n in names]
+        if existing:
+            plan = delete_plan(vm, existing[0], domains.get(vm), fact, uri, command_timeout)
+            if plan is not None:
+                if len(existing) > 1:
+                    plan.notes.append(f"{', '.join(existing[1:])} left for the next run")
+                plans.append(plan)
+    _log(plans)
+    if not plans:
+        state = "exist" if present else "are absent"
+        host.noop(f"the snapshots of {len(snapshots)} domain(s) {state}")
+        return
+    yield from _yield_plans(plans)
+
+
+def _names(domain: dict[str, Any]) -> list[str]:
+    return [s["name"] for s in domain.get("snapshots", [])]
+
+
+@operation(is_idempotent=False)
+def domain_snapshot_reverted(
+    domains: list[str],
+    snapshot_name: str,
+    uri: str = DEFAULT_URI,
+    command_timeout: int = DEFAULT_TIMEOUT,
+) -> Commands:
+    """Revert each domain's disks to the snapshot ``snapshot_name``: every write since it is lost.
+
+    + domains: the domains to revert; each must be shut off and have the snapshot as its newest one
+    + snapshot_name: the snapshot to go back to (it stays, so reverting again is possible)
+    + uri: the libvirt connection URI
+    + command_timeout: seconds each remote step may take
+
+    **Example:**
+
+    .. code:: python
+
+        snapshot.domain_snapshot_reverted(
+            name="Back to before the upgrade",
+            domains=["vm01"],
+            snapshot_name="before-upgrade",
+        )
+    """
+    _check_names([snapshot_name])
+    fact = _hypervisor(uri, command_timeout)
+    if fact is None:
+        yield fail(UNREAD)
+        return
+    plans = [revert_plan(vm, snapshot_name, fact["domains"].get(vm), uri, command_timeout) for vm in domains]
+    _log(plans)
+    if not plans:
+        host.noop("no domain to revert")
+        return
+    yield from _yield_plans(plans)
+
+
+__all__ = ["domain_snapshot_reverted", "domain_snapshots"]
