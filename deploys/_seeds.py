@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pyinfra import host
 from pyinfra.api import deploy
 
-from deploys._settings import SettingError, seconds, setting, vmspecs
+from deploys._settings import DEFAULTS, SettingError, seconds, setting
+from deploys._settings import vmspecs as manifest_vmspecs
+from inventories.manifest_model import VmSpec
 from operations import cloud_init
 from operations._cloud_init import SeedError, validate_users
-
-SEED_DEFAULTS: dict[str, Any] = {"cloud_init_users": []}
 
 
 def seed_users() -> list[dict[str, Any]]:
@@ -25,7 +24,7 @@ def seed_users() -> list[dict[str, Any]]:
 
     A string is read as JSON, so ``--data cloud_init_users='[{"name": "ops", ...}]'`` works too.
     """
-    value = host.data.get("cloud_init_users", SEED_DEFAULTS["cloud_init_users"])
+    value = setting("cloud_init_users")
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -37,14 +36,16 @@ def seed_users() -> list[dict[str, Any]]:
         raise SettingError(str(exc)) from None
 
 
-@deploy("cloud-init seeds")
-def cloud_init_seeds() -> None:
-    specs = vmspecs()
+@deploy("cloud-init seeds", data_defaults=DEFAULTS)
+def cloud_init_seeds(vmspecs: list[VmSpec] | None = None) -> None:
+    """Write and attach the NoCloud seed of every vmspec with ``cloudInit`` on this hypervisor
+    (``vmspecs``: the manifest's for this host when None)."""
+    specs = manifest_vmspecs() if vmspecs is None else vmspecs
     if not any(s.cloud_init for s in specs):
         return
     cloud_init.seeds(
         name="cloud-init seeds",
-        vmspecs=[spec.to_dict() for spec in specs],
+        vmspecs=specs,
         users=seed_users(),
         uri=setting("libvirt_uri"),
         command_timeout=seconds("command_timeout"),

@@ -42,6 +42,8 @@ WORKFLOW_DEFAULTS: dict[str, Any] = {
     "command_timeout": defaults.COMMAND_TIMEOUT,
     "copy_timeout": defaults.COPY_TIMEOUT,
     "xml_dir": "xml",
+    # deploys/dumpxml.py: these domains instead of the manifest's VMs (e.g. a base VM).
+    "xml_domains": [],
     "dnsmasq_conf": defaults.DNSMASQ_CONF,
     "dnsmasq_pid_file": defaults.DNSMASQ_PID_FILE,
     "dhcp_hostsfile": defaults.DHCP_HOSTSFILE,
@@ -114,7 +116,37 @@ MGMT_DEFAULTS: dict[str, Any] = {
 }
 
 # Every key of every deploy: the data_defaults of all deploy functions.
-DEFAULTS: dict[str, Any] = {**WORKFLOW_DEFAULTS, **KVM_HOST_DEFAULTS, **NFS_DEFAULTS, **MGMT_DEFAULTS}
+# deploys/installer.py: the installer VM a base image is made with.
+INSTALLER_DEFAULTS: dict[str, Any] = {
+    "installer_name": "centos7",
+    "installer_iso": None,
+    "installer_iso_pool": None,  # default: installer_pool
+    "installer_pool": "secondary",
+    "installer_boot_size_gib": 40,
+    "installer_vcpus": 2,
+    "installer_memory_mib": 2048,
+    "uefi": True,
+    "console": True,
+    "installer_graphics": "vnc",
+    "installer_bridge": "br0",
+    "installer_domain_type": "kvm",
+}
+
+# deploys/snapshot.py, cloud-init seeds and clean clones.
+SNAPSHOT_DEFAULTS: dict[str, Any] = {"snapshot": None, "snapshot_action": "create"}
+SEED_DEFAULTS: dict[str, Any] = {"cloud_init_users": []}
+SYSPREP_DEFAULTS: dict[str, Any] = {"sysprep": False}
+
+DEFAULTS: dict[str, Any] = {
+    **WORKFLOW_DEFAULTS,
+    **KVM_HOST_DEFAULTS,
+    **NFS_DEFAULTS,
+    **MGMT_DEFAULTS,
+    **INSTALLER_DEFAULTS,
+    **SNAPSHOT_DEFAULTS,
+    **SEED_DEFAULTS,
+    **SYSPREP_DEFAULTS,
+}
 
 # Paths reach server.mount, which does not quote its arguments, and config files that would need
 # their own quoting rules: keep them to characters that are safe everywhere.

@@ -12,16 +12,14 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import deploy
 
-from deploys._settings import SettingError, is_hypervisor, seconds, setting, vmspecs
+from deploys._settings import DEFAULTS, SettingError, is_hypervisor, seconds, setting, vmspecs
 from operations import snapshot
 from operations._snapshot_plan import ACTIONS, valid_name
 
-DEFAULTS: dict[str, Any] = {"snapshot": None, "snapshot_action": "create"}
-
 
 def _choice() -> tuple[str | None, str]:
-    name = setting("snapshot", DEFAULTS)
-    action = str(setting("snapshot_action", DEFAULTS)).strip().lower()
+    name = setting("snapshot")
+    action = str(setting("snapshot_action")).strip().lower()
     if action not in ACTIONS:
         raise SettingError(f"snapshot_action={action!r}: expected one of {', '.join(ACTIONS)}")
     if name is None or name == "":

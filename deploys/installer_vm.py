@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pyinfra import host
 from pyinfra.api import deploy
 
-from deploys._settings import SettingError, flag, seconds, setting
+from deploys._settings import DEFAULTS, SettingError, flag, seconds, setting
 from operations import installer
 from operations._installer_plan import InstallerError, InstallerSpec
 
-INSTALLER_DEFAULTS: dict[str, Any] = {
-    "installer_name": "centos7",
-    "installer_iso": None,
-    "installer_iso_pool": None,  # default: installer_pool
-    "installer_pool": "secondary",
-    "installer_boot_size_gib": 40,
-    "installer_vcpus": 2,
-    "installer_memory_mib": 2048,
-    "uefi": True,
-    "console": True,
-    "installer_graphics": "vnc",
-    "installer_bridge": "br0",
-    "installer_domain_type": "kvm",
-}
-
 
 def _whole(key: str) -> int:
-    value = host.data.get(key, INSTALLER_DEFAULTS[key])
+    value = setting(key)
     try:
         if isinstance(value, bool):
             raise ValueError
@@ -42,20 +25,20 @@ def installer_spec() -> InstallerSpec:
     iso = host.data.get("installer_iso")
     if not iso:
         raise SettingError("installer_iso is required: the ISO's volume name in installer_iso_pool")
-    pool = host.data.get("installer_pool", INSTALLER_DEFAULTS["installer_pool"])
+    pool = setting("installer_pool")
     spec = InstallerSpec(
-        vm=str(host.data.get("installer_name", INSTALLER_DEFAULTS["installer_name"])),
+        vm=str(setting("installer_name")),
         iso=str(iso),
         iso_pool=str(host.data.get("installer_iso_pool") or pool),
         pool=str(pool),
         boot_size_gib=_whole("installer_boot_size_gib"),
         vcpus=_whole("installer_vcpus"),
         memory_mib=_whole("installer_memory_mib"),
-        uefi=flag("uefi", INSTALLER_DEFAULTS),
-        console=flag("console", INSTALLER_DEFAULTS),
-        graphics=str(host.data.get("installer_graphics", INSTALLER_DEFAULTS["installer_graphics"])),
-        bridge=str(host.data.get("installer_bridge", INSTALLER_DEFAULTS["installer_bridge"]) or ""),
-        domain_type=str(host.data.get("installer_domain_type", INSTALLER_DEFAULTS["installer_domain_type"])),
+        uefi=flag("uefi"),
+        console=flag("console"),
+        graphics=str(setting("installer_graphics")),
+        bridge=str(setting("installer_bridge") or ""),
+        domain_type=str(setting("installer_domain_type")),
     )
     try:
         spec.check()
@@ -64,7 +47,7 @@ def installer_spec() -> InstallerSpec:
     return spec
 
 
-@deploy("Installer VM", data_defaults=INSTALLER_DEFAULTS)
+@deploy("Installer VM", data_defaults=DEFAULTS)
 def installer_vm(spec: InstallerSpec | None = None) -> None:
     """Define and start the installer VM on this host (``spec``: from host data when None)."""
     spec = spec or installer_spec()

@@ -27,6 +27,7 @@ from pyinfra.api.deploy import deploy
 from pyinfra.operations import python
 
 from deploys._readiness import ReadinessProbe, not_ready, probe_config, table_lines, timeout_value
+from deploys._seeds import cloud_init_seeds
 from deploys._settings import (
     DEFAULTS,
     SettingError,
@@ -39,6 +40,7 @@ from deploys._settings import (
     number,
     seconds,
     setting,
+    str_list,
 )
 from deploys._settings import (
     all_vmspecs as manifest_all_vmspecs,
@@ -47,6 +49,7 @@ from deploys._settings import (
     vmspecs as manifest_vmspecs,
 )
 from deploys._status import reservation_lines, status_lines
+from deploys._sysprep import with_sysprep_default
 from facts.dnsmasq import DnsmasqReservations
 from facts.libvirt import Hypervisor
 from inventories.manifest_model import VmSpec
@@ -145,13 +148,15 @@ def build(vmspecs: list[VmSpec] | None = None, all_vmspecs: list[VmSpec] | None 
         vcpu_ratio, memory_ratio = allocation_ratios()
         libvirt.vms(
             name="Clone and converge VMs",
-            vmspecs=_mine(vmspecs),
+            vmspecs=with_sysprep_default(_mine(vmspecs)),
             uri=setting("libvirt_uri"),
             vcpu_ratio=vcpu_ratio,
             memory_ratio=memory_ratio,
             command_timeout=seconds("command_timeout"),
             copy_timeout=seconds("copy_timeout"),
         )
+        # Only VMs with cloudInit: their seed is written and attached before any start.
+        cloud_init_seeds(vmspecs=_mine(vmspecs))
     if is_mgmt():
         libvirt.vm_reservations(
             name="DHCP reservations and DNS names",
@@ -240,14 +245,18 @@ def delete(
 
 
 @deploy("Save VM XML", data_defaults=DEFAULTS)
-def dumpxml(vmspecs: list[VmSpec] | None = None, directory: str | None = None) -> None:
+def dumpxml(
+    vmspecs: list[VmSpec] | None = None, directory: str | None = None, domains: list[str] | None = None
+) -> None:
     """Save each VM's XML definition on the controller as ``<directory>/<host>/<vm>.xml``
-    (``directory``: data ``xml_dir``)."""
+    (``directory``: data ``xml_dir``); ``domains`` (data ``xml_domains``, e.g. a base VM made by
+    deploys/installer.py) instead of the vmspecs' VMs."""
     if not is_hypervisor():
         return
+    names = domains if domains is not None else str_list("xml_domains")
     libvirt.vm_xml_files(
         name="Save VM XML",
-        vmspecs=_mine(vmspecs),
+        domains=names or [spec.name for spec in _mine(vmspecs)],
         directory=os.path.join(directory or setting("xml_dir"), host.name),
         uri=setting("libvirt_uri"),
         command_timeout=seconds("command_timeout"),

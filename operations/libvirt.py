@@ -462,11 +462,12 @@ def _write_file(path: str, text: str) -> None:
 
 @operation()
 def vm_xml_files(
-    vmspecs: list[VmSpec], directory: str, uri: str = DEFAULT_URI, command_timeout: int = DEFAULT_TIMEOUT
+    domains: list[str], directory: str, uri: str = DEFAULT_URI, command_timeout: int = DEFAULT_TIMEOUT
 ) -> Commands:
-    """Copies of the VMs' persistent XML on the controller, as ``<directory>/<vm>.xml``.
+    """Copies of the domains' persistent XML on the controller, as ``<directory>/<domain>.xml``.
 
-    + vmspecs: the VMs (``VmSpec``); those not defined on this host are reported
+    + domains: domain names (the manifest's VMs, or a base VM); those not defined on this host are
+      reported
     + directory: controller-side directory of the files
     + uri: libvirt connection
     + command_timeout: seconds reading the host's state may take
@@ -478,9 +479,8 @@ def vm_xml_files(
 
     .. code:: python
 
-        libvirt.vm_xml_files(name="Save VM XML", vmspecs=host.data.kvm_vmspecs, directory="xml/sm-01")
+        libvirt.vm_xml_files(name="Save VM XML", domains=["vm01", "centos7"], directory="xml/sm-01")
     """
-    domains = [spec.name for spec in _specs(vmspecs)]
     snapshot = _hypervisor(uri, command_timeout)
     if snapshot is None:
         yield fail(UNREAD)

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from deploys._status import snapshot_cell
 from facts._libvirt_parse import snapshots_from
 from inventories.manifest_model import VmSpec, mac_for, parse, validate
 from operations._domain_plan import owned_volumes
 from operations._snapshot_plan import create_plan, delete_plan, overlay_path, revert_plan
-from operations._status import snapshot_cell
 
 URI = "qemu:///system"
 IMG = "/data01/primary/vm1-vda.img"
