@@ -160,7 +160,8 @@ print(json.dumps({
     "files": files,
     "node": {"cpus": info[2], "memory_kib": info[1] * 1024,
              "free_memory_kib": safe(conn.getFreeMemory, 0) // 1024,
-             "libvirt_version": conn.getLibVersion(), "hypervisor_version": safe(conn.getVersion, 0), **host_cpu},
+             "libvirt_version": conn.getLibVersion(), "hypervisor_version": safe(conn.getVersion, 0),
+             **host_cpu},
 }))
 sys.stdout.flush()
 os._exit(0)
