@@ -232,7 +232,10 @@ def _arrival_row(
     allocation: dict[str, int],
 ) -> CapacityRow:
     """The destination as it would be with its own VMs and the arriving ones (their live resources)."""
-    row = capacity_row(destination, staying, snapshot, vcpu_ratio, memory_ratio)
+    # Base VMs of the arriving VMs are templates there, as for the VMs built there.
+    bases = {spec.srcvm for spec, _move, _domain in arriving if spec is not None}
+    domains = {k: v for k, v in snapshot.get("domains", {}).items() if k not in bases}
+    row = capacity_row(destination, staying, {**snapshot, "domains": domains}, vcpu_ratio, memory_ratio)
     vcpus, memory = row.vcpus, row.memory_kib
     needs = dict(row.disk_needs)
     pools = {os.path.normpath(p.get("path") or ""): name for name, p in snapshot.get("pools", {}).items()}

@@ -197,8 +197,12 @@ sys.exit(0 if meta.did_succeed() else 1)
 
 def concurrent_entries(count: int) -> list[dict[str, str]]:
     return [
-        {"mac": f"52:54:00:d5:c0:{i:02x}", "ip": f"10.10.98.{50 + i}",
-         "hostname": f"conc{i}.sandbox.internal", "short": f"conc{i}"}
+        {
+            "mac": f"52:54:00:d5:c0:{i:02x}",
+            "ip": f"10.10.98.{50 + i}",
+            "hostname": f"conc{i}.sandbox.internal",
+            "short": f"conc{i}",
+        }
         for i in range(count)
     ]
 
@@ -209,7 +213,10 @@ def test_concurrent_runs_keep_every_reservation(mgmt: Mgmt) -> None:
     runs = [
         subprocess.Popen(
             [sys.executable, "-c", _APPLY_ONE, json.dumps([mgmt.name, mgmt.data, {"entries": [entry]}])],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for entry in entries
     ]
@@ -230,18 +237,30 @@ def test_concurrent_runs_keep_every_reservation(mgmt: Mgmt) -> None:
 
 
 def _manifest(host: str, prefix: str, first_ip: int) -> list[dict[str, Any]]:
-    return [{
-        "host": host,
-        "vmspecs": [
-            {"name": f"{prefix}{i}", "hostname": f"{prefix}{i}.conc.internal", "ipaddress": f"10.10.99.{first_ip + i}",
-             "vcpus": 1, "memoryGb": 1, "maxMemoryGb": 1, "numDisks": 0, "diskSize": 0, "clone": "linked"}
-            for i in range(3)
-        ],
-    }]
+    return [
+        {
+            "host": host,
+            "vmspecs": [
+                {
+                    "name": f"{prefix}{i}",
+                    "hostname": f"{prefix}{i}.conc.internal",
+                    "ipaddress": f"10.10.99.{first_ip + i}",
+                    "vcpus": 1,
+                    "memoryGb": 1,
+                    "maxMemoryGb": 1,
+                    "numDisks": 0,
+                    "diskSize": 0,
+                    "clone": "linked",
+                }
+                for i in range(3)
+            ],
+        }
+    ]
 
 
-def _workflows(sandbox_cluster: dict[str, Any], tmp_path: Path, deploy: str,
-               manifests: dict[str, list[dict[str, Any]]]) -> list[subprocess.CompletedProcess[str]]:
+def _workflows(
+    sandbox_cluster: dict[str, Any], tmp_path: Path, deploy: str, manifests: dict[str, list[dict[str, Any]]]
+) -> list[subprocess.CompletedProcess[str]]:
     """Run ``deploy`` for every manifest at the same time through the real CLI; wait for all."""
     (tmp_path / "inventory.json").write_text(json.dumps(sandbox_cluster))
     running = []
@@ -249,10 +268,16 @@ def _workflows(sandbox_cluster: dict[str, Any], tmp_path: Path, deploy: str,
         path = tmp_path / f"{label}.json"
         path.write_text(json.dumps(manifest))
         env = client.workflow_env(path, tmp_path / "inventory.json", sandbox_cluster["mgmt"]["name"])
-        running.append(subprocess.Popen(
-            [PYINFRA, "-y", "inventories/manifest.py", f"deploys/{deploy}.py"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
+        running.append(
+            subprocess.Popen(
+                [PYINFRA, "-y", "inventories/manifest.py", f"deploys/{deploy}.py"],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     results = []
     for process in running:
         try:
@@ -269,8 +294,9 @@ def test_two_concurrent_builds_of_different_manifests_keep_every_reservation(
 ) -> None:
     manifests = {"a": _manifest("sm-01", "conca", 10), "b": _manifest("sm-02", "concb", 20)}
     hosts = {host: client.node_data(sandbox_cluster, host) for host in ("sm-01", "sm-02")}
-    pools_before = {host: set(client.ssh(data, "virsh -q pool-list --all --name").split())
-                    for host, data in hosts.items()}
+    pools_before = {
+        host: set(client.ssh(data, "virsh -q pool-list --all --name").split()) for host, data in hosts.items()
+    }
     (pools,) = _workflows(sandbox_cluster, tmp_path, "pools", {"all": manifests["a"] + manifests["b"]})
     try:
         assert pools.returncode == 0, (pools.stdout + pools.stderr)[-3000:]
@@ -279,19 +305,25 @@ def test_two_concurrent_builds_of_different_manifests_keep_every_reservation(
         # Leave the hosts' pools as they were (later tests define their own on the same paths).
         for host, data in hosts.items():
             for pool in set(client.ssh(data, "virsh -q pool-list --all --name").split()) - pools_before[host]:
-                client.ssh(data, f"virsh -q pool-destroy {shlex.quote(pool)}; virsh -q pool-undefine {shlex.quote(pool)}",
-                           check=False)
+                client.ssh(
+                    data,
+                    f"virsh -q pool-destroy {shlex.quote(pool)}; virsh -q pool-undefine {shlex.quote(pool)}",
+                    check=False,
+                )
 
 
-def _build_and_check(sandbox_cluster: dict[str, Any], tmp_path: Path,
-                     manifests: dict[str, list[dict[str, Any]]], mgmt: Mgmt) -> None:
+def _build_and_check(
+    sandbox_cluster: dict[str, Any], tmp_path: Path, manifests: dict[str, list[dict[str, Any]]], mgmt: Mgmt
+) -> None:
     specs = [spec for manifest in manifests.values() for spec in manifest[0]["vmspecs"]]
     try:
         for result in _workflows(sandbox_cluster, tmp_path, "build", manifests):
             assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
         reserved = {mac: ip for _line, mac, ip, _short in parse_dhcp_hosts(mgmt.read(HOSTSFILE))}
         for spec in specs:
-            assert reserved.get(mac_for(spec["name"])) == spec["ipaddress"], f"{spec['name']} lost its reservation"
+            assert reserved.get(mac_for(spec["name"])) == spec["ipaddress"], (
+                f"{spec['name']} lost its reservation"
+            )
             assert settled(spec["hostname"], [spec["ipaddress"]]) == [spec["ipaddress"]]
     finally:
         deleted = _workflows(sandbox_cluster, tmp_path, "delete", manifests)
