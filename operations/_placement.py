@@ -472,7 +472,7 @@ def move_command(
         for path in move.local_disks:
             by_dir.setdefault(os.path.dirname(path), []).append(os.path.basename(path))
         steps += [_copy_command(d, names, target.uri, migrate_timeout) for d, names in sorted(by_dir.items())]
-    if target.unsafe:
+    if target.unsafe and move.live:
         args.append("--unsafe")
     args += [move.vm, target.uri]
     steps.append(virsh(uri, *args, timeout=migrate_timeout))
