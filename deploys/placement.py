@@ -89,8 +89,7 @@ def _targets(members: list[Any]) -> dict[str, dict[str, Any]]:
     return targets
 
 
-def _read(member: Any, timeout: int) -> dict[str, Any] | None:
-    uri = member.data.get("libvirt_uri", setting("libvirt_uri"))
+def _read(member: Any, uri: str, timeout: int) -> dict[str, Any] | None:
     try:
         snapshot = member.get_fact(
             Hypervisor, uri=uri, timeout=timeout, _timeout=session_limit(1, timeout + 10)
@@ -111,7 +110,11 @@ def cluster_view() -> dict[str, Any]:
         if "snapshots" not in view:
             members = list(host.inventory.get_group("kvm_hosts", default=[]))
             timeout = seconds("command_timeout")
-            jobs = {m.name: gevent.spawn(_read, m, timeout) for m in members}
+            default_uri = setting("libvirt_uri")
+            jobs = {
+                m.name: gevent.spawn(_read, m, m.data.get("libvirt_uri", default_uri), timeout)
+                for m in members
+            }
             gevent.joinall(list(jobs.values()))
             view["members"] = members
             view["snapshots"] = {name: job.value for name, job in jobs.items()}
@@ -146,6 +149,8 @@ def defined_elsewhere() -> set[str]:
     view = cluster_view()
     mine = view["manifest"].get(host.name, [])
     here = (view["snapshots"].get(host.name) or {}).get("domains", {})
+    if any(s is None for s in view["snapshots"].values()):  # unknown: may be defined there
+        return {spec.name for spec in mine if spec.name not in here}
     others = {
         name for h, s in view["snapshots"].items() if h != host.name and s for name in s.get("domains", {})
     }

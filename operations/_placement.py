@@ -319,7 +319,7 @@ def plan_placement(
                 placement.moves.append(
                     _move_for(spec.name, source, destination, snapshots[source] or {}, shared_dirs)
                 )
-            elif unread and snapshots.get(destination) is not None:
+            elif unread:
                 placement.refusals.append(
                     f"{spec.name}: may be defined on {', '.join(unread)}, whose state could not be read"
                 )
