@@ -108,7 +108,10 @@ def cluster_view() -> dict[str, Any]:
     view = _VIEWS.setdefault(state, {"lock": gevent.lock.Semaphore()})
     with view["lock"]:
         if "snapshots" not in view:
-            members = list(host.inventory.get_group("kvm_hosts", default=[]))
+            # Hosts pyinfra could not connect to are out of this run (they fail on their own): nothing
+            # moves to or from them, and they hold nothing back.
+            active = set(getattr(state, "active_hosts", ()))
+            members = [m for m in host.inventory.get_group("kvm_hosts", default=[]) if m in active]
             timeout = seconds("command_timeout")
             default_uri = setting("libvirt_uri")
             jobs = {
