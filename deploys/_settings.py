@@ -132,6 +132,20 @@ INSTALLER_DEFAULTS: dict[str, Any] = {
     "installer_domain_type": "kvm",
 }
 
+# Moving VMs between hypervisors (deploys/placement.py: build and drain).
+PLACEMENT_DEFAULTS: dict[str, Any] = {
+    # Seconds one migration (or the offline copy of a VM's local disks) may take.
+    "migrate_timeout": defaults.MIGRATE_TIMEOUT,
+    # Per destination host: its libvirt as the source host reaches it
+    # (default qemu+ssh://<ssh_user or root>@<ssh_hostname or name>/system).
+    "migration_uri": None,
+    # Per destination host: where its qemu listens for the migration stream (default: libvirt's choice).
+    "migration_address": None,
+    # Per destination host: pass --unsafe, for shared storage libvirt cannot recognise as such (the
+    # preflight checks the cache mode of shared disks anyway).
+    "migration_unsafe": False,
+}
+
 # deploys/snapshot.py, cloud-init seeds and clean clones.
 SNAPSHOT_DEFAULTS: dict[str, Any] = {"snapshot": None, "snapshot_action": "create"}
 SEED_DEFAULTS: dict[str, Any] = {"cloud_init_users": []}
@@ -146,6 +160,7 @@ DEFAULTS: dict[str, Any] = {
     **SNAPSHOT_DEFAULTS,
     **SEED_DEFAULTS,
     **SYSPREP_DEFAULTS,
+    **PLACEMENT_DEFAULTS,
 }
 
 # Paths reach server.mount, which does not quote its arguments, and config files that would need

@@ -50,6 +50,7 @@ from deploys._settings import (
 )
 from deploys._status import reservation_lines, status_lines
 from deploys._sysprep import with_sysprep_default
+from deploys.placement import defined_elsewhere, vms_placed
 from facts.dnsmasq import DnsmasqReservations
 from facts.libvirt import Hypervisor
 from inventories.manifest_model import VmSpec
@@ -145,10 +146,14 @@ def build(vmspecs: list[VmSpec] | None = None, all_vmspecs: list[VmSpec] | None 
     ``memory_allocation_ratio``) fails alone with a per-host table; the others are built.
     """
     if is_hypervisor():
+        # VMs the manifest moved to another host are migrated there first, never cloned twice; one
+        # still defined elsewhere is left out of this host's build (the next run converges it).
+        vms_placed()
+        arriving = defined_elsewhere()
         vcpu_ratio, memory_ratio = allocation_ratios()
         libvirt.vms(
             name="Clone and converge VMs",
-            vmspecs=with_sysprep_default(_mine(vmspecs)),
+            vmspecs=with_sysprep_default([spec for spec in _mine(vmspecs) if spec.name not in arriving]),
             uri=setting("libvirt_uri"),
             vcpu_ratio=vcpu_ratio,
             memory_ratio=memory_ratio,

@@ -240,6 +240,8 @@ def capacity_from(data: dict[str, Any]) -> dict[str, Any]:
         "free_memory_kib": int(node.get("free_memory_kib") or 0),
         "libvirt_version": _version(node.get("libvirt_version")),
         "hypervisor_version": _version(node.get("hypervisor_version")),
+        # From the capabilities XML (moving VMs: host UUIDs must differ, CPUs be compatible).
+        **{key: node.get(key) for key in ("host_uuid", "arch", "cpu_model", "cpu_vendor")},
     }
 
 

@@ -182,13 +182,18 @@ for dom in domains:
 
 step[0] = "node information"
 info = conn.getInfo()
+caps = safe(lambda: ET.fromstring(conn.getCapabilities()))
+host_cpu = {} if caps is None else {
+    "host_uuid": caps.findtext("host/uuid"), "arch": caps.findtext("host/cpu/arch"),
+    "cpu_model": caps.findtext("host/cpu/model"), "cpu_vendor": caps.findtext("host/cpu/vendor")}
 print(json.dumps({
     "pools": pools,
     "domains": domains,
     "files": files,
     "node": {"cpus": info[2], "memory_kib": info[1] * 1024,
              "free_memory_kib": safe(conn.getFreeMemory, 0) // 1024,
-             "libvirt_version": conn.getLibVersion(), "hypervisor_version": safe(conn.getVersion, 0)},
+             "libvirt_version": conn.getLibVersion(), "hypervisor_version": safe(conn.getVersion, 0),
+             **host_cpu},
 }))
 sys.stdout.flush()
 os._exit(0)

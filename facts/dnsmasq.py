@@ -52,7 +52,7 @@ def read_locked_command(lock: str, *paths: str) -> StringCommand:
     return StringCommand(
         StringCommand("l=", QuoteString(lock), _separator=""),
         '; if [ -f "$l" ] && [ -r "$l" ] && [ ! -L "$l" ]; then exec 9< "$l" && flock -s -w 120 9 ||',
-        "{ echo \"kvm-qemu: cannot take the shared lock $l\" >&2; exit 1; }; fi;",
+        '{ echo "kvm-qemu: cannot take the shared lock $l" >&2; exit 1; }; fi;',
         read_files_command(*paths),
     )
 

@@ -30,3 +30,5 @@ ETC_HOSTS = "/etc/hosts"
 COMMAND_TIMEOUT = 60
 # Seconds a full copy of a base disk may take (``copy_timeout``).
 COPY_TIMEOUT = 3600
+# Seconds one migration of a VM (or the offline copy of its local disks) may take.
+MIGRATE_TIMEOUT = 1800

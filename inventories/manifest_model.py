@@ -349,8 +349,10 @@ def load(path: str | Path) -> list[HostEntry]:
     except UnicodeDecodeError as exc:
         raise ManifestError(
             str(path),
-            [f"not a UTF-8 text file (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): "
-             "a manifest is JSON text"],
+            [
+                f"not a UTF-8 text file (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): "
+                "a manifest is JSON text"
+            ],
         ) from None
     except FileNotFoundError:
         raise ManifestError(str(path), ["manifest file not found"]) from None

@@ -206,7 +206,9 @@ def _inventory(layout: Layout, state: State) -> dict:
         return node.ssh_data(layout.key, layout.known_hosts)
 
     return {
-        "hosts": {node.name: data(node) for node in state.hypervisors},
+        "hosts": {
+            node.name: {**data(node), **hypervisor.migration_data(node.address)} for node in state.hypervisors
+        },
         "mgmt": {"name": MGMT_NAME, "data": {**data(state.mgmt), **mgmt.inventory_data()}},
         # Stand-ins listen on loopback: no ProxyCommand for them.
         "guests": {name: {**data(node), "ssh_config_file": None} for name, node in state.guests.items()},
@@ -311,6 +313,7 @@ def _prepare_files(layout: Layout, state: State) -> None:
     for node in state.hypervisors:
         node.dir.mkdir(parents=True, exist_ok=True)
         hypervisor.prepare(node, layout.secondary)
+        hypervisor.ssh_client_config(node, layout.key, layout.known_hosts)
     state.mgmt.dir.mkdir(parents=True, exist_ok=True)
     mgmt.prepare(state.mgmt)
 

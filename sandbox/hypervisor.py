@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 from inventories.defaults import LIBVIRT_URI
@@ -54,7 +55,7 @@ def _override(conf: Path, settings: dict[str, str]) -> None:
     conf.write_text("\n".join(kept) + "\n")
 
 
-def _seed_etc(etc: Path) -> None:
+def _seed_etc(etc: Path, host_uuid: str) -> None:
     """Copy the real /etc/libvirt, minus anything that would start or define objects on boot.
 
     All nodes share one network namespace, so no node may start the 'default' network (virbr0),
@@ -71,7 +72,9 @@ def _seed_etc(etc: Path) -> None:
         for path in etc.glob(pattern):
             path.unlink()
     _override(etc / "qemu.conf", QEMU_CONF)
-    _override(etc / "libvirtd.conf", LIBVIRTD_CONF)
+    # Every node would report the machine's one SMBIOS UUID; libvirt refuses to migrate a domain
+    # between hosts with the same UUID, so each node gets its own.
+    _override(etc / "libvirtd.conf", {**LIBVIRTD_CONF, "host_uuid": f'"{host_uuid}"'})
 
 
 def prepare(node: Node, secondary: Path) -> None:
@@ -82,13 +85,44 @@ def prepare(node: Node, secondary: Path) -> None:
         (lib / sub).mkdir(exist_ok=True)
     etc = node.dir / "etc-libvirt"
     if not etc.exists():
-        _seed_etc(etc)
+        _seed_etc(etc, str(uuid.uuid4()))
     node.mounts.append(Mount(str(etc), "/etc/libvirt"))
     (node.private_dir("/var/log/libvirt", "var-log-libvirt") / "qemu").mkdir(exist_ok=True)
     (node.private_dir("/var/cache/libvirt", "var-cache-libvirt") / "qemu").mkdir(exist_ok=True)
     node.private_dir(PRIMARY_POOL, "data01-primary")
     node.mounts.append(Mount(str(secondary), SECONDARY))
     node.private_home()
+
+
+def ssh_client_config(node: Node, key: Path, known_hosts: Path) -> None:
+    """The node's root SSH client settings, for libvirt's ``qemu+ssh://`` migration connection from
+    one hypervisor to another (over loopback, to the other node's sshd): the sandbox key, and its
+    known_hosts with strict checking."""
+    ssh = node.dir / "root" / ".ssh"
+    ssh.mkdir(mode=0o700, exist_ok=True)
+    config = ssh / "config"
+    config.write_text(
+        f"Host *\n    IdentityFile {key}\n    UserKnownHostsFile {known_hosts}\n"
+        "    StrictHostKeyChecking yes\n    BatchMode yes\n"
+    )
+    config.chmod(0o600)
+
+
+def migration_data(address: str) -> dict[str, object]:
+    """Host data for moving VMs between sandbox hypervisors.
+
+    ``migration_uri``: the libvirt of the node, reached over SSH on its loopback address.
+    ``migration_address``: where the destination's qemu listens for the migration stream. Every
+    libvirtd (and so every qemu) runs in the cluster network namespace, whose own loopback carries
+    127.0.0.0/8: the node's loopback address there is distinct per node and never leaves the
+    namespace. ``migration_unsafe``: /secondary is a bind mount, which libvirt cannot recognise as
+    shared storage; the cache mode of its disks is checked by the build's preflight instead.
+    """
+    return {
+        "migration_uri": f"qemu+ssh://root@{address}/system",
+        "migration_address": address,
+        "migration_unsafe": True,
+    }
 
 
 def capabilities_dir(node: Node) -> Path:

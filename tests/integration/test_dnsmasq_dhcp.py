@@ -211,7 +211,10 @@ def in_server_namespace(net: DhcpNet, code: str, *args: str) -> subprocess.Compl
     """Run Python code in the server's namespace, as a process on the management node would."""
     return subprocess.run(
         ["ip", "netns", "exec", net.server_ns, sys.executable, "-c", code, *args],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"},
     )
 
@@ -227,8 +230,10 @@ def eventually(check: Any, timeout: float = 5.0) -> Any:
     return value
 
 
-@pytest.mark.skipif(not shutil.which("dhcp_release", path="/usr/bin:/usr/sbin:/bin:/sbin"),
-                    reason="needs dhcp_release (dnsmasq-utils)")
+@pytest.mark.skipif(
+    not shutil.which("dhcp_release", path="/usr/bin:/usr/sbin:/bin:/sbin"),
+    reason="needs dhcp_release (dnsmasq-utils)",
+)
 def test_removing_a_reservation_releases_its_lease(dhcp_net: DhcpNet) -> None:
     options = {
         "hostsfile": str(dhcp_net.hostsfile),
@@ -246,8 +251,11 @@ def test_removing_a_reservation_releases_its_lease(dhcp_net: DhcpNet) -> None:
 
     # What delete does: remove the reservation and release the lease, on the node dnsmasq runs on.
     removed = in_server_namespace(
-        dhcp_net, _APPLY_IN_NAMESPACE,
-        json.dumps({"entries": [{"mac": VM_MAC}], "present": False, "release_leases_on": SERVER_IP, **options}),
+        dhcp_net,
+        _APPLY_IN_NAMESPACE,
+        json.dumps(
+            {"entries": [{"mac": VM_MAC}], "present": False, "release_leases_on": SERVER_IP, **options}
+        ),
     )
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert f"released the DHCP lease of {VM_MAC} ({reserved})" in removed.stdout

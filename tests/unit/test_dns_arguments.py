@@ -31,8 +31,10 @@ def test_without_dhcp_no_lease_is_released() -> None:
 def test_with_dhcp_delete_releases_leases_on_the_listen_address() -> None:
     dhcp = {"dhcp_range": "10.10.5.100,10.10.5.200,255.255.255.0,12h"}
     assert arguments(ssh_hostname="10.10.5.2", **dhcp)["release_leases_on"] == "10.10.5.2"
-    assert arguments(ssh_hostname="10.10.5.2", dns_listen_address="10.10.5.1", **dhcp)["release_leases_on"] \
+    assert (
+        arguments(ssh_hostname="10.10.5.2", dns_listen_address="10.10.5.1", **dhcp)["release_leases_on"]
         == "10.10.5.1"
+    )
 
 
 def test_with_dhcp_but_no_address_says_leases_are_not_released(caplog: pytest.LogCaptureFixture) -> None:

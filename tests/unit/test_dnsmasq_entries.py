@@ -84,8 +84,15 @@ def test_make_entry_lists_every_bad_field() -> None:
 
 def test_entries_from_accepts_plain_dicts_and_vmspecs_but_not_vmspec_dicts() -> None:
     spec = VmSpec(
-        name="vm130", hostname="vm130.example.internal", ipaddress="10.10.5.130", vcpus=1, memory_gb=1,
-        max_memory_gb=1, num_disks=0, disk_size_gb=0, mac="52:54:00:00:01:30",
+        name="vm130",
+        hostname="vm130.example.internal",
+        ipaddress="10.10.5.130",
+        vcpus=1,
+        memory_gb=1,
+        max_memory_gb=1,
+        num_disks=0,
+        disk_size_gb=0,
+        mac="52:54:00:00:01:30",
     )
     assert entries_from([E13.to_dict(), spec, spec]) == [E13, E130]
     assert reservation(spec) == E130
@@ -105,7 +112,9 @@ def test_entries_from_reports_the_entry() -> None:
 
 def test_entries_from_duplicates_within_entries() -> None:
     twin = E130.to_dict() | {"ip": "10.10.5.13"}
-    with pytest.raises(EntryError, match=r"IP address 10\.10\.5\.13 of 52:54:00:00:01:30 .* also given in entries"):
+    with pytest.raises(
+        EntryError, match=r"IP address 10\.10\.5\.13 of 52:54:00:00:01:30 .* also given in entries"
+    ):
         entries_from([E13.to_dict(), twin])
     with pytest.raises(EntryError, match="MAC 52:54:00:00:00:13 is given twice"):
         entries_from([E13.to_dict(), E13.to_dict() | {"ip": "10.10.5.14"}])
@@ -159,7 +168,11 @@ def test_thirteen_and_one_hundred_thirty_are_different() -> None:
         ("52:54:00:00:00:13,10.10.5.13,vm13,infinite\n", "", "found 4 field"),
         ("52:54:00:00:00:13,10.10.5.013,vm13\n", "", r"'10\.10\.5\.013' is not an IPv4"),
         ("", "10.10.5.13 vm13.example.internal vm13 extra\n", r"hosts line 1 .*found 4 field"),
-        ("", "10.10.5.13 vm13.example.internal vm13\n", r"hosts line 1: 10\.10\.5\.13 has no line in dhcp-hosts"),
+        (
+            "",
+            "10.10.5.13 vm13.example.internal vm13\n",
+            r"hosts line 1: 10\.10\.5\.13 has no line in dhcp-hosts",
+        ),
         ("52:54:00:00:00:13,10.10.5.13,vm13\n", "", r"dhcp-hosts line 1: 10\.10\.5\.13 has no line in hosts"),
         (
             "52:54:00:00:00:13,10.10.5.13,vm13\n52:54:00:00:00:13,10.10.5.14,vm14\n",
@@ -184,9 +197,7 @@ def test_garbage_and_disagreement_are_errors(dhcp: str, hosts: str, message: str
 
 
 def test_parsers_report_line_numbers() -> None:
-    assert parse_dhcp_hosts("# x\n\n52:54:00:00:00:13,10.10.5.13,vm13\n") == [
-        (3, E13.mac, E13.ip, E13.short)
-    ]
+    assert parse_dhcp_hosts("# x\n\n52:54:00:00:00:13,10.10.5.13,vm13\n") == [(3, E13.mac, E13.ip, E13.short)]
     # Lines written with id:* (the client identifier is ignored) parse to the same reservation.
     assert parse_dhcp_hosts("52:54:00:00:00:13,id:*,10.10.5.13,vm13\n") == [(1, E13.mac, E13.ip, E13.short)]
     assert parse_addn_hosts("\n  10.10.5.13\tvm13.example.internal  vm13  \n") == [
@@ -250,8 +261,10 @@ def test_same_mac_with_another_ip_or_name_is_a_conflict_naming_both(other: Entry
     with pytest.raises(EntryError) as info:
         plan(by_mac(E13, E130), [other], present=True, source="the files")
     message = str(info.value)
-    assert f"MAC {E13.mac} of {other.hostname} ({other.ip}) is already reserved in the files for " \
+    assert (
+        f"MAC {E13.mac} of {other.hostname} ({other.ip}) is already reserved in the files for "
         f"{E13.hostname} ({E13.ip})" in message
+    )
 
 
 def test_plan_remove_ignores_unknown_macs() -> None:

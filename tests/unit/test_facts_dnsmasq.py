@@ -30,8 +30,8 @@ def run_locally(command: str) -> list[str]:
 def test_reservations_command_quotes_paths() -> None:
     command = DnsmasqReservations().command(hostsfile="/etc/a b/dhcp-hosts", addn_hosts="/x/$(reboot)")
     assert command.get_raw_value() == (
-        "l='/etc/a b/dhcp-hosts.lock' ; if [ -f \"$l\" ] && [ -r \"$l\" ] && [ ! -L \"$l\" ]; then "
-        "exec 9< \"$l\" && flock -s -w 120 9 || { echo \"kvm-qemu: cannot take the shared lock $l\" >&2; "
+        'l=\'/etc/a b/dhcp-hosts.lock\' ; if [ -f "$l" ] && [ -r "$l" ] && [ ! -L "$l" ]; then '
+        'exec 9< "$l" && flock -s -w 120 9 || { echo "kvm-qemu: cannot take the shared lock $l" >&2; '
         "exit 1; }; fi; "
         "for f in '/etc/a b/dhcp-hosts' '/x/$(reboot)' ; do if [ -e \"$f\" ]; then echo '-- file' "
         "&& base64 < \"$f\" || exit 1; else echo '-- absent' ; fi; done"
@@ -47,7 +47,9 @@ def test_reservations_are_read_under_the_writers_lock(tmp_path: Path) -> None:
     try:
         time.sleep(0.3)
         started = time.monotonic()
-        run_locally(DnsmasqReservations().command(hostsfile=str(dhcp), addn_hosts=str(tmp_path / "h")).get_raw_value())
+        run_locally(
+            DnsmasqReservations().command(hostsfile=str(dhcp), addn_hosts=str(tmp_path / "h")).get_raw_value()
+        )
         assert time.monotonic() - started > 0.8
     finally:
         holder.kill()

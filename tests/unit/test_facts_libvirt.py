@@ -27,7 +27,9 @@ def test_command_is_one_probe_with_the_uri_quoted() -> None:
     command = Hypervisor().command(uri="qemu+ssh://root@h/system?x=$(id)").get_raw_value()
     assert command.count(" -c ") == 1 and "import libvirt" in command
     assert "'qemu+ssh://root@h/system?x=$(id)' 60 ||" in command
-    assert "timeout -k 5 70" in command  # the probe's own watchdog (60 s) names the step; this is the backstop
+    assert (
+        "timeout -k 5 70" in command
+    )  # the probe's own watchdog (60 s) names the step; this is the backstop
     assert Hypervisor().requires_command() == "virsh"
 
 

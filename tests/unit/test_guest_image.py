@@ -318,7 +318,9 @@ def test_guest_takes_its_lease_answers_ssh_keeps_its_hostname_and_powers_off(
     image, cluster_net, client_key, tmp_path
 ):
     disk = tmp_path / "vda.img"
-    host_key = gi.make_rootfs(disk, image, (client_key.with_suffix(".pub")).read_text(), data_mib=8, size_gib=1)
+    host_key = gi.make_rootfs(
+        disk, image, (client_key.with_suffix(".pub")).read_text(), data_mib=8, size_gib=1
+    )
     assert host_key.startswith("ssh-ed25519 ")
 
     guest = Guest(image, disk, tmp_path)
@@ -329,7 +331,9 @@ def test_guest_takes_its_lease_answers_ssh_keeps_its_hostname_and_powers_off(
         ssh_s = time.monotonic() - guest.started
         print(f"\nboot->ready {ready_s:.1f} s, ssh {ssh_s:.1f} s")
         leases = cluster_net["leases"].read_text()
-        assert [line.split()[1:] for line in leases.splitlines()] == [[GUEST_MAC, GUEST_IP, "gi-one", f"01:{GUEST_MAC}"]]
+        assert [line.split()[1:] for line in leases.splitlines()] == [
+            [GUEST_MAC, GUEST_IP, "gi-one", f"01:{GUEST_MAC}"]
+        ]
         out = _ssh(client_key, "hostname; ip -4 -o addr show eth0; cat /etc/resolv.conf; ip route; "
                    f"nslookup gi-two.{DOMAIN}; nslookup gi-two; ls /dev/input; cat /proc/swaps; "
                    "ls /etc/hostname; df -k /; lsmod")  # fmt: skip
@@ -341,7 +345,12 @@ def test_guest_takes_its_lease_answers_ssh_keeps_its_hostname_and_powers_off(
         assert "event" in lines and "virtio_balloon" in lines
         assert "/etc/hostname: No such file" in out.stderr or "No such file" in lines + out.stderr
         # sethostname writes /etc/hostname in place; it must survive a power cycle on the VM's own disk.
-        assert _ssh(client_key, "printf 'gi-renamed.gi.test\\n' > /etc/hostname && hostname gi-renamed.gi.test").returncode == 0
+        assert (
+            _ssh(
+                client_key, "printf 'gi-renamed.gi.test\\n' > /etc/hostname && hostname gi-renamed.gi.test"
+            ).returncode
+            == 0
+        )
         # sftp works (one Subsystem line).
         sftp = _sh(*_netns("sftp", "-i", str(client_key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
                            "-o", "UserKnownHostsFile=/dev/null", "-b", "-", f"root@{GUEST_IP}"),
@@ -438,7 +447,9 @@ def test_make_rootfs_puts_keys_and_hostname_on_a_copy_of_the_cached_disk(tmp_pat
     other_pub = gi.make_rootfs(tmp_path / "vdb.img", image, key, data_mib=3, size_gib=1)
     assert other_pub != host_pub
     assert _debugfs(tmp_path / "vdb.img", "cat /etc/hostname") == ""
-    assert subprocess.run(["sha256sum", str(base)], capture_output=True, text=True).stdout.split()[0] == base_sum
+    assert (
+        subprocess.run(["sha256sum", str(base)], capture_output=True, text=True).stdout.split()[0] == base_sum
+    )
 
 
 def test_prune_keeps_the_newest_other_build_and_the_kernels_in_use(tmp_path):
@@ -448,17 +459,32 @@ def test_prune_keeps_the_newest_other_build_and_the_kernels_in_use(tmp_path):
     (tmp_path / "debs").mkdir()
     for name in ("linux-image-A_1_amd64.deb", "linux-image-C_3_amd64.deb"):
         (tmp_path / "debs" / name).write_text("")
-    builds = {"000000000000000a": "linux-image-A", "000000000000000b": "linux-image-B", "000000000000000c": None}
+    builds = {
+        "000000000000000a": "linux-image-A",
+        "000000000000000b": "linux-image-B",
+        "000000000000000c": None,
+    }
     for age, (key, package) in enumerate(builds.items()):
         (tmp_path / key).mkdir()
         if package:
-            inputs = {"kernel_package": package, "kernel_version": package[-1].replace("A", "1").replace("B", "2")}
+            inputs = {
+                "kernel_package": package,
+                "kernel_version": package[-1].replace("A", "1").replace("B", "2"),
+            }
             (tmp_path / key / "image.json").write_text(json.dumps({"inputs": inputs}))
         os.utime(tmp_path / key, (1000 - age, 1000 - age))
     gi._prune(tmp_path, keep_image="000000000000000c", keep_kernel=kernel / "linux-image-C_3")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000000000000a", "000000000000000c", "debs", "kernel"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "000000000000000a",
+        "000000000000000c",
+        "debs",
+        "kernel",
+    ]
     assert sorted(p.name for p in kernel.iterdir()) == ["linux-image-A_1", "linux-image-C_3"]
-    assert sorted(p.name for p in (tmp_path / "debs").iterdir()) == ["linux-image-A_1_amd64.deb", "linux-image-C_3_amd64.deb"]
+    assert sorted(p.name for p in (tmp_path / "debs").iterdir()) == [
+        "linux-image-A_1_amd64.deb",
+        "linux-image-C_3_amd64.deb",
+    ]
 
 
 def test_install_copies_kernel_and_initrd_once_and_replaces_stale_copies(tmp_path):

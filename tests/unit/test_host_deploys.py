@@ -868,8 +868,13 @@ def test_mgmt_server_never_serves_every_network(monkeypatch: pytest.MonkeyPatch)
     sims = {"sm-01": sim("debian12"), "mgmt-01": sim("debian12")}
     for mgmt_data in ({}, {"ssh_hostname": "mgmt.example.internal"}):
         with pytest.raises(HostDataError, match="set dns_listen_address to the management node's cluster"):
-            plan("deploys/mgmt_server.py", sims, {"sm-01": HOST_DATA["sm-01"], "mgmt-01": mgmt_data},
-                 {"kvm_hosts": ["sm-01"], "mgmt": ["mgmt-01"]}, monkeypatch=monkeypatch)
+            plan(
+                "deploys/mgmt_server.py",
+                sims,
+                {"sm-01": HOST_DATA["sm-01"], "mgmt-01": mgmt_data},
+                {"kvm_hosts": ["sm-01"], "mgmt": ["mgmt-01"]},
+                monkeypatch=monkeypatch,
+            )
     for bad in ("0.0.0.0", "::", "eth0", "10.0.0.300"):
         with pytest.raises(HostDataError, match="dns_listen_address"):
             mgmt_plan(monkeypatch, sim("debian12"), {"dns_listen_address": bad})

@@ -276,7 +276,10 @@ REFUSED_VALUES = [
     # full matches: a final newline is not part of a valid value
     (vm(name="web\n"), "[0].vmspecs[0].name: 'web\\n' is not valid"),
     (vm(ipaddress="10.10.5.11\n"), "[0].vmspecs[0].ipaddress: '10.10.5.11\\n' is not valid"),
-    (vm(hostname="kvmhost01.chnet.internal\n"), "[0].vmspecs[0].hostname: 'kvmhost01.chnet.internal\\n' is not valid"),
+    (
+        vm(hostname="kvmhost01.chnet.internal\n"),
+        "[0].vmspecs[0].hostname: 'kvmhost01.chnet.internal\\n' is not valid",
+    ),
     (vm(macaddress="52:54:00:12:34:56\n"), "[0].vmspecs[0].macaddress: '52:54:00:12:34:56\\n' is not valid"),
     (vm(srcvm="centos7\n"), "[0].vmspecs[0].srcvm: 'centos7\\n' is not valid"),
     (vm(pool="default\n"), "[0].vmspecs[0].pool: 'default\\n' is not valid"),
@@ -285,18 +288,27 @@ REFUSED_VALUES = [
     (vm(memoryGb=16.0), "[0].vmspecs[0].memoryGb: 16.0 is not of type integer"),
     (vm(diskSize=4.0, numDisks=1), "[0].vmspecs[0].diskSize: 4.0 is not of type integer"),
     (vm(numDisks=True), "[0].vmspecs[0].numDisks: True is not of type integer"),
-    (vm(memoryGb=4, maxMemoryGb=16385), "[0].vmspecs[0].maxMemoryGb: 16385 is greater than the maximum of 16384"),
+    (
+        vm(memoryGb=4, maxMemoryGb=16385),
+        "[0].vmspecs[0].maxMemoryGb: 16385 is greater than the maximum of 16384",
+    ),
     (vm(numDisks=1, diskSize=65537), "[0].vmspecs[0].diskSize: 65537 is greater than the maximum of 65536"),
     (vm(vcpus=4097), "[0].vmspecs[0].vcpus: 4097 is greater than the maximum of 4096"),
     (vm(numDisks=21), "[0].vmspecs[0].numDisks: 21 is greater than the maximum of 20"),
     # what the DHCP step would refuse
-    (vm(hostname="kvmhost01"), "[0].vmspecs[0].hostname: 'kvmhost01' is not valid: a hostname is a fully qualified"),
+    (
+        vm(hostname="kvmhost01"),
+        "[0].vmspecs[0].hostname: 'kvmhost01' is not valid: a hostname is a fully qualified",
+    ),
     (vm(ipaddress="127.0.0.5"), "[0].vmspecs[0].ipaddress: '127.0.0.5' cannot be given to a VM"),
     (vm(ipaddress="224.0.0.1"), "[0].vmspecs[0].ipaddress: '224.0.0.1' cannot be given to a VM"),
     (vm(ipaddress="0.0.0.0"), "[0].vmspecs[0].ipaddress: '0.0.0.0' cannot be given to a VM"),
     (vm(macaddress="00:00:00:00:00:00"), "[0].vmspecs[0].macaddress: '00:00:00:00:00:00' is not valid"),
     # control characters in free text
-    (vm(description="web\nserver"), "[0].vmspecs[0].description: 'web\\nserver' is not valid: control characters"),
+    (
+        vm(description="web\nserver"),
+        "[0].vmspecs[0].description: 'web\\nserver' is not valid: control characters",
+    ),
     (vm(description="bell\x07"), "[0].vmspecs[0].description: 'bell\\x07' is not valid: control characters"),
     # a VM cannot be its own base
     (vm(srcvm="kvmhost01"), "[0].vmspecs[0].srcvm: 'kvmhost01' is the VM's own name"),
@@ -337,18 +349,31 @@ def test_validator_refuses_what_the_dhcp_step_refuses() -> None:
     from operations._dnsmasq_entries import EntryError, make_entry
 
     values = [
-        ("ipaddress", "127.0.0.1"), ("ipaddress", "0.0.0.0"), ("ipaddress", "239.1.1.1"),
-        ("ipaddress", "255.255.255.255"), ("ipaddress", "10.10.5.255"), ("ipaddress", "10.10.5.0"),
-        ("macaddress", "00:00:00:00:00:00"), ("macaddress", "01:00:5e:00:00:01"), ("macaddress", "52:54:00:aa:bb:cc"),
-        ("hostname", "single"), ("hostname", "a.b"), ("hostname", "x" * 64 + ".example"),
-        ("hostname", "vm.example\n"), ("hostname", "vm\n.example"),
+        ("ipaddress", "127.0.0.1"),
+        ("ipaddress", "0.0.0.0"),
+        ("ipaddress", "239.1.1.1"),
+        ("ipaddress", "255.255.255.255"),
+        ("ipaddress", "10.10.5.255"),
+        ("ipaddress", "10.10.5.0"),
+        ("macaddress", "00:00:00:00:00:00"),
+        ("macaddress", "01:00:5e:00:00:01"),
+        ("macaddress", "52:54:00:aa:bb:cc"),
+        ("hostname", "single"),
+        ("hostname", "a.b"),
+        ("hostname", "x" * 64 + ".example"),
+        ("hostname", "vm.example\n"),
+        ("hostname", "vm\n.example"),
     ]
     for key, value in values:
         spec = vm(**{key: value})
         manifest_ok = validate(manifest(spec)) == []
         try:
-            make_entry(spec.get("macaddress", mac_for(spec["name"])), spec["ipaddress"], spec["hostname"],
-                       spec["hostname"].split(".", 1)[0])
+            make_entry(
+                spec.get("macaddress", mac_for(spec["name"])),
+                spec["ipaddress"],
+                spec["hostname"],
+                spec["hostname"].split(".", 1)[0],
+            )
             dhcp_ok = True
         except EntryError:
             dhcp_ok = False
@@ -360,7 +385,10 @@ def test_binary_manifest_is_one_sentence(tmp_path: Path) -> None:
     bad.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
     with pytest.raises(ManifestError) as info:
         load(bad)
-    assert info.value.render() == f"{bad}: not a UTF-8 text file (byte 0x89 at offset 0): a manifest is JSON text"
+    assert (
+        info.value.render()
+        == f"{bad}: not a UTF-8 text file (byte 0x89 at offset 0): a manifest is JSON text"
+    )
 
 
 def test_binary_manifest_through_the_checker_has_no_traceback(tmp_path: Path) -> None:
@@ -368,7 +396,10 @@ def test_binary_manifest_through_the_checker_has_no_traceback(tmp_path: Path) ->
     bad.write_bytes(b"[\xff]")
     result = subprocess.run(
         [sys.executable, "-m", "inventories.manifest_model", str(bad)],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

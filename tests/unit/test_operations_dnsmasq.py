@@ -103,8 +103,9 @@ def test_vmspecs_are_accepted_and_vmspec_dicts_refused() -> None:
 
 
 def test_removal_sends_only_reserved_macs() -> None:
-    (command,), _ = run_op(reservations(E13, E130), entries=[{"mac": E13.mac.upper()}, {"mac": E14.mac}],
-                           present=False)
+    (command,), _ = run_op(
+        reservations(E13, E130), entries=[{"mac": E13.mac.upper()}, {"mac": E14.mac}], present=False
+    )
     assert stdin_lines(command) == [f"del {E13.mac}"]
 
 
@@ -119,8 +120,10 @@ def test_paths_and_options_are_quoted() -> None:
         release_leases_on="10.10.5.1",
     )
     raw = command.get_raw_value()
-    assert "h='/srv/my dir/dhcp-hosts'; a='/srv/$(id)/hosts'; e=''; conf='/etc/dnsmasq conf'; " \
+    assert (
+        "h='/srv/my dir/dhcp-hosts'; a='/srv/$(id)/hosts'; e=''; conf='/etc/dnsmasq conf'; "
         "pidf='/run/x;y.pid'; rel=10.10.5.1\n" in raw
+    )
 
 
 def test_without_conf_and_pid_file() -> None:
@@ -131,12 +134,21 @@ def test_without_conf_and_pid_file() -> None:
 @pytest.mark.parametrize(
     ("entries", "message"),
     [
-        ([E14.to_dict() | {"ip": "10.10.5.13"}], r"IP address 10\.10\.5\.13 of 52:54:00:00:00:14 .*52:54:00:00:00:13"),
-        ([E14.to_dict() | {"hostname": "vm13.example.internal"}], "name vm13.example.internal of 52:54:00:00:00:14"),
+        (
+            [E14.to_dict() | {"ip": "10.10.5.13"}],
+            r"IP address 10\.10\.5\.13 of 52:54:00:00:00:14 .*52:54:00:00:00:13",
+        ),
+        (
+            [E14.to_dict() | {"hostname": "vm13.example.internal"}],
+            "name vm13.example.internal of 52:54:00:00:00:14",
+        ),
         ([E14.to_dict() | {"short": "vm13"}], "name vm13 of 52:54:00:00:00:14"),
         ([E14.to_dict(), E14.to_dict() | {"mac": "52:54:00:00:00:15"}], "also given in entries"),
-        ([E13.to_dict() | {"ip": "10.10.5.14"}], r"MAC 52:54:00:00:00:13 of vm13\.example\.internal \(10\.10\.5\.14\) "
-         r"is already reserved in .* for vm13\.example\.internal \(10\.10\.5\.13\)"),
+        (
+            [E13.to_dict() | {"ip": "10.10.5.14"}],
+            r"MAC 52:54:00:00:00:13 of vm13\.example\.internal \(10\.10\.5\.14\) "
+            r"is already reserved in .* for vm13\.example\.internal \(10\.10\.5\.13\)",
+        ),
         ([E13.to_dict() | {"hostname": "thirteen.example.internal"}], "MAC 52:54:00:00:00:13 of thirteen"),
     ],
 )
@@ -151,7 +163,9 @@ def test_conflict_message_names_the_files() -> None:
 
 
 def test_out_of_range_and_invalid_input() -> None:
-    with pytest.raises(OperationValueError, match=r"10\.10\.5\.130 of .* outside dhcp_range 10\.10\.5\.100-10\.10\.5\.120"):
+    with pytest.raises(
+        OperationValueError, match=r"10\.10\.5\.130 of .* outside dhcp_range 10\.10\.5\.100-10\.10\.5\.120"
+    ):
         run_op({}, entries=[E130.to_dict()], dhcp_range="10.10.5.100,10.10.5.120,255.255.255.0,12h")
     with pytest.raises(OperationValueError, match="invalid entries"):
         run_op({}, entries=[{"mac": "xx", "ip": "1.2.3.4", "hostname": "a.b", "short": "a"}])
@@ -167,18 +181,25 @@ def test_the_files_must_differ() -> None:
     with pytest.raises(OperationValueError, match="the files must differ"):
         run_op({}, entries=[E13.to_dict()], hostsfile=AH)
     with pytest.raises(OperationValueError, match="the files must differ"):
-        run_op({}, entries=[E13.to_dict()], etc_hosts=True, etc_hosts_path="/etc/kvm-qemu/dnsmasq/../dnsmasq/hosts")
+        run_op(
+            {},
+            entries=[E13.to_dict()],
+            etc_hosts=True,
+            etc_hosts_path="/etc/kvm-qemu/dnsmasq/../dnsmasq/hosts",
+        )
 
 
 def test_etc_hosts_is_passed_along() -> None:
-    (command,), _ = run_op(reservations(E130), etc_hosts_text="127.0.0.1 localhost\n", entries=[E13.to_dict()],
-                           etc_hosts=True)
+    (command,), _ = run_op(
+        reservations(E130), etc_hosts_text="127.0.0.1 localhost\n", entries=[E13.to_dict()], etc_hosts=True
+    )
     assert "e=/etc/hosts;" in command.get_raw_value()
 
 
 def test_etc_hosts_only_change() -> None:
-    (command,), _ = run_op(reservations(E13), etc_hosts_text="127.0.0.1 localhost\n", entries=[E13.to_dict()],
-                           etc_hosts=True)
+    (command,), _ = run_op(
+        reservations(E13), etc_hosts_text="127.0.0.1 localhost\n", entries=[E13.to_dict()], etc_hosts=True
+    )
     assert stdin_lines(command) == add(E13)
     block = f"127.0.0.1 localhost\n{BLOCK_BEGIN}\n{E13.hosts_line()}\n{BLOCK_END}\n"
     commands, host = run_op(reservations(E13), etc_hosts_text=block, entries=[E13.to_dict()], etc_hosts=True)
@@ -220,7 +241,12 @@ def run_command(command: StringCommand, env_path: str | None = None) -> subproce
     if env_path:
         env["PATH"] = f"{env_path}:{env['PATH']}"
     return subprocess.run(
-        ["sh", "-c", command.get_raw_value()], input=stdin, capture_output=True, text=True, env=env, timeout=60
+        ["sh", "-c", command.get_raw_value()],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
 
 
@@ -268,12 +294,22 @@ def test_command_creates_and_merges_files(tmp_path: Path, conf: Path) -> None:
 
 @needs_dnsmasq
 def test_concurrent_runs_keep_every_reservation(tmp_path: Path, conf: Path) -> None:
-    many = [Entry(f"52:54:00:00:10:{i:02x}", f"10.10.5.{20 + i}", f"c{i}.example.internal", f"c{i}")
-            for i in range(12)]
+    many = [
+        Entry(f"52:54:00:00:10:{i:02x}", f"10.10.5.{20 + i}", f"c{i}.example.internal", f"c{i}")
+        for i in range(12)
+    ]
     commands = [command_for(tmp_path, add(entry), conf) for entry in many]
     stdin = ["".join(f"{line}\n" for line in c.connector_arguments["_stdin"]) for c in commands]
-    running = [subprocess.Popen(["sh", "-c", c.get_raw_value()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for c in commands]
+    running = [
+        subprocess.Popen(
+            ["sh", "-c", c.get_raw_value()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for c in commands
+    ]
     for process, text in zip(running, stdin, strict=True):
         process.stdin.write(text)
         process.stdin.close()
@@ -311,8 +347,10 @@ def test_conflict_found_under_the_lock_names_both(tmp_path: Path, conf: Path) ->
     other = Entry(E13.mac, "10.10.6.13", "vm13.other.internal", "vm13x")
     result = run_command(command_for(tmp_path, add(other, E14), conf))
     assert result.returncode == 1
-    assert (f"MAC {E13.mac} of vm13.other.internal (10.10.6.13) is already reserved for "
-            f"vm13.example.internal (10.10.5.13, MAC {E13.mac})") in result.stderr
+    assert (
+        f"MAC {E13.mac} of vm13.other.internal (10.10.6.13) is already reserved for "
+        f"vm13.example.internal (10.10.5.13, MAC {E13.mac})"
+    ) in result.stderr
     assert "conflicting reservations, nothing was changed" in result.stderr
     taken = Entry("52:54:00:00:00:77", E13.ip, "vm77.example.internal", "vm77")
     result = run_command(command_for(tmp_path, add(taken), conf))
@@ -333,8 +371,13 @@ def test_command_keeps_mode_and_other_bytes(tmp_path: Path, conf: Path) -> None:
     assert stat.S_IMODE(etc.stat().st_mode) == 0o600
     result = run_command(command_for(tmp_path, add(E130), conf, etc_hosts_path=str(etc)))
     assert result.returncode == 0, result.stderr
-    assert etc.read_bytes() == original + f"\n{BLOCK_BEGIN}\n{E13.hosts_line()}\n{E130.hosts_line()}\n{BLOCK_END}\n".encode()
-    result = run_command(command_for(tmp_path, [f"del {E13.mac}", f"del {E130.mac}"], conf, etc_hosts_path=str(etc)))
+    assert (
+        etc.read_bytes()
+        == original + f"\n{BLOCK_BEGIN}\n{E13.hosts_line()}\n{E130.hosts_line()}\n{BLOCK_END}\n".encode()
+    )
+    result = run_command(
+        command_for(tmp_path, [f"del {E13.mac}", f"del {E130.mac}"], conf, etc_hosts_path=str(etc))
+    )
     assert result.returncode == 0, result.stderr
     assert etc.read_bytes() == original + b"\n"
 
@@ -377,8 +420,10 @@ def test_missing_main_conf_says_what_to_run(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     result = run_command(command_for(tmp_path, add(E13), tmp_path / "nope.conf"))
     assert result.returncode == 1
-    assert f"the dnsmasq configuration {tmp_path}/nope.conf is missing: deploys/mgmt_server.py sets it up" \
+    assert (
+        f"the dnsmasq configuration {tmp_path}/nope.conf is missing: deploys/mgmt_server.py sets it up"
         in result.stderr
+    )
     assert not files(tmp_path)[0].exists()
 
 
@@ -388,8 +433,10 @@ def test_missing_directory_says_what_to_run(tmp_path: Path) -> None:
     conf.write_text("no-resolv\n")
     result = run_command(command_for(tmp_path, add(E13), conf))
     assert result.returncode == 1
-    assert f"directory {tmp_path}/d is missing, so dnsmasq is not set up here: deploys/mgmt_server.py sets it up" \
+    assert (
+        f"directory {tmp_path}/d is missing, so dnsmasq is not set up here: deploys/mgmt_server.py sets it up"
         in result.stderr
+    )
     assert not (tmp_path / "d").exists()
 
 
@@ -397,8 +444,10 @@ def test_missing_directory_says_what_to_run(tmp_path: Path) -> None:
 def test_no_running_dnsmasq_says_what_to_run(tmp_path: Path, conf: Path) -> None:
     result = run_command(command_for(tmp_path, add(E13), conf, pid_file=str(tmp_path / "pid")))
     assert result.returncode == 1
-    assert f"dnsmasq is not running (no {tmp_path}/pid), nothing was changed: start it; " \
+    assert (
+        f"dnsmasq is not running (no {tmp_path}/pid), nothing was changed: start it; "
         "deploys/mgmt_server.py sets it up" in result.stderr
+    )
     (tmp_path / "pid").write_text("999999999\n")
     result = run_command(command_for(tmp_path, add(E13), conf, pid_file=str(tmp_path / "pid")))
     assert result.returncode == 1 and "stale" in result.stderr
@@ -425,8 +474,10 @@ def test_release_needs_dhcp_release_and_an_interface(tmp_path: Path, conf: Path)
     before = files(tmp_path)[0].read_text()
     result = run_command(command_for(tmp_path, [f"del {E13.mac}"], conf, release_address="192.0.2.123"))
     assert result.returncode == 1
-    assert ("no interface here holds 192.0.2.123" in result.stderr
-            or "dhcp_release is not installed (package dnsmasq-utils)" in result.stderr)
+    assert (
+        "no interface here holds 192.0.2.123" in result.stderr
+        or "dhcp_release is not installed (package dnsmasq-utils)" in result.stderr
+    )
     assert files(tmp_path)[0].read_text() == before
 
 

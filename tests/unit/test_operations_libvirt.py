@@ -31,7 +31,9 @@ def run(op: Any, snapshot: dict[str, Any] | None = None, **kwargs: Any) -> tuple
     host = create_host(state, facts={"libvirt.Hypervisor": {URI_KEY: snapshot or SNAPSHOT}})
     with ctx_state.use(state), ctx_host.use(host):
         # Without the time-limit wrappers, so the tests compare what runs.
-        commands = [BOUND.sub(r"\1", c.get_raw_value()) for c in op._inner(**kwargs) if hasattr(c, "get_raw_value")]
+        commands = [
+            BOUND.sub(r"\1", c.get_raw_value()) for c in op._inner(**kwargs) if hasattr(c, "get_raw_value")
+        ]
     return commands, host
 
 

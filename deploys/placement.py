@@ -1,0 +1,232 @@
+"""Placement by manifest and drain: move VMs between hypervisors with a view of the whole cluster.
+
+Every hypervisor's ``Hypervisor`` fact is read once per run (one round trip per host, shared by every
+host's deploy code through the run's ``State``); the moves are decided from those facts and the manifest
+by ``operations._placement``; each source host runs ``operations.migrate.domains_moved`` for its moves.
+
+- ``vms_placed()`` (called by ``deploys/build.py`` before cloning): a manifest VM defined on another
+  host moves to its manifest host instead of being cloned a second time.
+- ``host_drained(drain)`` (``deploys/drain.py``): every manifest VM on ``drain`` moves to the other hosts
+  within capacity; the manifest change that makes it permanent is printed, and after the moves a patched
+  copy of the manifest is written next to it (``<manifest>.drain-<host>.json``; the manifest itself is
+  never written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import weakref
+from pathlib import Path
+from typing import Any
+
+import gevent
+import gevent.lock
+from pyinfra import host, logger
+from pyinfra.api.deploy import deploy
+
+from deploys._settings import DEFAULTS, SettingError, allocation_ratios, is_hypervisor, seconds, setting
+from facts.libvirt import Hypervisor
+from inventories._loader import manifest_path
+from operations import migrate
+from operations._placement import (
+    Placement,
+    drained_manifest,
+    plan_drain,
+    plan_placement,
+)
+from operations._virsh import session_limit
+
+_TRUE = {"1", "true", "yes", "on"}
+_VIEWS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _migrate_timeout() -> int:
+    value = setting("migrate_timeout")
+    try:
+        result = int(str(value).strip())
+    except ValueError:
+        result = 0
+    if result < 1 or isinstance(value, bool):
+        raise SettingError(f"migrate_timeout={value!r}: expected a whole number of seconds, at least 1")
+    return result
+
+
+def _member_setting(member: Any, key: str) -> Any:
+    return member.data.get(key, DEFAULTS[key])
+
+
+def _targets(members: list[Any]) -> dict[str, dict[str, Any]]:
+    targets = {}
+    for member in members:
+        uri = _member_setting(member, "migration_uri")
+        if not uri:
+            address = member.data.get("ssh_hostname") or member.name
+            user = member.data.get("ssh_user") or "root"
+            uri = f"qemu+ssh://{user}@{address}/system"
+        unsafe = _member_setting(member, "migration_unsafe")
+        targets[member.name] = {
+            "uri": str(uri),
+            "address": _member_setting(member, "migration_address") or None,
+            "unsafe": unsafe is True or str(unsafe).lower() in _TRUE,
+        }
+    return targets
+
+
+def _read(member: Any, uri: str, timeout: int) -> dict[str, Any] | None:
+    try:
+        snapshot = member.get_fact(
+            Hypervisor, uri=uri, timeout=timeout, _timeout=session_limit(1, timeout + 10)
+        )
+    except Exception as exc:  # an unreachable host: no state, so nothing moves to or from it
+        logger.warning(f"[{member.name}] libvirt state not read: {exc}")
+        return None
+    if member in getattr(member.state, "failed_hosts", ()):
+        return None
+    return snapshot
+
+
+def cluster_view() -> dict[str, Any]:
+    """``{"members", "manifest", "snapshots", "targets"}`` of this run: each hypervisor's fact read once."""
+    state = host.state
+    view = _VIEWS.setdefault(state, {"lock": gevent.lock.Semaphore()})
+    with view["lock"]:
+        if "snapshots" not in view:
+            # Hosts pyinfra could not connect to are out of this run (they fail on their own): nothing
+            # moves to or from them, and they hold nothing back.
+            active = set(getattr(state, "active_hosts", ()))
+            members = [m for m in host.inventory.get_group("kvm_hosts", default=[]) if m in active]
+            timeout = seconds("command_timeout")
+            default_uri = setting("libvirt_uri")
+            jobs = {
+                m.name: gevent.spawn(_read, m, m.data.get("libvirt_uri", default_uri), timeout)
+                for m in members
+            }
+            gevent.joinall(list(jobs.values()))
+            view["members"] = members
+            view["snapshots"] = {name: job.value for name, job in jobs.items()}
+            view["manifest"] = {
+                m.name: list(m.data.get("kvm_vmspecs", [])) for m in members
+            }
+            view["targets"] = _targets(members)
+    return view
+
+
+def _plan(kind: str, make: Any) -> Placement:
+    view = cluster_view()
+    with view["lock"]:
+        if kind not in view:
+            view[kind] = make(view)
+    return view[kind]
+
+
+def placement() -> Placement:
+    """The moves the manifest asks for (the same object for every host of the run)."""
+    vcpu_ratio, memory_ratio = allocation_ratios()
+    shared = (setting("kvm_secondary_storage"),)
+    return _plan(
+        "placement",
+        lambda v: plan_placement(v["manifest"], v["snapshots"], shared, vcpu_ratio, memory_ratio),
+    )
+
+
+def defined_elsewhere() -> set[str]:
+    """This host's manifest VMs that are defined on another hypervisor (moved here, or refused): never
+    cloned here."""
+    view = cluster_view()
+    mine = view["manifest"].get(host.name, [])
+    here = (view["snapshots"].get(host.name) or {}).get("domains", {})
+    if any(s is None for s in view["snapshots"].values()):  # unknown: may be defined there
+        return {spec.name for spec in mine if spec.name not in here}
+    others = {
+        name for h, s in view["snapshots"].items() if h != host.name and s for name in s.get("domains", {})
+    }
+    return {spec.name for spec in mine if spec.name not in here and spec.name in others}
+
+
+def _log_plan(plan: Placement, what: str) -> None:
+    prefix = getattr(host, "print_prefix", "")
+    for move in plan.leaving(host.name):
+        logger.info(f"{prefix}{what}: {move.describe()}")
+
+
+def _moved(plan: Placement, after: Any = None, label: str = "Move VMs to their manifest hosts") -> None:
+    migrate.domains_moved(
+        name=label,
+        moves=[m.to_dict() for m in plan.leaving(host.name)],
+        targets=cluster_view()["targets"],
+        refusals=plan.refusals,
+        uri=setting("libvirt_uri"),
+        command_timeout=seconds("command_timeout"),
+        migrate_timeout=_migrate_timeout(),
+        after=after,
+    )
+
+
+@deploy("Move VMs to their manifest hosts", data_defaults=DEFAULTS)
+def vms_placed() -> None:
+    """On every hypervisor: move the manifest's VMs that are defined on another host to their manifest
+    host. Any refusal of the preflight fails every hypervisor's step, and nothing moves."""
+    if not is_hypervisor():
+        return
+    plan = placement()
+    _log_plan(plan, "placement")
+    _moved(plan)
+
+
+def _write_patched(path: Path, data: list[dict[str, Any]]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(json.dumps(data, indent=2) + "\n")
+    temporary.replace(path)
+    logger.info(f"kvm-qemu: wrote {path} (the manifest with the drain applied); use it from now on")
+
+
+@deploy("Drain a hypervisor", data_defaults=DEFAULTS)
+def host_drained(drain: str | None = None) -> None:
+    """Move every manifest VM off the hypervisor ``drain`` (``--data drain=sm-02``) onto the others.
+
+    Print the plan and the manifest change; after the moves, write the patched manifest next to the
+    original (never the original itself).
+    """
+    drained = drain or host.data.get("drain")
+    if not drained:
+        raise SettingError("drain: name the hypervisor to drain (--data drain=<host>)")
+    view = cluster_view()
+    if drained not in view["manifest"]:
+        raise SettingError(
+            f"drain={drained!r}: not a hypervisor of the manifest ({', '.join(view['manifest'])})"
+        )
+    if not is_hypervisor():
+        return
+    vcpu_ratio, memory_ratio = allocation_ratios()
+    shared = (setting("kvm_secondary_storage"),)
+    plan = _plan(
+        "drain",
+        lambda v: plan_drain(drained, v["manifest"], v["snapshots"], shared, vcpu_ratio, memory_ratio),
+    )
+    after = None
+    if host.name == drained:
+        _log_plan(plan, "drain")
+        source = manifest_path()
+        patched = source.with_name(f"{source.name}.drain-{drained}.json")
+        try:
+            data = json.loads(source.read_text())
+        except (OSError, ValueError) as exc:
+            raise SettingError(f"drain: cannot read the manifest {source}: {exc}") from None
+        new = drained_manifest(data, plan.moves)
+        if plan.moves and not plan.refusals:
+            change: dict[str, list[Any]] = {}
+            for move in plan.moves:
+                spec = next(v for e in data for v in e.get("vmspecs", []) if v.get("name") == move.vm)
+                change.setdefault(move.destination, []).append(spec)
+            logger.info(
+                f"{getattr(host, 'print_prefix', '')}manifest change that makes the drain permanent "
+                f"(these vmspecs leave host entry {drained} for the entries named):\n"
+                + json.dumps(change, indent=2)
+                + f"\nafter the moves the whole manifest is written to {patched}"
+            )
+            after = lambda: _write_patched(patched, new)  # noqa: E731
+    _moved(plan, after, f"Drain {drained}")

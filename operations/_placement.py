@@ -1,0 +1,492 @@
+"""Placement: which VMs move between hypervisors, whether they may, and the commands that move them.
+
+Pure: every hypervisor's Hypervisor fact value and the manifest in, moves and refusals out. A VM that the
+manifest puts on host B while it is defined on host A moves from A to B (live when it runs, offline when it
+is shut off); a drain moves every VM off one host onto the others within capacity. Before anything moves
+every move passes a preflight; any refusal stops every move of the run.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from pyinfra.api import QuoteString, StringCommand
+
+from inventories import defaults
+from inventories.manifest_model import VmSpec
+from operations._capacity import CapacityRow, capacity_row
+from operations._virsh import DEFAULT_TIMEOUT, bounded, virsh
+
+# Cache modes qemu opens with O_DIRECT and without a host page cache: the only ones libvirt accepts for a
+# live migration of a disk that both hosts open (it refuses others unless told --unsafe).
+SAFE_CACHE_MODES = ("none", "directsync")
+# CPU modes that hand the guest the host's own CPU: only as migratable as the two hosts' CPUs are alike.
+HOST_CPU_MODES = ("host-passthrough", "maximum")
+DEFAULT_MIGRATE_TIMEOUT = defaults.MIGRATE_TIMEOUT
+
+
+@dataclass(frozen=True)
+class Target:
+    """How to reach a destination hypervisor for a migration (its host data)."""
+
+    uri: str  # the destination's libvirt as the source reaches it, e.g. qemu+ssh://root@sm-02/system
+    address: str | None = None  # where the destination's qemu listens for the migration stream
+    unsafe: bool = False  # pass --unsafe (shared storage libvirt cannot recognise as such)
+
+
+@dataclass(frozen=True)
+class Move:
+    vm: str
+    source: str
+    destination: str
+    live: bool
+    shared_disks: tuple[str, ...] = ()  # paths in shared storage: moved by reference
+    local_disks: tuple[str, ...] = ()  # paths in the source's own storage: copied
+    autostart: bool = False
+
+    def describe(self) -> str:
+        how = "live" if self.live else "offline"
+        disks = [f"{p} by reference" for p in self.shared_disks] + [f"{p} copied" for p in self.local_disks]
+        return f"{self.vm}: {self.source} -> {self.destination}, {how}" + (
+            f"; disks: {', '.join(disks)}" if disks else ""
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vm": self.vm,
+            "source": self.source,
+            "destination": self.destination,
+            "live": self.live,
+            "shared_disks": list(self.shared_disks),
+            "local_disks": list(self.local_disks),
+            "autostart": self.autostart,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Move:
+        return cls(
+            vm=data["vm"],
+            source=data["source"],
+            destination=data["destination"],
+            live=bool(data["live"]),
+            shared_disks=tuple(data.get("shared_disks", ())),
+            local_disks=tuple(data.get("local_disks", ())),
+            autostart=bool(data.get("autostart")),
+        )
+
+
+@dataclass
+class Placement:
+    moves: list[Move] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)  # "vm: reason", every one of them
+
+    def arriving(self, host_name: str) -> set[str]:
+        return {m.vm for m in self.moves if m.destination == host_name}
+
+    def leaving(self, host_name: str) -> list[Move]:
+        return [m for m in self.moves if m.source == host_name]
+
+
+def _under(path: str, directories: tuple[str, ...]) -> bool:
+    path = os.path.normpath(path)
+    return any(path.startswith(os.path.normpath(d).rstrip("/") + "/") for d in directories if d)
+
+
+def _disks(domain: dict[str, Any]) -> list[dict[str, Any]]:
+    return [d for d in domain.get("disks", []) if d.get("device") == "disk" and d.get("path")]
+
+
+def _cache_modes(xml: str) -> dict[str, tuple[str, bool]]:
+    """``{path: (cache mode or 'default', readonly or shareable)}`` from a domain's XML."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return {}
+    modes = {}
+    for disk in root.findall("devices/disk"):
+        source = disk.find("source")
+        path = source.get("file") or source.get("dev") if source is not None else None
+        if not path:
+            continue
+        driver = disk.find("driver")
+        cache = (driver.get("cache") if driver is not None else None) or "default"
+        modes[path] = (cache, disk.find("readonly") is not None or disk.find("shareable") is not None)
+    return modes
+
+
+def _cpu_mode(xml: str) -> str:
+    try:
+        cpu = ET.fromstring(xml).find("cpu")
+    except ET.ParseError:
+        return "custom"
+    if cpu is None:
+        return "none"
+    return cpu.get("mode") or "custom"
+
+
+def _pool_dirs(snapshot: dict[str, Any]) -> set[str]:
+    return {os.path.normpath(p["path"]) for p in snapshot.get("pools", {}).values() if p.get("path")}
+
+
+def move_problems(
+    move: Move,
+    spec: VmSpec | None,
+    source: dict[str, Any],
+    destination: dict[str, Any],
+    capacity: CapacityRow | None,
+) -> list[str]:
+    """Why ``move`` may not happen (empty: it may), checked on the two hosts' facts."""
+    problems: list[str] = []
+    domain = source["domains"][move.vm]
+    dest_name = move.destination
+    src_caps, dst_caps = source.get("capacity", {}), destination.get("capacity", {})
+    if src_caps.get("host_uuid") and src_caps.get("host_uuid") == dst_caps.get("host_uuid"):
+        problems.append(
+            f"{move.source} and {dest_name} report the same host UUID {src_caps['host_uuid']} "
+            "(libvirt refuses to migrate between them; set host_uuid in libvirtd.conf)"
+        )
+    # Storage: the pool directories exist on the destination, shared disks are visible there, local
+    # disks are not there yet, and backing files (the base) are there.
+    dirs = _pool_dirs(destination)
+    files = destination.get("files", {})
+    for path in (*move.shared_disks, *move.local_disks):
+        if os.path.dirname(os.path.normpath(path)) not in dirs:
+            problems.append(f"{dest_name} has no storage pool at {os.path.dirname(path)} (for {path})")
+    for path in move.shared_disks:
+        if files.get(path, {}).get("kind", "missing") == "missing":
+            problems.append(f"shared disk {path} is not visible on {dest_name}")
+    for path in move.local_disks:
+        if files.get(path, {}).get("kind", "missing") != "missing":
+            problems.append(f"{dest_name} already has {path}")
+    for other, other_domain in source.get("domains", {}).items():
+        used = {str(d["path"]) for d in _disks(other_domain)} | {
+            str(d["backing"]) for d in _disks(other_domain) if d.get("backing")
+        }
+        if other != move.vm and used & set(move.local_disks):
+            problems.append(
+                f"{other} on {move.source} uses {', '.join(sorted(used & set(move.local_disks)))} too"
+            )
+    for disk in _disks(domain):
+        backing = disk.get("backing") or source.get("files", {}).get(disk["path"], {}).get("backing")
+        if backing and files.get(backing, {}).get("kind", "missing") == "missing":
+            problems.append(f"backing file {backing} of {disk['path']} is not on {dest_name}")
+    if spec is not None and spec.srcvm not in destination.get("domains", {}):
+        problems.append(f"base VM {spec.srcvm} is not defined on {dest_name}")
+    # Cache mode of disks both hosts open during a live move.
+    if move.live:
+        modes = _cache_modes(domain.get("xml", ""))
+        for path in move.shared_disks:
+            cache, shared_ok = modes.get(path, ("default", False))
+            if cache not in SAFE_CACHE_MODES and not shared_ok:
+                problems.append(
+                    f"disk {path} in shared storage uses cache={cache}: a live move needs "
+                    f"cache={' or '.join(SAFE_CACHE_MODES)}"
+                )
+    # CPU.
+    if src_caps.get("arch") and dst_caps.get("arch") and src_caps["arch"] != dst_caps["arch"]:
+        problems.append(
+            f"CPU architecture {src_caps['arch']} on {move.source}, {dst_caps['arch']} on {dest_name}"
+        )
+    mode = _cpu_mode(domain.get("xml", ""))
+    src_cpu = (src_caps.get("cpu_vendor"), src_caps.get("cpu_model"))
+    dst_cpu = (dst_caps.get("cpu_vendor"), dst_caps.get("cpu_model"))
+    if mode in HOST_CPU_MODES and move.live and src_cpu != dst_cpu:
+        problems.append(
+            f"CPU mode {mode} needs the same host CPU: {' '.join(filter(None, src_cpu)) or 'unknown'} "
+            f"on {move.source}, {' '.join(filter(None, dst_cpu)) or 'unknown'} on {dest_name}"
+        )
+    if mode == "host-model" and src_caps.get("cpu_vendor") != dst_caps.get("cpu_vendor"):
+        problems.append(
+            f"CPU mode host-model across vendors: {src_caps.get('cpu_vendor')} on {move.source}, "
+            f"{dst_caps.get('cpu_vendor')} on {dest_name}"
+        )
+    if capacity is not None:
+        problems.extend(f"capacity of {dest_name}: {p}" for p in capacity.problems)
+    return problems
+
+
+def _move_for(
+    vm: str, source: str, destination: str, snapshot: dict[str, Any], shared_dirs: tuple[str, ...]
+) -> Move:
+    domain = snapshot["domains"][vm]
+    paths = [d["path"] for d in _disks(domain)]
+    return Move(
+        vm=vm,
+        source=source,
+        destination=destination,
+        live=domain.get("state") not in ("shut off", "crashed", "no state"),
+        shared_disks=tuple(p for p in paths if _under(p, shared_dirs)),
+        local_disks=tuple(p for p in paths if not _under(p, shared_dirs)),
+        autostart=bool(domain.get("autostart")),
+    )
+
+
+def _arrival_row(
+    destination: str,
+    staying: list[VmSpec],
+    arriving: list[tuple[VmSpec | None, Move, dict[str, Any]]],
+    snapshot: dict[str, Any],
+    vcpu_ratio: float,
+    memory_ratio: float,
+    allocation: dict[str, int],
+) -> CapacityRow:
+    """The destination as it would be with its own VMs and the arriving ones (their live resources)."""
+    # Base VMs of the arriving VMs are templates there, as for the VMs built there.
+    bases = {spec.srcvm for spec, _move, _domain in arriving if spec is not None}
+    domains = {k: v for k, v in snapshot.get("domains", {}).items() if k not in bases}
+    row = capacity_row(destination, staying, {**snapshot, "domains": domains}, vcpu_ratio, memory_ratio)
+    vcpus, memory = row.vcpus, row.memory_kib
+    needs = dict(row.disk_needs)
+    pools = {os.path.normpath(p.get("path") or ""): name for name, p in snapshot.get("pools", {}).items()}
+    for _spec, move, domain in arriving:
+        vcpus += int(domain.get("vcpus") or 0)
+        memory += int(domain.get("memory_kib") or 0)
+        for path in move.local_disks:
+            pool = pools.get(os.path.dirname(os.path.normpath(path)))
+            if pool:
+                needs[pool] = needs.get(pool, 0) + allocation.get(path, 0)
+    return replace(row, vcpus=vcpus, memory_kib=memory, disk_needs=needs)
+
+
+def _allocations(snapshot: dict[str, Any]) -> dict[str, int]:
+    return {
+        v.get("path"): int(v.get("allocation") or 0)
+        for vols in snapshot.get("volumes", {}).values()
+        for v in vols.values()
+    }
+
+
+def _check(
+    moves: list[Move],
+    manifest: dict[str, list[VmSpec]],
+    snapshots: dict[str, dict[str, Any] | None],
+    vcpu_ratio: float,
+    memory_ratio: float,
+) -> list[str]:
+    specs = {s.name: s for specs in manifest.values() for s in specs}
+    refusals: list[str] = []
+    by_destination: dict[str, list[Move]] = {}
+    for move in moves:
+        by_destination.setdefault(move.destination, []).append(move)
+    for destination, arriving in sorted(by_destination.items()):
+        dest = snapshots[destination] or {}
+        moving = {m.vm for m in arriving}
+        staying = [s for s in manifest.get(destination, []) if s.name not in moving]
+        entries = [(specs.get(m.vm), m, (snapshots[m.source] or {})["domains"][m.vm]) for m in arriving]
+        allocation: dict[str, int] = {}
+        for m in arriving:
+            allocation.update(_allocations(snapshots[m.source] or {}))
+        row = _arrival_row(destination, staying, entries, dest, vcpu_ratio, memory_ratio, allocation)
+        for move in arriving:
+            problems = move_problems(move, specs.get(move.vm), snapshots[move.source] or {}, dest, row)
+            refusals.extend(f"{move.vm} ({move.source} -> {destination}): {p}" for p in problems)
+    return refusals
+
+
+def plan_placement(
+    manifest: dict[str, list[VmSpec]],
+    snapshots: dict[str, dict[str, Any] | None],
+    shared_dirs: tuple[str, ...] = (),
+    vcpu_ratio: float = 4.0,
+    memory_ratio: float = 1.0,
+) -> Placement:
+    """Moves that bring every manifest VM defined on another host to its manifest host, with refusals.
+
+    ``snapshots``: host -> Hypervisor fact value, None for a host whose fact could not be read (a VM
+    that may be defined there is refused rather than built a second time).
+    """
+    placement = Placement()
+    unread = sorted(h for h, s in snapshots.items() if s is None)
+    for destination, specs in sorted(manifest.items()):
+        here = (snapshots.get(destination) or {}).get("domains", {})
+        for spec in specs:
+            if spec.name in here:
+                continue
+            elsewhere = sorted(
+                h
+                for h, s in snapshots.items()
+                if h != destination and s and spec.name in s.get("domains", {})
+            )
+            if len(elsewhere) > 1:
+                placement.refusals.append(
+                    f"{spec.name}: defined on {' and '.join(elsewhere)}; resolve by hand"
+                )
+            elif elsewhere and snapshots.get(destination) is None:
+                placement.refusals.append(f"{spec.name}: the state of {destination} could not be read")
+            elif elsewhere:
+                source = elsewhere[0]
+                placement.moves.append(
+                    _move_for(spec.name, source, destination, snapshots[source] or {}, shared_dirs)
+                )
+            elif unread:
+                placement.refusals.append(
+                    f"{spec.name}: may be defined on {', '.join(unread)}, whose state could not be read"
+                )
+    placement.refusals.extend(_check(placement.moves, manifest, snapshots, vcpu_ratio, memory_ratio))
+    return placement
+
+
+def plan_drain(
+    drained: str,
+    manifest: dict[str, list[VmSpec]],
+    snapshots: dict[str, dict[str, Any] | None],
+    shared_dirs: tuple[str, ...] = (),
+    vcpu_ratio: float = 4.0,
+    memory_ratio: float = 1.0,
+) -> Placement:
+    """Moves of every manifest VM defined on ``drained`` onto the other hosts, within their capacity.
+
+    Largest VMs first (memory, then vCPUs), each onto the host with the most memory left after it.
+    """
+    placement = Placement()
+    if drained not in manifest:
+        placement.refusals.append(f"{drained} is not a hypervisor of the manifest")
+        return placement
+    source = snapshots.get(drained)
+    if source is None:
+        placement.refusals.append(f"the state of {drained} could not be read")
+        return placement
+    others = sorted(h for h in manifest if h != drained)
+    unread = [h for h in others if snapshots.get(h) is None]
+    if unread:
+        placement.refusals.append(f"the state of {', '.join(unread)} could not be read")
+        return placement
+    domains = source.get("domains", {})
+    leaving = [s for s in manifest[drained] if s.name in domains]
+
+    def size(spec: VmSpec) -> tuple[int, int, str]:
+        d = domains[spec.name]
+        return (-int(d.get("memory_kib") or 0), -int(d.get("vcpus") or 0), spec.name)
+
+    assigned: dict[str, list[Move]] = {h: [] for h in others}
+    allocation = _allocations(source)
+    specs = {s.name: s for s in manifest[drained]}
+    for spec in sorted(leaving, key=size):
+        best, best_room = None, None
+        for host_name in others:
+            move = _move_for(spec.name, drained, host_name, source, shared_dirs)
+            trial = [*assigned[host_name], move]
+            entries = [(specs.get(m.vm), m, domains[m.vm]) for m in trial]
+            row = _arrival_row(
+                host_name, manifest[host_name], entries, snapshots[host_name] or {}, vcpu_ratio, memory_ratio,
+                allocation,
+            )  # fmt: skip
+            if move_problems(move, spec, source, snapshots[host_name] or {}, row):
+                continue
+            room = row.memory_limit_kib - row.memory_kib
+            if best_room is None or room > best_room:
+                best, best_room = move, room
+        if best is None:
+            reasons = []
+            for host_name in others:
+                move = _move_for(spec.name, drained, host_name, source, shared_dirs)
+                entries = [(specs.get(m.vm), m, domains[m.vm]) for m in [*assigned[host_name], move]]
+                row = _arrival_row(
+                    host_name, manifest[host_name], entries, snapshots[host_name] or {}, vcpu_ratio,
+                    memory_ratio, allocation,
+                )  # fmt: skip
+                reasons.extend(move_problems(move, spec, source, snapshots[host_name] or {}, row))
+            placement.refusals.append(
+                f"{spec.name}: fits on no other host: {'; '.join(reasons) or 'no other host'}"
+            )
+            continue
+        assigned[best.destination].append(best)
+        placement.moves.append(best)
+    return placement
+
+
+def drained_manifest(data: list[dict[str, Any]], moves: list[Move]) -> list[dict[str, Any]]:
+    """The manifest (its JSON data) with every moved vmspec under its destination's host entry."""
+    where = {m.vm: m.destination for m in moves}
+    out = [{**entry, "vmspecs": []} for entry in data]
+    index = {entry["host"]: i for i, entry in enumerate(out)}
+    for entry in data:
+        for spec in entry.get("vmspecs", []):
+            target = where.get(spec.get("name"), entry["host"])
+            out[index[target]]["vmspecs"].append(spec)
+    return out
+
+
+def manifest_change(moves: list[Move]) -> str:
+    """The change that makes the moves permanent, one line per VM (moving its vmspec object)."""
+    return "\n".join(
+        f"move vmspec {m.vm} from host entry {m.source} to host entry {m.destination}" for m in moves
+    )
+
+
+# --- commands ------------------------------------------------------------------------------------------
+
+
+def _ssh_words(uri: str) -> list[str]:
+    """``ssh`` options and destination for the same host and user as a ``qemu+ssh://`` libvirt URI."""
+    parts = urlsplit(uri)
+    words = ["ssh", "-o", "BatchMode=yes"]
+    if parts.port:
+        words += ["-p", str(parts.port)]
+    keyfile = parse_qs(parts.query).get("keyfile")
+    if keyfile:
+        words += ["-i", keyfile[0]]
+    words.append(f"{parts.username}@{parts.hostname}" if parts.username else str(parts.hostname))
+    return words
+
+
+def _copy_command(directory: str, names: list[str], uri: str, timeout: int) -> StringCommand:
+    """Stream the files (sparse, mode kept) into the same directory on the destination over SSH; a file
+    already there is never replaced (``tar -k`` fails on it), and a short stream fails the remote tar."""
+    remote = StringCommand("tar", "-C", QuoteString(directory), "-xkpSf", "-")
+    ssh = StringCommand(*(QuoteString(w) for w in _ssh_words(uri)), QuoteString(remote.get_raw_value()))
+    pipeline = StringCommand(
+        "tar", "-C", QuoteString(directory), "-cSf", "-", "--", *(QuoteString(n) for n in names), "|", ssh
+    )
+    return bounded(
+        f"copy of {', '.join(names)} to the destination",
+        timeout,
+        StringCommand("sh", "-c", QuoteString(pipeline.get_raw_value())),
+    )
+
+
+def move_command(
+    move: Move,
+    target: Target,
+    uri: str = "qemu:///system",
+    timeout: int = DEFAULT_TIMEOUT,
+    migrate_timeout: int = DEFAULT_MIGRATE_TIMEOUT,
+) -> StringCommand:
+    """One command on the source host that moves the VM, then removes the source's copies of local disks.
+
+    Live: ``virsh migrate --live --persistent --undefinesource`` (``--copy-storage-all`` for local disks).
+    Offline: local disks are streamed over SSH first, then ``virsh migrate --offline``.
+    """
+    steps: list[StringCommand] = []
+    args: list[str] = ["migrate"]
+    if move.live:
+        args += ["--live", "--persistent", "--undefinesource"]
+        if move.local_disks:
+            args.append("--copy-storage-all")
+        if target.address:
+            args += ["--migrateuri", f"tcp://{target.address}"]
+    else:
+        args += ["--offline", "--persistent", "--undefinesource"]
+        by_dir: dict[str, list[str]] = {}
+        for path in move.local_disks:
+            by_dir.setdefault(os.path.dirname(path), []).append(os.path.basename(path))
+        steps += [_copy_command(d, names, target.uri, migrate_timeout) for d, names in sorted(by_dir.items())]
+    if target.unsafe and move.live:
+        args.append("--unsafe")
+    args += [move.vm, target.uri]
+    steps.append(virsh(uri, *args, timeout=migrate_timeout))
+    if move.autostart:
+        steps.append(virsh(target.uri, "autostart", move.vm, timeout=timeout))
+    if move.local_disks:
+        removal = StringCommand("rm", "-f", "--", *(QuoteString(p) for p in move.local_disks))
+        steps.append(bounded("removal of the source's disk copies", timeout, removal))
+    parts: list[str | StringCommand] = []
+    for index, step in enumerate(steps):
+        if index:
+            parts.append("&&")
+        parts.append(step)
+    return StringCommand(*parts)

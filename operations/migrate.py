@@ -1,0 +1,80 @@
+"""Move VMs between hypervisors: one operation on the source host, planned by ``operations/_placement``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any
+
+from pyinfra import host, logger
+from pyinfra.api import FunctionCommand, StringCommand, operation
+
+from operations._placement import DEFAULT_MIGRATE_TIMEOUT, Move, Target, move_command
+from operations._virsh import DEFAULT_TIMEOUT, DEFAULT_URI, fail, session_limit
+from operations.libvirt import UNREAD, _hypervisor
+
+Commands = Generator[Any, None, None]
+
+
+@operation()
+def domains_moved(
+    moves: list[dict[str, Any]],
+    targets: dict[str, dict[str, Any]],
+    refusals: list[str] | None = None,
+    uri: str = DEFAULT_URI,
+    command_timeout: int = DEFAULT_TIMEOUT,
+    migrate_timeout: int = DEFAULT_MIGRATE_TIMEOUT,
+    after: Callable[[], Any] | None = None,
+) -> Commands:
+    """Move VMs from this host to others: live when they run, offline when shut off.
+
+    + moves: ``Move.to_dict()`` values whose source is this host (``operations._placement``)
+    + targets: destination host -> ``{"uri", "address", "unsafe"}`` (``Target`` fields)
+    + refusals: preflight refusals of the whole run; any of them and nothing moves, the host fails
+    + command_timeout / migrate_timeout: seconds a small step / one migration or disk copy may take
+    + after: called on the controller once every move of this host succeeded
+
+    A VM no longer defined here (moved by an earlier run) is skipped; whether a move is live is read
+    again when it executes.
+
+    **Example:**
+
+    .. code:: python
+
+        domains_moved(
+            moves=[{"vm": "vm07", "source": "sm-01", "destination": "sm-02", "live": True,
+                    "shared_disks": ["/secondary/vm07-vda.qcow2"], "local_disks": []}],
+            targets={"sm-02": {"uri": "qemu+ssh://root@sm-02/system"}},
+        )
+    """
+    prefix = getattr(host, "print_prefix", "")
+    if refusals:
+        yield fail("refusing to move any VM:\n  " + "\n  ".join(refusals))
+        return
+    if not moves:
+        host.noop("no VM to move from this host")
+        return
+    snapshot = _hypervisor(uri, command_timeout)
+    if snapshot is None:
+        yield fail(UNREAD)
+        return
+    todo = []
+    for data in moves:
+        move = Move.from_dict(data)
+        domain = snapshot["domains"].get(move.vm)
+        if domain is None:
+            continue
+        live = domain.get("state") not in ("shut off", "crashed", "no state")
+        todo.append(Move.from_dict({**data, "live": live}))
+    if not todo:
+        host.noop(f"{len(moves)} VM(s) already moved")
+        return
+    for move in todo:
+        logger.info(f"{prefix}move {move.describe()}")
+        target = Target(**targets[move.destination])
+        steps = 3 + len(move.local_disks)
+        yield StringCommand(
+            move_command(move, target, uri, command_timeout, migrate_timeout),
+            _timeout=session_limit(steps, command_timeout, 2 * migrate_timeout),
+        )
+    if after is not None:
+        yield FunctionCommand(after, (), {})

@@ -1,0 +1,247 @@
+"""Placement planning: moves from the hosts' libvirt state and the manifest, refusals, drain, commands."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from inventories.manifest_model import VmSpec, mac_for
+from operations._placement import (
+    Move,
+    Target,
+    drained_manifest,
+    move_command,
+    plan_drain,
+    plan_placement,
+)
+
+GIB_KIB = 1 << 20
+SHARED = ("/secondary",)
+
+
+def spec(name: str, vcpus: int = 1, memory: int = 1, **extra: Any) -> VmSpec:
+    return VmSpec(
+        name=name, hostname=f"{name}.example.org", ipaddress="10.10.5.9", vcpus=vcpus, memory_gb=memory,
+        max_memory_gb=memory, num_disks=0, disk_size_gb=0, mac=mac_for(name), **extra,
+    )  # fmt: skip
+
+
+def _cache(mode: str | None) -> str:
+    return f" cache='{mode}'" if mode else ""
+
+
+def domain(
+    disks: list[tuple[str, str | None]], state: str = "running", cpu: str = "", vcpus: int = 1
+) -> dict:
+    xml_disks = "".join(
+        f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'{_cache(cache)}/>"
+        f"<source file='{path}'/><target dev='vd{chr(97 + i)}'/></disk>"
+        for i, (path, cache) in enumerate(disks)
+    )  # fmt: skip
+    return {
+        "state": state,
+        "autostart": False,
+        "vcpus": vcpus,
+        "memory_kib": GIB_KIB,
+        "disks": [{"device": "disk", "path": p, "backing": None} for p, _ in disks],
+        "xml": f"<domain><name>x</name>{cpu}<devices>{xml_disks}</devices></domain>",
+    }
+
+
+def host(
+    domains: dict[str, dict], files: list[str] = (), uuid: str = "u1", cpus: int = 4, memory: int = 8
+) -> dict:
+    base = {"centos7": domain([("/secondary/centos7-vda.img", None)], state="shut off")}
+    return {
+        "pools": {"default": {"path": "/data01/primary", "available": 100 << 30},
+                  "secondary": {"path": "/secondary", "available": 100 << 30}},
+        "volumes": {},
+        "domains": {**base, **domains},
+        "capacity": {"cpus": cpus, "memory_kib": memory * GIB_KIB, "host_uuid": uuid, "arch": "x86_64",
+                     "cpu_model": "qemu64", "cpu_vendor": "AMD"},
+        "files": {"/secondary/centos7-vda.img": {"kind": "file"}, **{f: {"kind": "file"} for f in files}},
+    }  # fmt: skip
+
+
+def cluster(vm: dict, on: str = "sm-01", shared_files: list[str] = ()) -> dict[str, dict]:
+    return {
+        "sm-01": host({"vm1": vm} if on == "sm-01" else {}, shared_files, uuid="u1"),
+        "sm-02": host({"vm1": vm} if on == "sm-02" else {}, shared_files, uuid="u2"),
+    }
+
+
+SHARED_VM = domain([("/secondary/vm1-vda.qcow2", "none")])
+LOCAL_VM = domain([("/data01/primary/vm1-vda.img", None)])
+
+
+def test_a_vm_the_manifest_moved_to_another_host_moves_live_with_its_shared_disk_by_reference() -> None:
+    plan = plan_placement(
+        {"sm-01": [], "sm-02": [spec("vm1")]},
+        cluster(SHARED_VM, shared_files=["/secondary/vm1-vda.qcow2"]),
+        SHARED,
+    )
+    assert plan.refusals == []
+    assert plan.moves == [Move("vm1", "sm-01", "sm-02", True, ("/secondary/vm1-vda.qcow2",), ())]
+    assert plan.arriving("sm-02") == {"vm1"} and plan.leaving("sm-01") == plan.moves
+    assert (
+        plan.moves[0].describe() == "vm1: sm-01 -> sm-02, live; disks: /secondary/vm1-vda.qcow2 by reference"
+    )
+
+
+def test_a_vm_on_its_manifest_host_does_not_move() -> None:
+    plan = plan_placement({"sm-01": [spec("vm1")], "sm-02": []}, cluster(SHARED_VM), SHARED)
+    assert plan.moves == [] and plan.refusals == []
+
+
+def test_live_move_command_is_one_virsh_migrate_with_the_migration_address() -> None:
+    move = Move("vm1", "sm-01", "sm-02", True, ("/secondary/vm1-vda.qcow2",), ())
+    command = move_command(
+        move, Target("qemu+ssh://root@sm-02/system", "10.0.0.2"), timeout=60, migrate_timeout=600
+    )
+    assert command.get_raw_value() == (
+        "{ timeout -k 5 600 virsh -q -c qemu:///system migrate --live --persistent --undefinesource "
+        "--migrateuri tcp://10.0.0.2 vm1 qemu+ssh://root@sm-02/system || { rc=$?; if [ $rc -eq 124 ] || "
+        "[ $rc -eq 137 ]; then echo 'kvm-qemu: timed out after 600 s: virsh migrate --live' >&2; fi; (exit $rc); }; }"
+    )
+
+
+def test_live_move_of_local_disks_copies_storage_then_removes_the_source_copy() -> None:
+    move = Move("vm1", "sm-01", "sm-02", True, (), ("/data01/primary/vm1-vda.img",))
+    text = move_command(
+        move, Target("qemu+ssh://root@sm-02/system", unsafe=True), migrate_timeout=600
+    ).get_raw_value()
+    assert (
+        "migrate --live --persistent --undefinesource --copy-storage-all --unsafe vm1 qemu+ssh://root@sm-02/system"
+        in text
+    )
+    assert text.index("migrate --live") < text.index("rm -f -- /data01/primary/vm1-vda.img")
+    assert " && " in text
+
+
+def test_offline_move_streams_local_disks_sparse_over_ssh_then_migrates_the_definition() -> None:
+    move = Move("vm1", "sm-01", "sm-02", False, (), ("/data01/primary/vm1-vda.img",), autostart=True)
+    text = move_command(
+        move, Target("qemu+ssh://root@127.0.1.2:2222/system?keyfile=/k"), migrate_timeout=900
+    ).get_raw_value()
+    copy_part = (
+        "sh -c 'tar -C /data01/primary -cSf - -- vm1-vda.img | ssh -o BatchMode=yes -p 2222 -i /k "
+        "root@127.0.1.2 '\"'\"'tar -C /data01/primary -xkpSf -'\"'\"''"
+    )
+    assert copy_part in text
+    assert (
+        "migrate --offline --persistent --undefinesource vm1 'qemu+ssh://root@127.0.1.2:2222/system?keyfile=/k'"
+        in text
+    )
+    assert "autostart vm1" in text
+    assert text.index(copy_part) < text.index("migrate --offline") < text.index("rm -f --")
+
+
+def test_manifest_values_reach_the_shell_quoted() -> None:
+    move = Move("vm1;reboot", "sm-01", "sm-02", True, (), ())
+    text = move_command(move, Target("qemu+ssh://root@x/system")).get_raw_value()
+    assert "'vm1;reboot'" in text
+
+
+def test_a_shut_off_vm_moves_offline() -> None:
+    vm = domain([("/secondary/vm1-vda.qcow2", None)], state="shut off")
+    plan = plan_placement(
+        {"sm-01": [], "sm-02": [spec("vm1")]}, cluster(vm, shared_files=["/secondary/vm1-vda.qcow2"]), SHARED
+    )
+    assert plan.refusals == [] and plan.moves[0].live is False  # the cache mode matters only live
+
+
+def test_refusal_shared_disk_with_unsafe_cache_mode() -> None:
+    vm = domain([("/secondary/vm1-vda.qcow2", "writeback")])
+    plan = plan_placement(
+        {"sm-01": [], "sm-02": [spec("vm1")]}, cluster(vm, shared_files=["/secondary/vm1-vda.qcow2"]), SHARED
+    )
+    assert plan.refusals == [
+        "vm1 (sm-01 -> sm-02): disk /secondary/vm1-vda.qcow2 in shared storage uses cache=writeback: "
+        "a live move needs cache=none or directsync"
+    ]
+
+
+def test_refusal_names_every_reason() -> None:
+    snapshots = cluster(domain([("/secondary/vm1-vda.qcow2", None), ("/data02/vm1-vdb.img", None)],
+                               cpu="<cpu mode='host-passthrough'/>"))  # fmt: skip
+    snapshots["sm-02"]["capacity"].update(host_uuid="u1", cpu_model="EPYC", cpus=1, memory_kib=GIB_KIB // 2)
+    del snapshots["sm-02"]["domains"]["centos7"]
+    plan = plan_placement({"sm-01": [], "sm-02": [spec("vm1", vcpus=8)]}, snapshots, SHARED)
+    reasons = "\n".join(plan.refusals)
+    assert "sm-01 and sm-02 report the same host UUID u1" in reasons
+    assert "sm-02 has no storage pool at /data02 (for /data02/vm1-vdb.img)" in reasons
+    assert "shared disk /secondary/vm1-vda.qcow2 is not visible on sm-02" in reasons
+    assert "base VM centos7 is not defined on sm-02" in reasons
+    assert "cache=default" in reasons
+    assert (
+        "CPU mode host-passthrough needs the same host CPU: AMD qemu64 on sm-01, AMD EPYC on sm-02" in reasons
+    )
+    assert "capacity of sm-02: 1 vCPUs > 1 CPUs x 4" not in reasons  # the domain's live vCPUs count: 1
+    assert "capacity of sm-02: 1.0 GiB memory > 0.5 GiB x 1" in reasons
+    assert all(r.startswith("vm1 (sm-01 -> sm-02): ") for r in plan.refusals)
+
+
+def test_refusal_local_disk_already_on_the_destination() -> None:
+    snapshots = cluster(LOCAL_VM)
+    snapshots["sm-02"]["files"]["/data01/primary/vm1-vda.img"] = {"kind": "file"}
+    plan = plan_placement({"sm-01": [], "sm-02": [spec("vm1")]}, snapshots, SHARED)
+    assert plan.refusals == ["vm1 (sm-01 -> sm-02): sm-02 already has /data01/primary/vm1-vda.img"]
+
+
+def test_a_vm_defined_on_two_other_hosts_is_refused_and_not_moved() -> None:
+    snapshots = cluster(SHARED_VM)
+    snapshots["sm-03"] = copy.deepcopy(snapshots["sm-01"])
+    plan = plan_placement({"sm-01": [], "sm-02": [spec("vm1")], "sm-03": []}, snapshots, SHARED)
+    assert plan.moves == [] and plan.refusals == ["vm1: defined on sm-01 and sm-03; resolve by hand"]
+
+
+def test_an_unread_host_makes_a_missing_vm_a_refusal_not_a_clone() -> None:
+    snapshots: dict[str, Any] = {"sm-01": None, "sm-02": host({}, uuid="u2")}
+    plan = plan_placement({"sm-01": [], "sm-02": [spec("vm1")]}, snapshots, SHARED)
+    assert plan.refusals == ["vm1: may be defined on sm-01, whose state could not be read"]
+
+
+def test_drain_spreads_the_vms_within_capacity() -> None:
+    vms = {f"vm{i}": domain([(f"/secondary/vm{i}-vda.qcow2", "none")], vcpus=1) for i in range(1, 4)}
+    files = [f"/secondary/vm{i}-vda.qcow2" for i in range(1, 4)]
+    snapshots = {
+        "sm-01": host({}, files, uuid="u1", memory=2),
+        "sm-02": host(vms, files, uuid="u2"),
+        "sm-03": host({}, files, uuid="u3", memory=2),
+    }
+    manifest = {"sm-01": [], "sm-02": [spec(f"vm{i}") for i in range(1, 4)], "sm-03": []}
+    plan = plan_drain("sm-02", manifest, snapshots, SHARED)
+    assert plan.refusals == []
+    assert sorted((m.vm, m.destination) for m in plan.moves) == [
+        ("vm1", "sm-01"), ("vm2", "sm-03"), ("vm3", "sm-01"),
+    ]  # fmt: skip
+
+
+def test_drain_refuses_when_a_vm_fits_nowhere() -> None:
+    vms = {f"vm{i}": domain([(f"/secondary/vm{i}-vda.qcow2", "none")]) for i in range(1, 4)}
+    files = [f"/secondary/vm{i}-vda.qcow2" for i in range(1, 4)]
+    snapshots = {"sm-01": host({}, files, uuid="u1", memory=2), "sm-02": host(vms, files, uuid="u2")}
+    plan = plan_drain(
+        "sm-02", {"sm-01": [], "sm-02": [spec(f"vm{i}") for i in range(1, 4)]}, snapshots, SHARED
+    )
+    assert [m.vm for m in plan.moves] == ["vm1", "vm2"]
+    assert plan.refusals == ["vm3: fits on no other host: capacity of sm-01: 3.0 GiB memory > 2.0 GiB x 1"]
+
+
+def test_drain_of_an_unknown_host_is_refused() -> None:
+    assert plan_drain("sm-09", {"sm-01": []}, {"sm-01": host({})}).refusals == [
+        "sm-09 is not a hypervisor of the manifest"
+    ]
+
+
+def test_drained_manifest_moves_the_vmspec_objects_and_keeps_everything_else() -> None:
+    data = [
+        {"host": "sm-01", "ssh": {"ssh_port": 22}, "vmspecs": [{"name": "a"}]},
+        {"host": "sm-02", "vmspecs": [{"name": "b", "memoryGb": 2}, {"name": "c"}]},
+    ]
+    moves = [Move("b", "sm-02", "sm-01", True)]
+    assert drained_manifest(data, moves) == [
+        {"host": "sm-01", "ssh": {"ssh_port": 22}, "vmspecs": [{"name": "a"}, {"name": "b", "memoryGb": 2}]},
+        {"host": "sm-02", "vmspecs": [{"name": "c"}]},
+    ]
+    assert data[1]["vmspecs"][0] == {"name": "b", "memoryGb": 2}
