@@ -60,6 +60,12 @@ class VmPlan:
         return f"{self.vm}: " + ("; ".join(parts) if parts else "up to date")
 
 
+def qcow2_overlay(step: str, timeout: int, backing: str, backing_format: str, path: str) -> StringCommand:
+    """``qemu-img create`` of a new qcow2 overlay ``path`` on ``backing``, bounded and named ``step``."""
+    overlay = ("qemu-img", "create", "-q", "-f", "qcow2", "-F", q(backing_format), "-b", q(backing), q(path))
+    return bounded(step, timeout, *overlay)
+
+
 def gib(kib: int) -> str:
     value = kib / GIB_KIB
     return f"{value:g} GiB"
@@ -119,20 +125,7 @@ def clone_plan(
             plan.actions.append(f"data disk {disk.target} {disk.size_gib} GiB")
         elif spec.clone == "linked":
             steps.append(
-                bounded(
-                    f"create {disk.path}",
-                    timeout,
-                    "qemu-img",
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-F",
-                    q(disk.source.format),
-                    "-b",
-                    q(disk.source.path),
-                    q(disk.path),
-                )
+                qcow2_overlay(f"create {disk.path}", timeout, disk.source.path, disk.source.format, disk.path)
             )
             plan.actions.append(f"linked clone of {disk.source.path} as {disk.path}")
         else:

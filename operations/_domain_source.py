@@ -12,7 +12,7 @@ import hashlib
 import xml.etree.ElementTree as ET
 
 from operations._domain_xml import SOURCE_NAMESPACE as NAMESPACE
-from operations._domain_xml import CloneError
+from operations._domain_xml import CloneError, parse_domain
 
 PREFIX = "kvmq"
 SOURCE_TAG = f"{{{NAMESPACE}}}source"
@@ -22,20 +22,10 @@ def digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _parse(xml: str) -> ET.Element:
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
-        raise CloneError(f"the domain XML cannot be parsed: {exc}") from None
-    if root.tag != "domain":
-        raise CloneError(f"expected a <domain> definition, found <{root.tag}>")
-    return root
-
-
 def recorded_digest(defined_xml: str) -> str | None:
     """The source digest a defined domain carries in its metadata (None: not defined from a file by us)."""
     try:
-        root = _parse(defined_xml)
+        root = parse_domain(defined_xml)
     except CloneError:
         return None
     element = root.find(f"metadata/{SOURCE_TAG}")
@@ -43,7 +33,7 @@ def recorded_digest(defined_xml: str) -> str | None:
 
 
 def uuid_of(xml: str) -> str | None:
-    text = _parse(xml).findtext("uuid")
+    text = parse_domain(xml).findtext("uuid")
     return text.strip() if text and text.strip() else None
 
 
@@ -53,7 +43,7 @@ def with_source(xml: str, file_digest: str, uuid: str | None = None) -> str:
     A ``<uuid>`` in the file that differs from ``uuid`` (the defined domain's) is refused: libvirt would
     reject the define, and the file names another domain.
     """
-    root = _parse(xml)
+    root = parse_domain(xml)
     if uuid is not None:
         element = root.find("uuid")
         if element is None:

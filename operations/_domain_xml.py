@@ -47,7 +47,7 @@ class ClonedDisk:
 
 def source_disks(source_xml: str) -> list[SourceDisk]:
     """The file-backed disks (not cdroms) of the source domain, in XML order."""
-    root = _parse(source_xml)
+    root = parse_domain(source_xml)
     disks = []
     for disk in root.findall("./devices/disk"):
         if disk.get("device", "disk") != "disk":
@@ -98,7 +98,7 @@ def clone_xml(spec: VmSpec, source_xml: str, disks: list[ClonedDisk]) -> str:
 
     No UUID (libvirt makes one), except with ``cloud_init``: then ``stable_uuid(name)``.
     """
-    root = _parse(source_xml)
+    root = parse_domain(source_xml)
     source_name = root.findtext("name") or ""
     _set_text(root, "name", spec.name)
     for tag in ("uuid", "title", "description"):
@@ -229,11 +229,12 @@ def _set_text(root: ET.Element, tag: str, text: str) -> None:
     element.text = text
 
 
-def _parse(xml: str) -> ET.Element:
+def parse_domain(xml: str) -> ET.Element:
+    """The ``<domain>`` root of ``xml``; anything else is a CloneError with the reason."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
-        raise CloneError(f"the source domain XML cannot be parsed: {exc}") from None
+        raise CloneError(f"the domain XML cannot be parsed: {exc}") from None
     if root.tag != "domain":
         raise CloneError(f"expected a <domain> definition, found <{root.tag}>")
     return root
@@ -241,7 +242,7 @@ def _parse(xml: str) -> ET.Element:
 
 def domain_name(xml: str) -> str:
     """The <name> of a domain definition (for define-from-file)."""
-    name = _parse(xml).findtext("name")
+    name = parse_domain(xml).findtext("name")
     if not name:
         raise CloneError("the domain XML has no <name>")
     return name
@@ -253,7 +254,7 @@ def xml_covers(wanted_xml: str, actual_xml: str) -> bool:
     libvirt adds defaults (PCI addresses, controllers, ...) to what it is given, so a defined domain
     never equals its source file; it is up to date when it still contains everything the file asks for.
     """
-    return _covers(_parse(wanted_xml), _parse(actual_xml))
+    return _covers(parse_domain(wanted_xml), parse_domain(actual_xml))
 
 
 def _covers(wanted: ET.Element, actual: ET.Element) -> bool:

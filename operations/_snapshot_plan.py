@@ -28,7 +28,7 @@ from typing import Any
 
 from pyinfra.api import StringCommand
 
-from operations._domain_plan import VmPlan, _with_cleanup, in_use, is_active
+from operations._domain_plan import VmPlan, _with_cleanup, in_use, is_active, qcow2_overlay
 from operations._virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
 
 SNAPSHOT_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
@@ -113,20 +113,7 @@ def create_plan(
             overlay = overlay_path(path, vm, target, snapshot_name)
             made.append(overlay)
             steps.append(
-                bounded(
-                    f"create {overlay}",
-                    timeout,
-                    "qemu-img",
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-F",
-                    q(fmt),
-                    "-b",
-                    q(path),
-                    q(overlay),
-                )
+                qcow2_overlay(f"create {overlay}", timeout, path, fmt, overlay)
             )
             specs += ["--diskspec", _diskspec(target, "snapshot=external", f"file={overlay}", "driver=qcow2")]
             current[target] = (overlay, "qcow2")
@@ -229,20 +216,7 @@ def revert_plan(
     steps = [_plain_files(vm, [overlay for _, overlay, _, _ in layers])]
     for _target, overlay, below, fmt in layers:
         steps.append(
-            bounded(
-                f"reset {overlay}",
-                timeout,
-                "qemu-img",
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                q(fmt),
-                "-b",
-                q(below),
-                q(overlay),
-            )
+            qcow2_overlay(f"reset {overlay}", timeout, below, fmt, overlay)
         )
         plan.actions.append(f"revert to {snapshot_name}: empty {overlay} again (on {below})")
     plan.command = sh("umask 077;", all_of(steps))
