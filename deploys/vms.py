@@ -303,6 +303,11 @@ def _wait_settings(timeout: float | None) -> tuple[float, str, int]:
     return seconds_, str(setting("dhcp_leasefile")), int(port)
 
 
+def _after_the_others(state: Any, host: Any, specs: list[VmSpec], config: dict[str, Any], sudo: bool) -> bool:
+    """The readiness step on a host other than the management node: nothing to do."""
+    return True
+
+
 def _check_readiness(state: Any, host: Any, specs: list[VmSpec], config: dict[str, Any], sudo: bool) -> bool:
     """Run at execute time on the management node: the probe, its table, and the verdict."""
     timeout = float(config["timeout"])
@@ -330,14 +335,17 @@ def wait(all_vmspecs: list[VmSpec] | None = None, timeout: float | None = None) 
     Prints a table (VM, IP, lease after N s, SSH after N s) and fails, naming them, when VMs are not
     ready within ``timeout`` seconds (data ``wait_timeout``).
     """
-    if not is_mgmt():
-        return
-    seconds_, leasefile, port = _wait_settings(timeout)  # bad values stop the run here
-    specs = _everyone(all_vmspecs)
-    config = probe_config(specs, seconds_, leasefile, str(setting("dnsmasq_pid_file")), port)
+    # pyinfra orders operations per host: every host takes this step (a no-op on the others) so that
+    # on the management node it runs only after each hypervisor's earlier steps (build, start) are done.
+    specs: list[VmSpec] = []
+    config: dict[str, Any] = {}
+    if is_mgmt():
+        seconds_, leasefile, port = _wait_settings(timeout)  # bad values stop the run here
+        specs = _everyone(all_vmspecs)
+        config = probe_config(specs, seconds_, leasefile, str(setting("dnsmasq_pid_file")), port)
     python.call(
         name="Wait until every VM holds its lease and answers SSH",
-        function=_check_readiness,
+        function=_check_readiness if is_mgmt() else _after_the_others,
         specs=specs,
         config=config,
         sudo=flag("mgmt_sudo"),
