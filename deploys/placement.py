@@ -103,8 +103,12 @@ def cluster_view() -> dict[str, Any]:
                 for m in members
             }
             gevent.joinall(list(jobs.values()))
+            # A host whose libvirt state cannot be read fails on its own, like an unreachable one, and
+            # holds nothing back either: the others are built. The price: a VM the manifest moved away
+            # from such a host may then exist twice, which deploys/drift.py reports as a duplicate.
+            members = [m for m in members if jobs[m.name].value is not None]
             view["members"] = members
-            view["snapshots"] = {name: job.value for name, job in jobs.items()}
+            view["snapshots"] = {m.name: jobs[m.name].value for m in members}
             view["manifest"] = {
                 m.name: list(m.data.get("kvm_vmspecs", [])) for m in members
             }
