@@ -452,7 +452,7 @@ def _copy_command(directory: str, names: list[str], uri: str, timeout: int) -> S
 def move_command(
     move: Move,
     target: Target,
-    uri: str = "qemu:///system",
+    uri: str = defaults.LIBVIRT_URI,
     timeout: int = DEFAULT_TIMEOUT,
     migrate_timeout: int = DEFAULT_MIGRATE_TIMEOUT,
 ) -> StringCommand:
