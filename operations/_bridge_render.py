@@ -943,10 +943,10 @@ def switch_script(
         encoded = base64.b64encode(content.encode()).decode()
         write_new.append(f"printf '%s\\n' {_cmd(encoded)} | base64 -d > \"$D/new/{index}\" || return 1")
         write_new.append(f"printf '%s\\t%s\\n' {index} {_cmd(path)} >>\"$D/new/list\"")
-        target = _cmd(path)
+        staged = f"{path}.kvm-qemu-new"
         install_new.append(
-            f'cp -- "$D/new/{index}" {target}.kvm-qemu-new && chmod {mode} {target}.kvm-qemu-new '
-            f"&& mv -f -- {target}.kvm-qemu-new {target} || return 1"
+            f'cp -- "$D/new/{index}" {_cmd(staged)} && {_cmd("chmod", str(mode), staged)} '
+            f"&& {_cmd('mv', '-f', '--', staged, path)} || return 1"
         )
     stamp_json = json.dumps(spec.stamp(backend), sort_keys=True)
     return _SCRIPT.format(
