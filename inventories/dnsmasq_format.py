@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,44 +195,46 @@ def _content_lines(text: str) -> Iterable[tuple[int, str]]:
             yield number, stripped
 
 
-def parse_dhcp_hosts(text: str, source: str = "dhcp-hosts") -> list[tuple[int, str, str, str]]:
-    """``MAC,id:*,IP,short`` (or ``MAC,IP,short``) lines -> [(line number, mac, ip, short)]."""
+def _parse_rows(
+    text: str, source: str, fields_of: Callable[[str], tuple[str, str, str]]
+) -> list[tuple[int, str, str, str]]:
+    """[(line number, *fields_of(line))] for every content line; every bad line is named at once."""
     rows: list[tuple[int, str, str, str]] = []
     problems: list[str] = []
     for number, line in _content_lines(text):
-        fields = line.split(",")
-        if len(fields) == 4 and fields[1] == IGNORE_CLIENT_ID:
-            del fields[1]
         try:
-            if len(fields) != 3:
-                raise EntryError(f"expected MAC,IP,short name but found {len(fields)} field(s)")
-            mac, ip, short = normalize_mac(fields[0]), normalize_ip(fields[1]), check_short(fields[2])
+            rows.append((number, *fields_of(line)))
         except EntryError as exc:
             problems += [f"{source} line {number} {line!r}: {problem}" for problem in exc.problems]
-            continue
-        rows.append((number, mac, ip, short))
     if problems:
         raise EntryError(problems)
     return rows
+
+
+def _dhcp_host_fields(line: str) -> tuple[str, str, str]:
+    fields = line.split(",")
+    if len(fields) == 4 and fields[1] == IGNORE_CLIENT_ID:
+        del fields[1]
+    if len(fields) != 3:
+        raise EntryError(f"expected MAC,IP,short name but found {len(fields)} field(s)")
+    return normalize_mac(fields[0]), normalize_ip(fields[1]), check_short(fields[2])
+
+
+def _addn_host_fields(line: str) -> tuple[str, str, str]:
+    fields = line.split()
+    if len(fields) != 3:
+        raise EntryError(f"expected IP FQDN short name but found {len(fields)} field(s)")
+    return normalize_ip(fields[0]), check_fqdn(fields[1]), check_short(fields[2])
+
+
+def parse_dhcp_hosts(text: str, source: str = "dhcp-hosts") -> list[tuple[int, str, str, str]]:
+    """``MAC,id:*,IP,short`` (or ``MAC,IP,short``) lines -> [(line number, mac, ip, short)]."""
+    return _parse_rows(text, source, _dhcp_host_fields)
 
 
 def parse_addn_hosts(text: str, source: str = "hosts") -> list[tuple[int, str, str, str]]:
     """``IP FQDN short`` lines -> [(line number, ip, fqdn, short)]."""
-    rows: list[tuple[int, str, str, str]] = []
-    problems: list[str] = []
-    for number, line in _content_lines(text):
-        fields = line.split()
-        try:
-            if len(fields) != 3:
-                raise EntryError(f"expected IP FQDN short name but found {len(fields)} field(s)")
-            ip, fqdn, short = normalize_ip(fields[0]), check_fqdn(fields[1]), check_short(fields[2])
-        except EntryError as exc:
-            problems += [f"{source} line {number} {line!r}: {problem}" for problem in exc.problems]
-            continue
-        rows.append((number, ip, fqdn, short))
-    if problems:
-        raise EntryError(problems)
-    return rows
+    return _parse_rows(text, source, _addn_host_fields)
 
 
 def parse_reservations(

@@ -12,6 +12,8 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from pyinfra.api import QuoteString, StringCommand
+
 from operations._domain_plan import VmPlan, _with_cleanup
 from operations._virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
 
@@ -183,7 +185,9 @@ def installer_plan(
         "define and start",
     ]
     if spec.console:
-        plan.notes.append(f"console: virsh console {spec.vm} (logged to {spec.console_log})")
+        console = StringCommand("virsh", "console", QuoteString(spec.vm)).get_raw_value()
+        plan.notes.append(f"console: {console} (logged to {spec.console_log})")
     if spec.graphics == "vnc":
-        plan.notes.append(f"VNC on 127.0.0.1: virsh vncdisplay {spec.vm}, then an SSH tunnel")
+        display = StringCommand("virsh", "vncdisplay", QuoteString(spec.vm)).get_raw_value()
+        plan.notes.append(f"VNC on 127.0.0.1: {display}, then an SSH tunnel")
     return plan
