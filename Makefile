@@ -6,8 +6,11 @@ PY          := $(VENV)/bin/python
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base dnsmasq dnsmasq-utils \
                 openssh-server openssh-client python3-libvirt libvirt-dev pkg-config gcc python3-venv \
-                iproute2 util-linux busybox-static kmod e2fsprogs ovmf xorriso isolinux syslinux-common
+                iproute2 util-linux busybox-static kmod e2fsprogs ovmf xorriso isolinux syslinux-common \
+                shellcheck
 PYTEST_ARGS ?=
+# Every shell script of the repository (operations/scripts/*.sh, sandbox/*.sh, ...), for shellcheck.
+SHELL_SCRIPTS = $(shell find . -path ./.venv -prune -o -path ./.git -prune -o -name '*.sh' -type f -print | sort)
 
 .PHONY: demo test unit lint typecheck check-manifest starter bench system-packages venv sandbox-up sandbox-down clean
 
@@ -35,8 +38,11 @@ test: venv
 unit: venv
 	$(PY) -m pytest -m 'not integration' $(PYTEST_ARGS)
 
+# ruff for Python; shellcheck for the shell scripts (sh programs rendered from Python are checked by
+# tests/unit/test_bridge.py, which runs shellcheck on the rendered switch script).
 lint: venv
 	$(VENV)/bin/ruff check .
+	shellcheck $(SHELL_SCRIPTS)
 
 typecheck: venv
 	$(VENV)/bin/mypy

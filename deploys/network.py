@@ -4,7 +4,7 @@
 None comes from host/group data or ``--data`` (keys in ``BRIDGE_DEFAULTS``). All data is validated
 while the deploy loads, before any host is touched; a host whose distribution has no backend fails
 on its own. The work is ``operations.bridge.bridge_network``; the files and commands per backend are
-rendered by ``operations._bridge_render``.
+rendered by ``operations.util.bridge_*`` (start at ``bridge_spec``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from pyinfra.operations import server
 from deploys._settings import SettingError
 from facts.bridge import BridgeState
 from operations import bridge as bridge_ops
-from operations._bridge_render import STAMP, STATE_DIR, BridgeSpecError, choose_backend, parse_spec
+from operations.util.bridge_backend import choose_backend
+from operations.util.bridge_spec import STAMP, STATE_DIR, BridgeSpecError
+from operations.util.bridge_validate import parse_spec
 
 BRIDGE_DEFAULTS: dict[str, Any] = {
     # Bridge device the VMs' NICs attach to.

@@ -10,7 +10,7 @@ from typing import Any
 from pyinfra.api import FactBase, QuoteString, StringCommand
 from pyinfra.api.exceptions import FactProcessError
 
-from operations._bridge_render import STAMP, STATE_DIR
+from operations.util.bridge_spec import STAMP, STATE_DIR
 
 SECTIONS = ("@@stamp", "@@state", "@@links", "@@addrs", "@@tools")
 _LINK = re.compile(r"^\d+:\s+([^:@\s]+)(?:@\S+)?:\s+<([^>]*)>(.*)$")

@@ -4,13 +4,14 @@
 they differ, yields five steps: stage (upload the switch script, save the old configuration), arm
 (a timer that restores it), apply, verify (a new SSH connection from the controller must reach the
 host and find the change applied) and commit (disarm). If the host stops answering, the commit
-never runs and the timer rolls the host back by itself. Rendering lives in ``_bridge_render``.
+never runs and the timer rolls the host back by itself. Rendering lives in ``operations/util/bridge_*.py``
+and ``operations/scripts/bridge-switch.sh``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from io import StringIO
 from typing import Any
 
@@ -21,16 +22,10 @@ from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.connectors.ssh import SSHConnector
 
 from facts.bridge import BridgeState
-from operations._bridge_render import (
-    PENDING_STATES,
-    STAMP,
-    STATE_DIR,
-    BridgeSpec,
-    apply_seconds,
-    differences,
-    switch_script,
-)
 from operations._output import log
+from operations.util.bridge_diff import differences
+from operations.util.bridge_spec import PENDING_STATES, STAMP, STATE_DIR, BridgeSpec
+from operations.util.bridge_switch import apply_seconds, switch_script
 
 # Bound on the commit over the verification connection (the host-side commit waits 60 s for its lock).
 COMMIT_SECONDS = 90
@@ -114,34 +109,22 @@ def verify_and_commit(state: Any, host: Any, state_dir: str, seconds: int, argum
     return ok
 
 
-@operation()
-def bridge_network(
-    spec: BridgeSpec,
-    backend: str,
-    state_dir: str = STATE_DIR,
-    stamp: str = STAMP,
-    timer: str = "auto",
-) -> Generator[Any, None, None]:
-    """Ensure the bridge described by ``spec`` with ``backend`` (netplan, networkmanager, ifcfg).
+def _pending_refusal(current: dict[str, Any], state_dir: str) -> StringCommand | None:
+    """A failing command when an earlier change's rollback is still armed; None otherwise."""
+    if current.get("switch_state") not in PENDING_STATES:
+        return None
+    message = (
+        f"kvm-qemu: a bridge change on {host.name} is still pending ({state_dir}/state: "
+        f"{current['switch_state']}); wait for its rollback or commit, nothing was changed"
+    )
+    return StringCommand("echo", QuoteString(message), ">&2", "&&", "exit", "1")
 
-    ``timer``: ``auto`` (a systemd timer where systemd runs, else a detached process) or ``process``.
-    """
-    current = host.get_fact(BridgeState, state_dir=state_dir, stamp=stamp)
-    if current.get("switch_state") in PENDING_STATES:
-        message = (
-            f"kvm-qemu: a bridge change on {host.name} is still pending ({state_dir}/state: "
-            f"{current['switch_state']}); wait for its rollback or commit, nothing was changed"
-        )
-        yield StringCommand("echo", QuoteString(message), ">&2", "&&", "exit", "1")
-        return
-    problems = differences(spec, backend, current)
-    if not problems:
-        host.noop(f"bridge {spec.bridge} is configured ({backend})")
-        return
-    log(f"bridge {spec.bridge} ({backend}): {'; '.join(problems)}")
+
+def _stage_and_arm(spec: BridgeSpec, backend: str, state_dir: str, stamp: str, timer: str) -> Iterator[Any]:
+    """Steps 1 and 2: a root-owned directory (never a link), the script, the saved old configuration,
+    then the rollback timer."""
     script = f"{state_dir}/switch.sh"
     quoted_dir = QuoteString(state_dir)
-    # 1. stage: a root-owned directory (never a link), the script, the saved old configuration.
     yield StringCommand(
         "[ ! -L",
         quoted_dir,
@@ -155,14 +138,44 @@ def bridge_network(
     )
     yield FileUploadCommand(StringIO(switch_script(spec, backend, state_dir, stamp, timer=timer)), script)
     yield _step(script, "stage", 60)
-    # 2. arm the rollback timer.
     yield _step(script, "arm", 30)
-    arguments = {
+
+
+def _connection_arguments() -> dict[str, Any]:
+    """The operation's connector arguments (``_sudo``...) for the commands run outside pyinfra's loop."""
+    return {
         key: value
         for key, value in (host.current_op_global_arguments or {}).items()
         if key in CONNECTOR_ARGUMENT_KEYS and key not in ("_timeout", "_stdin", "_success_exit_codes")
     }
+
+
+@operation()
+def bridge_network(
+    spec: BridgeSpec,
+    backend: str,
+    state_dir: str = STATE_DIR,
+    stamp: str = STAMP,
+    timer: str = "auto",
+) -> Generator[Any, None, None]:
+    """Ensure the bridge described by ``spec`` with ``backend`` (netplan, networkmanager, ifcfg).
+
+    ``timer``: ``auto`` (a systemd timer where systemd runs, else a detached process) or ``process``.
+    """
+    current = host.get_fact(BridgeState, state_dir=state_dir, stamp=stamp)
+    refusal = _pending_refusal(current, state_dir)
+    if refusal is not None:
+        yield refusal
+        return
+    problems = differences(spec, backend, current)
+    if not problems:
+        host.noop(f"bridge {spec.bridge} is configured ({backend})")
+        return
+    log(f"bridge {spec.bridge} ({backend}): {'; '.join(problems)}")
+    # 1. stage, 2. arm the rollback timer.
+    yield from _stage_and_arm(spec, backend, state_dir, stamp, timer)
+    arguments = _connection_arguments()
     # 3. apply (detached on the host: the change may cut this SSH session).
-    yield FunctionCommand(apply_change, (script, apply_seconds(spec), arguments), {})
+    yield FunctionCommand(apply_change, (f"{state_dir}/switch.sh", apply_seconds(spec), arguments), {})
     # 4. verify over a new connection, 5. commit over it (disarms the timer, records the stamp).
     yield FunctionCommand(verify_and_commit, (state_dir, spec.verify_seconds, arguments), {})

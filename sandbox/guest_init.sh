@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash # busybox sh is an ash; shellcheck checks ash scripts as dash
 # Stage 1, /init of the guest's initramfs: load the virtio, balloon and ACPI button modules, mount the
 # root disk read-write and switch_root into it, where busybox init runs /etc/init.d/rcS.
 # Without a root disk the same system runs from the initramfs (no /etc/hostname, no authorized key).
@@ -14,6 +15,7 @@ while read -r module; do
 done < /etc/kvmq/modules
 
 root=/dev/vda
+# shellcheck disable=SC2013 # the kernel command line is one line of words: split into words on purpose
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         root=/dev/*) root=${arg#root=} ;;

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from operations._bridge_render import BridgeSpec, switch_script
+from operations.util.bridge_spec import BridgeSpec
+from operations.util.bridge_switch import switch_script
 
 pytestmark = pytest.mark.integration
 

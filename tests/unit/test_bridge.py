@@ -5,6 +5,7 @@ new connection against a real local connector."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -16,20 +17,18 @@ from pyinfra.api import Config, Inventory, State
 
 from deploys._settings import SettingError
 from facts.bridge import BridgeState
-from operations._bridge_render import (
-    BridgeSpec,
-    BridgeSpecError,
-    choose_backend,
-    differences,
-    family,
-    parse_spec,
-    render_ifcfg,
-    render_iproute2,
-    render_netplan,
-    render_nmcli,
-    switch_script,
-)
 from operations.bridge import verify_and_commit
+from operations.util.bridge_backend import choose_backend
+from operations.util.bridge_diff import differences
+from operations.util.bridge_family import family
+from operations.util.bridge_render_ifcfg import render_ifcfg
+from operations.util.bridge_render_iproute2 import render_iproute2
+from operations.util.bridge_render_netplan import render_netplan
+from operations.util.bridge_render_nmcli import render_nmcli
+from operations.util.bridge_spec import BridgeSpec, BridgeSpecError
+from operations.util.bridge_switch import switch_script
+from operations.util.bridge_validate import parse_spec
+from operations.util.script_files import read_script
 from tests.unit.host_deploy_harness import SimHost, plan
 
 FIXTURES = Path(__file__).parent / "fixtures" / "host_deploys"
@@ -284,6 +283,47 @@ def test_switch_script_quotes_paths() -> None:
     script = switch_script(SIMPLE, "netplan", state_dir="/run/a b", stamp="/etc/x'y.json")
     assert "D='/run/a b'\n" in script
     assert "STAMP='/etc/x'\"'\"'y.json'\n" in script
+
+
+SHELLCHECK = shutil.which("shellcheck")
+SWITCH_FILE = Path(__file__).resolve().parents[2] / "operations" / "scripts" / "bridge-switch.sh"
+
+
+@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck is not installed (make system-packages)")
+@pytest.mark.parametrize("backend", ["netplan", "networkmanager", "ifcfg", "iproute2"])
+@pytest.mark.parametrize("spec", [SEED, SIMPLE], ids=["seed", "simple"])
+def test_rendered_switch_script_passes_shellcheck(backend: str, spec: BridgeSpec) -> None:
+    # The file alone is checked by `make lint`; this checks it with a prelude for every backend.
+    script = switch_script(spec, backend, state_dir="/run/a b", root="/tmp/r o")
+    assert SHELLCHECK is not None
+    result = subprocess.run(
+        [SHELLCHECK, "--shell=sh", "-"], input=script, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_switch_script_is_the_file_verbatim_after_the_prelude() -> None:
+    text = SWITCH_FILE.read_text()
+    shebang, shared = text.split("\n", 1)
+    script = switch_script(SEED, "networkmanager")
+    assert script.startswith(shebang + "\n")
+    assert script.endswith(shared)
+    # Nothing of the host is written into the file itself: its values come from the prelude.
+    assert "br0" not in text and "/run/kvm-qemu-bridge" not in text
+
+
+def test_switch_file_refuses_to_run_without_its_prelude(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["sh", str(SWITCH_FILE), "stage"], cwd=tmp_path, capture_output=True, text=True, check=False, timeout=10
+    )
+    assert result.returncode != 0
+    assert "D" in result.stderr and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("filename", ["", "../bridge.py", "scripts/bridge-switch.sh", ".hidden"])
+def test_read_script_takes_only_a_file_name(filename: str) -> None:
+    with pytest.raises(ValueError, match="expected a file name inside operations/scripts"):
+        read_script(filename)
 
 
 def test_stamp_ignores_timers_but_not_network_settings() -> None:
