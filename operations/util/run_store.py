@@ -52,7 +52,7 @@ class RunStore:
         with self.lock:
             if key not in self.values:
                 self.values[key] = make()
-            return self.values[key]  # type: ignore[no-any-return]
+            return self.values[key]
 
 
 _STORES: weakref.WeakKeyDictionary[Any, RunStore] = weakref.WeakKeyDictionary()
