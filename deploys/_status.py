@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from inventories.manifest_model import VmSpec
-from operations._drift import configured
+from operations.util.vm_compare import compare
 
 
 def _cell(actual: Any, wanted: Any, text: str) -> str:
@@ -22,7 +22,7 @@ def status_lines(specs: list[VmSpec], snapshot: dict[str, Any]) -> list[str]:
         if domain is None:
             lines.append(f"{spec.name:<20} {'absent!':<10}")
             continue
-        cells = [_cell(actual, wanted, shown) for _, actual, wanted, shown in configured(spec, domain)]
+        cells = [_cell(c.actual, c.wanted, c.shown) for c in compare(spec, domain)]
         lines.append(
             f"{spec.name:<20} {domain.get('state', '?'):<10} "
             f"{cells[0]:<7} {cells[1]:<10} {cells[2]:<10} {cells[3]:<6} {cells[4]:<18} "

@@ -12,16 +12,12 @@ from typing import Any
 
 from inventories.manifest_model import VmSpec
 from operations._domain_xml import CloneError, data_disk_targets, source_disks
+from operations.util.vm_compare import configured, definition, gib, wanted
 
-GIB_KIB = 1024 * 1024
 ABSENT = "absent"
 FIELDS = ("vCPUs", "memory", "max memory", "disks", "power state", "autostart")
 
 View = dict[str, str]
-
-
-def _gib(kib: int) -> str:
-    return f"{kib / GIB_KIB:g} GiB"
 
 
 def _disks(targets: Iterable[str]) -> str:
@@ -30,11 +26,11 @@ def _disks(targets: Iterable[str]) -> str:
 
 def domain_view(domain: dict[str, Any]) -> View:
     """What a defined domain is, as the diff shows it."""
-    cfg = domain.get("config") or domain
+    cfg, have = definition(domain), configured(domain)
     return {
-        "vCPUs": str(cfg.get("vcpus")),
-        "memory": _gib(int(cfg.get("memory_kib") or 0)),
-        "max memory": _gib(int(cfg.get("max_memory_kib") or 0)),
+        "vCPUs": str(have.vcpus),
+        "memory": gib(have.memory_kib),
+        "max memory": gib(have.max_memory_kib),
         "disks": _disks(d.get("target") or "?" for d in cfg.get("disks", []) if d.get("device") == "disk"),
         "power state": str(domain.get("state")),
         "autostart": "on" if domain.get("autostart") else "off",
@@ -55,22 +51,26 @@ def render(vm: str, before: View | None, after: View | None) -> list[str]:
 def spec_view(spec: VmSpec, domain: dict[str, Any] | None, source: dict[str, Any] | None) -> View | None:
     """What ``deploys/build.py``/``resize.py`` make of the VM: ``domain`` as it is (None: cloned from
     ``source``). None when the result is unknown (no base to clone)."""
+    want = wanted(spec)
+    resources = {
+        "vCPUs": str(want.vcpus),
+        "memory": gib(want.memory_kib),
+        "max memory": gib(want.max_memory_kib),
+    }
     if domain is not None:
         view = domain_view(domain)
-        cfg = domain.get("config") or domain
+        cfg = definition(domain)
         disks = [d.get("target") or "?" for d in cfg.get("disks", []) if d.get("device") == "disk"]
         if disks:
             try:
-                wanted = data_disk_targets(disks[:1], spec.num_disks)
+                added = data_disk_targets(disks[:1], want.data_disks)
             except CloneError:
-                wanted = []
-            disks += [t for t in wanted if t not in disks]
+                added = []
+            disks += [t for t in added if t not in disks]
         autostart = view["autostart"] if spec.autostart is None else ("on" if spec.autostart else "off")
         return {
             **view,
-            "vCPUs": str(spec.vcpus),
-            "memory": _gib(spec.memory_kib),
-            "max memory": _gib(spec.max_memory_kib),
+            **resources,
             "disks": _disks(disks),
             "autostart": autostart,
         }
@@ -78,13 +78,11 @@ def spec_view(spec: VmSpec, domain: dict[str, Any] | None, source: dict[str, Any
         return None
     try:
         base = [d.target for d in source_disks(source["xml"])]
-        disks = base + data_disk_targets(base, spec.num_disks)
+        disks = base + data_disk_targets(base, want.data_disks)
     except CloneError:
         return None
     return {
-        "vCPUs": str(spec.vcpus),
-        "memory": _gib(spec.memory_kib),
-        "max memory": _gib(spec.max_memory_kib),
+        **resources,
         "disks": _disks(disks),
         "power state": "shut off",
         "autostart": "on" if spec.autostart else "off",

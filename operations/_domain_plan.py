@@ -27,8 +27,8 @@ from operations._virsh import (
     sh,
     virsh,
 )
+from operations.util.vm_compare import configured, gib, wanted
 
-GIB_KIB = 1024 * 1024
 NETWORK_POOLS = {"netfs", "gluster", "rbd", "iscsi", "iscsi-direct", "sheepdog"}
 ACTIVE_STATES = {"running", "idle", "paused", "in shutdown", "pmsuspended"}
 
@@ -64,11 +64,6 @@ def qcow2_overlay(step: str, timeout: int, backing: str, backing_format: str, pa
     """``qemu-img create`` of a new qcow2 overlay ``path`` on ``backing``, bounded and named ``step``."""
     overlay = ("qemu-img", "create", "-q", "-f", "qcow2", "-F", q(backing_format), "-b", q(backing), q(path))
     return bounded(step, timeout, *overlay)
-
-
-def gib(kib: int) -> str:
-    value = kib / GIB_KIB
-    return f"{value:g} GiB"
 
 
 def is_active(domain: Domain) -> bool:
@@ -182,11 +177,11 @@ def resource_plan(
     actions: list[str] = []
     notes: list[str] = []
     name = spec.name
-    cfg = domain.get("config") or domain
-    want_max, want_cur, want_cpu = spec.max_memory_kib, spec.memory_kib, spec.vcpus
+    have, want = configured(domain), wanted(spec)
+    want_max, want_cur, want_cpu = want.max_memory_kib, want.memory_kib, want.vcpus
 
     if domain.get("persistent", True):
-        cfg_max, cfg_cur = cfg["max_memory_kib"], cfg["memory_kib"]
+        cfg_max, cfg_cur = have.max_memory_kib, have.memory_kib
         if (cfg_max, cfg_cur) != (want_max, want_cur):
             setmax = (
                 [virsh(uri, "setmaxmem", name, want_max, "--config", timeout=timeout)]
@@ -204,7 +199,7 @@ def resource_plan(
                 actions.append(f"max memory {gib(cfg_max)} -> {gib(want_max)} (config)")
             if cfg_cur != want_cur:
                 actions.append(f"memory {gib(cfg_cur)} -> {gib(want_cur)} (config)")
-        cfg_vcpus, cfg_maxv = cfg["vcpus"], cfg["max_vcpus"]
+        cfg_vcpus, cfg_maxv = have.vcpus, have.max_vcpus
         if (cfg_vcpus, cfg_maxv) != (want_cpu, want_cpu):
             setmaxv = (
                 [virsh(uri, "setvcpus", name, want_cpu, "--maximum", "--config", timeout=timeout)]
@@ -224,8 +219,8 @@ def resource_plan(
     if is_active(domain):
         # Live values follow the guest: a balloon without a guest driver never reaches its target, so
         # a live change goes with the config change it belongs to instead of chasing live drift forever.
-        cfg_cur = cfg["memory_kib"] if domain.get("persistent", True) else domain["memory_kib"]
-        cfg_vcpus = cfg["vcpus"] if domain.get("persistent", True) else domain["vcpus"]
+        cfg_cur = have.memory_kib if domain.get("persistent", True) else domain["memory_kib"]
+        cfg_vcpus = have.vcpus if domain.get("persistent", True) else domain["vcpus"]
         live_cur, live_max = domain["memory_kib"], domain["max_memory_kib"]
         if cfg_cur != want_cur:
             if want_cur <= live_max:

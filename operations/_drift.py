@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from inventories.manifest_model import VmSpec
-from operations._domain_plan import NETWORK_POOLS, _backing_map, gib, in_use, owned_volumes
+from operations._domain_plan import NETWORK_POOLS, _backing_map, in_use, owned_volumes
+from operations.util.vm_compare import compare
 
 Snapshot = dict[str, Any]
 
@@ -76,24 +77,9 @@ class PrunePlan:
         return not self.reservations and not any(self.volumes.values())
 
 
-def configured(spec: VmSpec, domain: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
-    """(field, actual, wanted, shown) per compared value: the persistent definition the VM boots with."""
-    # Configured values: live memory of a running VM is whatever its balloon reports.
-    config = domain.get("config") or domain
-    disks = [d for d in config.get("disks", []) if d.get("device") == "disk"]
-    macs = [i.get("mac") for i in config.get("interfaces", [])]
-    return [
-        ("vcpus", config["vcpus"], spec.vcpus, str(config["vcpus"])),
-        ("memory", config["memory_kib"], spec.memory_kib, gib(config["memory_kib"])),
-        ("max memory", config["max_memory_kib"], spec.max_memory_kib, gib(config["max_memory_kib"])),
-        ("data disks", len(disks) - 1, spec.num_disks, str(len(disks) - 1)),
-        ("mac", macs[:1], [spec.mac], macs[0] if macs else "-"),
-    ]
-
-
 def drift(spec: VmSpec, domain: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(field, actual, wanted) for each configured value that differs from the manifest."""
-    return [(f, actual, wanted) for f, actual, wanted, _ in configured(spec, domain) if actual != wanted]
+    return [(c.field, c.actual, c.wanted) for c in compare(spec, domain) if c.differs]
 
 
 def _shared(snapshot: Snapshot, shared_dirs: tuple[str, ...]) -> set[str]:

@@ -1,14 +1,13 @@
 """The build's capacity preflight as the operation runs it: this host's row, and at a refusal the rows of
 the other hypervisors of the same run (they run the same operation), all in one message.
 
-The rows are kept per pyinfra ``State``, so nothing outlives a run. The verdict itself is pure
-(``operations/_capacity.py``).
+The rows are kept in the run store (``operations/util/run_store.py``), so nothing outlives a run. The
+verdict itself is pure (``operations/_capacity.py``).
 """
 
 from __future__ import annotations
 
 import time
-import weakref
 from typing import Any
 
 import gevent
@@ -23,9 +22,8 @@ from operations._capacity import (
     refusal_message,
 )
 from operations._output import log
+from operations.util.run_store import store
 
-# Rows recorded at prepare (change detection) are replaced by those read again at execute.
-_ROWS: weakref.WeakKeyDictionary[Any, dict[str, CapacityRow]] = weakref.WeakKeyDictionary()
 PEER_WAIT_SECONDS = 15.0
 
 
@@ -50,10 +48,8 @@ def capacity_refusal(
 
 
 def _rows() -> dict[str, CapacityRow]:
-    try:
-        return _ROWS.setdefault(host.state, {})
-    except TypeError:  # a state that cannot be weakly referenced: this host's row only
-        return {}
+    # Rows recorded at prepare (change detection) are replaced by those of execute.
+    return store(host.state).capacity_rows
 
 
 def _wait_for_peers(rows: dict[str, CapacityRow], me: str) -> None:

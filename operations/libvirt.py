@@ -11,8 +11,10 @@
 VMs are ``VmSpec`` objects (inventories/manifest_model.py), as the manifest inventory puts them in
 host data.
 
-Each operation reads the ``Hypervisor`` fact once (one round trip for all pools, volumes and domains),
-plans with the pure functions in ``_domain_plan``, logs one line per VM, and yields one command per VM.
+Each operation takes the host's ``Hypervisor`` fact from the run store (``operations/util/run_store.py``:
+one round trip for all pools, volumes and domains, shared by every step of the run until a step changes
+the host), plans with the pure functions in ``_domain_plan``, logs one line per VM, and yields one
+command per VM.
 At prepare time (``--dry``) a missing base VM or pool is reported, not raised: an earlier operation of
 the same run may create it; at execute time the host fails with the message instead.
 """
@@ -20,7 +22,6 @@ the same run may create it; at execute time the host fails with the message inst
 from __future__ import annotations
 
 import os
-import weakref
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,6 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, operation
 
-from facts.libvirt import Hypervisor
 from inventories.manifest_model import VmSpec
 from operations import dnsmasq
 from operations._domain_diff import build_diff, delete_diff, power_diff
@@ -46,6 +46,7 @@ from operations._virsh import (
     session_limit,
     virsh,
 )
+from operations.util.run_store import hypervisor_view, store
 
 Commands = Generator[Any, None, None]
 
@@ -81,13 +82,9 @@ UNREAD = "the libvirt state of this host could not be read (see the error above)
 
 
 def _hypervisor(uri: str, timeout: int) -> dict[str, Any] | None:
-    """The Hypervisor fact, or None when reading it failed (pyinfra then returns the empty default and
-    marks the host failed: planning on that would take every domain for absent)."""
-    # The probe's watchdog ends it after ``timeout``; coreutils timeout 10 s later; this bounds the session.
-    snapshot = host.get_fact(Hypervisor, uri=uri, timeout=timeout, _timeout=session_limit(1, timeout + 10))
-    if host in getattr(host.state, "failed_hosts", ()):
-        return None
-    return snapshot
+    """This host's Hypervisor fact as this run last read it (``run_store.hypervisor_view``), or None
+    when reading it failed."""
+    return hypervisor_view(host, uri, timeout)
 
 
 def _limited(plan: VmPlan) -> StringCommand:
@@ -301,19 +298,14 @@ def vms_running(
     yield _limited(plan)
 
 
-# VMs each host deleted (or found absent) during the current run, per State: filled at execute time by
-# ``vms(present=False)``, read by ``vm_reservations`` on the management node.
-_GONE: weakref.WeakKeyDictionary[Any, dict[str, set[str]]] = weakref.WeakKeyDictionary()
-
-
 def _record_gone(state: Any, host: Any, vms: list[str]) -> bool:
-    _GONE.setdefault(state, {}).setdefault(host.name, set()).update(vms)
+    store(state).gone.setdefault(host.name, set()).update(vms)
     return True
 
 
 def gone_in_this_run(state: Any, host_name: str) -> set[str]:
     """The VMs ``vms(present=False)`` deleted on ``host_name``, or found absent, while ``state`` executed."""
-    return set(_GONE.get(state, {}).get(host_name, set()))
+    return set(store(state).gone.get(host_name, set()))
 
 
 def _deleted(

@@ -482,3 +482,28 @@ def test_diff_prints_before_and_after_for_each_libvirt_workflow(cluster: Cluster
         assert "vCPUs absent ->" not in quiet.stdout + quiet.stderr
     finally:
         cluster.deploy(manifest, "delete")
+
+
+def hypervisor_reads(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
+    """How often each host loaded the Hypervisor fact, from pyinfra's ``-v`` lines."""
+    counts: dict[str, int] = {}
+    for line in (result.stdout + result.stderr).splitlines():
+        match = re.search(r"\[([\w.-]+)\]\s+Loaded fact facts\.libvirt\.Hypervisor\b", line)
+        if match:
+            counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+    return counts
+
+
+def test_a_build_reads_each_hypervisors_state_once(cluster: Cluster) -> None:
+    try:
+        # Placement, the capacity preflight and the clones share one read per host, with or without
+        # change detection, whether the build changes anything or not.
+        first = cluster.pyinfra(MANIFEST, "-y", "-v", "deploys/build.py")
+        assert set(VMS["sm-01"]) <= set(cluster.domains("sm-01"))
+        assert hypervisor_reads(first) == {"sm-01": 1, "sm-02": 1}
+        rerun = cluster.pyinfra(MANIFEST, "-y", "-v", "deploys/build.py")
+        assert hypervisor_reads(rerun) == {"sm-01": 1, "sm-02": 1}
+        detected = cluster.pyinfra(MANIFEST, "--dry", "-v", "deploys/build.py")
+        assert hypervisor_reads(detected) == {"sm-01": 1, "sm-02": 1}
+    finally:
+        cluster.deploy(MANIFEST, "delete")
