@@ -26,6 +26,7 @@ from operations._output import log
 from operations.util.bridge_diff import differences
 from operations.util.bridge_spec import PENDING_STATES, STAMP, STATE_DIR, BridgeSpec
 from operations.util.bridge_switch import apply_seconds, switch_script
+from operations.util.pyinfra_adapter import new_ssh_connection
 
 # Bound on the commit over the verification connection (the host-side commit waits 60 s for its lock).
 COMMIT_SECONDS = 90
@@ -47,17 +48,13 @@ def _run_new_connection(
     if not isinstance(host.connector, SSHConnector):
         ok, output = host.connector.run_shell_command(command, _timeout=int(seconds) + 1, **arguments)
         return ok, "\n".join(output.stdout_lines if ok else output.stderr_lines).strip()
-    connector = SSHConnector(state, host)
     try:
         with gevent.Timeout(seconds, exception=TimeoutError(f"no answer within {seconds} s")):
-            connector._connect()
-            ok, output = connector.run_shell_command(command, _timeout=int(seconds) + 1, **arguments)
+            with new_ssh_connection(state, host) as connector:
+                ok, output = connector.run_shell_command(command, _timeout=int(seconds) + 1, **arguments)
         return ok, "\n".join(output.stdout_lines if ok else output.stderr_lines).strip()
     except Exception as exc:  # any failure to connect is an answer: the host is not reachable
         return False, f"{type(exc).__name__}: {exc}"
-    finally:
-        if connector.client is not None:
-            connector.client.close()
 
 
 def apply_change(state: Any, host: Any, script: str, seconds: int, arguments: dict[str, Any]) -> bool:

@@ -46,6 +46,7 @@ from operations._virsh import (
     session_limit,
     virsh,
 )
+from operations.util.pyinfra_adapter import nested_commands
 from operations.util.run_store import hypervisor_view, store
 
 Commands = Generator[Any, None, None]
@@ -367,7 +368,7 @@ def vm_reservations(
     """
     specs = _specs(vmspecs)
     if present:
-        yield from dnsmasq.dhcp_reservations._inner(entries=specs, present=True, **dnsmasq_options)
+        yield from nested_commands(dnsmasq.dhcp_reservations, entries=specs, present=True, **dnsmasq_options)
         return
     state = host.state
     chosen = specs
@@ -385,7 +386,7 @@ def vm_reservations(
     if not chosen:
         host.noop("no reservation of a deleted VM to remove")
         return
-    yield from dnsmasq.dhcp_reservations._inner(entries=chosen, present=False, **dnsmasq_options)
+    yield from nested_commands(dnsmasq.dhcp_reservations, entries=chosen, present=False, **dnsmasq_options)
 
 
 @operation()

@@ -7,7 +7,11 @@ instead of silently changing a workflow.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from pyinfra.connectors.ssh import SSHConnector
 
 
 def executed_operations(state: Any, member: Any) -> int | None:
@@ -27,3 +31,26 @@ def executed_operations(state: Any, member: Any) -> int | None:
         if meta.is_complete() and meta.executed:
             count += 1
     return count
+
+
+@contextmanager
+def new_ssh_connection(state: Any, member: Any) -> Iterator[Any]:
+    """A brand-new SSH connection to ``member`` built from its connection data (not pyinfra's pooled
+    one), closed on exit: a connector with ``run_shell_command``.
+
+    pyinfra opens a connector's session only through its private ``_connect``; this is the one place
+    that calls it.
+    """
+    connector = SSHConnector(state, member)
+    try:
+        connector._connect()
+        yield connector
+    finally:
+        if connector.client is not None:
+            connector.client.close()
+
+
+def nested_commands(op: Any, **arguments: Any) -> Iterator[Any]:
+    """The commands another operation yields for ``arguments``, to be yielded from inside an operation
+    (pyinfra's ``op._inner``; no global arguments)."""
+    return op._inner(**arguments)
