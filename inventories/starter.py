@@ -91,9 +91,10 @@ def write_starter(path: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
+    if len(args) != 1 or args[0].startswith("-"):
+        # An option is never taken for a file name: ``--help`` prints this and writes nothing.
         print("usage: python -m inventories.starter FILE", file=sys.stderr)
-        return 2
+        return 0 if args in (["-h"], ["--help"]) else 2
     try:
         write_starter(args[0])
     except (StarterExists, OSError) as exc:

@@ -37,3 +37,10 @@ def test_dangling_link_is_not_followed(tmp_path: Path) -> None:
     with pytest.raises(StarterExists):
         write_starter(str(link))
     assert not target.exists()
+
+
+def test_an_option_is_never_taken_for_a_file_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--help"]) == 0
+    assert main(["-x"]) == 2
+    assert list(tmp_path.iterdir()) == []
