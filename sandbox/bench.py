@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 COMMAND_LINE = re.compile(r"Running command on (\S+?):")
-FACT_LINE = re.compile(r"\[([^\]\s]+)\] Loaded fact (\S+)")
+FACT_LINE = re.compile(r"\[([^\]\s]+)\]\s+(?:nested\s+)?Loaded fact (\S+)")
 STATE_FACTS = "facts.libvirt."
 FLOOR_DEPLOY = "sandbox/bench_floor.py"
 ALL_SCENARIOS = ("full3", "floor", "small", "linked", "scale", "ready")
@@ -481,8 +481,9 @@ def write_results(new_rows: dict[str, dict[str, Any]], info: dict[str, Any]) -> 
         previous = json.loads((out / "results.json").read_text()).get("machine", {})
     except (FileNotFoundError, ValueError):
         previous = {}
-    if not info.get("ready") and previous.get("ready"):
-        info["ready"] = previous["ready"]
+    earlier = previous.get("ready") or {}
+    if not info.get("ready") and all(isinstance(v, dict) for v in earlier.values()):
+        info["ready"] = earlier  # {tree label: details} from an earlier run of the ready scenario
     info["notes"] = previous.get("notes", [])
     ordered = [rows[k] for k in ROWS if k in rows] + [rows[k] for k in rows if k not in ROWS]
     (out / "results.json").write_text(json.dumps({"machine": info, "results": ordered}, indent=2) + "\n")
