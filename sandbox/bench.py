@@ -201,7 +201,9 @@ class Runner:
         deploy_file = deploy if "/" in deploy else f"deploys/{deploy}.py"
         args = [
             tree.pyinfra, "-y", "--debug", f"inventories/{inventory}.py", deploy_file,
-            "--data", "vcpu_allocation_ratio=64", "--data", "memory_allocation_ratio=64", *extra,
+            "--data", "vcpu_allocation_ratio=64", "--data", "memory_allocation_ratio=64",
+            "--data", "overcommit=64",  # the one ratio of releases before the two above
+            *extra,
         ]  # fmt: skip
         log = self.workdir / "pyinfra.log"
         with open(log, "w") as out:
