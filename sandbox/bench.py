@@ -1,22 +1,33 @@
-"""``make bench``: wall time and SSH commands of build / re-run / delete on the sandbox.
+"""``make bench``: wall time, SSH commands, fact reads and controller RSS of the workflows on the sandbox.
 
-Scenarios (targets from the benchmark issue, 2-core machine):
-1. build 12 VMs on 3 hosts, full clones of the 1 GiB-data / 40 GiB base, 1 data disk each (<= 12 s)
-2. the same with linked clones (<= 3 s)
-3. re-run of (1) with nothing to do (<= 2 s)
-4. delete of (1) (<= 5 s)
-5. 1, 4 and 16 hosts x 32 VMs, linked clones, defined not started: build, no-op re-run, delete
-   (512 VMs built <= 120 s, re-run <= 10 s, <= 3 SSH commands per VM at build, facts O(1) per host)
-6. ready: 12 VMs on 3 hosts, linked clones, from an empty cluster until all 12 guests have booted,
-   hold their DHCP leases and answer SSH with their manifest hostnames: build, start, wait,
-   sethostname, each timed (<= 45 s in all); the readiness table gives the lease and SSH times.
+    make bench [BASELINE=<git ref>] [BENCH_SCENARIOS=full3,floor,small] [BENCH_RUNS=5]
+    python -m sandbox.bench [--baseline REF] [--scenarios ...] [--runs N] [--scale-hosts 16,64]
 
-Scenarios 1-5 never start their VMs and use addresses outside the sandbox's DHCP range (they are
-checked against all of 10.0.0.0/8 instead); scenario 6 boots real guests on the cluster network.
+Scenarios (``--scenarios``, default all but ``ready`` runs once and ``scale`` once per size):
+  full3   build of 3 full clones on 3 hosts (one per host, the 1 GiB-data / 40 GiB base, no data disk)
+  floor   the floor of full3: pyinfra start + connect + one Hypervisor read + the copy itself
+          (sandbox/bench_floor.py); the same for every tree, so it runs from HEAD's tree only
+  small   12 VMs on 3 hosts, full clones + 1 data disk: build, no-op re-run, delete
+  linked  12 VMs on 3 hosts, linked clones + 1 data disk: build (then a delete, not measured)
+  scale   N hosts x 32 VMs, linked, defined not started: build, no-op re-run, delete (--scale-hosts)
+  ready   12 guests on 3 hosts from an empty cluster to SSH with their manifest FQDNs, per stage
 
-Each run is the real CLI (``pyinfra -y inventories/manifest.py deploys/...``). SSH commands are counted
-from pyinfra's ``--debug`` log ("Running command on <host>"), which includes fact commands.
-Results: ``bench/results.md`` and ``bench/results.json``.
+With ``--baseline REF`` the ref is checked out in a git worktree (under $TMPDIR/kvmq-bench/, removed at
+the end) and every scenario runs for both trees, alternating in one session: HEAD, baseline, HEAD,
+baseline, ... on the same sandbox. A tree runs with this venv when its runtime dependencies
+(pyproject.toml ``[project] dependencies``) are the same as HEAD's, else with a venv of its own made
+in its worktree. Per scenario: the median of each tree, and the median of the pairwise ratios
+HEAD/baseline (run i of HEAD over run i of the baseline).
+
+Scenarios other than ``ready`` never start their VMs and use addresses outside the sandbox's DHCP
+range (they are checked against all of 10.0.0.0/8 instead); ``ready`` boots real guests.
+
+Each run is the real CLI (``pyinfra -y --debug inventories/manifest.py deploys/...``) from the tree's
+root. From its debug log: SSH commands per host ("Running command on <host>", fact commands
+included) and fact reads per host ("[host] Loaded fact <name>"); "state reads" are reads of the
+libvirt facts (``facts.libvirt.*``, the Hypervisor probe). Controller peak RSS is the pyinfra
+process's ru_maxrss (os.wait4). Results: ``bench/results.json`` (rows are merged by id, so a subset
+run updates its rows only) and ``bench/results.md`` (generated from the JSON).
 """
 
 from __future__ import annotations
@@ -26,12 +37,16 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +54,86 @@ from sandbox.client import workflow_env
 
 REPO = Path(__file__).resolve().parents[1]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 COMMAND_LINE = re.compile(r"Running command on (\S+?):")
+FACT_LINE = re.compile(r"\[([^\]\s]+)\]\s+(?:nested\s+)?Loaded fact (\S+)")
+STATE_FACTS = "facts.libvirt."
+FLOOR_DEPLOY = "sandbox/bench_floor.py"
+ALL_SCENARIOS = ("full3", "floor", "small", "linked", "scale", "ready")
+# Scenarios other than ready never start their VMs: their reservations are checked against a range
+# they fit in.
+WIDE_RANGE = ("--data", "dhcp_range=10.0.0.1,10.255.255.254")
+READY_ROW = re.compile(r"\] (\S+)\s+(\d+\.\d+\.\d+\.\d+)\s+(\d+\.\d) s\s+(\d+\.\d) s")
+
+
+# --- trees -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tree:
+    label: str  # "HEAD" or "baseline"
+    ref: str
+    commit: str
+    root: Path
+    pyinfra: str
+    worktree: bool = False  # created here: removed at the end
+
+    def has(self, path: str) -> bool:
+        return (self.root / path).is_file()
+
+
+def _git(*args: str, cwd: Path = REPO) -> str:
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise SystemExit(f"bench: git {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def runtime_dependencies(pyproject: str) -> list[str]:
+    """The ``[project] dependencies`` of a pyproject.toml text, sorted (what a pyinfra run imports)."""
+    return sorted(tomllib.loads(pyproject).get("project", {}).get("dependencies", []))
+
+
+def head_tree() -> Tree:
+    commit = _git("rev-parse", "HEAD")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    return Tree("HEAD", "HEAD" + (" (+ uncommitted changes)" if dirty else ""), commit, REPO, PYINFRA)
+
+
+def baseline_tree(ref: str) -> Tree:
+    """ref checked out (detached) in a worktree; a venv of its own only when its dependencies differ."""
+    commit = _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    root = Path(tempfile.gettempdir()) / "kvmq-bench" / commit[:12]
+    if not (root / ".git").exists():
+        if root.exists():
+            shutil.rmtree(root)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        _git("worktree", "add", "--detach", str(root), commit)
+    elif _git("rev-parse", "HEAD", cwd=root) != commit:
+        raise SystemExit(f"bench: {root} is not at {commit}; remove it (git worktree remove {root})")
+    pyinfra = PYINFRA
+    theirs = runtime_dependencies((root / "pyproject.toml").read_text())
+    if theirs != runtime_dependencies((REPO / "pyproject.toml").read_text()):
+        venv = root / ".bench-venv"
+        if not (venv / ".installed").exists():
+            print(f"bench: {ref} has other dependencies ({', '.join(theirs)}): making {venv}", flush=True)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=600)
+            subprocess.run(
+                [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                 *theirs],
+                check=True, timeout=1800,
+            )  # fmt: skip
+            (venv / ".installed").touch()
+        pyinfra = str(venv / "bin" / "pyinfra")
+    return Tree("baseline", ref, commit, root, pyinfra, worktree=True)
+
+
+def remove_tree(tree: Tree) -> None:
+    if tree.worktree:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree.root)], cwd=REPO, timeout=300)
+
+
+# --- one pyinfra run ---------------------------------------------------------------------------
 
 
 def manifest(hosts: int, vms_per_host: int, clone: str, data_disks: int) -> list[dict[str, Any]]:
@@ -65,6 +159,27 @@ def manifest(hosts: int, vms_per_host: int, clone: str, data_disks: int) -> list
     return entries
 
 
+def count_log(output: str, hosts: list[str]) -> dict[str, Any]:
+    """SSH commands, fact reads and state (libvirt fact) reads of hosts in a pyinfra --debug log."""
+    text = ANSI.sub("", output)
+    commands = Counter(COMMAND_LINE.findall(text))
+    facts: dict[str, Counter[str]] = {h: Counter() for h in hosts}
+    for host, fact in FACT_LINE.findall(text):
+        if host in facts:
+            facts[host][fact] += 1
+    n = max(len(hosts), 1)
+    fact_reads = [sum(facts[h].values()) for h in hosts]
+    state_reads = [sum(c for f, c in facts[h].items() if f.startswith(STATE_FACTS)) for h in hosts]
+    total = sum(commands[h] for h in hosts)
+    return {
+        "commands": total,
+        "commands_per_host": round(total / n, 1),
+        "fact_reads_per_host": round(sum(fact_reads) / n, 1),
+        "state_reads_per_host_max": max(state_reads, default=0),
+        "facts_by_name": dict(sum(facts.values(), Counter())),
+    }
+
+
 class Runner:
     def __init__(self, inventory_data: Path, mgmt: str, workdir: Path) -> None:
         self.inventory_data = inventory_data
@@ -72,85 +187,128 @@ class Runner:
         self.workdir = workdir
 
     def run(
-        self, spec: list[dict[str, Any]], deploy: str, *extra: str, inventory: str = "manifest"
+        self,
+        tree: Tree,
+        spec: list[dict[str, Any]],
+        deploy: str,
+        *extra: str,
+        inventory: str = "manifest",
     ) -> dict[str, Any]:
         path = self.workdir / "manifest.json"
         path.write_text(json.dumps(spec))
         env = workflow_env(path, self.inventory_data, self.mgmt)
+        env["PYTHONPATH"] = str(tree.root)  # the tree's own deploys, operations and facts
+        deploy_file = deploy if "/" in deploy else f"deploys/{deploy}.py"
         args = [
-            PYINFRA,
-            "-y",
-            "--debug",
-            f"inventories/{inventory}.py",
-            f"deploys/{deploy}.py",
-            "--data",
-            "vcpu_allocation_ratio=64",
-            "--data",
-            "memory_allocation_ratio=64",
+            tree.pyinfra, "-y", "--debug", f"inventories/{inventory}.py", deploy_file,
+            "--data", "vcpu_allocation_ratio=64", "--data", "memory_allocation_ratio=64",
+            "--data", "overcommit=64",  # the one ratio of releases before the two above
             *extra,
-        ]
-        started = time.monotonic()
-        result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
-        seconds = time.monotonic() - started
-        if result.returncode != 0:
-            sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
-            raise SystemExit(f"bench run failed: {deploy}")
-        counts = Counter(COMMAND_LINE.findall(result.stdout + result.stderr))
+        ]  # fmt: skip
+        log = self.workdir / "pyinfra.log"
+        with open(log, "w") as out:
+            started = time.monotonic()
+            process = subprocess.Popen(args, cwd=tree.root, env=env, stdout=out, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(process.pid, 0)
+            seconds = time.monotonic() - started
+            process.returncode = os.waitstatus_to_exitcode(status)
+        output = log.read_text(errors="replace")
+        if process.returncode != 0:
+            sys.stderr.write(output[-6000:])
+            raise SystemExit(f"bench run failed: {tree.label} ({tree.ref}) {deploy_file}")
         vms = sum(len(e["vmspecs"]) for e in spec)
         hosts = [e["host"] for e in spec]
         if inventory == "guests":
             hosts = [s["name"] for e in spec for s in e["vmspecs"]]
-        host_commands = sum(counts[h] for h in hosts)
+        counts = count_log(output, hosts)
         return {
-            "output": result.stdout + result.stderr,
+            "output": output,
             "seconds": round(seconds, 2),
-            "commands": host_commands,
-            "commands_per_host": round(host_commands / len(hosts), 1),
-            "commands_per_vm": round(host_commands / vms, 2) if vms else 0,
-            "mgmt_commands": counts[self.mgmt],
+            "rss_mib": round(usage.ru_maxrss / 1024, 1),
+            "commands_per_vm": round(counts["commands"] / vms, 2) if vms else 0,
+            "mgmt_commands": count_log(output, [self.mgmt])["commands"],
+            **counts,
         }
 
 
-def median_row(
-    name: str, runs: list[dict[str, Any]], target: float | None, vms: int, hosts: int
-) -> dict[str, Any]:
-    seconds = statistics.median(r["seconds"] for r in runs)
-    return {
-        "scenario": name,
-        "hosts": hosts,
-        "vms": vms,
-        "runs": len(runs),
-        "median_s": round(seconds, 2),
-        "all_s": [r["seconds"] for r in runs],
-        "target_s": target,
-        "met": None if target is None else seconds <= target,
-        "ssh_commands": runs[-1]["commands"],
-        "per_host": runs[-1]["commands_per_host"],
-        "per_vm": runs[-1]["commands_per_vm"],
-    }
+# --- scenarios ---------------------------------------------------------------------------------
+# A scenario runs once on one tree and returns {row id: run}; the rows' titles and targets are below.
 
 
-def small_scenarios(runner: Runner, repeats: int) -> list[dict[str, Any]]:
-    full = manifest(3, 4, "full", 1)
-    linked = manifest(3, 4, "linked", 1)
-    builds, reruns, deletes, linked_builds = [], [], [], []
-    for _ in range(repeats):
-        builds.append(runner.run(full, "build", *WIDE_RANGE))
-        reruns.append(runner.run(full, "build", *WIDE_RANGE))
-        deletes.append(runner.run(full, "delete"))
-        linked_builds.append(runner.run(linked, "build", *WIDE_RANGE))
-        runner.run(linked, "delete")
-    return [
-        median_row("1. build 12 VMs / 3 hosts, full clones + 1 data disk", builds, 12, 12, 3),
-        median_row("2. build 12 VMs / 3 hosts, linked clones + 1 data disk", linked_builds, 3, 12, 3),
-        median_row("3. re-run of (1), nothing to do", reruns, 2, 12, 3),
-        median_row("4. delete of (1)", deletes, 5, 12, 3),
-    ]
+@dataclass(frozen=True)
+class RowInfo:
+    title: str
+    hosts: int
+    vms: int
+    target_s: float | None = None
+    target_ratio: float | None = None
 
 
-# Scenarios 1-5 never start their VMs: their reservations are checked against a range they fit in.
-WIDE_RANGE = ("--data", "dhcp_range=10.0.0.1,10.255.255.254")
-READY_ROW = re.compile(r"\] (\S+)\s+(\d+\.\d+\.\d+\.\d+)\s+(\d+\.\d) s\s+(\d+\.\d) s")
+ROWS: dict[str, RowInfo] = {
+    "full3": RowInfo("build 3 VMs / 3 hosts, one full clone per host", 3, 3, None, 1.0),
+    "floor": RowInfo("floor of full3: start + connect + 1 state read + the copy", 3, 3),
+    "build12": RowInfo("build 12 VMs / 3 hosts, full clones + 1 data disk", 3, 12, 12),
+    "rerun12": RowInfo("no-op re-run of build12 (12 VMs / 3 hosts)", 3, 12, 1.2, 1.0),
+    "delete12": RowInfo("delete of build12", 3, 12, 5),
+    "linked12": RowInfo("build 12 VMs / 3 hosts, linked clones + 1 data disk", 3, 12, 3),
+}
+READY_STAGES = (
+    ("build", (), "manifest"),
+    ("start", (), "manifest"),
+    ("wait", ("--data", "wait_timeout=300"), "manifest"),
+    ("sethostname", (), "guests"),
+)
+
+
+def scenario_full3(runner: Runner, tree: Tree) -> dict[str, dict[str, Any]]:
+    spec = manifest(3, 1, "full", 0)
+    build = runner.run(tree, spec, "build", *WIDE_RANGE)
+    runner.run(tree, spec, "delete")
+    return {"full3": build}
+
+
+def scenario_floor(runner: Runner, tree: Tree) -> dict[str, dict[str, Any]]:
+    return {"floor": runner.run(tree, manifest(3, 0, "full", 0), FLOOR_DEPLOY)}
+
+
+def scenario_small(runner: Runner, tree: Tree) -> dict[str, dict[str, Any]]:
+    spec = manifest(3, 4, "full", 1)
+    build = runner.run(tree, spec, "build", *WIDE_RANGE)
+    rerun = runner.run(tree, spec, "build", *WIDE_RANGE)
+    delete = runner.run(tree, spec, "delete")
+    return {"build12": build, "rerun12": rerun, "delete12": delete}
+
+
+def scenario_linked(runner: Runner, tree: Tree) -> dict[str, dict[str, Any]]:
+    spec = manifest(3, 4, "linked", 1)
+    build = runner.run(tree, spec, "build", *WIDE_RANGE)
+    runner.run(tree, spec, "delete")
+    return {"linked12": build}
+
+
+def scale_scenario(hosts: int, vms_per_host: int) -> Callable[[Runner, Tree], dict[str, dict[str, Any]]]:
+    vms = hosts * vms_per_host
+    big = vms >= 2048
+    ROWS[f"scale{hosts}-build"] = RowInfo(
+        f"build {vms} VMs / {hosts} hosts, linked, defined not started", hosts, vms, 60 if big else None
+    )
+    ROWS[f"scale{hosts}-rerun"] = RowInfo(
+        f"no-op re-run {vms} VMs / {hosts} hosts", hosts, vms, 10 if big else None
+    )
+    ROWS[f"scale{hosts}-delete"] = RowInfo(
+        f"delete {vms} VMs / {hosts} hosts", hosts, vms, 60 if big else None
+    )
+
+    def run(runner: Runner, tree: Tree) -> dict[str, dict[str, Any]]:
+        spec = manifest(hosts, vms_per_host, "linked", 0)
+        try:
+            build = runner.run(tree, spec, "build", *WIDE_RANGE)
+            rerun = runner.run(tree, spec, "build", *WIDE_RANGE)
+        finally:
+            delete = runner.run(tree, spec, "delete")
+        return {f"scale{hosts}-build": build, f"scale{hosts}-rerun": rerun, f"scale{hosts}-delete": delete}
+
+    return run
 
 
 def ready_manifest(hosts: int = 3, vms_per_host: int = 4) -> list[dict[str, Any]]:
@@ -164,136 +322,278 @@ def ready_manifest(hosts: int = 3, vms_per_host: int = 4) -> list[dict[str, Any]
     return spec
 
 
-def ready_scenario(runner: Runner) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+READY_DETAILS: dict[str, Any] = {}
+
+
+def scenario_ready(runner: Runner, tree: Tree) -> dict[str, dict[str, Any]]:
     """From an empty cluster until every guest answers SSH with its manifest hostname."""
     spec = ready_manifest()
     vms = sum(len(e["vmspecs"]) for e in spec)
     stages = {}
     try:
-        for deploy, extra, inventory in (
-            ("build", (), "manifest"),
-            ("start", (), "manifest"),
-            ("wait", ("--data", "wait_timeout=300"), "manifest"),
-            ("sethostname", (), "guests"),
-        ):
-            stages[deploy] = runner.run(spec, deploy, *extra, inventory=inventory)
-        check = runner.run(spec, "sethostname", inventory="guests")
+        for deploy, extra, inventory in READY_STAGES:
+            stages[deploy] = runner.run(tree, spec, deploy, *extra, inventory=inventory)
+        check = runner.run(tree, spec, "sethostname", inventory="guests")
         if not re.search(r"Grand total\s+\S+\s+-\s+-", check["output"]):
             raise SystemExit("bench: a second sethostname run found guests without their hostname")
     finally:
-        runner.run(spec, "delete")
+        runner.run(tree, spec, "delete")
     table = [m.groups() for m in READY_ROW.finditer(stages["wait"]["output"])]
-    rows = [median_row(f"6. ready: {stage}", [run], None, vms, 3) for stage, run in stages.items()]
-    total = {"seconds": round(sum(run["seconds"] for run in stages.values()), 2), "commands": 0}
-    total.update(commands_per_host=0, commands_per_vm=0)
-    total["commands"] = sum(run["commands"] for run in stages.values())
-    total["commands_per_host"] = round(total["commands"] / 3, 1)
-    total["commands_per_vm"] = round(total["commands"] / vms, 2)
-    rows.append(
-        median_row("6. ready: 12 VMs / 3 hosts, linked, empty -> SSH with hostnames", [total], 45, vms, 3)
-    )
-    details = {
+    READY_DETAILS[tree.label] = {
         "lease_s_max": max(float(t[2]) for t in table),
         "ssh_s_max": max(float(t[3]) for t in table),
         "lease_s": {t[0]: float(t[2]) for t in table},
         "ssh_s": {t[0]: float(t[3]) for t in table},
     }
-    return rows, details
+    total = {
+        "seconds": round(sum(run["seconds"] for run in stages.values()), 2),
+        "rss_mib": max(run["rss_mib"] for run in stages.values()),
+        "commands": sum(run["commands"] for run in stages.values()),
+        "fact_reads_per_host": round(sum(run["fact_reads_per_host"] for run in stages.values()), 1),
+        "state_reads_per_host_max": sum(run["state_reads_per_host_max"] for run in stages.values()),
+    }
+    total["commands_per_host"] = round(total["commands"] / 3, 1)
+    total["commands_per_vm"] = round(total["commands"] / vms, 2)
+    return {**{f"ready-{stage}": run for stage, run in stages.items()}, "ready": total}
 
 
-def scaling_scenarios(runner: Runner, host_counts: list[int], vms_per_host: int) -> list[dict[str, Any]]:
-    rows = []
-    for hosts in host_counts:
-        spec = manifest(hosts, vms_per_host, "linked", 0)
-        vms = hosts * vms_per_host
-        build = runner.run(spec, "build", *WIDE_RANGE)
-        rerun = runner.run(spec, "build", *WIDE_RANGE)
-        delete = runner.run(spec, "delete")
-        big = hosts == max(host_counts)
-        rows.append(
-            median_row(
-                f"5. build {vms} VMs / {hosts} hosts, linked", [build], 120 if big else None, vms, hosts
-            )
-        )
-        rows.append(
-            median_row(f"5. re-run {vms} VMs / {hosts} hosts", [rerun], 10 if big else None, vms, hosts)
-        )
-        rows.append(median_row(f"5. delete {vms} VMs / {hosts} hosts", [delete], None, vms, hosts))
-    return rows
+for _ready_stage in READY_STAGES:
+    ROWS[f"ready-{_ready_stage[0]}"] = RowInfo(f"ready: {_ready_stage[0]}", 3, 12)
+ROWS["ready"] = RowInfo("ready: 12 VMs / 3 hosts, linked, empty -> SSH with hostnames", 3, 12, 30)
 
 
-def write_results(rows: list[dict[str, Any]], info: dict[str, Any]) -> None:
-    out = REPO / "bench"
-    out.mkdir(exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"machine": info, "results": rows}, indent=2) + "\n")
-    ready = info.get("ready") or {}
+def applies(name: str, tree: Tree) -> bool:
+    """Whether a scenario runs on a tree: the floor is the same for all (HEAD only); ready needs wait."""
+    if name == "floor":
+        return tree.label == "HEAD"
+    if name == "ready":
+        return tree.has("deploys/wait.py")
+    return True
+
+
+# --- results -----------------------------------------------------------------------------------
+
+MEASURES = ("commands_per_host", "commands_per_vm", "fact_reads_per_host", "state_reads_per_host_max")
+
+
+def summarise(row_id: str, by_tree: dict[str, list[dict[str, Any]]], baseline: Tree | None) -> dict[str, Any]:
+    info = ROWS[row_id]
+    head = by_tree.get("HEAD", [])
+    base = by_tree.get("baseline", [])
+    row: dict[str, Any] = {"id": row_id, "scenario": info.title, "hosts": info.hosts, "vms": info.vms}
+    for key, runs in (("head", head), ("baseline", base)):
+        if not runs:
+            continue
+        last = runs[-1]
+        row[key] = {
+            "median_s": round(statistics.median(r["seconds"] for r in runs), 2),
+            "all_s": [r["seconds"] for r in runs],
+            "rss_mib_max": max(r["rss_mib"] for r in runs),
+            "ssh_commands": last["commands"],
+            **{m: last.get(m) for m in MEASURES},
+            "facts_by_name": last.get("facts_by_name", {}),
+        }
+    if head and base:
+        ratios = [h["seconds"] / b["seconds"] for h, b in zip(head, base, strict=False) if b["seconds"]]
+        row["ratio"] = round(statistics.median(ratios), 3)
+        row["ratios"] = [round(r, 3) for r in ratios]
+        row["baseline_ref"] = f"{baseline.ref} ({baseline.commit[:7]})" if baseline else None
+    row["target_s"] = info.target_s
+    row["target_ratio"] = info.target_ratio
+    return row
+
+
+def judge(rows: dict[str, dict[str, Any]]) -> None:
+    """Targets: seconds and ratio where set; full3 within 1.5 s of the floor."""
+    floor = rows.get("floor", {}).get("head", {}).get("median_s")
+    if "full3" in rows and floor is not None:
+        rows["full3"]["target_s"] = round(floor + 1.5, 2)
+    for row in rows.values():
+        checks = []
+        if row.get("target_s") is not None and "head" in row:
+            checks.append(row["head"]["median_s"] <= row["target_s"])
+        if row.get("target_ratio") is not None and "ratio" in row:
+            checks.append(row["ratio"] <= row["target_ratio"])
+        row["met"] = all(checks) if checks else None
+
+
+def load_rows() -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads((REPO / "bench" / "results.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {r["id"]: r for r in data.get("results", []) if "id" in r}
+
+
+def _fmt(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def render(rows: dict[str, dict[str, Any]], info: dict[str, Any]) -> str:
     lines = [
-        f"Machine: {info['cpus']} CPUs, {info['virt']}, {info['python']}, pyinfra {info['pyinfra']}, "
-        f"{info['date']}.",
+        f"Machine: {info['cpus']} CPUs, {info['memory_gib']} GiB, {info['virt']}, Python {info['python']}, "
+        f"pyinfra {info['pyinfra']}. HEAD {info.get('head', '')}; baseline {info.get('baseline') or 'none'}.",
         "",
-        "| scenario | median s | runs (s) | target s | met | SSH cmds | per host | per VM |",
-        "|---|---|---|---|---|---|---|---|",
+        "Times are medians of alternating runs (HEAD, baseline, HEAD, baseline, ...) in one session;",
+        "the ratio is the median of the pairwise ratios HEAD/baseline. Per host: SSH commands, fact reads,",
+        "and the most libvirt state reads on any one host. RSS: the pyinfra process's peak (largest run).",
+        "",
+        "| scenario | HEAD s | baseline s | ratio | HEAD runs (s) | baseline runs (s) | target | met "
+        "| SSH cmds/host H / B | fact reads/host H / B | state reads/host H / B | RSS MiB H / B |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
+    order = [k for k in ROWS if k in rows] + [k for k in rows if k not in ROWS]
+    for key in order:
+        r = rows[key]
+        h, b = r.get("head", {}), r.get("baseline", {})
+        target = " ".join(
+            t for t in (f"<= {r['target_s']} s" if r.get("target_s") is not None else "",
+                        f"ratio <= {r['target_ratio']}" if r.get("target_ratio") is not None else "") if t
+        )  # fmt: skip
+        met = "" if r.get("met") is None else ("yes" if r["met"] else "**no**")
+
+        def pair(field: str, h: dict[str, Any] = h, b: dict[str, Any] = b) -> str:
+            return f"{_fmt(h.get(field))} / {_fmt(b.get(field))}" if b else _fmt(h.get(field))
+
         lines.append(
-            f"| {r['scenario']} | {r['median_s']} | {', '.join(map(str, r['all_s']))} | "
-            f"{r['target_s'] or ''} | {met} | {r['ssh_commands']} | {r['per_host']} | {r['per_vm']} |"
+            f"| {r['scenario']} | {_fmt(h.get('median_s'))} | {_fmt(b.get('median_s'))} "
+            f"| {_fmt(r.get('ratio'))} "
+            f"| {', '.join(map(str, h.get('all_s', [])))} | {', '.join(map(str, b.get('all_s', [])))} "
+            f"| {target} | {met} | {pair('commands_per_host')} | {pair('fact_reads_per_host')} "
+            f"| {pair('state_reads_per_host_max')} | {pair('rss_mib_max')} |"
         )
-    if ready:
+    for label, ready in (info.get("ready") or {}).items():
         lines += [
             "",
-            f"Ready scenario under {info['virt']} (-cpu {info['cpu_model']}; the accelerator probe booted in "
-            f"{info['probe_boot_s']} s): last DHCP lease {ready['lease_s_max']} s and last SSH answer "
-            f"{ready['ssh_s_max']} s after the wait began (right after start).",
+            f"Ready scenario ({label}) under {info['virt']} (-cpu {info.get('cpu_model')}): last DHCP lease "
+            f"{ready['lease_s_max']} s and last SSH answer {ready['ssh_s_max']} s after the wait began.",
         ]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    for note in info.get("notes", []):
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def write_results(new_rows: dict[str, dict[str, Any]], info: dict[str, Any]) -> str:
+    out = REPO / "bench"
+    out.mkdir(exist_ok=True)
+    rows = load_rows()
+    rows.update(new_rows)
+    judge(rows)
+    try:
+        previous = json.loads((out / "results.json").read_text()).get("machine", {})
+    except (FileNotFoundError, ValueError):
+        previous = {}
+    earlier = previous.get("ready") or {}
+    if not info.get("ready") and all(isinstance(v, dict) for v in earlier.values()):
+        info["ready"] = earlier  # {tree label: details} from an earlier run of the ready scenario
+    info["notes"] = previous.get("notes", [])
+    ordered = [rows[k] for k in ROWS if k in rows] + [rows[k] for k in rows if k not in ROWS]
+    (out / "results.json").write_text(json.dumps({"machine": info, "results": ordered}, indent=2) + "\n")
+    text = render(rows, info)
+    (out / "results.md").write_text(text)
+    return text
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def progress(row_id: str, tree: Tree, which: str, run: dict[str, Any]) -> None:
+    print(
+        f"bench: {row_id:<14} {tree.label:<8} run {which}: {run['seconds']:>7} s, "
+        f"{run['commands_per_host']} cmds/host, {run['fact_reads_per_host']} fact reads/host, "
+        f"state reads/host <= {run['state_reads_per_host_max']}, RSS {run.get('rss_mib')} MiB",
+        flush=True,
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--scale-hosts", default="1,4,16")
-    parser.add_argument("--vms-per-host", type=int, default=32)
-    parser.add_argument("--skip-scaling", action="store_true")
-    parser.add_argument("--only-ready", action="store_true", help="run scenario 6 only")
-    args = parser.parse_args()
+    env = os.environ.get
+    parser.add_argument("--baseline", default=env("BASELINE") or None, help="git ref to compare against")
+    parser.add_argument(
+        "--scenarios",
+        default=env("BENCH_SCENARIOS") or ",".join(ALL_SCENARIOS),
+        help=f"comma-separated subset of {','.join(ALL_SCENARIOS)}",
+    )
+    parser.add_argument("--runs", type=int, default=int(env("BENCH_RUNS") or 3), help="runs per tree")
+    parser.add_argument("--scale-hosts", default=env("BENCH_SCALE_HOSTS") or "1,4,16")
+    parser.add_argument("--vms-per-host", type=int, default=int(env("BENCH_VMS_PER_HOST") or 32))
+    args = parser.parse_args(argv)
+    args.scenario_list = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in args.scenario_list if s not in ALL_SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(ALL_SCENARIOS)}")
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    try:
+        args.host_counts = [int(h) for h in args.scale_hosts.split(",")]
+    except ValueError:
+        parser.error(f"--scale-hosts {args.scale_hosts!r}: comma-separated host counts expected")
+    return args
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     from importlib.metadata import version
 
     from sandbox import cluster
 
-    host_counts = [int(h) for h in args.scale_hosts.split(",")]
-    most = 3 if args.skip_scaling else max(3, *host_counts)
+    trees = [head_tree()]
+    if args.baseline:
+        trees.append(baseline_tree(args.baseline))
+    plan: list[tuple[str, Callable[[Runner, Tree], dict[str, dict[str, Any]]], int]] = []
+    scenario_funcs = {
+        "full3": scenario_full3, "floor": scenario_floor, "small": scenario_small, "linked": scenario_linked,
+    }  # fmt: skip
+    for name in args.scenario_list:
+        if name in scenario_funcs:
+            plan.append((name, scenario_funcs[name], args.runs))
+        elif name == "scale":
+            plan += [("scale", scale_scenario(h, args.vms_per_host), 1) for h in args.host_counts]
+        elif name == "ready":
+            plan.append(("ready", scenario_ready, 1))
+    most = max([3] + (args.host_counts if "scale" in args.scenario_list else []))
+    collected: dict[str, dict[str, list[dict[str, Any]]]] = {}
     cluster.down()  # a fresh cluster of the size the scenarios need
-    data = cluster.up(hosts=most)
     try:
+        started = time.monotonic()
+        data = cluster.up(hosts=most)
+        print(f"bench: sandbox with {most} hypervisors up in {time.monotonic() - started:.1f} s", flush=True)
         with tempfile.TemporaryDirectory() as workdir:
             runner = Runner(cluster.state_dir() / "inventory.json", data["mgmt"]["name"], Path(workdir))
-            runner.run(manifest(most, 0, "full", 0), "pools")  # set-up, not measured
-            rows, details = ready_scenario(runner)
-            if not args.only_ready:
-                rows += small_scenarios(runner, args.repeats)
-            if not args.skip_scaling and not args.only_ready:
-                rows += scaling_scenarios(runner, host_counts, args.vms_per_host)
+            runner.run(trees[0], manifest(most, 0, "full", 0), "pools")  # set-up, not measured
+            for name, func, runs in plan:
+                for i in range(runs):
+                    for tree in trees:  # alternating: HEAD, baseline, HEAD, baseline, ...
+                        if not applies(name, tree):
+                            continue
+                        for row_id, run in func(runner, tree).items():
+                            collected.setdefault(row_id, {}).setdefault(tree.label, []).append(run)
+                            progress(row_id, tree, f"{i + 1}/{runs}", run)
         status = cluster.status()
-        accel = status.get("accel") or {}
-        info = {
-            "cpus": os.cpu_count(),
-            "virt": status.get("virt", "unknown"),
-            "cpu_model": accel.get("cpu_model"),
-            "probe_boot_s": accel.get("boot_seconds"),
-            "ready": details,
-            "python": platform.python_version(),
-            "pyinfra": version("pyinfra"),
-            "date": time.strftime("%Y-%m-%d"),
-        }
-        write_results(rows, info)
     finally:
         cluster.down()
+        for tree in trees:
+            remove_tree(tree)
+    baseline = trees[1] if len(trees) > 1 else None
+    rows = {row_id: summarise(row_id, by_tree, baseline) for row_id, by_tree in collected.items()}
+    accel = status.get("accel") or {}
+    info = {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "virt": status.get("virt", "unknown"),
+        "cpu_model": accel.get("cpu_model"),
+        "probe_boot_s": accel.get("boot_seconds"),
+        "ready": READY_DETAILS,
+        "python": platform.python_version(),
+        "pyinfra": version("pyinfra"),
+        "date": time.strftime("%Y-%m-%d"),
+        "head": f"{trees[0].commit[:7]}",
+        "baseline": f"{baseline.ref} ({baseline.commit[:7]})" if baseline else None,
+    }
+    print(write_results(rows, info))
 
 
 if __name__ == "__main__":
