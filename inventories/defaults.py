@@ -1,7 +1,7 @@
 """Where things live on the cluster's machines when the data does not say otherwise: the one home of
 each default that facts, operations, deploys and the sandbox share.
 
-Deploys take these as ``data_defaults`` (``deploys/_settings.py`` ``DEFAULTS`` maps data keys to them);
+The settings table (``inventories/settings.py``) maps data keys to them;
 every key can be overridden per host, per group or with ``--data key=value``.
 """
 
