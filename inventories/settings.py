@@ -333,10 +333,22 @@ def is_set(key: str, given: Any = None, *, member: Any = None) -> bool:
     return value is not _UNSET and value is not None
 
 
-def _typed(key: str, kinds: set[str], given: Any, member: Any) -> Any:
+# Which types of setting each typed accessor reads (a mismatch is a programming error, not bad data).
+ACCESSOR_KINDS: dict[str, frozenset[str]] = {
+    "flag": frozenset({"flag"}),
+    "number": frozenset({"number", "seconds", "whole"}),
+    "seconds": frozenset({"seconds"}),
+    "whole": frozenset({"whole"}),
+    "str_list": frozenset({"list"}),
+    "str_dict": frozenset({"mapping"}),
+    "safe_path": frozenset({"path"}),
+}
+
+
+def _typed(key: str, accessor: str, given: Any, member: Any) -> Any:
     kind = _entry(key).kind
-    if kind not in kinds:
-        raise TypeError(f"{key} is a {kind} setting, not {' or '.join(sorted(kinds))}")
+    if kind not in ACCESSOR_KINDS[accessor]:
+        raise TypeError(f"{key} is a {kind} setting: {accessor}() does not read it")
     return setting(key, given, member=member)
 
 
@@ -345,7 +357,7 @@ def _typed(key: str, kinds: set[str], given: Any, member: Any) -> Any:
 
 def flag(key: str, given: Any = None, *, member: Any = None) -> bool:
     """A boolean setting; ``--data keep_disks=true`` arrives as a string."""
-    value = _typed(key, {"flag"}, given, member)
+    value = _typed(key, "flag", given, member)
     if isinstance(value, str):
         if value.lower() in _TRUE | _FALSE:
             return value.lower() in _TRUE
@@ -355,7 +367,7 @@ def flag(key: str, given: Any = None, *, member: Any = None) -> bool:
 
 def number(key: str, positive: bool = False, given: Any = None, *, member: Any = None) -> float:
     """A finite number (``nan`` and ``inf`` are refused); ``positive``: greater than zero."""
-    value = _typed(key, {"number", "seconds", "whole"}, given, member)
+    value = _typed(key, "number", given, member)
     try:
         result = float(value)
     except (TypeError, ValueError):
@@ -369,7 +381,7 @@ def number(key: str, positive: bool = False, given: Any = None, *, member: Any =
 
 def seconds(key: str, given: Any = None, *, member: Any = None) -> int:
     """A time limit in whole seconds, at least 1 (``--data command_timeout=30``)."""
-    value = _typed(key, {"seconds"}, given, member)
+    value = _typed(key, "seconds", given, member)
     try:
         result = int(str(value).strip())
     except (TypeError, ValueError):
@@ -381,7 +393,7 @@ def seconds(key: str, given: Any = None, *, member: Any = None) -> int:
 
 def whole(key: str, given: Any = None, *, member: Any = None) -> int:
     """A whole number (``--data installer_vcpus=4``); range checks are the caller's."""
-    value = _typed(key, {"whole"}, given, member)
+    value = _typed(key, "whole", given, member)
     try:
         if isinstance(value, bool):
             raise ValueError
@@ -392,7 +404,7 @@ def whole(key: str, given: Any = None, *, member: Any = None) -> int:
 
 def str_list(key: str, given: Any = None, *, member: Any = None) -> list[str]:
     """A list of strings; a string is split at commas (``--data kvm_users=alice,bob``)."""
-    value = _typed(key, {"list"}, given, member)
+    value = _typed(key, "str_list", given, member)
     if value is None:
         return []
     if isinstance(value, str):
@@ -404,7 +416,7 @@ def str_list(key: str, given: Any = None, *, member: Any = None) -> list[str]:
 
 def str_dict(key: str, given: Any = None, *, member: Any = None) -> dict[str, str]:
     """A mapping of strings; a string is read as a JSON object."""
-    value = _typed(key, {"mapping"}, given, member)
+    value = _typed(key, "str_dict", given, member)
     if isinstance(value, str):
         try:
             value = json.loads(value) if value.strip() else {}
@@ -417,7 +429,7 @@ def str_dict(key: str, given: Any = None, *, member: Any = None) -> dict[str, st
 
 def safe_path(key: str, given: Any = None, *, member: Any = None) -> str:
     """An absolute path of letters, digits and ``._/+-`` without ``..``."""
-    value = _typed(key, {"path"}, given, member)
+    value = _typed(key, "safe_path", given, member)
     if not isinstance(value, str) or not _SAFE_PATH.fullmatch(value) or "/../" in f"{value}/":
         raise SettingError(f"{key}={value!r}: expected an absolute path of letters, digits and ._/+-")
     return value.rstrip("/") or "/"
