@@ -3,7 +3,7 @@
     pyinfra inventories/manifest.py deploys/bridge.py --data kvm_bridge_ports=eth0 \
         --data kvm_bridge_address=10.10.5.2/24 --dry
 
-Data keys and defaults: deploys/network.py (BRIDGE_DEFAULTS).
+Data keys and defaults: docs/settings.md (the kvm_bridge* and kvm_bond keys).
 """
 
 from pyinfra import host

@@ -18,7 +18,7 @@ from gevent.lock import Semaphore
 from pyinfra import host, logger
 from pyinfra.api import deploy
 
-from deploys._settings import DEFAULTS, is_hypervisor, is_mgmt, seconds, setting
+from deploys._settings import flag, is_hypervisor, is_mgmt, seconds, setting, vmspecs
 from deploys.vms import dnsmasq_arguments
 from facts.dnsmasq import DnsmasqReservations
 from facts.libvirt import Hypervisor
@@ -43,7 +43,7 @@ _LOCKS: weakref.WeakKeyDictionary[Any, Semaphore] = weakref.WeakKeyDictionary()
 
 
 def _data(member: Any, key: str) -> Any:
-    return member.data.get(key, DEFAULTS[key])
+    return setting(key, member=member)
 
 
 def _read_hypervisor(state: Any, member: Any) -> dict[str, Any] | None:
@@ -69,7 +69,7 @@ def cluster_view() -> ClusterView:
         inventory = state.inventory
         active = set(inventory.get_active_hosts())
         hypervisors = list(inventory.get_group("kvm_hosts", default=[]))
-        placement = {m.name: list(m.data.get("kvm_vmspecs", [])) for m in hypervisors}
+        placement = {m.name: vmspecs(m) for m in hypervisors}
         reachable = [m for m in hypervisors if m in active and m not in state.failed_hosts]
         jobs = {m.name: gevent.spawn(_read_hypervisor, state, m) for m in reachable}
         gevent.joinall(list(jobs.values()))
@@ -87,7 +87,7 @@ def cluster_view() -> ClusterView:
                 DnsmasqReservations,
                 hostsfile=_data(member, "dhcp_hostsfile"),
                 addn_hosts=_data(member, "dns_addn_hosts"),
-                _sudo=str(_data(member, "mgmt_sudo")).lower() in {"1", "true", "yes", "on"},
+                _sudo=flag("mgmt_sudo", member=member),
             )
             reservations = None if member in state.failed_hosts else read
         shared = tuple(

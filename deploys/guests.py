@@ -9,16 +9,16 @@ from pyinfra.facts.files import Directory, FileContents
 from pyinfra.facts.server import Hostname
 from pyinfra.operations import server
 
-from deploys._settings import DEFAULTS
+from deploys._settings import inventory_value
 
 
-@deploy("Guest hostname", data_defaults=DEFAULTS)
+@deploy("Guest hostname")
 def sethostname(hostname: str | None = None) -> None:
     """Set the guest's hostname, running and in /etc/hostname, with pyinfra's own operations.
 
     + hostname: the FQDN; default: the guest's manifest ``hostname`` (host data ``kvm_vmspec``)
     """
-    wanted = hostname or host.data.kvm_vmspec.hostname
+    wanted = hostname or inventory_value("kvm_vmspec").hostname
     if host.get_fact(Directory, path="/run/systemd/system"):
         server.hostname(name="Set hostname", hostname=wanted)
         return

@@ -2,7 +2,7 @@
 
 The deploy files (``deploys/kvm_host.py`` ...) only pick the hosts and call these functions; your own
 deploy file can call them too. Each parameter left at None comes from host/group data or ``--data``
-(the key is named in the function's docstring); data keys and defaults: ``deploys/_settings.py``.
+(the key is named in the function's docstring); data keys and defaults: docs/settings.md.
 
 Everything invalid in the data is rejected while the deploy loads (before any host changes);
 per-host problems found on the host itself (an unsupported distribution) fail that host only.
@@ -28,7 +28,6 @@ from pyinfra.operations import apt, dnf, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from deploys._settings import (
-    DEFAULTS,
     TEMPLATES,
     SettingError,
     address_of,
@@ -247,7 +246,7 @@ def libvirtd_settings(tls: bool) -> dict[str, str]:
     return settings
 
 
-@deploy("KVM host", data_defaults=DEFAULTS)
+@deploy("KVM host")
 def kvm_host(
     users: list[str] | None = None,
     primary_storage: str | None = None,
@@ -422,7 +421,7 @@ def export_options() -> list[str]:
     return safe_options(options, "nfs_export_options")
 
 
-@deploy("NFS server", data_defaults=DEFAULTS)
+@deploy("NFS server")
 def nfs_server(
     export: str | None = None, clients: list[str] | None = None, no_root_squash: bool | None = None
 ) -> None:
@@ -489,7 +488,7 @@ def nfs_server_address() -> str:
     return safe_host(str(value), "nfs_server")
 
 
-@deploy("NFS client", data_defaults=DEFAULTS)
+@deploy("NFS client")
 def nfs_client(
     server: str | None = None, export: str | None = None, mountpoint: str | None = None
 ) -> None:
@@ -566,7 +565,7 @@ def dnsmasq_values() -> dict[str, Any]:
     }
 
 
-@deploy("Management node", data_defaults=DEFAULTS)
+@deploy("Management node")
 def mgmt_server(
     listen_address: str | None = None, domain: str | None = None, dhcp_range: str | None = None
 ) -> None:

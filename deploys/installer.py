@@ -11,11 +11,11 @@ base on every host with deploys/base_vm.py (README, "Creating a base VM from an 
 
 from pyinfra import host
 
-from deploys._settings import SettingError, is_hypervisor
+from deploys._settings import SettingError, is_hypervisor, setting
 from deploys.installer_vm import installer_vm
 
 hypervisors = host.inventory.get_group("kvm_hosts", [])
-chosen = host.data.get("installer_host") or (hypervisors[0].name if hypervisors else None)
+chosen = setting("installer_host") or (hypervisors[0].name if hypervisors else None)
 if chosen not in {h.name for h in hypervisors}:
     raise SettingError(f"installer_host={chosen!r}: not a hypervisor of this inventory (group kvm_hosts)")
 if is_hypervisor() and host.name == chosen:

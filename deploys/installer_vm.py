@@ -2,38 +2,27 @@
 
 from __future__ import annotations
 
-from pyinfra import host
 from pyinfra.api import deploy
 
-from deploys._settings import DEFAULTS, SettingError, flag, seconds, setting
+from deploys._settings import SettingError, flag, seconds, setting, whole
 from operations import installer
 from operations._installer_plan import InstallerError, InstallerSpec
 
 
-def _whole(key: str) -> int:
-    value = setting(key)
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        return int(str(value).strip())
-    except ValueError:
-        raise SettingError(f"{key}={value!r}: expected a whole number") from None
-
-
 def installer_spec() -> InstallerSpec:
     """The installer VM from host data / ``--data``; a bad value raises SettingError naming the key."""
-    iso = host.data.get("installer_iso")
+    iso = setting("installer_iso")
     if not iso:
         raise SettingError("installer_iso is required: the ISO's volume name in installer_iso_pool")
     pool = setting("installer_pool")
     spec = InstallerSpec(
         vm=str(setting("installer_name")),
         iso=str(iso),
-        iso_pool=str(host.data.get("installer_iso_pool") or pool),
+        iso_pool=str(setting("installer_iso_pool") or pool),
         pool=str(pool),
-        boot_size_gib=_whole("installer_boot_size_gib"),
-        vcpus=_whole("installer_vcpus"),
-        memory_mib=_whole("installer_memory_mib"),
+        boot_size_gib=whole("installer_boot_size_gib"),
+        vcpus=whole("installer_vcpus"),
+        memory_mib=whole("installer_memory_mib"),
         uefi=flag("uefi"),
         console=flag("console"),
         graphics=str(setting("installer_graphics")),
@@ -47,7 +36,7 @@ def installer_spec() -> InstallerSpec:
     return spec
 
 
-@deploy("Installer VM", data_defaults=DEFAULTS)
+@deploy("Installer VM")
 def installer_vm(spec: InstallerSpec | None = None) -> None:
     """Define and start the installer VM on this host (``spec``: from host data when None)."""
     spec = spec or installer_spec()

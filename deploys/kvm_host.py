@@ -2,7 +2,7 @@
 
     pyinfra inventories/manifest.py deploys/kvm_host.py
 
-Data keys and defaults: deploys/_settings.py (KVM_HOST_DEFAULTS); the work: deploys/hosts.py.
+Data keys and defaults: docs/settings.md (hypervisor setup); the work: deploys/hosts.py.
 """
 
 from pyinfra import host

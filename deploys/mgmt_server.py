@@ -2,7 +2,7 @@
 
     pyinfra inventories/manifest.py deploys/mgmt_server.py
 
-Data keys and defaults: deploys/_settings.py (MGMT_DEFAULTS); the work: deploys/hosts.py.
+Data keys and defaults: docs/settings.md (management node); the work: deploys/hosts.py.
 """
 
 from pyinfra import host

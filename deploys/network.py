@@ -1,10 +1,11 @@
 """Bridge networking on hypervisors (the seed's ``br0``, optionally over a bond), behind a dead-man switch.
 
 ``deploys/bridge.py`` calls ``bridge_network()`` on every ``kvm_hosts`` host. Each parameter left at
-None comes from host/group data or ``--data`` (keys in ``BRIDGE_DEFAULTS``). All data is validated
-while the deploy loads, before any host is touched; a host whose distribution has no backend fails
-on its own. The work is ``operations.bridge.bridge_network``; the files and commands per backend are
-rendered by ``operations.util.bridge_*`` (start at ``bridge_spec``).
+None comes from host/group data or ``--data`` (the ``kvm_bridge*``/``kvm_bond`` keys of
+docs/settings.md). All data is validated while the deploy loads, before any host is touched; a host
+whose distribution has no backend fails on its own. The work is ``operations.bridge.bridge_network``;
+the files and commands per backend are rendered by ``operations.util.bridge_*`` (start at
+``bridge_spec``).
 """
 
 from __future__ import annotations
@@ -17,52 +18,15 @@ from pyinfra.api.deploy import deploy
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import server
 
-from deploys._settings import SettingError
+from deploys._settings import SettingError, setting
 from facts.bridge import BridgeState
 from operations import bridge as bridge_ops
 from operations.util.bridge_backend import choose_backend
 from operations.util.bridge_spec import STAMP, STATE_DIR, BridgeSpecError
 from operations.util.bridge_validate import parse_spec
 
-BRIDGE_DEFAULTS: dict[str, Any] = {
-    # Bridge device the VMs' NICs attach to.
-    "kvm_bridge": "br0",
-    # Interfaces enslaved to the bridge directly (list, or "eth0,eth1" with --data).
-    "kvm_bridge_ports": [],
-    # None, or {"name": "bond0", "mode": "802.3ad", "members": [...], "miimon": 100,
-    # "xmit_hash_policy": "layer3+4", "lacp_rate": "fast"}; the bond becomes a bridge port.
-    "kvm_bond": None,
-    # Required: "dhcp" or "10.10.5.2/24".
-    "kvm_bridge_address": None,
-    "kvm_bridge_gateway": None,
-    "kvm_bridge_dns": [],
-    "kvm_bridge_dns_search": [],
-    "kvm_bridge_stp": False,
-    # auto: netplan on Ubuntu (and Debian with netplan), networkmanager on RHEL 8+, ifcfg on RHEL/CentOS 7.
-    "kvm_bridge_backend": "auto",
-    # The host restores its old configuration this long after arming unless the change was committed.
-    "kvm_bridge_rollback_seconds": 120,
-    # How long the controller keeps trying new SSH connections after the change.
-    "kvm_bridge_verify_seconds": 30,
-}
 
-# parameter -> data key
-_PARAMETERS = {
-    "bridge": "kvm_bridge",
-    "ports": "kvm_bridge_ports",
-    "bond": "kvm_bond",
-    "address": "kvm_bridge_address",
-    "gateway": "kvm_bridge_gateway",
-    "dns": "kvm_bridge_dns",
-    "dns_search": "kvm_bridge_dns_search",
-    "stp": "kvm_bridge_stp",
-    "backend": "kvm_bridge_backend",
-    "rollback_seconds": "kvm_bridge_rollback_seconds",
-    "verify_seconds": "kvm_bridge_verify_seconds",
-}
-
-
-@deploy("Bridge networking", data_defaults=BRIDGE_DEFAULTS)
+@deploy("Bridge networking")
 def bridge_network(
     bridge: str | None = None,
     ports: list[str] | str | None = None,
@@ -81,10 +45,18 @@ def bridge_network(
 ) -> None:
     """``state_dir``/``stamp``: where the switch works and the committed configuration is recorded;
     ``timer``: ``auto`` (systemd timer where systemd runs, else a detached process) or ``process``."""
-    given = locals()
     values = {
-        key: given[param] if given[param] is not None else host.data.get(key, BRIDGE_DEFAULTS[key])
-        for param, key in _PARAMETERS.items()
+        "kvm_bridge": setting("kvm_bridge", bridge),
+        "kvm_bridge_ports": setting("kvm_bridge_ports", ports),
+        "kvm_bond": setting("kvm_bond", bond),
+        "kvm_bridge_address": setting("kvm_bridge_address", address),
+        "kvm_bridge_gateway": setting("kvm_bridge_gateway", gateway),
+        "kvm_bridge_dns": setting("kvm_bridge_dns", dns),
+        "kvm_bridge_dns_search": setting("kvm_bridge_dns_search", dns_search),
+        "kvm_bridge_stp": setting("kvm_bridge_stp", stp),
+        "kvm_bridge_backend": setting("kvm_bridge_backend", backend),
+        "kvm_bridge_rollback_seconds": setting("kvm_bridge_rollback_seconds", rollback_seconds),
+        "kvm_bridge_verify_seconds": setting("kvm_bridge_verify_seconds", verify_seconds),
     }
     try:
         spec = parse_spec(values)

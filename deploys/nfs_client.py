@@ -2,7 +2,7 @@
 
     pyinfra inventories/manifest.py deploys/nfs_client.py
 
-Data keys and defaults: deploys/_settings.py (NFS_DEFAULTS); the work: deploys/hosts.py.
+Data keys and defaults: docs/settings.md (NFS share); the work: deploys/hosts.py.
 """
 
 from pyinfra import host

@@ -3,7 +3,7 @@
     pyinfra inventories/manifest.py deploys/nfs_server.py
 
 Runs on the ``nfs_server`` group's host if the inventory has that group, else on the ``mgmt`` host.
-Data keys and defaults: deploys/_settings.py (NFS_DEFAULTS); the work: deploys/hosts.py.
+Data keys and defaults: docs/settings.md (NFS share); the work: deploys/hosts.py.
 """
 
 from pyinfra import host

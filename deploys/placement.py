@@ -25,7 +25,16 @@ import gevent.lock
 from pyinfra import host, logger
 from pyinfra.api.deploy import deploy
 
-from deploys._settings import DEFAULTS, SettingError, allocation_ratios, is_hypervisor, seconds, setting
+from deploys._settings import (
+    DEFAULTS,
+    SettingError,
+    allocation_ratios,
+    connection_value,
+    is_hypervisor,
+    seconds,
+    setting,
+    vmspecs,
+)
 from facts.libvirt import Hypervisor
 from inventories._loader import manifest_path
 from operations import migrate
@@ -53,7 +62,7 @@ def _migrate_timeout() -> int:
 
 
 def _member_setting(member: Any, key: str) -> Any:
-    return member.data.get(key, DEFAULTS[key])
+    return setting(key, member=member)
 
 
 def _targets(members: list[Any]) -> dict[str, dict[str, Any]]:
@@ -61,8 +70,8 @@ def _targets(members: list[Any]) -> dict[str, dict[str, Any]]:
     for member in members:
         uri = _member_setting(member, "migration_uri")
         if not uri:
-            address = member.data.get("ssh_hostname") or member.name
-            user = member.data.get("ssh_user") or "root"
+            address = connection_value("ssh_hostname", member) or member.name
+            user = connection_value("ssh_user", member) or "root"
             uri = f"qemu+ssh://{user}@{address}/system"
         unsafe = _member_setting(member, "migration_unsafe")
         targets[member.name] = {
@@ -97,9 +106,8 @@ def cluster_view() -> dict[str, Any]:
             active = set(getattr(state, "active_hosts", ()))
             members = [m for m in host.inventory.get_group("kvm_hosts", default=[]) if m in active]
             timeout = seconds("command_timeout")
-            default_uri = setting("libvirt_uri")
             jobs = {
-                m.name: gevent.spawn(_read, m, m.data.get("libvirt_uri", default_uri), timeout)
+                m.name: gevent.spawn(_read, m, setting("libvirt_uri", member=m), timeout)
                 for m in members
             }
             gevent.joinall(list(jobs.values()))
@@ -110,7 +118,7 @@ def cluster_view() -> dict[str, Any]:
             view["members"] = members
             view["snapshots"] = {m.name: jobs[m.name].value for m in members}
             view["manifest"] = {
-                m.name: list(m.data.get("kvm_vmspecs", [])) for m in members
+                m.name: vmspecs(m) for m in members
             }
             view["targets"] = _targets(members)
     return view
@@ -195,7 +203,7 @@ def host_drained(drain: str | None = None) -> None:
     Print the plan and the manifest change; after the moves, write the patched manifest next to the
     original (never the original itself).
     """
-    drained = drain or host.data.get("drain")
+    drained = setting("drain", drain or None)
     if not drained:
         raise SettingError("drain: name the hypervisor to drain (--data drain=<host>)")
     view = cluster_view()

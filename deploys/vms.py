@@ -11,8 +11,8 @@ Each runs its hypervisor part on ``kvm_hosts`` hosts and its management part on 
 does nothing elsewhere. ``vmspecs`` (``VmSpec`` objects) default to the manifest's VMs of the current
 host (host data ``kvm_vmspecs``); ``all_vmspecs``, what the management node reserves or waits for,
 default to every VM of the manifest (``kvm_all_vmspecs``). Every other parameter left at None comes
-from host/group data or ``--data`` with the defaults in ``deploys/_settings.py`` (``DEFAULTS``, the
-``data_defaults`` of each deploy). Importing this module outside a pyinfra run is fine: nothing runs
+from host/group data or ``--data``, else its default (``inventories/settings.py``, docs/settings.md).
+Importing this module outside a pyinfra run is fine: nothing runs
 until a function is called inside one.
 """
 
@@ -29,7 +29,6 @@ from pyinfra.operations import python
 from deploys._readiness import ReadinessProbe, not_ready, probe_config, table_lines, timeout_value
 from deploys._seeds import cloud_init_seeds
 from deploys._settings import (
-    DEFAULTS,
     SettingError,
     allocation_ratios,
     dns_listen_address,
@@ -95,7 +94,7 @@ def dnsmasq_arguments() -> dict[str, Any]:
     }
 
 
-@deploy("Storage pools", data_defaults=DEFAULTS)
+@deploy("Storage pools")
 def pools() -> None:
     """Storage pools on every hypervisor: primary (local dir, autostart) and secondary (the NFS share).
 
@@ -122,12 +121,12 @@ def pools() -> None:
     )
 
 
-@deploy("Base VM", data_defaults=DEFAULTS)
+@deploy("Base VM")
 def base_vm(xml_file: str | None = None) -> None:
     """Define the base VM on every hypervisor from a controller-side XML file (``--data xml=...``)."""
     if not is_hypervisor():
         return
-    xml_file = xml_file or host.data.get("xml")
+    xml_file = setting("xml", xml_file or None)
     if not xml_file:
         raise SettingError("the base VM deploy needs the base VM's XML: --data xml=path/to/centos7.xml")
     libvirt.domain(
@@ -138,7 +137,7 @@ def base_vm(xml_file: str | None = None) -> None:
     )
 
 
-@deploy("Build VMs", data_defaults=DEFAULTS)
+@deploy("Build VMs")
 def build(vmspecs: list[VmSpec] | None = None, all_vmspecs: list[VmSpec] | None = None) -> None:
     """Clone every vmspec on its hypervisor and converge existing VMs, then reserve DHCP + DNS on mgmt.
 
@@ -171,7 +170,7 @@ def build(vmspecs: list[VmSpec] | None = None, all_vmspecs: list[VmSpec] | None 
         )
 
 
-@deploy("Resize VMs", data_defaults=DEFAULTS)
+@deploy("Resize VMs")
 def resize(vmspecs: list[VmSpec] | None = None) -> None:
     """Converge vCPUs, memory and data disks of existing VMs to their vmspecs (live where possible)."""
     if not is_hypervisor():
@@ -185,7 +184,7 @@ def resize(vmspecs: list[VmSpec] | None = None) -> None:
     )
 
 
-@deploy("Start VMs", data_defaults=DEFAULTS)
+@deploy("Start VMs")
 def start(vmspecs: list[VmSpec] | None = None) -> None:
     """Start (or resume) the VMs."""
     if not is_hypervisor():
@@ -199,7 +198,7 @@ def start(vmspecs: list[VmSpec] | None = None) -> None:
     )
 
 
-@deploy("Stop VMs", data_defaults=DEFAULTS)
+@deploy("Stop VMs")
 def stop(vmspecs: list[VmSpec] | None = None, force: bool | None = None) -> None:
     """Graceful shutdown, destroyed after ``stop_timeout`` seconds (``force``: destroyed at once)."""
     if not is_hypervisor():
@@ -208,14 +207,14 @@ def stop(vmspecs: list[VmSpec] | None = None, force: bool | None = None) -> None
         name="Stop VMs",
         vmspecs=_mine(vmspecs),
         running=False,
-        force=flag("force") if force is None else force,
+        force=flag("force", force),
         stop_timeout=int(number("stop_timeout")),
         uri=setting("libvirt_uri"),
         command_timeout=seconds("command_timeout"),
     )
 
 
-@deploy("Delete VMs", data_defaults=DEFAULTS)
+@deploy("Delete VMs")
 def delete(
     vmspecs: list[VmSpec] | None = None,
     all_vmspecs: list[VmSpec] | None = None,
@@ -224,7 +223,7 @@ def delete(
     """Delete the VMs and the files each one alone owns (``keep_disks``: keep them), then drop the DHCP
     reservations and DNS names of the VMs deleted in this run on mgmt (and release their leases)."""
     if is_hypervisor():
-        keep = flag("keep_disks") if keep_disks is None else keep_disks
+        keep = flag("keep_disks", keep_disks)
         libvirt.vms(
             name="Delete VMs" + (" (keeping disks)" if keep else " and their volumes"),
             vmspecs=_mine(vmspecs),
@@ -249,7 +248,7 @@ def delete(
         )
 
 
-@deploy("Save VM XML", data_defaults=DEFAULTS)
+@deploy("Save VM XML")
 def dumpxml(
     vmspecs: list[VmSpec] | None = None, directory: str | None = None, domains: list[str] | None = None
 ) -> None:
@@ -258,17 +257,17 @@ def dumpxml(
     deploys/installer.py) instead of the vmspecs' VMs."""
     if not is_hypervisor():
         return
-    names = domains if domains is not None else str_list("xml_domains")
+    names = str_list("xml_domains", domains)
     libvirt.vm_xml_files(
         name="Save VM XML",
         domains=names or [spec.name for spec in _mine(vmspecs)],
-        directory=os.path.join(directory or setting("xml_dir"), host.name),
+        directory=os.path.join(setting("xml_dir", directory or None), host.name),
         uri=setting("libvirt_uri"),
         command_timeout=seconds("command_timeout"),
     )
 
 
-@deploy("Status", data_defaults=DEFAULTS)
+@deploy("Status")
 def status(vmspecs: list[VmSpec] | None = None, all_vmspecs: list[VmSpec] | None = None) -> None:
     """Per VM: manifest vs actual (state, vCPUs, memory, max memory, data disks, MAC, reservation).
 
@@ -294,7 +293,7 @@ def status(vmspecs: list[VmSpec] | None = None, all_vmspecs: list[VmSpec] | None
 
 def _wait_settings(timeout: float | None) -> tuple[float, str, int]:
     try:
-        seconds_ = timeout_value(setting("wait_timeout") if timeout is None else timeout)
+        seconds_ = timeout_value(setting("wait_timeout", timeout))
     except ValueError as exc:
         raise SettingError(str(exc)) from None
     port = setting("wait_ssh_port")
@@ -328,7 +327,7 @@ def _check_readiness(state: Any, host: Any, specs: list[VmSpec], config: dict[st
     return True
 
 
-@deploy("Readiness", data_defaults=DEFAULTS)
+@deploy("Readiness")
 def wait(all_vmspecs: list[VmSpec] | None = None, timeout: float | None = None) -> None:
     """Wait until every VM holds its DHCP lease and answers SSH (one bounded command on mgmt).
 

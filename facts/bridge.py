@@ -10,7 +10,8 @@ from typing import Any
 from pyinfra.api import FactBase, QuoteString, StringCommand
 from pyinfra.api.exceptions import FactProcessError
 
-from operations.util.bridge_spec import STAMP, STATE_DIR
+from inventories.defaults import BRIDGE_STAMP as STAMP
+from inventories.defaults import BRIDGE_STATE_DIR as STATE_DIR
 
 SECTIONS = ("@@stamp", "@@state", "@@links", "@@addrs", "@@tools")
 _LINK = re.compile(r"^\d+:\s+([^:@\s]+)(?:@\S+)?:\s+<([^>]*)>(.*)$")

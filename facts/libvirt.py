@@ -23,9 +23,9 @@ from pyinfra.api.exceptions import FactProcessError
 
 from facts._libvirt_parse import ParseError, hypervisor_from
 from facts._libvirt_probe import PROBE
+from facts.util.commands import bounded
 from inventories.defaults import COMMAND_TIMEOUT as DEFAULT_TIMEOUT
 from inventories.defaults import LIBVIRT_URI as DEFAULT_URI
-from operations._virsh import bounded
 
 
 def probe_command(uri: str, timeout: int = DEFAULT_TIMEOUT) -> StringCommand:

@@ -1,7 +1,7 @@
 """Where things live on the cluster's machines when the data does not say otherwise: the one home of
 each default that facts, operations, deploys and the sandbox share.
 
-Deploys take these as ``data_defaults`` (``deploys/_settings.py`` ``DEFAULTS`` maps data keys to them);
+The settings table (``inventories/settings.py``) maps data keys to them;
 every key can be overridden per host, per group or with ``--data key=value``.
 """
 
@@ -32,3 +32,8 @@ COMMAND_TIMEOUT = 60
 COPY_TIMEOUT = 3600
 # Seconds one migration of a VM (or the offline copy of its local disks) may take.
 MIGRATE_TIMEOUT = 1800
+
+# Bridge networking on a hypervisor: where the dead-man switch keeps its state while a change is
+# armed, and the stamp recording the committed configuration.
+BRIDGE_STATE_DIR = "/run/kvm-qemu-bridge"
+BRIDGE_STAMP = "/etc/kvm-qemu/bridge.json"

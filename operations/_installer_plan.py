@@ -17,7 +17,8 @@ from pyinfra.api import QuoteString, StringCommand
 from operations._domain_plan import VmPlan, _with_cleanup
 from operations._virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+INTERFACE = re.compile(r"[A-Za-z0-9._-]{1,15}")
 GRAPHICS = ("vnc", "none")
 DOMAIN_TYPES = ("kvm", "qemu")
 CONSOLE_LOG_DIR = "/var/log/libvirt/qemu"
@@ -43,8 +44,9 @@ class InstallerSpec:
     domain_type: str = "kvm"
 
     def check(self) -> None:
-        """Raise InstallerError naming the first bad setting."""
-        if not NAME.match(self.vm or ""):
+        """Raise InstallerError naming the first bad setting; every pattern must match the whole value
+        (``fullmatch``: ``$`` would let a trailing newline through)."""
+        if not NAME.fullmatch(self.vm or ""):
             raise InstallerError(
                 f"installer_name={self.vm!r}: letters, digits, '.', '_', '-', starting with a letter or "
                 "digit, at most 63 characters"
@@ -68,7 +70,7 @@ class InstallerSpec:
             raise InstallerError(
                 f"installer_domain_type={self.domain_type!r}: expected one of {', '.join(DOMAIN_TYPES)}"
             )
-        if self.bridge and not re.match(r"^[A-Za-z0-9._-]{1,15}$", self.bridge):
+        if self.bridge and not INTERFACE.fullmatch(self.bridge):
             raise InstallerError(f"installer_bridge={self.bridge!r}: expected an interface name (or empty)")
 
     @property

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pyinfra.api import QuoteString, StringCommand
 
+from facts.util.commands import KILL_AFTER, bounded
 from inventories.defaults import COMMAND_TIMEOUT as DEFAULT_TIMEOUT
 from inventories.defaults import COPY_TIMEOUT as DEFAULT_COPY_TIMEOUT
 from inventories.defaults import LIBVIRT_URI as DEFAULT_URI
 
-__all__ = ["DEFAULT_COPY_TIMEOUT", "DEFAULT_TIMEOUT", "DEFAULT_URI"]
-KILL_AFTER = 5
+__all__ = ["DEFAULT_COPY_TIMEOUT", "DEFAULT_TIMEOUT", "DEFAULT_URI", "KILL_AFTER", "bounded"]
 # Added to a command's own limits for the controller-side bound (SSH round trip, shell, small steps).
 SLACK = 30
 
@@ -23,23 +23,6 @@ def session_limit(steps: int, timeout: int, extra: int = 0) -> int:
     """Seconds pyinfra waits for a command of ``steps`` bounded steps (plus ``extra``) before it gives
     up on the host: the remote limits cannot help when the SSH session itself stops answering."""
     return steps * (int(timeout) + KILL_AFTER) + int(extra) + SLACK
-
-
-def bounded(step: str, timeout: int, *command: str | StringCommand | QuoteString) -> StringCommand:
-    """``command`` under ``timeout`` seconds; on expiry its exit status is kept and stderr names ``step``.
-
-    ``timeout`` exits 124 after SIGTERM and 137 when SIGKILL was needed.
-    """
-    seconds = int(timeout)
-    return StringCommand(
-        "{ timeout -k",
-        str(KILL_AFTER),
-        QuoteString(str(seconds)),
-        *command,
-        "|| { rc=$?; if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then echo",
-        QuoteString(f"kvm-qemu: timed out after {seconds} s: {step}"),
-        ">&2; fi; (exit $rc); }; }",
-    )
 
 
 def virsh(uri: str, *args: str | int, timeout: int = DEFAULT_TIMEOUT) -> StringCommand:

@@ -25,8 +25,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-STATE_DIR = "/run/kvm-qemu-bridge"
-STAMP = "/etc/kvm-qemu/bridge.json"
+from inventories import defaults
+
+STATE_DIR = defaults.BRIDGE_STATE_DIR
+STAMP = defaults.BRIDGE_STAMP
 NETPLAN_FILE = "/etc/netplan/60-kvm-qemu-bridge.yaml"
 IFCFG_DIR = "/etc/sysconfig/network-scripts"
 ROLLBACK_UNIT = "kvm-qemu-bridge-rollback"
