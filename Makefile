@@ -62,7 +62,13 @@ demo: venv
 # make bench [BASELINE=<git ref>] [BENCH_SCENARIOS=full3,floor,small,linked,scale,ready] [BENCH_RUNS=3]
 #            [BENCH_SCALE_HOSTS=1,4,16] [BENCH_VMS_PER_HOST=32]: with BASELINE, every scenario runs for HEAD
 # and the ref alternately in one session and the table gives the ratio HEAD/baseline (sandbox/bench.py).
-# Variables given on make's command line reach sandbox/bench.py through its environment.
+# These variables reach sandbox/bench.py through its environment, never through shell text.
+BASELINE ?=
+BENCH_SCENARIOS ?=
+BENCH_RUNS ?=
+BENCH_SCALE_HOSTS ?=
+BENCH_VMS_PER_HOST ?=
+export BASELINE BENCH_SCENARIOS BENCH_RUNS BENCH_SCALE_HOSTS BENCH_VMS_PER_HOST
 bench: venv
 	$(PY) -m sandbox.bench
 
