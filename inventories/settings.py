@@ -32,6 +32,7 @@ from copy import copy
 from dataclasses import dataclass
 from typing import Any
 
+import gevent.local
 from pyinfra import host
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.host import HostData
@@ -269,8 +270,17 @@ def _deploy_layer(member: Any) -> Mapping[str, Any]:
     return {}
 
 
-# Per host: the parameters of the deploy functions running now, innermost last (see ``given``).
-_GIVEN: dict[str, list[dict[str, Any]]] = {}
+# The parameters of the deploy functions running now, innermost last (see ``given``). pyinfra runs each
+# host's deploy code in a greenlet of its own, so the stack is the greenlet's: a call context, not state
+# shared across hosts.
+_CALLS = gevent.local.local()
+
+
+def _given_stack() -> list[dict[str, Any]]:
+    stack: list[dict[str, Any]] | None = getattr(_CALLS, "stack", None)
+    if stack is None:
+        stack = _CALLS.stack = []
+    return stack
 
 
 @contextmanager
@@ -279,7 +289,7 @@ def given(values: dict[str, Any]) -> Iterator[None]:
     its body runs on the current host."""
     for key in values:
         _entry(key)
-    stack = _GIVEN.setdefault(host.name, [])
+    stack = _given_stack()
     stack.append({key: value for key, value in values.items() if value is not None})
     try:
         yield
@@ -303,7 +313,7 @@ def _chosen(key: str, given_value: Any, member: Any) -> Any:
     if given_value is not None:
         return given_value
     if member is None:
-        for layer in reversed(_GIVEN.get(host.name, [])):
+        for layer in reversed(_given_stack()):
             if key in layer:
                 return layer[key]
     for layer in _operator_layers(member if member is not None else host):
