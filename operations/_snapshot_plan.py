@@ -287,6 +287,45 @@ def _forget(vm: str, snapshot_name: str, overlays: list[str], uri: str, timeout:
     ]
 
 
+# Reads ``qemu-img info --output=json`` of an overlay on stdin; argv: the recorded file below it, the
+# overlay. Exits 1 with a sentence unless the header names exactly the recorded file (Python 3.6).
+_SAME_BACKING = r"""
+import json, os, sys
+below, overlay = sys.argv[1], sys.argv[2]
+try:
+    info = json.load(sys.stdin)
+    name = info.get("full-backing-filename") or info.get("backing-filename") or ""
+except (ValueError, AttributeError):
+    sys.stderr.write("kvm-qemu: cannot read the header of %s; refusing to commit it\n" % overlay)
+    sys.exit(1)
+if not name or os.path.normpath(name) != os.path.normpath(below):
+    sys.stderr.write("kvm-qemu: %s is now on %s, not on the snapshot's recorded file %s; refusing to "
+                     "commit it\n" % (overlay, name or "no backing file", below))
+    sys.exit(1)
+"""
+
+
+def _commit(overlay: str, below: str, timeout: int) -> StringCommand:
+    """Commit ``overlay`` into ``below`` only: its header is read right before (``-U``: shared, so a
+    lock does not stop the read; the commit itself still needs the write lock) and must name exactly
+    ``below``, and ``-b`` makes qemu-img refuse any other base."""
+    check = bounded(
+        f"check of {overlay}",
+        timeout,
+        "sh",
+        "-c",
+        q('qemu-img info -U --output=json -f qcow2 -- "$1" | python3 -c "$3" "$2" "$1"'),
+        "sh",
+        q(overlay),
+        q(below),
+        q(_SAME_BACKING),
+    )
+    commit = bounded(
+        f"commit of {overlay}", timeout, "qemu-img", "commit", "-q", "-f", "qcow2", "-b", q(below), q(overlay)
+    )
+    return sh(check, "&&", commit)
+
+
 def delete_plan(
     vm: str,
     snapshot_name: str,
@@ -331,9 +370,7 @@ def delete_plan(
     overlays = [overlay for _, overlay, _, _ in layers]
     steps = [_plain_files(vm, overlays)]
     for _target, overlay, below, _fmt in layers:
-        steps.append(
-            bounded(f"commit of {overlay}", timeout, "qemu-img", "commit", "-q", "-f", "qcow2", q(overlay))
-        )
+        steps.append(_commit(overlay, below, timeout))
         plan.actions.append(f"delete snapshot {snapshot_name}: commit {overlay} into {below}, remove it")
     steps.append(sh(virsh(uri, "define", "/dev/stdin", timeout=timeout), ">/dev/null"))
     steps += _forget(vm, snapshot_name, overlays, uri, timeout)

@@ -155,15 +155,24 @@ def test_revert_refuses_a_disk_that_moved_off_the_overlay() -> None:
 def test_delete_commits_then_points_the_domain_below_then_removes_metadata_and_overlay() -> None:
     dom = domain(on_overlay=True)
     plan = delete_plan("vm1", "before-upgrade", dom, {"domains": {"vm1": dom}}, URI)
-    assert plan.command.get_raw_value() == " && ".join(
+    command = plan.command.get_raw_value()
+    plain = (
+        f'{{ for f in {OVL} ; do if [ -L "$f" ] || [ ! -f "$f" ]; then echo "kvm-qemu: $f is not a plain '
+        'file; refusing to change the snapshots of vm1 " >&2; exit 1; fi; done; } && '
+    )
+    # The header check (tests/unit/test_snapshot_commit.py runs it) comes right before the commit.
+    check = f"{{ timeout -k 5 60 sh -c 'qemu-img info -U --output=json -f qcow2 -- \"$1\" | python3 -c"
+    commit = step(f"commit of {OVL}", f"qemu-img commit -q -f qcow2 -b {IMG} {OVL}")
+    rest = " && ".join(
         [
-            f'{{ for f in {OVL} ; do if [ -L "$f" ] || [ ! -f "$f" ]; then echo "kvm-qemu: $f is not a plain '
-            'file; refusing to change the snapshots of vm1 " >&2; exit 1; fi; done; }',
-            step(f"commit of {OVL}", f"qemu-img commit -q -f qcow2 {OVL}"),
+            commit,
             step("virsh define /dev/stdin", "virsh -q -c qemu:///system define /dev/stdin") + " >/dev/null",
             *FORGET,
         ]
     )
+    assert command.startswith(plain + check), command
+    assert command.endswith(" && " + rest), command
+    assert f"sh {OVL} {IMG} " in command[len(plain) : -len(rest)]
     assert plan.stdin == (
         '<domain><name>vm1</name><devices><disk type="file" device="disk"><driver name="qemu" type="raw" />'
         f'<source file="{IMG}" /><target dev="vda" /></disk></devices></domain>'
