@@ -161,7 +161,7 @@ def test_delete_commits_then_points_the_domain_below_then_removes_metadata_and_o
         'file; refusing to change the snapshots of vm1 " >&2; exit 1; fi; done; } && '
     )
     # The header check (tests/unit/test_snapshot_commit.py runs it) comes right before the commit.
-    check = f"{{ timeout -k 5 60 sh -c 'qemu-img info -U --output=json -f qcow2 -- \"$1\" | python3 -c"
+    check = "{ timeout -k 5 60 sh -c 'qemu-img info -U --output=json -f qcow2 -- \"$1\" | python3 -c"
     commit = step(f"commit of {OVL}", f"qemu-img commit -q -f qcow2 -b {IMG} {OVL}")
     rest = " && ".join(
         [
