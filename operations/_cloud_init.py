@@ -26,7 +26,7 @@ from typing import Any
 from pyinfra.api import StringCommand
 
 from inventories.manifest_model import VmSpec
-from operations._domain_plan import Snapshot, VmPlan, _with_cleanup, is_active
+from operations._domain_plan import Snapshot, VmPlan, _with_cleanup, is_active, staged
 from operations._domain_xml import stable_uuid
 from operations._iso9660 import build_iso
 from operations._virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
@@ -210,7 +210,9 @@ def seed_plan(
                     'rm -f -- "$f"; done; }',
                 )
             )
-        fill = bounded(f"write {path}", timeout, "sh", "-c", q('base64 -d | gzip -dc > "$1"'), "sh", q(path))
+        fill = bounded(
+            f"write {path}", timeout, "sh", "-c", q('base64 -d | gzip -dc > "$1"'), "sh", q(staged(path))
+        )
         steps.append(_with_cleanup([path], pool["path"], fill, timeout, grouped=True))
         what = f"(instance-id {instance_id}, hostname {spec.hostname}, {len(users)} user(s))"
         if untrusted:

@@ -28,7 +28,7 @@ from typing import Any
 
 from pyinfra.api import StringCommand
 
-from operations._domain_plan import VmPlan, _with_cleanup, in_use, is_active, qcow2_overlay
+from operations._domain_plan import VmPlan, _with_cleanup, in_use, is_active, qcow2_overlay, staged
 from operations._virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
 
 SNAPSHOT_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
@@ -104,17 +104,17 @@ def create_plan(
         return plan
     others = [d for d in (domain.get("config") or domain).get("disks", []) if d not in disks]
     current = {d["target"]: (d["path"], d.get("format") or "raw") for d in disks}
-    paths: list[str] = []
-    steps: list[StringCommand] = []
+    groups: list[StringCommand] = []
     for snapshot_name in missing:
+        # One snapshot at a time: its overlays are filled in private, linked into place, recorded;
+        # a failure removes only this snapshot's overlays (earlier ones are in use by then).
         specs: list[str] = []
         made: list[str] = []
+        fills: list[StringCommand] = []
         for target, (path, fmt) in current.items():
             overlay = overlay_path(path, vm, target, snapshot_name)
             made.append(overlay)
-            steps.append(
-                qcow2_overlay(f"create {overlay}", timeout, path, fmt, overlay)
-            )
+            fills.append(qcow2_overlay(f"create {overlay}", timeout, path, fmt, staged(overlay)))
             specs += ["--diskspec", _diskspec(target, "snapshot=external", f"file={overlay}", "driver=qcow2")]
             current[target] = (overlay, "qcow2")
         specs += [
@@ -123,26 +123,24 @@ def create_plan(
             if d.get("target")
             for x in ("--diskspec", _diskspec(d["target"], "snapshot=no"))
         ]
-        steps.append(
-            sh(
-                virsh(
-                    uri,
-                    "snapshot-create-as",
-                    vm,
-                    snapshot_name,
-                    "--disk-only",
-                    "--atomic",
-                    "--reuse-external",
-                    *specs,
-                    timeout=timeout,
-                ),
-                ">/dev/null",
-            )
+        record = sh(
+            virsh(
+                uri,
+                "snapshot-create-as",
+                vm,
+                snapshot_name,
+                "--disk-only",
+                "--atomic",
+                "--reuse-external",
+                *specs,
+                timeout=timeout,
+            ),
+            ">/dev/null",
         )
-        paths += made
+        groups.append(_with_cleanup(made, directories[0], all_of(fills), timeout, grouped=True, then=record))
         plan.actions.append(f"create snapshot {snapshot_name} (new overlay(s) {', '.join(made)})")
-    plan.command = _with_cleanup(paths, directories[0], all_of(steps), timeout)
-    plan.limit = session_limit(len(steps) + 2, timeout)
+    plan.command = all_of(groups)
+    plan.limit = session_limit(sum(len(disks) + 3 for _ in missing), timeout)
     return plan
 
 

@@ -180,8 +180,8 @@ def test_seed_files_content() -> None:
 
 # --- plans -----------------------------------------------------------------------------------------
 
-WRITE = "( umask 077; made=0; bad=; cleanup() { i=0; for f in /data01/primary/kvmhost01-seed.iso ;"
-FILL = "sh -c 'base64 -d | gzip -dc > \"$1\"' sh /data01/primary/kvmhost01-seed.iso"
+WRITE = '( umask 077; out=0; in=; t=; cleanup() { if [ -n "$in" ]; then for f in /data01/primary/kvmhost01-seed.iso ;'
+FILL = "sh -c 'base64 -d | gzip -dc > \"$1\"' sh ./kvmhost01-seed.iso"
 CONTROLLER = (
     "printf '%s\\n' '<controller type=\"scsi\" model=\"virtio-scsi\"/>' | "
     "virsh -q -c qemu:///system attach-device kvmhost01 /dev/stdin --config >/dev/null"
