@@ -60,6 +60,10 @@ KVM_HOST_DEFAULTS: dict[str, Any] = {
     # Accounts appended to libvirt + kvm (+ libvirt-qemu on Debian/Ubuntu); missing ones are created.
     "kvm_users": [],
     "kvm_primary_storage": WORKFLOW_DEFAULTS["kvm_primary_storage"],
+    # Not writable by group or others: new disks are filled by root, and libvirt (DAC) hands each image
+    # to qemu when a VM starts, so qemu needs only to pass through the directory (x), as with libvirt's
+    # own /var/lib/libvirt/images (0711).
+    "kvm_primary_storage_mode": "0711",
     "kvm_secondary_storage": WORKFLOW_DEFAULTS["kvm_secondary_storage"],
     # libguestfs-tools (virt-sysprep, virt-customize) pulls in a kernel and an appliance; opt in.
     "kvm_guestfs_tools": False,
