@@ -171,6 +171,16 @@ def unit_name(key: str) -> str:
 # --- KVM hypervisor -----------------------------------------------------------------------------
 
 
+def storage_mode() -> str:
+    """The primary pool directory's mode (``kvm_primary_storage_mode``, default 0711): an octal mode;
+    one that lets group or others write is taken as the operator's explicit choice."""
+    mode = str(setting("kvm_primary_storage_mode"))
+    # pyinfra writes the mode into chmod unquoted.
+    if not _MODE.fullmatch(mode):
+        raise SettingError(f"kvm_primary_storage_mode={mode!r}: expected an octal mode such as 0711")
+    return mode
+
+
 def graphics_listen_address() -> str:
     value = str(setting("kvm_graphics_listen"))
     try:
@@ -288,6 +298,7 @@ def _kvm_host() -> None:
     # All data first: a mistake stops the run before any host is touched.
     users = str_list("kvm_users")
     primary = safe_path("kvm_primary_storage")
+    primary_mode = storage_mode()
     secondary = safe_path("kvm_secondary_storage")
     listen = graphics_listen_address()
     tls = flag("libvirt_listen_tls")
@@ -312,7 +323,9 @@ def _kvm_host() -> None:
             ensure_home=False,
         )
 
-    files.directory(name="Primary storage directory", path=primary, user="root", group="kvm", mode="0775")
+    files.directory(
+        name="Primary storage directory", path=primary, user="root", group="kvm", mode=primary_mode
+    )
 
     libvirtd_changes = []
     for key in host.loop(sorted(tls_files)):

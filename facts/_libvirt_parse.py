@@ -220,13 +220,19 @@ def snapshots_from(dom: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def files_from(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{path: {kind, backing[, sha256]}}`` as the probe found them (older probes send nothing: empty).
+    """``{path: {kind, backing[, uid, gid, mode][, sha256]}}`` as the probe found them (older probes
+    send nothing: empty).
 
-    ``sha256``: only for cloud-init seeds (``*-seed.iso``) that are plain files.
+    ``kind``, ``uid``, ``gid`` and ``mode`` (permission bits) are the entry's own (``lstat``; older
+    probes send no owner or mode); ``backing`` is read only from regular files; ``sha256`` only for
+    cloud-init seeds (``*-seed.iso``) that are regular files.
     """
-    files = {}
+    files: dict[str, dict[str, Any]] = {}
     for path, entry in (data.get("files") or {}).items():
         files[str(path)] = {"kind": str(entry.get("kind") or "missing"), "backing": entry.get("backing")}
+        for key in ("uid", "gid", "mode"):
+            if isinstance(entry.get(key), int) and not isinstance(entry.get(key), bool):
+                files[str(path)][key] = entry[key]
         if entry.get("sha256"):
             files[str(path)]["sha256"] = str(entry["sha256"])
     return files

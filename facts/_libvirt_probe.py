@@ -6,7 +6,9 @@ persistent XML of running domains, both with the secure flag so console password
 their snapshots (XML of each, and which is current), the node's size, and the files the delete and
 build decisions need: every entry of every directory pool (active or not) and every domain disk with
 its qcow2 backing chain, read from the image headers, and the SHA-256 of each cloud-init seed
-(``*-seed.iso``) in them.
+(``*-seed.iso``) in them. Each entry's type, owner and mode come from ``lstat``; only a regular file
+is opened (``O_NOFOLLOW | O_NONBLOCK``, and ``fstat`` must show the same regular file), so a link,
+FIFO or device planted in a shared pool directory is never followed or opened.
 Raw libvirt XML is printed as is; the controller parses it (``facts/_libvirt_parse.py``), so this
 script stays small and needs only the libvirt bindings.
 
@@ -55,14 +57,30 @@ def safe(call, default=None):
 
 files = {}
 
-def qcow2_backing(path):
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+def open_regular(path, seen):
+    # Pool directories may hold entries planted by others: only the regular file lstat saw is opened,
+    # never a link (O_NOFOLLOW), and never blocking on a FIFO or device (O_NONBLOCK, then fstat).
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW)
     except OSError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
+        info = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        return None
+    if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (seen.st_dev, seen.st_ino):
+        os.close(fd)
+        return None
+    return fd
+
+def qcow2_backing(path, seen):
+    fd = open_regular(path, seen)
+    if fd is None:
+        return None
+    try:
         head = os.read(fd, 20)
         if len(head) < 20 or head[:4] != b"QFI\xfb":
             return None
@@ -79,16 +97,14 @@ def qcow2_backing(path):
         return name
     return os.path.normpath(os.path.join(os.path.dirname(path), name))
 
-def seed_digest(path):
-    # A cloud-init seed is small: its SHA-256 tells whether it must be rebuilt (no link followed).
+def seed_digest(path, seen):
+    # A cloud-init seed is small: its SHA-256 tells whether it must be rebuilt.
     import hashlib
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
+    fd = open_regular(path, seen)
+    if fd is None:
         return None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > 16 << 20:
+        if os.fstat(fd).st_size > 16 << 20:
             return None
         digest = hashlib.sha256()
         while True:
@@ -105,17 +121,20 @@ def describe(path, depth=0):
     if path in files or depth > 16:
         return
     try:
-        mode = os.lstat(path).st_mode
+        seen = os.lstat(path)
     except OSError:
         files[path] = {"kind": "missing", "backing": None}
         return
+    mode = seen.st_mode
     kind = ("link" if stat.S_ISLNK(mode) else "file" if stat.S_ISREG(mode)
             else "dir" if stat.S_ISDIR(mode) else "other")
     step[0] = "read " + path
-    backing = qcow2_backing(path) if kind in ("file", "link") else None
-    files[path] = {"kind": kind, "backing": backing}
+    # Headers are read only of regular files: a link is reported as a link, its target left alone.
+    backing = qcow2_backing(path, seen) if kind == "file" else None
+    files[path] = {"kind": kind, "backing": backing, "uid": seen.st_uid, "gid": seen.st_gid,
+                   "mode": stat.S_IMODE(mode)}
     if kind == "file" and path.endswith("-seed.iso"):
-        files[path]["sha256"] = seed_digest(path)
+        files[path]["sha256"] = seed_digest(path, seen)
     if backing and backing.startswith("/"):
         describe(backing, depth + 1)
 

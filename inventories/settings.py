@@ -116,6 +116,10 @@ TABLE: tuple[Setting, ...] = (
             _WORKFLOWS),
     # --- hypervisor setup ---
     Setting("kvm_users", [], "list", "accounts added to libvirt and kvm (missing ones are created)", _HOST),
+    # Not writable by group or others: new disks are filled by root, and libvirt (DAC) hands each image
+    # to qemu when a VM starts, so qemu only passes through the directory, as with /var/lib/libvirt/images.
+    Setting("kvm_primary_storage_mode", "0711", "text",
+            "octal mode of the primary pool directory; group- or world-writable only when set so", _HOST),
     Setting("kvm_guestfs_tools", False, "flag", "also install libguestfs-tools (virt-sysprep; large)", _HOST),
     Setting("kvm_extra_packages", [], "list", "more packages to install on every hypervisor", _HOST),
     Setting("libvirt_service", "libvirtd", "text", "the libvirt service to enable and restart", _HOST),

@@ -26,7 +26,7 @@ from typing import Any
 from pyinfra.api import StringCommand
 
 from inventories.manifest_model import VmSpec
-from operations._domain_plan import Snapshot, VmPlan, _with_cleanup, is_active
+from operations._domain_plan import Snapshot, VmPlan, _with_cleanup, is_active, staged
 from operations._domain_xml import stable_uuid
 from operations._iso9660 import build_iso
 from operations._virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
@@ -146,6 +146,18 @@ def _free_target(domain: dict[str, Any]) -> str:
     return next(f"sd{c}" for c in "abcdefghijklmnopqrstuvwxyz" if f"sd{c}" not in used)
 
 
+def _untrusted(entry: dict[str, Any]) -> str | None:
+    """Why an existing seed file cannot be kept as it is, or None: this package writes seeds as root,
+    0600, so a seed owned by anyone else, or with other permissions, may have been planted or changed
+    by someone else (its content could be rewritten before the guest boots)."""
+    uid, mode = entry.get("uid"), entry.get("mode")
+    if uid is None or mode is None:
+        return "owner and mode unknown"
+    if uid != 0 or mode != 0o600:
+        return f"owned by uid {uid} with mode {mode:04o}, not root 0600"
+    return None
+
+
 def seed_plan(
     spec: VmSpec,
     snapshot: Snapshot,
@@ -156,7 +168,8 @@ def seed_plan(
 ) -> VmPlan:
     """Write ``<pool>/<vm>-seed.iso`` when missing or different, attach it as a cdrom when it is not.
 
-    The file is compared by SHA-256 (the fact reads it on the host). A file that is not a plain file
+    The file is compared by SHA-256 (the fact reads it on the host); one that is not root's and 0600
+    (the probe's ``lstat``) is replaced even when its content matches. A file that is not a plain file
     (a link, a directory) is refused. A new file is created exclusively, 0600, in the pool directory
     (``_with_cleanup``), filled from stdin (gzip + base64 of the image); an out-of-date one is removed
     first. The cdrom goes on a virtio-scsi controller (one is added when the domain has no SCSI
@@ -183,8 +196,9 @@ def seed_plan(
         plan.error = f"{path} is a {kind}, not a plain file; refusing to replace it"
         return plan
 
+    untrusted = _untrusted(entry) if kind == "file" else None
     steps: list[StringCommand] = []
-    if kind != "file" or entry.get("sha256") != digest:
+    if kind != "file" or entry.get("sha256") != digest or untrusted:
         if kind == "file":
             steps.append(
                 sh(
@@ -196,12 +210,15 @@ def seed_plan(
                     'rm -f -- "$f"; done; }',
                 )
             )
-        fill = bounded(f"write {path}", timeout, "sh", "-c", q('base64 -d | gzip -dc > "$1"'), "sh", q(path))
-        steps.append(_with_cleanup([path], pool["path"], fill, timeout, grouped=True))
-        plan.actions.append(
-            f"{'rewrite' if kind == 'file' else 'write'} {path} (instance-id {instance_id}, "
-            f"hostname {spec.hostname}, {len(users)} user(s))"
+        fill = bounded(
+            f"write {path}", timeout, "sh", "-c", q('base64 -d | gzip -dc > "$1"'), "sh", q(staged(path))
         )
+        steps.append(_with_cleanup([path], pool["path"], fill, timeout, grouped=True))
+        what = f"(instance-id {instance_id}, hostname {spec.hostname}, {len(users)} user(s))"
+        if untrusted:
+            plan.actions.append(f"replace {path}, {untrusted}, with a new seed {what}")
+        else:
+            plan.actions.append(f"{'rewrite' if kind == 'file' else 'write'} {path} {what}")
         plan.stdin = base64.b64encode(gzip.compress(image, mtime=0)).decode("ascii") + "\n"
 
     cfg = (domain.get("config") or domain) if domain else {}

@@ -114,13 +114,15 @@ def clone_plan(
                     "-s",
                     q(f"{disk.size_gib}G"),
                     "--",
-                    q(disk.path),
+                    q(staged(disk.path)),
                 )
             )
             plan.actions.append(f"data disk {disk.target} {disk.size_gib} GiB")
         elif spec.clone == "linked":
             steps.append(
-                qcow2_overlay(f"create {disk.path}", timeout, disk.source.path, disk.source.format, disk.path)
+                qcow2_overlay(
+                    f"create {disk.path}", timeout, disk.source.path, disk.source.format, staged(disk.path)
+                )
             )
             plan.actions.append(f"linked clone of {disk.source.path} as {disk.path}")
         else:
@@ -132,16 +134,16 @@ def clone_plan(
                     "--sparse=always",
                     "--",
                     q(disk.source.path),
-                    q(disk.path),
+                    q(staged(disk.path)),
                 )
             )
             plan.actions.append(f"full copy of {disk.source.path} to {disk.path}")
     sysprep = bool(spec.sysprep)
     if sysprep:  # clean clones (operations/_sysprep.py): after the copies, before the define
-        cloned = [(d.path, d.format) for d in disks if d.source is not None]
+        cloned = [(staged(d.path), d.format) for d in disks if d.source is not None]
         steps.append(sysprep_command(spec.hostname, cloned, copy_timeout))
         plan.actions.append(f"virt-sysprep (hostname {spec.hostname})")
-    steps.append(sh(virsh(uri, "define", "/dev/stdin", timeout=timeout), ">/dev/null"))
+    define = sh(virsh(uri, "define", "/dev/stdin", timeout=timeout), ">/dev/null")
     plan.actions.insert(
         0,
         f"define from {spec.srcvm} with {spec.vcpus} vCPU(s), memory {spec.memory_gb} GiB "
@@ -150,7 +152,8 @@ def clone_plan(
     if spec.autostart:
         plan.actions.append("autostart on")
 
-    plan.command = _with_cleanup(paths, pool["path"], all_of(steps), timeout)
+    plan.command = _with_cleanup(paths, pool["path"], all_of(steps), timeout, then=define)
+    steps.append(define)
     if sysprep:
         plan.command = sh(tool_check(spec.name), plan.command)
     if spec.autostart:
@@ -291,7 +294,7 @@ def disk_plan(
     for target in missing:
         path = posixpath.join(pool["path"], f"{spec.name}-{target}.img")
         create = bounded(
-            f"create {path}", timeout, "truncate", "-s", q(f"{spec.disk_size_gb}G"), "--", q(path)
+            f"create {path}", timeout, "truncate", "-s", q(f"{spec.disk_size_gb}G"), "--", q(staged(path))
         )
         attach = virsh(
             uri,
@@ -307,7 +310,7 @@ def disk_plan(
             *live,
             timeout=timeout,
         )
-        commands.append(_with_cleanup([path], pool["path"], all_of([create, attach]), timeout, grouped=True))
+        commands.append(_with_cleanup([path], pool["path"], create, timeout, grouped=True, then=attach))
         actions.append(f"add data disk {target} {spec.disk_size_gb} GiB" + (" (live)" if live else ""))
     return commands, actions, notes
 
@@ -341,24 +344,44 @@ def converge_plan(
     return plan
 
 
-def _with_cleanup(
-    paths: list[str], pool_dir: str, command: StringCommand, timeout: int, grouped: bool = False
-) -> StringCommand:
-    """Create ``paths`` (files in ``pool_dir``) as new 0600 files, then run ``command`` that fills them.
+def staged(path: str) -> str:
+    """Where ``_with_cleanup`` has its command fill ``path``: the same name in the private staging
+    directory the command runs in (``./<name>``); the file reaches ``path`` only once it is full."""
+    return "./" + posixpath.basename(path)
 
-    A path that exists as anything, a dangling symbolic link included, is refused. Each file is made
-    with O_EXCL (``set -C``), so a link planted between the check and the creation is not followed
-    either, and must then be a plain file whose resolved directory is the pool's. The umask makes
-    it, and whatever ``command`` creates, readable by root only (libvirt's own volume mode). If
-    anything fails, the files made here are removed again. ``grouped``: in a subshell, whose status is
-    the result, for use inside a longer command.
+
+def _with_cleanup(
+    paths: list[str],
+    pool_dir: str,
+    command: StringCommand,
+    timeout: int,
+    grouped: bool = False,
+    then: StringCommand | None = None,
+) -> StringCommand:
+    """Make ``paths`` (new files in ``pool_dir``) as 0600 files filled by ``command``, then run ``then``.
+
+    The pool directory may be writable by others (an older setup's group kvm, an NFS share's 1777),
+    who could swap a file for a link between any check and a tool reopening it by path. So the files
+    are created (O_EXCL) and filled (``command`` names them with ``staged``) in a private directory,
+    made with ``mktemp -d`` in the pool directory (same filesystem) and checked after ``cd`` (0700,
+    ours, its parent the pool directory, empty: a swapped one is refused); the command runs in it.
+    Each full file is then hard-linked to its path with ``ln -T``, which never replaces or follows
+    anything there (an entry that appeared meanwhile is refused, named), and its staging name goes.
+    A path that exists already as anything, a dangling link included, is refused before anything
+    is made. If anything fails, what was made is removed (staged files by their name in the private
+    directory, published ones only if this command linked them) and the staging directory goes.
+    ``grouped``: in a subshell, whose status is the result, for use inside a longer command.
     """
     quoted: list[Any] = [q(p) for p in paths]
+    after: list[str | StringCommand] = ["&&", then] if then is not None else []
     stop = "exit 1"
     body = sh(
-        "umask 077; made=0; bad=; cleanup() { i=0; for f in",
+        "umask 077; out=0; in=; t=; cleanup() { if [ -n \"$in\" ]; then for f in",
         *quoted,
-        '; do [ "$i" -ge "$made" ] || rm -f -- "$f"; i=$((i + 1)); done; };',
+        '; do rm -f -- "./${f##*/}"; done; fi; i=0; for f in',
+        *quoted,
+        '; do [ "$i" -ge "$out" ] || rm -f -- "$d/${f##*/}"; i=$((i + 1)); done;',
+        'if [ -n "$t" ]; then cd / && rmdir -- "$t"; fi; };',
         "for f in",
         *quoted,
         '; do if [ -e "$f" ] || [ -L "$f" ]; then',
@@ -369,22 +392,40 @@ def _with_cleanup(
         bounded(f"resolve {pool_dir}", timeout, "readlink", "-f", "--", q(pool_dir)),
         ") ||",
         stop,
-        "; trap cleanup EXIT; for f in",
+        "; for f in",
         *quoted,
-        '; do ( set -C; : > "$f" ) || break; made=$((made + 1));',
-        'if [ ! -f "$f" ] || [ -L "$f" ] || [ "$(readlink -f -- "$f")" != "$d/${f##*/}" ]; then',
+        '; do if [ "$(readlink -f -- "${f%/*}")" != "$d" ]; then',
         'echo "kvm-qemu: $f is not a file in the pool directory $d; refusing it" >&2;',
-        "bad=1; break; fi; done;",
-        'if [ -z "$bad" ] && [',
-        q(len(paths)),
-        '-eq "$made" ] &&',
+        stop,
+        "; fi; done; trap cleanup EXIT;",
+        't=$(mktemp -d -- "$d/.kvm-qemu-XXXXXXXX") ||',
+        stop,
+        ';  if ! cd -P -- "$t" || [ "$(stat -c %a -- .)" != 700 ] || [ -n "$(ls -A)" ]',
+        '|| [ "$(stat -c %d:%i -- ..)" != "$(stat -L -c %d:%i -- "$d")" ]',
+        # The owner is ours, except on NFS, where root may be squashed to another user.
+        '|| { [ "$(stat -c %u -- .)" != "$(id -u)" ] && [ "$(stat -f -c %T -- .)" != nfs ]; }; then',
+        'echo "kvm-qemu: the private directory $t in $d was swapped; refusing to use it" >&2;',
+        stop,
+        '; fi; in=1; for f in',
+        *quoted,
+        '; do ( set -C; : > "./${f##*/}" ) ||',
+        stop,
+        "; done; if",
         command,
-        "; then trap - EXIT; else cleanup; trap - EXIT;",
+        "&& for f in",
+        *quoted,
+        '; do if ! ln -T -- "./${f##*/}" "$d/${f##*/}"; then',
+        'echo "kvm-qemu: $d/${f##*/} appeared meanwhile; refusing to replace it" >&2; break; fi;',
+        'out=$((out + 1)); rm -f -- "./${f##*/}"; done && [',
+        q(len(paths)),
+        '-eq "$out" ]',
+        *after,
+        '; then trap - EXIT; cd / && { rmdir -- "$t" || true; }; else cleanup; trap - EXIT;',
         stop,
         "; fi",
     )
     if grouped:
-        # A subshell: the umask, trap and variables stay inside, and its status is the result.
+        # A subshell: the umask, directory, trap and variables stay inside, and its status is the result.
         return sh("(", body, ")")
     return body
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pyinfra.api import QuoteString, StringCommand
 
-from operations._domain_plan import VmPlan, _with_cleanup
+from operations._domain_plan import VmPlan, _with_cleanup, staged
 from operations._virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -165,9 +165,8 @@ def installer_plan(
         return plan
     disk_path = posixpath.join(pool["path"], spec.disk_name)
     xml = installer_xml(spec, disk_path, volume["path"])
-    create = bounded(
-        f"create {disk_path}", timeout, "truncate", "-s", q(f"{spec.boot_size_gib}G"), "--", q(disk_path)
-    )
+    size = q(f"{spec.boot_size_gib}G")
+    create = bounded(f"create {disk_path}", timeout, "truncate", "-s", size, "--", q(staged(disk_path)))
     define = sh(virsh(uri, "define", "/dev/stdin", timeout=timeout), ">/dev/null")
     start = sh(
         "{",
@@ -176,7 +175,7 @@ def installer_plan(
         virsh(uri, "undefine", "--nvram", spec.vm, timeout=timeout),
         ">/dev/null; false; }; }",
     )
-    plan.command = _with_cleanup([disk_path], pool["path"], all_of([create, define, start]), timeout)
+    plan.command = _with_cleanup([disk_path], pool["path"], create, timeout, then=all_of([define, start]))
     plan.stdin = xml
     plan.limit = session_limit(5, timeout)
     plan.actions = [

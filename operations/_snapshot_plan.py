@@ -28,7 +28,7 @@ from typing import Any
 
 from pyinfra.api import StringCommand
 
-from operations._domain_plan import VmPlan, _with_cleanup, in_use, is_active, qcow2_overlay
+from operations._domain_plan import VmPlan, _with_cleanup, in_use, is_active, qcow2_overlay, staged
 from operations._virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
 
 SNAPSHOT_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
@@ -104,17 +104,17 @@ def create_plan(
         return plan
     others = [d for d in (domain.get("config") or domain).get("disks", []) if d not in disks]
     current = {d["target"]: (d["path"], d.get("format") or "raw") for d in disks}
-    paths: list[str] = []
-    steps: list[StringCommand] = []
+    groups: list[StringCommand] = []
     for snapshot_name in missing:
+        # One snapshot at a time: its overlays are filled in private, linked into place, recorded;
+        # a failure removes only this snapshot's overlays (earlier ones are in use by then).
         specs: list[str] = []
         made: list[str] = []
+        fills: list[StringCommand] = []
         for target, (path, fmt) in current.items():
             overlay = overlay_path(path, vm, target, snapshot_name)
             made.append(overlay)
-            steps.append(
-                qcow2_overlay(f"create {overlay}", timeout, path, fmt, overlay)
-            )
+            fills.append(qcow2_overlay(f"create {overlay}", timeout, path, fmt, staged(overlay)))
             specs += ["--diskspec", _diskspec(target, "snapshot=external", f"file={overlay}", "driver=qcow2")]
             current[target] = (overlay, "qcow2")
         specs += [
@@ -123,26 +123,24 @@ def create_plan(
             if d.get("target")
             for x in ("--diskspec", _diskspec(d["target"], "snapshot=no"))
         ]
-        steps.append(
-            sh(
-                virsh(
-                    uri,
-                    "snapshot-create-as",
-                    vm,
-                    snapshot_name,
-                    "--disk-only",
-                    "--atomic",
-                    "--reuse-external",
-                    *specs,
-                    timeout=timeout,
-                ),
-                ">/dev/null",
-            )
+        record = sh(
+            virsh(
+                uri,
+                "snapshot-create-as",
+                vm,
+                snapshot_name,
+                "--disk-only",
+                "--atomic",
+                "--reuse-external",
+                *specs,
+                timeout=timeout,
+            ),
+            ">/dev/null",
         )
-        paths += made
+        groups.append(_with_cleanup(made, directories[0], all_of(fills), timeout, grouped=True, then=record))
         plan.actions.append(f"create snapshot {snapshot_name} (new overlay(s) {', '.join(made)})")
-    plan.command = _with_cleanup(paths, directories[0], all_of(steps), timeout)
-    plan.limit = session_limit(len(steps) + 2, timeout)
+    plan.command = all_of(groups)
+    plan.limit = session_limit(sum(len(disks) + 3 for _ in missing), timeout)
     return plan
 
 
@@ -287,6 +285,45 @@ def _forget(vm: str, snapshot_name: str, overlays: list[str], uri: str, timeout:
     ]
 
 
+# Reads ``qemu-img info --output=json`` of an overlay on stdin; argv: the recorded file below it, the
+# overlay. Exits 1 with a sentence unless the header names exactly the recorded file (Python 3.6).
+_SAME_BACKING = r"""
+import json, os, sys
+below, overlay = sys.argv[1], sys.argv[2]
+try:
+    info = json.load(sys.stdin)
+    name = info.get("full-backing-filename") or info.get("backing-filename") or ""
+except (ValueError, AttributeError):
+    sys.stderr.write("kvm-qemu: cannot read the header of %s; refusing to commit it\n" % overlay)
+    sys.exit(1)
+if not name or os.path.normpath(name) != os.path.normpath(below):
+    sys.stderr.write("kvm-qemu: %s is now on %s, not on the snapshot's recorded file %s; refusing to "
+                     "commit it\n" % (overlay, name or "no backing file", below))
+    sys.exit(1)
+"""
+
+
+def _commit(overlay: str, below: str, timeout: int) -> StringCommand:
+    """Commit ``overlay`` into ``below`` only: its header is read right before (``-U``: shared, so a
+    lock does not stop the read; the commit itself still needs the write lock) and must name exactly
+    ``below``, and ``-b`` makes qemu-img refuse any other base."""
+    check = bounded(
+        f"check of {overlay}",
+        timeout,
+        "sh",
+        "-c",
+        q('qemu-img info -U --output=json -f qcow2 -- "$1" | python3 -c "$3" "$2" "$1"'),
+        "sh",
+        q(overlay),
+        q(below),
+        q(_SAME_BACKING),
+    )
+    commit = bounded(
+        f"commit of {overlay}", timeout, "qemu-img", "commit", "-q", "-f", "qcow2", "-b", q(below), q(overlay)
+    )
+    return sh(check, "&&", commit)
+
+
 def delete_plan(
     vm: str,
     snapshot_name: str,
@@ -331,9 +368,7 @@ def delete_plan(
     overlays = [overlay for _, overlay, _, _ in layers]
     steps = [_plain_files(vm, overlays)]
     for _target, overlay, below, _fmt in layers:
-        steps.append(
-            bounded(f"commit of {overlay}", timeout, "qemu-img", "commit", "-q", "-f", "qcow2", q(overlay))
-        )
+        steps.append(_commit(overlay, below, timeout))
         plan.actions.append(f"delete snapshot {snapshot_name}: commit {overlay} into {below}, remove it")
     steps.append(sh(virsh(uri, "define", "/dev/stdin", timeout=timeout), ">/dev/null"))
     steps += _forget(vm, snapshot_name, overlays, uri, timeout)

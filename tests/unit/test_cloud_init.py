@@ -8,6 +8,7 @@ import copy
 import gzip
 import hashlib
 import io
+import os
 import re
 import stat
 import subprocess
@@ -17,6 +18,8 @@ from typing import Any
 import pycdlib
 import pytest
 
+from facts._libvirt_probe import PROBE
+from facts.libvirt import Hypervisor
 from inventories.manifest_model import ManifestError, VmSpec, mac_for, parse
 from operations._cloud_init import (
     SeedError,
@@ -69,8 +72,11 @@ def domain(state: str = "shut off", seed: bool = False, controller: bool = False
 def with_seed_file(snap: dict[str, Any], content: bytes | None) -> dict[str, Any]:
     if content is not None:
         snap["files"] = {
-            SEED: {"kind": "file", "backing": None, "sha256": hashlib.sha256(content).hexdigest()}
-        }
+            SEED: {
+                "kind": "file", "backing": None, "uid": 0, "mode": 0o600,
+                "sha256": hashlib.sha256(content).hexdigest(),
+            }
+        }  # fmt: skip
     return snap
 
 
@@ -174,8 +180,8 @@ def test_seed_files_content() -> None:
 
 # --- plans -----------------------------------------------------------------------------------------
 
-WRITE = "( umask 077; made=0; bad=; cleanup() { i=0; for f in /data01/primary/kvmhost01-seed.iso ;"
-FILL = "sh -c 'base64 -d | gzip -dc > \"$1\"' sh /data01/primary/kvmhost01-seed.iso"
+WRITE = '( umask 077; out=0; in=; t=; cleanup() { if [ -n "$in" ]; then for f in /data01/primary/kvmhost01-seed.iso ;'
+FILL = "sh -c 'base64 -d | gzip -dc > \"$1\"' sh ./kvmhost01-seed.iso"
 CONTROLLER = (
     "printf '%s\\n' '<controller type=\"scsi\" model=\"virtio-scsi\"/>' | "
     "virsh -q -c qemu:///system attach-device kvmhost01 /dev/stdin --config >/dev/null"
@@ -260,8 +266,11 @@ def _pool_at(directory: Path, seed_content: bytes | None) -> dict[str, Any]:
     if seed_content is not None:
         path = str(directory / "kvmhost01-seed.iso")
         snap["files"] = {
-            path: {"kind": "file", "backing": None, "sha256": hashlib.sha256(seed_content).hexdigest()}
-        }
+            path: {
+                "kind": "file", "backing": None, "uid": 0, "mode": 0o600,
+                "sha256": hashlib.sha256(seed_content).hexdigest(),
+            }
+        }  # fmt: skip
     return snap
 
 
@@ -296,6 +305,51 @@ def test_write_and_rewrite_commands_run_in_a_real_shell(tmp_path: Path) -> None:
     result = _run(third)
     assert result.returncode != 0 and "is not a plain file any more; refusing to replace it" in result.stderr
     assert seed.is_symlink() and target.read_bytes() == b"keep"
+
+
+HOST_PYTHON = "/usr/bin/python3"
+
+
+def _probed_files(pool: Path) -> dict[str, Any]:
+    """The ``files`` the real libvirt probe reports for a directory pool at ``pool`` (test driver)."""
+    if subprocess.run([HOST_PYTHON, "-c", "import libvirt"], capture_output=True).returncode:
+        pytest.skip("needs the host's python3 with the libvirt bindings")
+    node = pool.parent / "node.xml"
+    node.write_text(
+        f"<node><pool type='dir'><name>default</name><target><path>{pool}</path></target></pool></node>"
+    )
+    result = subprocess.run(
+        [HOST_PYTHON, "-c", PROBE, f"test://{node}", "20"], capture_output=True, text=True, timeout=40
+    )
+    assert result.returncode == 0, result.stderr
+    files: dict[str, Any] = Hypervisor().process(result.stdout.splitlines())["files"]
+    return files
+
+
+@pytest.mark.parametrize("owner, mode", [(65534, 0o666), (0, 0o644), (65534, 0o600)])
+def test_a_seed_chowned_or_opened_up_after_the_build_is_replaced(tmp_path: Path, owner: int, mode: int) -> None:
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    seed = pool / "kvmhost01-seed.iso"
+    first = seed_plan(spec(), _pool_at(pool, None), URI, [])
+    assert _run(first).returncode == 0
+    os.chown(seed, owner, owner)
+    seed.chmod(mode)  # same content: only the owner or mode differs
+    snap = _pool_at(pool, None)
+    snap["files"] = _probed_files(pool)
+    second = seed_plan(spec(), snap, URI, [])
+    assert second.command is not None, "a seed someone else owns or can write was kept"
+    assert second.actions[0].startswith(
+        f"replace {seed}, owned by uid {owner} with mode {mode:04o}, not root 0600, with a new seed"
+    )
+    result = _run(second)
+    assert result.returncode == 0, result.stderr
+    info = seed.lstat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o600) and stat.S_ISREG(info.st_mode)
+    assert seed.read_bytes() == image_of(second)
+    # Now root's and 0600 with the same content: kept.
+    snap["files"] = _probed_files(pool)
+    assert seed_plan(spec(), snap, URI, []).command is None
 
 
 @pytest.mark.parametrize("kind", ["link", "dir", "other"])

@@ -114,7 +114,7 @@ def converged_debian_hypervisor(first: Plan, distro: str = "debian12", **kwargs:
         packages=set(DEBIAN_KVM.split()),
         files=files,
         dirs={"/etc/libvirt", "/data01/primary"},
-        meta={"/data01/primary": {"group": "kvm", "mode": 775}},
+        meta={"/data01/primary": {"group": "kvm", "mode": 711}},
         running={"libvirtd.service"},
         enabled={"libvirtd.service"},
         **kwargs,
@@ -147,7 +147,7 @@ def test_kvm_host_debian_fresh_host_exact_plan(monkeypatch: pytest.MonkeyPatch) 
         ),
         (
             "KVM host | Primary storage directory",
-            ["mkdir -p /data01/primary", "chmod 775 /data01/primary", "chown root:kvm /data01/primary"],
+            ["mkdir -p /data01/primary", "chmod 711 /data01/primary", "chown root:kvm /data01/primary"],
             False,
         ),
         *[

@@ -64,7 +64,7 @@ def test_installer_plan_creates_the_disk_exclusively_then_defines_and_starts() -
     assert plan is not None and plan.error is None and plan.stdin
     text = rendered(plan.command)
     assert "umask 077" in text and "set -C" in text  # a new 0600 file, no link followed
-    assert "truncate -s 80G -- /secondary/centos7b-vda.img" in text
+    assert "truncate -s 80G -- ./centos7b-vda.img" in text
     assert text.index("truncate") < text.index("define /dev/stdin") < text.index("start centos7b")
     assert "undefine --nvram centos7b" in text  # a failed start leaves nothing defined
     assert "'/secondary/CentOS 7.iso'" not in text  # the ISO path travels in the XML on stdin only
@@ -115,7 +115,7 @@ def test_sysprep_checks_the_tool_first_then_runs_after_the_copy_and_before_the_d
     assert "$(uname -n): virt-sysprep is not installed" in raw
     assert text.index("cp --sparse=always") < text.index("virt-sysprep -q") < text.index("define /dev/stdin")
     assert (
-        "virt-sysprep -q --format raw -a /data01/primary/kvmhost01-vda.img --operations "
+        "virt-sysprep -q --format raw -a ./kvmhost01-vda.img --operations "
         "dhcp-client-state,dhcp-server-state,logfiles,machine-id,net-hwaddr,ssh-hostkeys,"
         "udev-persistent-net,customize --hostname 'kvm host'\"'\"'01.chnet.internal' --firstboot-command"
     ) in text

@@ -78,8 +78,8 @@ def test_changing_a_pool_path_fails_the_host_instead_of_redefining() -> None:
 
 def test_build_clones_from_the_real_base_definition() -> None:
     (command,), _ = run(libvirt.vms, vmspecs=[vmspec()])
-    assert "cp --sparse=always -- /secondary/centos7-vda.img /data01/primary/fx-new-vda.img" in command
-    assert "truncate -s 2G -- /data01/primary/fx-new-vdb.img" in command
+    assert "cp --sparse=always -- /secondary/centos7-vda.img ./fx-new-vda.img" in command
+    assert "truncate -s 2G -- ./fx-new-vdb.img" in command
 
 
 def test_build_of_existing_domains_converges_or_noops() -> None:

@@ -79,24 +79,32 @@ def test_create_makes_a_private_overlay_then_records_the_snapshot() -> None:
     plan = create_plan("vm1", ["before-upgrade"], domain(), URI)
     assert plan is not None and plan.error is None
     command = plan.command.get_raw_value()
-    assert command.startswith(f"umask 077; made=0; bad=; cleanup() {{ i=0; for f in {OVL} ;")
-    create = step(f"create {OVL}", f"qemu-img create -q -f qcow2 -F raw -b {IMG} {OVL}")
+    assert command.startswith(f'( umask 077; out=0; in=; t=; cleanup() {{ if [ -n "$in" ]; then for f in {OVL} ;')
+    # Filled in the private directory (./<name>), linked into place, then recorded.
+    create = step(f"create {OVL}", f"qemu-img create -q -f qcow2 -F raw -b {IMG} ./vm1-vda@before-upgrade.qcow2")
     record = step(
         "virsh snapshot-create-as vm1",
         "virsh -q -c qemu:///system snapshot-create-as vm1 before-upgrade --disk-only --atomic --reuse-external "
         f"--diskspec vda,snapshot=external,file={OVL},driver=qcow2 --diskspec hdc,snapshot=no",
     )
-    assert f'[ 1 -eq "$made" ] && {create} && {record} >/dev/null ; then trap - EXIT;' in command
+    assert f"if {create} && for f in {OVL} ; do if ! ln -T" in command
+    assert f'[ 1 -eq "$out" ] && {record} >/dev/null ; then trap - EXIT;' in command
     assert plan.actions == [f"create snapshot before-upgrade (new overlay(s) {OVL})"]
 
 
 def test_create_stacks_several_missing_snapshots_in_order_and_quotes_names() -> None:
     plan = create_plan("vm1", ["a", "b;x"], domain(), URI)
     command = plan.command.get_raw_value()
-    first, second = "/data01/primary/vm1-vda@a.qcow2", "'/data01/primary/vm1-vda@b;x.qcow2'"
-    assert f"qemu-img create -q -f qcow2 -F raw -b {IMG} {first} ||" in command
-    assert f"qemu-img create -q -f qcow2 -F qcow2 -b {first} {second} ||" in command
-    assert command.index("snapshot-create-as vm1 a ") < command.index("snapshot-create-as vm1 'b;x' ")
+    first = "/data01/primary/vm1-vda@a.qcow2"
+    assert f"qemu-img create -q -f qcow2 -F raw -b {IMG} ./vm1-vda@a.qcow2 ||" in command
+    # The second overlay is made on the first one's final path, once that is in place and recorded.
+    assert f"qemu-img create -q -f qcow2 -F qcow2 -b {first} './vm1-vda@b;x.qcow2' ||" in command
+    assert (
+        command.index("ln -T -- \"./${f##*/}\"")
+        < command.index("snapshot-create-as vm1 a ")
+        < command.index("./vm1-vda@b;x.qcow2")
+        < command.index("snapshot-create-as vm1 'b;x' ")
+    )
 
 
 def test_create_is_a_no_op_when_the_snapshot_exists() -> None:
@@ -155,15 +163,24 @@ def test_revert_refuses_a_disk_that_moved_off_the_overlay() -> None:
 def test_delete_commits_then_points_the_domain_below_then_removes_metadata_and_overlay() -> None:
     dom = domain(on_overlay=True)
     plan = delete_plan("vm1", "before-upgrade", dom, {"domains": {"vm1": dom}}, URI)
-    assert plan.command.get_raw_value() == " && ".join(
+    command = plan.command.get_raw_value()
+    plain = (
+        f'{{ for f in {OVL} ; do if [ -L "$f" ] || [ ! -f "$f" ]; then echo "kvm-qemu: $f is not a plain '
+        'file; refusing to change the snapshots of vm1 " >&2; exit 1; fi; done; } && '
+    )
+    # The header check (tests/unit/test_snapshot_commit.py runs it) comes right before the commit.
+    check = "{ timeout -k 5 60 sh -c 'qemu-img info -U --output=json -f qcow2 -- \"$1\" | python3 -c"
+    commit = step(f"commit of {OVL}", f"qemu-img commit -q -f qcow2 -b {IMG} {OVL}")
+    rest = " && ".join(
         [
-            f'{{ for f in {OVL} ; do if [ -L "$f" ] || [ ! -f "$f" ]; then echo "kvm-qemu: $f is not a plain '
-            'file; refusing to change the snapshots of vm1 " >&2; exit 1; fi; done; }',
-            step(f"commit of {OVL}", f"qemu-img commit -q -f qcow2 {OVL}"),
+            commit,
             step("virsh define /dev/stdin", "virsh -q -c qemu:///system define /dev/stdin") + " >/dev/null",
             *FORGET,
         ]
     )
+    assert command.startswith(plain + check), command
+    assert command.endswith(" && " + rest), command
+    assert f"sh {OVL} {IMG} " in command[len(plain) : -len(rest)]
     assert plan.stdin == (
         '<domain><name>vm1</name><devices><disk type="file" device="disk"><driver name="qemu" type="raw" />'
         f'<source file="{IMG}" /><target dev="vda" /></disk></devices></domain>'
