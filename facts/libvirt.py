@@ -1,6 +1,6 @@
 """libvirt facts: pools, volumes, domains and host capacity, each in ONE command per host.
 
-All run the same small probe (``facts/_libvirt_probe.py``) with the host's python3 and its libvirt
+All run the same small probe (``facts/scripts/libvirt_probe.py``) with the host's python3 and its libvirt
 bindings: one process, one libvirt connection, however many pools, volumes and domains exist (a
 virsh loop costs a process and a connection per object). Active pools are refreshed first, so volumes
 created outside libvirt appear. Operations read ``Hypervisor`` (everything at once); the narrower
@@ -22,10 +22,13 @@ from pyinfra.api import FactBase, QuoteString, StringCommand
 from pyinfra.api.exceptions import FactProcessError
 
 from facts._libvirt_parse import ParseError, hypervisor_from
-from facts._libvirt_probe import PROBE
 from facts.util.commands import bounded
+from facts.util.script_files import read_script
 from inventories.defaults import COMMAND_TIMEOUT as DEFAULT_TIMEOUT
 from inventories.defaults import LIBVIRT_URI as DEFAULT_URI
+
+# The host side of every libvirt fact, a program of its own (ruff and mypy read it as a file).
+PROBE = read_script("libvirt_probe.py", package="facts")
 
 
 def probe_command(uri: str, timeout: int = DEFAULT_TIMEOUT) -> StringCommand:

@@ -13,12 +13,12 @@ import base64
 import json
 from collections.abc import Sequence
 
+from facts.util.script_files import read_script
 from operations.util.bridge_family import Family, family
 from operations.util.bridge_spec import ROLLBACK_UNIT, STAMP, STATE_DIR, BridgeSpec
-from operations.util.script_files import read_script
 from operations.util.shell_quote import shell_line
 
-SWITCH_SCRIPT = read_script("bridge-switch.sh")
+SWITCH_SCRIPT = read_script("bridge-switch.sh", package="operations")
 TIMERS = ("auto", "process")
 # Seconds kept free after the apply step for verification's margin and the commit.
 COMMIT_MARGIN = 10

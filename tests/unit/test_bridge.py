@@ -17,6 +17,7 @@ from pyinfra.api import Config, Inventory, State
 
 from deploys._settings import SettingError
 from facts.bridge import BridgeState
+from facts.util.script_files import read_script
 from operations.bridge import verify_and_commit
 from operations.util.bridge_backend import choose_backend
 from operations.util.bridge_diff import differences
@@ -28,7 +29,6 @@ from operations.util.bridge_render_nmcli import render_nmcli
 from operations.util.bridge_spec import BridgeSpec, BridgeSpecError
 from operations.util.bridge_switch import switch_script
 from operations.util.bridge_validate import parse_spec
-from operations.util.script_files import read_script
 from tests.unit.host_deploy_harness import SimHost, plan
 
 FIXTURES = Path(__file__).parent / "fixtures" / "host_deploys"

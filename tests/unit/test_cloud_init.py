@@ -18,8 +18,7 @@ from typing import Any
 import pycdlib
 import pytest
 
-from facts._libvirt_probe import PROBE
-from facts.libvirt import Hypervisor
+from facts.libvirt import PROBE, Hypervisor
 from inventories.manifest_model import ManifestError, VmSpec, mac_for, parse
 from operations._cloud_init import (
     SeedError,

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from pyinfra.api.exceptions import FactProcessError
 
-from facts._libvirt_probe import PROBE
-from facts.libvirt import Domains, HostCapacity, Hypervisor, Pools, Volumes
+from facts.libvirt import PROBE, Domains, HostCapacity, Hypervisor, Pools, Volumes
 
 FIXTURES = Path(__file__).parent / "fixtures" / "libvirt"
 

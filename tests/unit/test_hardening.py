@@ -20,8 +20,7 @@ import pytest
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.util import FakeState, create_host
 
-from facts._libvirt_probe import PROBE
-from facts.libvirt import Hypervisor
+from facts.libvirt import PROBE, Hypervisor
 from operations import libvirt
 from operations._domain_plan import _with_cleanup, clone_plan, converge_plan, delete_plan, power_plan
 from operations._virsh import q, sh

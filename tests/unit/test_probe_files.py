@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from facts._libvirt_probe import PROBE
-from facts.libvirt import Hypervisor
+from facts.libvirt import PROBE, Hypervisor
 
 HOST_PYTHON = "/usr/bin/python3"
 

@@ -1,7 +1,8 @@
 """The host side of the libvirt facts: one Python process, one libvirt connection, everything as JSON.
 
-Run on the hypervisor as ``python3 -c PROBE URI TIMEOUT``. It lists pools (active ones refreshed first,
-so disk files created outside libvirt appear), their volumes, the domains (live XML, plus the
+``facts/libvirt.py`` sends this file's text to the hypervisor's own python3, with the arguments URI
+and TIMEOUT. It lists pools (active ones refreshed first, so disk files created outside libvirt
+appear), their volumes, the domains (live XML, plus the
 persistent XML of running domains, both with the secure flag so console passwords survive a clone),
 their snapshots (XML of each, and which is current), the node's size, and the files the delete and
 build decisions need: every entry of every directory pool (active or not) and every domain disk with
@@ -17,9 +18,14 @@ A watchdog thread bounds the whole probe: after TIMEOUT seconds it prints which 
 release the GIL around them). It must run on the hosts' own Python 3 (3.6 on RHEL 8), so it uses
 nothing newer.
 """
+import json
+import os
+import stat
+import struct
+import sys
+import threading
+import time
 
-PROBE = r"""
-import json, os, stat, struct, sys, threading, time
 uri = sys.argv[1]
 limit = float(sys.argv[2]) if len(sys.argv) > 2 else 60.0
 step = ["start"]
@@ -55,7 +61,7 @@ def safe(call, default=None):
     except libvirt.libvirtError:
         return default
 
-files = {}
+files = {}  # type: dict
 
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -176,6 +182,7 @@ for dom in conn.listAllDomains(0):
                     "snapshots": snapshots})
 
 import xml.etree.ElementTree as ET
+
 for pool in pools:
     try:
         root = ET.fromstring(pool["xml"])
@@ -216,4 +223,3 @@ print(json.dumps({
 }))
 sys.stdout.flush()
 os._exit(0)
-"""

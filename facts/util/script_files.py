@@ -1,5 +1,5 @@
-"""Programs kept as files beside the code (``<package>/scripts/``, e.g. ``operations/scripts/``), read once
-at import.
+"""Programs kept as files beside the code (``<package>/scripts/``: ``operations/scripts/``,
+``facts/scripts/``), read once at import. Facts and operations both load theirs through this module.
 
 A script there is a real file that its checker reads (``make lint``: shellcheck for ``*.sh``, ruff for
 ``*.py``); Python passes it values as quoted arguments, environment, or a prelude of quoted
