@@ -50,6 +50,10 @@ WORKFLOW_DEFAULTS: dict[str, Any] = {
     "dns_addn_hosts": defaults.DNS_ADDN_HOSTS,
     "dhcp_range": None,
     "mgmt_sudo": False,
+    # Owner tag of this manifest's reservations (None = derived from the manifest path, deploys/_owner.py).
+    "dhcp_owner": None,
+    # deploys/prune.py: also remove stale reservations without an owner tag (written before owner tags).
+    "prune_untagged": False,
     # Readiness (deploys/wait.py): seconds until a VM without a lease or an SSH answer counts as not
     # ready, dnsmasq's lease database, and the port probed.
     "wait_timeout": 300,

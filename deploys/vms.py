@@ -26,6 +26,7 @@ from pyinfra import host
 from pyinfra.api.deploy import deploy
 from pyinfra.operations import python
 
+from deploys._owner import reservation_owner
 from deploys._readiness import ReadinessProbe, not_ready, probe_config, table_lines, timeout_value
 from deploys._seeds import cloud_init_seeds
 from deploys._settings import (
@@ -91,6 +92,7 @@ def dnsmasq_arguments() -> dict[str, Any]:
         "dnsmasq_conf": setting("dnsmasq_conf"),
         "pid_file": setting("dnsmasq_pid_file"),
         "release_leases_on": release_address(),
+        "owner": reservation_owner(),
         "_sudo": flag("mgmt_sudo"),
     }
 

@@ -87,7 +87,7 @@ def _shell(template: str, **values: str) -> StringCommand:
 # dhcp-hostsfile, part=3 the addn-hosts file.
 # Output: one "KEY MAC IP FQDN SHORT OWNER" line per entry (KEY sorts by address, OWNER "-" when the
 # entry has no owner tag), and "MAC IP" lines of removed entries to the file REL. Another manifest's
-# entry named by a "del" request is kept and named on stdout. Any conflict is printed and nothing is
+# entry named by a "del" request is kept and named on stderr. Any conflict is printed and nothing is
 # output (exit 3).
 _MERGE_AWK = r"""
 function problem(msg) { print "kvm-qemu: " msg > "/dev/stderr"; bad = 1 }
@@ -121,7 +121,7 @@ END {
     if (m in del) {
       if (dow[m] == "*" || cown[m] == dow[m] || (cown[m] == "" && dun[m] == 1)) { released[m] = ip; continue }
       print "kvm-qemu: kept " label(m) ": " (cown[m] == "" ? "no owner tag (written before owner tags)" : \
-            "it belongs to another manifest")
+            "it belongs to another manifest") > "/dev/stderr"
     }
     keep[m] = 1; ownip[ip] = m; own[lc(cfq[m])] = m; own[lc(csh[m])] = m
   }
