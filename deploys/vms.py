@@ -58,6 +58,7 @@ from inventories.manifest_model import VmSpec
 from operations import libvirt
 from operations._output import log
 from operations._virsh import session_limit
+from operations.dnsmasq import RELEASE_AS_CONFIGURED
 
 
 def _mine(given: list[VmSpec] | None) -> list[VmSpec]:
@@ -69,14 +70,16 @@ def _everyone(given: list[VmSpec] | None) -> list[VmSpec]:
 
 
 def release_address() -> str | None:
-    """Where dnsmasq serves DHCP, so delete can release a deleted VM's lease; None without DHCP.
+    """Where dnsmasq serves DHCP, so delete can release a deleted VM's lease.
 
-    The address dnsmasq listens on (``dns_listen_address``, else the management node's IP
-    ``ssh_hostname``, as the mgmt_server deploy binds it). Without either, leases are not released
-    and the output says so.
+    With ``dhcp_range`` given in this run: the address dnsmasq listens on (``dns_listen_address``, else
+    the management node's IP ``ssh_hostname``, as the mgmt_server deploy binds it); without either,
+    leases are not released and the output says so. Without it: ``"configured"``, read from the
+    node's own dnsmasq configuration (``dnsmasq_conf``) when delete runs, so settings given once to
+    deploys/mgmt_server.py need not be repeated.
     """
     if not setting("dhcp_range"):
-        return None
+        return RELEASE_AS_CONFIGURED if setting("dnsmasq_conf") else None
     try:
         return dns_listen_address()
     except SettingError as exc:
@@ -238,9 +241,7 @@ def delete(
         )
     if is_mgmt():
         vm_hosts = {
-            spec.name: member.name
-            for member in group_hosts("kvm_hosts")
-            for spec in manifest_vmspecs(member)
+            spec.name: member.name for member in group_hosts("kvm_hosts") for spec in manifest_vmspecs(member)
         }
         libvirt.vm_reservations(
             name="Remove DHCP reservations and DNS names of deleted VMs",

@@ -412,3 +412,17 @@ def parse_dhcp_range(value: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4A
     if start > end:
         raise EntryError(f"dhcp_range {value!r}: the start address is after the end address")
     return start, end
+
+
+def dhcp_service(conf_text: str | None) -> tuple[bool, str | None]:
+    """From the dnsmasq configuration the management node's deploy wrote: (serves DHCP, the first
+    ``listen-address``). Only ``option=value`` lines of that one file count (``#`` lines are comments)."""
+    serves, listen = False, None
+    for _number, line in _content_lines(conf_text or ""):
+        key, _, value = line.partition("=")
+        key = key.strip()
+        if key == "dhcp-range" and value.strip():
+            serves = True
+        elif key == "listen-address" and listen is None and value.strip():
+            listen = value.split(",")[0].strip()
+    return serves, listen

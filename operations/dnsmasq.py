@@ -30,6 +30,7 @@ from facts.dnsmasq import (
     DEFAULT_ADDN_HOSTS,
     DEFAULT_ETC_HOSTS,
     DEFAULT_HOSTSFILE,
+    DnsmasqNode,
     DnsmasqReservations,
     HostsFileText,
 )
@@ -57,6 +58,10 @@ from operations._dnsmasq_entries import (
     unified_diff,
 )
 from operations._output import log
+
+# release_leases_on: release on the address the node's own dnsmasq configuration (dnsmasq_conf) serves
+# DHCP on, read with the reservations in one round trip; nothing when it serves no DHCP.
+RELEASE_AS_CONFIGURED = "configured"
 
 # How long a run waits for another run's lock on the management node before giving up.
 DEFAULT_LOCK_WAIT = 120
@@ -94,7 +99,9 @@ function problem(msg) { print "kvm-qemu: " msg > "/dev/stderr"; bad = 1 }
 function lc(s) { return tolower(s) }
 function label(m) { return cfq[m] " (" cip[m] ", MAC " m owned(m) ")" }
 function owned(m) { return cown[m] == "" ? "" : ", owner tag " cown[m] }
-part == 1 && $1 == "add" { n++; am[n] = lc($2); ai[n] = $3; af[n] = $4; as[n] = $5; ao[n] = ($6 == "" ? "-" : $6); next }
+part == 1 && $1 == "add" {
+  n++; am[n] = lc($2); ai[n] = $3; af[n] = $4; as[n] = $5; ao[n] = ($6 == "" ? "-" : $6); next
+}
 part == 1 && $1 == "del" { del[lc($2)] = 1; dow[lc($2)] = ($3 == "" ? "*" : $3); dun[lc($2)] = $4; next }
 part == 1 { problem("unexpected request line: " $0); next }
 /^[ \t\r]*(#|$)/ { next }
@@ -338,6 +345,14 @@ def apply_command(
     return StringCommand(script, _separator="", _stdin=list(requests), _timeout=int(lock_wait) + 60)
 
 
+def _release_address(value: object, conf: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(str(value))) if value else None
+    except ValueError:
+        log(f"{conf}: listen-address={value!r} is not an IP address", "warning")
+        return None
+
+
 def _log_diff(writes: Sequence[FileWrite]) -> None:
     for write in writes:
         log(f"{write.path}:")
@@ -376,7 +391,10 @@ def dhcp_reservations(
     + dhcp_range: ``start,end[,mask][,lease]``; entries outside start..end are refused
     + etc_hosts: also keep the host lines in a ``# BEGIN kvm-qemu`` block of ``etc_hosts_path``
     + release_leases_on: the address dnsmasq serves DHCP on; when set, removing an entry also releases
-      its DHCP lease with ``dhcp_release`` on the interface holding that address
+      its DHCP lease with ``dhcp_release`` on the interface holding that address. ``"configured"``
+      (``RELEASE_AS_CONFIGURED``): read from ``dnsmasq_conf`` on the node, with the reservations in one
+      round trip (its ``dhcp-range`` and first ``listen-address``); a lease that then cannot be
+      released is named in a warning
     + lock_wait: seconds to wait for another run's lock on the node
     + owner: the owner tag of the manifest writing (``set:kvmq-<owner>`` in its dhcp-hosts lines): added
       entries carry it, an identical untagged entry is adopted, another owner's entry with the same
@@ -400,6 +418,9 @@ def dhcp_reservations(
     paths = [hostsfile, addn_hosts] + ([etc_hosts_path] if etc_hosts else [])
     if len({os.path.normpath(path) for path in paths}) != len(paths):
         raise OperationValueError(f"dhcp_reservations: the files must differ: {', '.join(paths)}")
+    configured = release_leases_on == RELEASE_AS_CONFIGURED and not present
+    if release_leases_on == RELEASE_AS_CONFIGURED:
+        release_leases_on = None
     if release_leases_on is not None:
         try:
             release_leases_on = str(ipaddress.ip_address(release_leases_on))
@@ -419,7 +440,13 @@ def dhcp_reservations(
         raise OperationValueError(f"dhcp_reservations: invalid entries:\n{exc}") from None
 
     # The fact serves the preview (no-op, --diff) and early errors; the command decides again under the lock.
-    fact = host.get_fact(DnsmasqReservations, hostsfile=hostsfile, addn_hosts=addn_hosts)
+    if configured and dnsmasq_conf:
+        node = host.get_fact(DnsmasqNode, hostsfile=hostsfile, addn_hosts=addn_hosts, conf=dnsmasq_conf)
+        fact = node["reservations"]
+        if node["dhcp"]:
+            release_leases_on = _release_address(node.get("listen_address"), dnsmasq_conf)
+    else:
+        fact = host.get_fact(DnsmasqReservations, hostsfile=hostsfile, addn_hosts=addn_hosts)
     current = {mac: Entry(**value) for mac, value in fact.items()}
     try:
         result = plan(
@@ -458,6 +485,15 @@ def dhcp_reservations(
     if not writes:
         host.noop("dnsmasq reservations are up to date")
         return
+    if configured and dnsmasq_conf and release_leases_on is None and node["dhcp"]:
+        for mac in wanted:
+            if isinstance(mac, str) and mac in current and mac not in result:
+                log(
+                    f"the DHCP lease of {current[mac].hostname} ({current[mac].ip}, MAC {mac}) is not "
+                    f"released: {dnsmasq_conf} serves DHCP but names no usable listen-address; the "
+                    "address stays taken until the lease expires",
+                    "warning",
+                )
     state = host.state
     # Logged once: at prepare (before the confirmation), or at execute when there was no prepare (-y).
     if state.config.DIFF and (not state.is_executing or not getattr(state, "check_for_changes", True)):
