@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
+from typing import Any
 
 from deploys._settings import SettingError, setting
 from inventories._loader import manifest_path
@@ -28,9 +29,10 @@ def derived_owner(path: Path) -> str:
     return f"{stem}-{hashlib.sha256(str(absolute).encode()).hexdigest()[:8]}"
 
 
-def reservation_owner() -> str:
-    """``dhcp_owner``, else the tag derived from the manifest path; a bad value stops the run, naming it."""
-    value = setting("dhcp_owner")
+def reservation_owner(member: Any = None) -> str:
+    """``dhcp_owner`` (of the current host, or of inventory host ``member``: the management node), else
+    the tag derived from the manifest path; a bad value stops the run, naming it."""
+    value = setting("dhcp_owner") if member is None else member.data.get("dhcp_owner")
     if value in (None, ""):
         return derived_owner(manifest_path())
     try:

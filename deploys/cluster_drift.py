@@ -81,6 +81,7 @@ def cluster_view() -> ClusterView:
             snapshots[name_] = job.value
         mgmt_hosts = [m for m in inventory.get_group("mgmt", default=[]) if m in active]
         reservations = None
+        owner = ""
         mgmt_name = mgmt_hosts[0].name if mgmt_hosts else ""
         if mgmt_hosts:
             member = mgmt_hosts[0]
@@ -91,6 +92,7 @@ def cluster_view() -> ClusterView:
                 _sudo=str(_data(member, "mgmt_sudo")).lower() in {"1", "true", "yes", "on"},
             )
             reservations = None if member in state.failed_hosts else read
+            owner = reservation_owner(member)
         shared = tuple(
             sorted(
                 {str(_data(m, "kvm_secondary_storage")) for m in hypervisors}
@@ -99,9 +101,8 @@ def cluster_view() -> ClusterView:
         )
         findings = find(placement, snapshots, reservations, shared, mgmt=mgmt_name or "mgmt")
         if reservations is not None:
-            findings = owned_findings(
-                findings, placement, reservations, reservation_owner(), flag("prune_untagged")
-            )
+            untagged = str(_data(mgmt_hosts[0], "prune_untagged")).lower() in {"1", "true", "yes", "on"}
+            findings = owned_findings(findings, placement, reservations, owner, untagged)
         view = ClusterView(
             placement, snapshots, reservations, mgmt_name, findings, prune_plan(findings, reservations)
         )
