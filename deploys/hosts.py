@@ -490,7 +490,9 @@ def nfs_server_address() -> str:
 
 
 @deploy("NFS client", data_defaults=DEFAULTS)
-def nfs_client(server: str | None = None, export: str | None = None, mountpoint: str | None = None) -> None:
+def nfs_client(
+    server: str | None = None, export: str | None = None, mountpoint: str | None = None
+) -> None:
     """Mount the NFS share at the secondary pool's path: server (``nfs_server``; default: the NFS
     server host's address), export (``nfs_export``), mountpoint (``kvm_secondary_storage``)."""
     with given({"nfs_server": server, "nfs_export": export, "kvm_secondary_storage": mountpoint}):

@@ -109,7 +109,9 @@ def cluster_view() -> dict[str, Any]:
             members = [m for m in members if jobs[m.name].value is not None]
             view["members"] = members
             view["snapshots"] = {m.name: jobs[m.name].value for m in members}
-            view["manifest"] = {m.name: list(m.data.get("kvm_vmspecs", [])) for m in members}
+            view["manifest"] = {
+                m.name: list(m.data.get("kvm_vmspecs", [])) for m in members
+            }
             view["targets"] = _targets(members)
     return view
 

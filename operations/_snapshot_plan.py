@@ -112,7 +112,9 @@ def create_plan(
         for target, (path, fmt) in current.items():
             overlay = overlay_path(path, vm, target, snapshot_name)
             made.append(overlay)
-            steps.append(qcow2_overlay(f"create {overlay}", timeout, path, fmt, overlay))
+            steps.append(
+                qcow2_overlay(f"create {overlay}", timeout, path, fmt, overlay)
+            )
             specs += ["--diskspec", _diskspec(target, "snapshot=external", f"file={overlay}", "driver=qcow2")]
             current[target] = (overlay, "qcow2")
         specs += [
@@ -213,7 +215,9 @@ def revert_plan(
         return plan
     steps = [_plain_files(vm, [overlay for _, overlay, _, _ in layers])]
     for _target, overlay, below, fmt in layers:
-        steps.append(qcow2_overlay(f"reset {overlay}", timeout, below, fmt, overlay))
+        steps.append(
+            qcow2_overlay(f"reset {overlay}", timeout, below, fmt, overlay)
+        )
         plan.actions.append(f"revert to {snapshot_name}: empty {overlay} again (on {below})")
     plan.command = sh("umask 077;", all_of(steps))
     plan.limit = session_limit(len(steps), timeout)

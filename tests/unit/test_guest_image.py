@@ -183,7 +183,6 @@ def test_make_rootfs_refuses_bad_input_and_writes_nothing(tmp_path, kwargs, fiel
 
 # --- integration: boot the guest under qemu directly, on a bridge inside a private network namespace ----
 
-
 # Per process, so two runs never share (or delete) each other's namespace.
 def test_debugfs_script_replaces_files_and_refuses_odd_paths(tmp_path):
     script = gi.debugfs_script({"/root/.ssh/authorized_keys": tmp_path / "k"})

@@ -258,8 +258,7 @@ def run_reservations(executing: bool, gone: dict[str, list[str]]) -> list[str]:
     for on, vms in gone.items():
         libvirt._record_gone(state, type("H", (), {"name": on})(), vms)
     vmspecs = [
-        spec(name=e["short"], hostname=e["hostname"], ipaddress=e["ip"], mac=e["mac"])
-        for e in current.values()
+        spec(name=e["short"], hostname=e["hostname"], ipaddress=e["ip"], mac=e["mac"]) for e in current.values()
     ]
     with ctx_state.use(state), ctx_host.use(host):
         commands = list(
@@ -325,7 +324,9 @@ def test_command_timeout_reaches_the_fact_and_the_commands() -> None:
     state = FakeState()
     host = create_host(state, facts={"libvirt.Hypervisor": {"timeout=9, uri=qemu:///system": snapshot()}})
     with ctx_state.use(state), ctx_host.use(host):
-        (command,) = list(libvirt.vms._inner(vmspecs=[spec(name="new")], command_timeout=9))
+        (command,) = list(
+            libvirt.vms._inner(vmspecs=[spec(name="new")], command_timeout=9)
+        )
     assert every_virsh_is_bounded(command.get_raw_value(), 9)
     assert "timeout -k 5 19" in Hypervisor().command(timeout=9).get_raw_value()
 

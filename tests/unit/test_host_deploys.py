@@ -795,9 +795,7 @@ def test_mgmt_server_rejects_unsafe_values(monkeypatch: pytest.MonkeyPatch) -> N
             mgmt_plan(monkeypatch, sim("debian12"), {key: value})
 
 
-def test_mgmt_server_refuses_a_dhcp_range_the_reservations_would_refuse(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_mgmt_server_refuses_a_dhcp_range_the_reservations_would_refuse(monkeypatch: pytest.MonkeyPatch) -> None:
     # One rule for dhcp_range: what dnsmasq.conf gets is what dhcp_reservations checks addresses against.
     for value, message in (
         ("everything", "does not start with two IPv4 addresses"),
