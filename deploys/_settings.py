@@ -271,7 +271,6 @@ def is_hypervisor() -> bool:
 def is_mgmt() -> bool:
     return "mgmt" in host.groups
 
-
 def str_list(key: str) -> list[str]:
     value = setting(key)
     if value is None:

@@ -241,7 +241,9 @@ def delete(
         )
     if is_mgmt():
         vm_hosts = {
-            spec.name: member.name for member in group_hosts("kvm_hosts") for spec in manifest_vmspecs(member)
+            spec.name: member.name
+            for member in group_hosts("kvm_hosts")
+            for spec in manifest_vmspecs(member)
         }
         libvirt.vm_reservations(
             name="Remove DHCP reservations and DNS names of deleted VMs",
