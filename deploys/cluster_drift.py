@@ -10,7 +10,7 @@ the other hosts wait for that and use the same view. The findings and the prune 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gevent
@@ -18,6 +18,7 @@ from gevent.lock import Semaphore
 from pyinfra import host, logger
 from pyinfra.api import deploy
 
+from deploys._owner import reservation_owner
 from deploys._settings import flag, is_hypervisor, is_mgmt, seconds, setting, vmspecs
 from deploys.vms import dnsmasq_arguments
 from facts.dnsmasq import DnsmasqReservations
@@ -80,6 +81,7 @@ def cluster_view() -> ClusterView:
             snapshots[name_] = job.value
         mgmt_hosts = [m for m in inventory.get_group("mgmt", default=[]) if m in active]
         reservations = None
+        owner = ""
         mgmt_name = mgmt_hosts[0].name if mgmt_hosts else ""
         if mgmt_hosts:
             member = mgmt_hosts[0]
@@ -90,6 +92,7 @@ def cluster_view() -> ClusterView:
                 _sudo=flag("mgmt_sudo", member=member),
             )
             reservations = None if member in state.failed_hosts else read
+            owner = reservation_owner(member)
         shared = tuple(
             sorted(
                 {str(_data(m, "kvm_secondary_storage")) for m in hypervisors}
@@ -97,11 +100,63 @@ def cluster_view() -> ClusterView:
             )
         )
         findings = find(placement, snapshots, reservations, shared, mgmt=mgmt_name or "mgmt")
+        if reservations is not None:
+            untagged = flag("prune_untagged", member=mgmt_hosts[0])
+            findings = owned_findings(findings, placement, reservations, owner, untagged)
         view = ClusterView(
             placement, snapshots, reservations, mgmt_name, findings, prune_plan(findings, reservations)
         )
         _VIEWS[state] = view
         return view
+
+
+def owned_findings(
+    findings: list[Finding],
+    placement: dict[str, list[VmSpec]],
+    reservations: dict[str, dict[str, str]],
+    owner: str,
+    prune_untagged: bool,
+) -> list[Finding]:
+    """The findings as this manifest (owner tag ``owner``) may act on them.
+
+    A reservation with another owner tag is another manifest's: never pruned, listed as such (its VMs
+    live on hypervisors this manifest may not even name). One without a tag (written before owner
+    tags) is pruned only with ``prune_untagged``. A manifest VM whose reservation carries another
+    tag, or none, is listed too: the next build refuses the first and adopts the second.
+    """
+    macs = {spec.mac.lower(): spec.name for vms in placement.values() for spec in vms}
+    result: list[Finding] = []
+    for finding in findings:
+        about = finding.kind in ("reservation", "stale-reservation")
+        entry = reservations.get(finding.subject) if about else None
+        tag = str(entry.get("owner") or "") if entry else ""
+        if entry is None or tag == owner:
+            result.append(finding)
+        elif tag:
+            what = f"{entry.get('ip')} {entry.get('hostname')}"
+            other = f"belongs to another manifest (owner tag {tag}; this one is {owner}), left alone"
+            result.append(replace(finding, kind="reservation", detail=f"{what}: {other}", prunable=False))
+        elif finding.prunable and not prune_untagged:
+            untagged = (
+                "no owner tag (written before owner tags): prune removes it only with "
+                "--data prune_untagged=true"
+            )
+            result.append(replace(finding, detail=f"{finding.detail}; {untagged}", prunable=False))
+        else:
+            result.append(finding)
+    mgmt = next((f.host for f in findings if f.kind in ("reservation", "stale-reservation")), "mgmt")
+    for mac, entry in sorted(reservations.items()):
+        vm = macs.get(mac.lower())
+        tag = str(entry.get("owner") or "")
+        if vm is None or tag == owner:
+            continue
+        detail = (
+            f"reserved by another manifest (owner tag {tag}; this one is {owner}): build refuses it"
+            if tag
+            else f"no owner tag (written before owner tags): the next build tags it {owner}"
+        )
+        result.append(Finding("reservation", vm, mgmt, detail))
+    return result
 
 
 def _print(lines: list[str]) -> None:
@@ -160,5 +215,5 @@ def orphans_pruned() -> None:
             name="Remove stale DHCP reservations and DNS names",
             entries=view.plan.reservations,
             present=False,
-            **dnsmasq_arguments(),
+            **{**dnsmasq_arguments(), "remove_untagged": flag("prune_untagged")},
         )

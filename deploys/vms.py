@@ -26,6 +26,7 @@ from pyinfra import host
 from pyinfra.api.deploy import deploy
 from pyinfra.operations import python
 
+from deploys._owner import reservation_owner
 from deploys._readiness import ReadinessProbe, not_ready, probe_config, table_lines, timeout_value
 from deploys._seeds import cloud_init_seeds
 from deploys._settings import (
@@ -56,6 +57,7 @@ from inventories.manifest_model import VmSpec
 from operations import libvirt
 from operations._output import log
 from operations._virsh import session_limit
+from operations.dnsmasq import RELEASE_AS_CONFIGURED
 
 
 def _mine(given: list[VmSpec] | None) -> list[VmSpec]:
@@ -67,14 +69,16 @@ def _everyone(given: list[VmSpec] | None) -> list[VmSpec]:
 
 
 def release_address() -> str | None:
-    """Where dnsmasq serves DHCP, so delete can release a deleted VM's lease; None without DHCP.
+    """Where dnsmasq serves DHCP, so delete can release a deleted VM's lease.
 
-    The address dnsmasq listens on (``dns_listen_address``, else the management node's IP
-    ``ssh_hostname``, as the mgmt_server deploy binds it). Without either, leases are not released
-    and the output says so.
+    With ``dhcp_range`` given in this run: the address dnsmasq listens on (``dns_listen_address``, else
+    the management node's IP ``ssh_hostname``, as the mgmt_server deploy binds it); without either,
+    leases are not released and the output says so. Without it: ``"configured"``, read from the
+    node's own dnsmasq configuration (``dnsmasq_conf``) when delete runs, so settings given once to
+    deploys/mgmt_server.py need not be repeated.
     """
     if not setting("dhcp_range"):
-        return None
+        return RELEASE_AS_CONFIGURED if setting("dnsmasq_conf") else None
     try:
         return dns_listen_address()
     except SettingError as exc:
@@ -90,6 +94,7 @@ def dnsmasq_arguments() -> dict[str, Any]:
         "dnsmasq_conf": setting("dnsmasq_conf"),
         "pid_file": setting("dnsmasq_pid_file"),
         "release_leases_on": release_address(),
+        "owner": reservation_owner(),
         "_sudo": flag("mgmt_sudo"),
     }
 

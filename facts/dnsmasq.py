@@ -17,8 +17,9 @@ from pyinfra.api.exceptions import FactProcessError
 
 from inventories.defaults import DHCP_HOSTSFILE as DEFAULT_HOSTSFILE
 from inventories.defaults import DNS_ADDN_HOSTS as DEFAULT_ADDN_HOSTS
+from inventories.defaults import DNSMASQ_CONF as DEFAULT_CONF
 from inventories.defaults import ETC_HOSTS as DEFAULT_ETC_HOSTS
-from inventories.dnsmasq_format import EntryError, parse_reservations
+from inventories.dnsmasq_format import EntryError, dhcp_service, parse_reservations
 
 # Neither marker can be a line of base64 output (space and '-' are outside its alphabet).
 FILE_MARK = "-- file"
@@ -132,6 +133,47 @@ class DnsmasqReservations(FactBase[dict[str, dict[str, str]]]):
                 [*exc.problems, "these files are written only by dhcp_reservations: fix or remove the lines"]
             ) from None
         return {mac: entry.to_dict() for mac, entry in sorted(entries.items())}
+
+
+class DnsmasqNode(FactBase[dict[str, Any]]):
+    """The reservations (as ``DnsmasqReservations``) and whether and where the node serves DHCP, read
+    in one command from the files and the dnsmasq configuration the project wrote there:
+
+    .. code:: python
+
+        {"reservations": {...}, "dhcp": True, "listen_address": "10.10.5.2"}
+
+    So delete needs no repeated ``dhcp_range``/``dns_listen_address``: the node's own configuration
+    says whether a deleted VM's lease must be released, and on which address.
+    """
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {"reservations": {}, "dhcp": False, "listen_address": None}
+
+    def command(
+        self,
+        hostsfile: str = DEFAULT_HOSTSFILE,
+        addn_hosts: str = DEFAULT_ADDN_HOSTS,
+        conf: str = DEFAULT_CONF,
+    ) -> StringCommand:
+        self.sources = (hostsfile, addn_hosts)
+        return read_locked_command(f"{hostsfile}.lock", hostsfile, addn_hosts, conf)
+
+    @_fact_process
+    def process(self, output: list[str]) -> dict[str, Any]:
+        *files, conf_raw = split_files(output, 3)
+        section = [line for raw in files for line in _section_lines(raw)]
+        reservations = DnsmasqReservations.process(self, section)
+        serves, listen = dhcp_service(None if conf_raw is None else conf_raw.decode("utf-8", "replace"))
+        return {"reservations": reservations, "dhcp": serves, "listen_address": listen}
+
+
+def _section_lines(raw: bytes | None) -> list[str]:
+    """One file again as read_files_command prints it (the input of DnsmasqReservations.process)."""
+    if raw is None:
+        return [ABSENT_MARK]
+    return [FILE_MARK, base64.b64encode(raw).decode("ascii")]
 
 
 class HostsFileText(FactBase[str | None]):

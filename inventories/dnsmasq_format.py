@@ -2,7 +2,9 @@
 
 An entry is (MAC, IP, FQDN, short name); the MAC is its identity. The tool owns two files:
 
-* the dhcp-hostsfile, one ``MAC,id:*,IP,shortname`` line per entry (``id:*``: any client id);
+* the dhcp-hostsfile, one ``MAC,id:*,set:kvmq-OWNER,IP,shortname`` line per entry (``id:*``: any client
+  id; ``set:kvmq-OWNER``: the owner tag of the manifest that wrote it, absent on lines written before
+  owner tags, see ``Entry.owner``);
 * the addn-hosts file, one ``IP FQDN shortname`` line per entry.
 
 Both start with a ``#`` header; comments and blank lines are ignored when reading. The two files must
@@ -31,6 +33,10 @@ _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE)
 
 IGNORE_CLIENT_ID = "id:*"
+# The owner tag travels as a dnsmasq tag (``set:kvmq-<owner>``): dnsmasq accepts it (``dnsmasq --test``)
+# and it has no effect unless a ``tag:kvmq-...`` option refers to it, which the project never writes.
+OWNER_TAG_PREFIX = "set:kvmq-"
+_OWNER_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
 # What a dhcp-range may contain (it is written into dnsmasq.conf as it is).
 _DHCP_RANGE_RE = re.compile(r"[A-Za-z0-9.:,_-]+")
 
@@ -45,12 +51,14 @@ class EntryError(ValueError):
 
 @dataclass(frozen=True, order=True)
 class Entry:
-    """One reservation. ``mac`` is lower case; ``ip`` is the canonical dotted quad."""
+    """One reservation. ``mac`` is lower case; ``ip`` is the canonical dotted quad. ``owner``: the tag of
+    the manifest that wrote it (``""``: written before owner tags, or by a caller that passes none)."""
 
     mac: str
     ip: str
     hostname: str
     short: str
+    owner: str = ""
 
     @property
     def names(self) -> tuple[str, str]:
@@ -61,7 +69,8 @@ class Entry:
 
     def dhcp_line(self) -> str:
         # id:* ignores the DHCP client identifier: clones of one image often send the same one.
-        return f"{self.mac},{IGNORE_CLIENT_ID},{self.ip},{self.short}"
+        tag = f",{OWNER_TAG_PREFIX}{self.owner}" if self.owner else ""
+        return f"{self.mac},{IGNORE_CLIENT_ID}{tag},{self.ip},{self.short}"
 
     def hosts_line(self) -> str:
         return f"{self.ip} {self.hostname} {self.short}"
@@ -69,8 +78,29 @@ class Entry:
     def label(self) -> str:
         return f"{self.mac} ({self.hostname})"
 
+    def owned_label(self) -> str:
+        """How another manifest's entry is named in messages."""
+        who = f"owner tag {self.owner}" if self.owner else "no owner tag"
+        return f"{self.hostname} ({self.ip}, MAC {self.mac}, {who})"
+
     def to_dict(self) -> dict[str, str]:
-        return {"mac": self.mac, "ip": self.ip, "hostname": self.hostname, "short": self.short}
+        return {
+            "mac": self.mac,
+            "ip": self.ip,
+            "hostname": self.hostname,
+            "short": self.short,
+            "owner": self.owner,
+        }
+
+
+def check_owner(value: Any) -> str:
+    """An owner tag: 1 to 40 of a-z, 0-9 and '-', starting and ending with a letter or digit."""
+    if not isinstance(value, str) or not _OWNER_RE.fullmatch(value):
+        raise EntryError(
+            f"owner tag {value!r}: expected 1 to 40 lower-case letters, digits and '-' "
+            "(starting and ending with a letter or digit)"
+        )
+    return value
 
 
 def normalize_mac(value: Any) -> str:
@@ -109,11 +139,18 @@ def check_short(value: Any) -> str:
     return value
 
 
-def make_entry(mac: Any, ip: Any, hostname: Any, short: Any) -> Entry:
-    """An Entry from raw values, or EntryError listing every bad field."""
+def make_entry(mac: Any, ip: Any, hostname: Any, short: Any, owner: Any = "") -> Entry:
+    """An Entry from raw values, or EntryError listing every bad field (``owner`` ``""``: untagged)."""
     problems: list[str] = []
     values: list[str] = []
-    checks = ((normalize_mac, mac), (normalize_ip, ip), (check_fqdn, hostname), (check_short, short))
+    checks: list[tuple[Callable[[Any], str], Any]] = [
+        (normalize_mac, mac),
+        (normalize_ip, ip),
+        (check_fqdn, hostname),
+        (check_short, short),
+    ]
+    if owner:
+        checks.append((check_owner, owner))
     for check, value in checks:
         try:
             values.append(check(value))
@@ -136,7 +173,7 @@ def entry_from_mapping(item: Any) -> Entry:
     """An Entry from an ``Entry``, a ``VmSpec`` (see ``reservation``) or a ``{mac, ip, hostname, short}``
     mapping (``short`` defaults to the first label of ``hostname``)."""
     if isinstance(item, Entry):
-        return make_entry(item.mac, item.ip, item.hostname, item.short)
+        return make_entry(item.mac, item.ip, item.hostname, item.short, item.owner)
     if isinstance(item, VmSpec):
         return reservation(item)
     if not isinstance(item, Mapping):
@@ -146,7 +183,7 @@ def entry_from_mapping(item: Any) -> Entry:
     if short is None and isinstance(hostname, str):
         short = hostname.split(".", 1)[0]
     try:
-        return make_entry(item.get("mac"), item.get("ip"), hostname, short)
+        return make_entry(item.get("mac"), item.get("ip"), hostname, short, item.get("owner") or "")
     except EntryError as exc:
         where = item.get("hostname") or item.get("mac") or "entry"
         raise EntryError([f"{where}: {problem}" for problem in exc.problems]) from None
@@ -195,11 +232,9 @@ def _content_lines(text: str) -> Iterable[tuple[int, str]]:
             yield number, stripped
 
 
-def _parse_rows(
-    text: str, source: str, fields_of: Callable[[str], tuple[str, str, str]]
-) -> list[tuple[int, str, str, str]]:
+def _parse_rows(text: str, source: str, fields_of: Callable[[str], tuple[str, ...]]) -> list[tuple[Any, ...]]:
     """[(line number, *fields_of(line))] for every content line; every bad line is named at once."""
-    rows: list[tuple[int, str, str, str]] = []
+    rows: list[tuple[Any, ...]] = []
     problems: list[str] = []
     for number, line in _content_lines(text):
         try:
@@ -211,13 +246,16 @@ def _parse_rows(
     return rows
 
 
-def _dhcp_host_fields(line: str) -> tuple[str, str, str]:
+def _dhcp_host_fields(line: str) -> tuple[str, str, str, str]:
     fields = line.split(",")
-    if len(fields) == 4 and fields[1] == IGNORE_CLIENT_ID:
+    if len(fields) >= 4 and fields[1] == IGNORE_CLIENT_ID:
         del fields[1]
+    owner = ""
+    if len(fields) == 4 and fields[1].startswith(OWNER_TAG_PREFIX):
+        owner = check_owner(fields.pop(1)[len(OWNER_TAG_PREFIX) :])
     if len(fields) != 3:
         raise EntryError(f"expected MAC,IP,short name but found {len(fields)} field(s)")
-    return normalize_mac(fields[0]), normalize_ip(fields[1]), check_short(fields[2])
+    return normalize_mac(fields[0]), normalize_ip(fields[1]), check_short(fields[2]), owner
 
 
 def _addn_host_fields(line: str) -> tuple[str, str, str]:
@@ -227,12 +265,13 @@ def _addn_host_fields(line: str) -> tuple[str, str, str]:
     return normalize_ip(fields[0]), check_fqdn(fields[1]), check_short(fields[2])
 
 
-def parse_dhcp_hosts(text: str, source: str = "dhcp-hosts") -> list[tuple[int, str, str, str]]:
-    """``MAC,id:*,IP,short`` (or ``MAC,IP,short``) lines -> [(line number, mac, ip, short)]."""
+def parse_dhcp_hosts(text: str, source: str = "dhcp-hosts") -> list[tuple[Any, ...]]:
+    """``MAC,id:*[,set:kvmq-OWNER],IP,short`` (or ``MAC,IP,short``) lines
+    -> [(line number, mac, ip, short, owner)] (owner ``""`` when the line has no tag)."""
     return _parse_rows(text, source, _dhcp_host_fields)
 
 
-def parse_addn_hosts(text: str, source: str = "hosts") -> list[tuple[int, str, str, str]]:
+def parse_addn_hosts(text: str, source: str = "hosts") -> list[tuple[Any, ...]]:
     """``IP FQDN short`` lines -> [(line number, ip, fqdn, short)]."""
     return _parse_rows(text, source, _addn_host_fields)
 
@@ -255,7 +294,7 @@ def parse_reservations(
             by_ip[ip] = (number, fqdn, short)
     entries: dict[str, Entry] = {}
     seen_ip: dict[str, int] = {}
-    for number, mac, ip, short in dhcp_rows:
+    for number, mac, ip, short, owner in dhcp_rows:
         where = f"{dhcp_source} line {number}"
         if mac in entries:
             problems.append(f"{where}: MAC {mac} is listed twice")
@@ -274,7 +313,7 @@ def parse_reservations(
                 f"line {host_number}"
             )
             continue
-        entries[mac] = Entry(mac, ip, fqdn, short)
+        entries[mac] = Entry(mac, ip, fqdn, short, owner)
     for ip, (number, _fqdn, _short) in by_ip.items():
         if ip not in seen_ip:
             problems.append(f"{hosts_source} line {number}: {ip} has no line in {dhcp_source}")
@@ -373,3 +412,17 @@ def parse_dhcp_range(value: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4A
     if start > end:
         raise EntryError(f"dhcp_range {value!r}: the start address is after the end address")
     return start, end
+
+
+def dhcp_service(conf_text: str | None) -> tuple[bool, str | None]:
+    """From the dnsmasq configuration the management node's deploy wrote: (serves DHCP, the first
+    ``listen-address``). Only ``option=value`` lines of that one file count (``#`` lines are comments)."""
+    serves, listen = False, None
+    for _number, line in _content_lines(conf_text or ""):
+        key, _, value = line.partition("=")
+        key = key.strip()
+        if key == "dhcp-range" and value.strip():
+            serves = True
+        elif key == "listen-address" and listen is None and value.strip():
+            listen = value.split(",")[0].strip()
+    return serves, listen

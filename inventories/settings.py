@@ -165,6 +165,11 @@ TABLE: tuple[Setting, ...] = (
             _MGMT),
     Setting("dns_addn_hosts", defaults.DNS_ADDN_HOSTS, "path", "the DNS names file the tool owns", _MGMT),
     Setting("mgmt_sudo", False, "flag", "use sudo for the steps on the management node", _MGMT),
+    Setting("dhcp_owner", None, "text",
+            "owner tag of this manifest's reservations (unset: derived from the manifest path)", _MGMT),
+    Setting("prune_untagged", False, "flag",
+            "deploys/prune.py also removes stale reservations without an owner tag (written before tags)",
+            _MGMT),
     # --- readiness ---
     Setting("wait_timeout", 300, "number",
             "seconds until a VM without a lease or an SSH answer counts as not ready", _WAIT),

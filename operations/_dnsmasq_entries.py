@@ -16,9 +16,11 @@ from inventories.dnsmasq_format import (
     ADDN_HOSTS_HEADER,
     DHCP_HOSTS_HEADER,
     IGNORE_CLIENT_ID,
+    OWNER_TAG_PREFIX,
     Entry,
     EntryError,
     _uniqueness_problems,
+    check_owner,
     entries_from,
     entry_from_mapping,
     macs_from,
@@ -40,7 +42,9 @@ __all__ = [
     "ADDN_HOSTS_HEADER",
     "DHCP_HOSTS_HEADER",
     "IGNORE_CLIENT_ID",
+    "OWNER_TAG_PREFIX",
     "Entry",
+    "check_owner",
     "EntryError",
     "entries_from",
     "entry_from_mapping",
@@ -72,42 +76,83 @@ def range_problems(entries: Iterable[Entry], dhcp_range: str) -> list[str]:
     ]
 
 
+def removable(entry: Entry, owner: str | None, untagged: bool) -> bool:
+    """Whether a run writing as ``owner`` may remove ``entry``: its own entries, untagged ones (written
+    before owner tags) only when ``untagged``; any entry when ``owner`` is None (no owner given)."""
+    if owner is None or entry.owner == owner:
+        return True
+    return not entry.owner and untagged
+
+
+def foreign(
+    current: Mapping[str, Entry], macs: Sequence[str], owner: str | None, untagged: bool
+) -> list[Entry]:
+    """The entries among ``macs`` that a run writing as ``owner`` keeps: another manifest's."""
+    return [current[mac] for mac in macs if mac in current and not removable(current[mac], owner, untagged)]
+
+
 def plan(
     current: Mapping[str, Entry],
     entries: Sequence[Entry] | Sequence[str],
     present: bool,
     dhcp_range: str | None = None,
     source: str = "the reservation files",
+    owner: str | None = None,
+    untagged: bool = True,
 ) -> dict[str, Entry]:
     """The reservations after the change, ``{mac: Entry}``; conflicts raise EntryError (nothing written).
 
     ``present=True``: ``entries`` (Entry objects) are added; one identical to a reservation is left
-    alone, and a reservation with the same MAC but another IP or name is a conflict.
-    ``present=False``: ``entries`` (MAC strings) are removed; unknown MACs are ignored.
+    alone, and a reservation with the same MAC but another IP or name is a conflict. With ``owner``
+    (the entries carry it), an identical reservation without an owner tag is adopted (rewritten with
+    the tag) and one with another manifest's tag is a conflict.
+    ``present=False``: ``entries`` (MAC strings) are removed; unknown MACs are ignored, and with
+    ``owner`` another manifest's entries (and untagged ones unless ``untagged``) are kept.
     """
     if not present:
         gone = {str(mac) for mac in entries}
-        return {mac: entry for mac, entry in current.items() if mac not in gone}
+        return {
+            mac: entry
+            for mac, entry in current.items()
+            if mac not in gone or not removable(entry, owner, untagged)
+        }
     wanted = [entry for entry in entries if isinstance(entry, Entry)]
     problems = _uniqueness_problems(wanted, current, source)
     if dhcp_range is not None:
         problems += range_problems(wanted, dhcp_range)
-    if problems:
-        raise EntryError(problems)
     result = dict(current)
     for entry in wanted:
-        result.setdefault(entry.mac, entry)
+        old = current.get(entry.mac)
+        if old is None:
+            result[entry.mac] = entry
+        elif owner is not None and old.owner != owner and (old.ip, old.names) == (entry.ip, entry.names):
+            if not old.owner:
+                result[entry.mac] = entry  # adopted: written before owner tags, exactly this VM
+            else:
+                problems.append(
+                    f"{entry.hostname} ({entry.ip}, MAC {entry.mac}) is reserved in {source} by another "
+                    f"manifest (owner tag {old.owner}, this manifest's is {owner}): delete it with that "
+                    f"manifest, or set dhcp_owner={old.owner} if that is this manifest under another path"
+                )
+    if problems:
+        raise EntryError(problems)
     return result
 
 
-def request_lines(entries: Sequence[Entry] | Sequence[str], present: bool) -> list[str]:
-    """What the node-side merge reads on stdin: ``add MAC IP FQDN SHORT`` or ``del MAC`` lines.
+def request_lines(
+    entries: Sequence[Entry] | Sequence[str], present: bool, owner: str | None = None, untagged: bool = True
+) -> list[str]:
+    """What the node-side merge reads on stdin: ``add MAC IP FQDN SHORT [OWNER]`` or
+    ``del MAC [OWNER UNTAGGED]`` lines (no OWNER: untagged on add, any owner on removal; UNTAGGED
+    ``1``: untagged entries may be removed).
 
-    Every value was checked by make_entry/normalize_mac (no blanks or shell characters).
+    Every value was checked by make_entry/normalize_mac/check_owner (no blanks or shell characters).
     """
     if present:
-        return [f"add {e.mac} {e.ip} {e.hostname} {e.short}" for e in entries if isinstance(e, Entry)]
-    return [f"del {mac}" for mac in entries if isinstance(mac, str)]
+        added = [e for e in entries if isinstance(e, Entry)]
+        return [f"add {e.mac} {e.ip} {e.hostname} {e.short} {e.owner}".rstrip() for e in added]
+    who = "" if owner is None else f" {check_owner(owner)} {int(untagged)}"
+    return [f"del {mac}{who}" for mac in entries if isinstance(mac, str)]
 
 
 def _split_keepends(text: str) -> list[str]:
@@ -155,4 +200,3 @@ def unified_diff(old: str | None, new: str, path: str) -> list[str]:
         (old or "").splitlines(), new.splitlines(), fromfile=path, tofile=path, lineterm="", n=0
     )
     return [line for line in lines if not line.startswith(("---", "+++", "@@"))]
-

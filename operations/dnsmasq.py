@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from string import Formatter
 
 from pyinfra import host
@@ -30,6 +30,7 @@ from facts.dnsmasq import (
     DEFAULT_ADDN_HOSTS,
     DEFAULT_ETC_HOSTS,
     DEFAULT_HOSTSFILE,
+    DnsmasqNode,
     DnsmasqReservations,
     HostsFileText,
 )
@@ -41,9 +42,12 @@ from operations._dnsmasq_entries import (
     BLOCK_BEGIN,
     BLOCK_END,
     DHCP_HOSTS_HEADER,
+    OWNER_TAG_PREFIX,
     Entry,
     EntryError,
+    check_owner,
     entries_from,
+    foreign,
     macs_from,
     plan,
     render_addn_hosts,
@@ -54,6 +58,10 @@ from operations._dnsmasq_entries import (
     unified_diff,
 )
 from operations._output import log
+
+# release_leases_on: release on the address the node's own dnsmasq configuration (dnsmasq_conf) serves
+# DHCP on, read with the reservations in one round trip; nothing when it serves no DHCP.
+RELEASE_AS_CONFIGURED = "configured"
 
 # How long a run waits for another run's lock on the management node before giving up.
 DEFAULT_LOCK_WAIT = 120
@@ -80,28 +88,36 @@ def _shell(template: str, **values: str) -> StringCommand:
 
 
 # Merge the requests (stdin) into the files read under the lock. Inputs: part=1 the requests
-# ("add MAC IP FQDN SHORT" / "del MAC"), part=2 the dhcp-hostsfile, part=3 the addn-hosts file.
-# Output: one "KEY MAC IP FQDN SHORT" line per entry (KEY sorts by address), and "MAC IP" lines of
-# removed entries to the file REL. Any conflict is printed and nothing is output (exit 3).
+# ("add MAC IP FQDN SHORT OWNER" / "del MAC OWNER UNTAGGED", see request_lines), part=2 the
+# dhcp-hostsfile, part=3 the addn-hosts file.
+# Output: one "KEY MAC IP FQDN SHORT OWNER" line per entry (KEY sorts by address, OWNER "-" when the
+# entry has no owner tag), and "MAC IP" lines of removed entries to the file REL. Another manifest's
+# entry named by a "del" request is kept and named on stderr. Any conflict is printed and nothing is
+# output (exit 3).
 _MERGE_AWK = r"""
 function problem(msg) { print "kvm-qemu: " msg > "/dev/stderr"; bad = 1 }
 function lc(s) { return tolower(s) }
-function label(m) { return cfq[m] " (" cip[m] ", MAC " m ")" }
-part == 1 && $1 == "add" { n++; am[n] = lc($2); ai[n] = $3; af[n] = $4; as[n] = $5; next }
-part == 1 && $1 == "del" { del[lc($2)] = 1; next }
+function label(m) { return cfq[m] " (" cip[m] ", MAC " m owned(m) ")" }
+function owned(m) { return cown[m] == "" ? "" : ", owner tag " cown[m] }
+part == 1 && $1 == "add" {
+  n++; am[n] = lc($2); ai[n] = $3; af[n] = $4; as[n] = $5; ao[n] = ($6 == "" ? "-" : $6); next
+}
+part == 1 && $1 == "del" { del[lc($2)] = 1; dow[lc($2)] = ($3 == "" ? "*" : $3); dun[lc($2)] = $4; next }
 part == 1 { problem("unexpected request line: " $0); next }
 /^[ \t\r]*(#|$)/ { next }
 part == 2 {
-  # MAC, IP and short name by their form, so optional items (id:..., set:...) may sit between them.
-  k = split($0, x, ","); m = ""; ip = ""; s = ""
+  # MAC, IP and short name by their form, so optional items (id:..., set:...) may sit between them;
+  # set:kvmq-OWNER is the owner tag.
+  k = split($0, x, ","); m = ""; ip = ""; s = ""; ow = ""
   for (j = 1; j <= k; j++) {
     f = x[j]; gsub(/[ \t\r]/, "", f)
     if (f ~ /^[0-9A-Fa-f][0-9A-Fa-f]:/ && length(f) == 17) m = lc(f)
     else if (f ~ /^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$/) ip = f
+    else if (index(f, P) == 1) ow = substr(f, length(P) + 1)
     else if (f !~ /:/ && f != "") s = f
   }
   if (m == "" || ip == "" || s == "") { problem(H ": unexpected line: " $0); next }
-  cm[++nc] = m; cip[m] = ip; csh[m] = s; next
+  cm[++nc] = m; cip[m] = ip; csh[m] = s; cown[m] = ow; next
 }
 part == 3 { hf[$1] = $2; next }
 END {
@@ -109,13 +125,24 @@ END {
     m = cm[i]; ip = cip[m]
     if (!(ip in hf)) { problem(ip " is in " H " but not in " A ": fix or remove the line"); continue }
     cfq[m] = hf[ip]
-    if (m in del) { released[m] = ip; continue }
+    if (m in del) {
+      if (dow[m] == "*" || cown[m] == dow[m] || (cown[m] == "" && dun[m] == 1)) { released[m] = ip; continue }
+      print "kvm-qemu: kept " label(m) ": " (cown[m] == "" ? "no owner tag (written before owner tags)" : \
+            "it belongs to another manifest") > "/dev/stderr"
+    }
     keep[m] = 1; ownip[ip] = m; own[lc(cfq[m])] = m; own[lc(csh[m])] = m
   }
   for (i = 1; i <= n; i++) {
     m = am[i]
     if (m in keep) {
-      if (cip[m] == ai[i] && lc(cfq[m]) == lc(af[i]) && lc(csh[m]) == lc(as[i])) continue
+      if (cip[m] == ai[i] && lc(cfq[m]) == lc(af[i]) && lc(csh[m]) == lc(as[i])) {
+        if (ao[i] == "-" || cown[m] == ao[i]) continue
+        if (cown[m] == "") { cown[m] = ao[i]; continue }
+        problem(af[i] " (" ai[i] ", MAC " m ") is reserved in " H " by another manifest (owner tag " \
+                cown[m] ", this manifest's is " ao[i] "): delete it with that manifest, or set " \
+                "dhcp_owner=" cown[m] " if that is this manifest under another path")
+        continue
+      }
       problem("MAC " m " of " af[i] " (" ai[i] ") is already reserved for " label(m) " in " H \
               ": one MAC for two VMs (a VM of the same name in another manifest, or two names that " \
               "derive one MAC); delete the other reservation or set macaddress")
@@ -135,23 +162,31 @@ END {
               label(own[lc(as[i])]))
       continue
     }
-    keep[m] = 1; cip[m] = ai[i]; cfq[m] = af[i]; csh[m] = as[i]
+    keep[m] = 1; cip[m] = ai[i]; cfq[m] = af[i]; csh[m] = as[i]; cown[m] = (ao[i] == "-" ? "" : ao[i])
     ownip[ai[i]] = m; own[lc(af[i])] = m; own[lc(as[i])] = m
   }
   if (bad) exit 3
   for (m in keep) {
     split(cip[m], o, ".")
-    printf "%.0f %s %s %s %s\n", ((o[1] * 256 + o[2]) * 256 + o[3]) * 256 + o[4], m, cip[m], cfq[m], csh[m]
+    key = ((o[1] * 256 + o[2]) * 256 + o[3]) * 256 + o[4]
+    printf "%.0f %s %s %s %s %s\n", key, m, cip[m], cfq[m], csh[m], (cown[m] == "" ? "-" : cown[m])
   }
   for (m in released) print m, released[m] > REL
 }
 """
 
-# One line per merged entry ("KEY MAC IP FQDN SHORT"), from a template rendered by Entry itself.
+# One line per merged entry ("KEY MAC IP FQDN SHORT OWNER"), from the templates rendered by Entry itself:
+# T with the owner tag, U for an entry without one.
 _FILL_AWK = r"""
-{ l = T; gsub(/@MAC@/, $2, l); gsub(/@IP@/, $3, l); gsub(/@FQDN@/, $4, l); gsub(/@SHORT@/, $5, l); print l }
+{
+  l = ($6 == "-") ? U : T
+  gsub(/@MAC@/, $2, l); gsub(/@IP@/, $3, l); gsub(/@FQDN@/, $4, l); gsub(/@SHORT@/, $5, l)
+  gsub(/@OWNER@/, $6, l)
+  print l
+}
 """
-_TEMPLATE = Entry("@MAC@", "@IP@", "@FQDN@", "@SHORT@")
+_TEMPLATE = Entry("@MAC@", "@IP@", "@FQDN@", "@SHORT@", "@OWNER@")
+_UNTAGGED = Entry("@MAC@", "@IP@", "@FQDN@", "@SHORT@")
 
 # /etc/hosts with the "# BEGIN kvm-qemu" block replaced (part=1: the merged entries, part=2: the file).
 _SPLICE_AWK = r"""
@@ -218,7 +253,8 @@ flock -w {wait} 9 || fail "another run held $l for more than {wait} s; nothing w
 hs=$h; [ -e "$h" ] || hs=/dev/null
 as=$a; [ -e "$a" ] || as=/dev/null
 tl=$(mktemp) && trel=$(mktemp) || exit 1
-awk -v H="$h" -v A="$a" -v REL="$trel" {merge} part=1 "$tr" part=2 "$hs" part=3 "$as" > "$tl" || \
+awk -v H="$h" -v A="$a" -v REL="$trel" -v P={owner_prefix} {merge} \
+  part=1 "$tr" part=2 "$hs" part=3 "$as" > "$tl" || \
 fail "conflicting reservations, nothing was changed"
 sort -n -o "$tl" "$tl" || exit 1
 stage() {{
@@ -226,10 +262,10 @@ stage() {{
   if [ -e "$1" ]; then cp -p -- "$1" "$t" || exit 1; else chmod 644 "$t" || exit 1; fi
 }}
 stage "$h"; t0=$t
-{{ printf '%s\\n' {dhcp_header}; awk -v T={dhcp_line} {fill} "$tl"; }} > "$t0" || \
+{{ printf '%s\\n' {dhcp_header}; awk -v T={dhcp_line} -v U={dhcp_untagged} {fill} "$tl"; }} > "$t0" || \
   fail "cannot write $t0"
 stage "$a"; t1=$t
-{{ printf '%s\\n' {hosts_header}; awk -v T={hosts_line} {fill} "$tl"; }} > "$t1" || \
+{{ printf '%s\\n' {hosts_header}; awk -v T={hosts_line} -v U={hosts_line} {fill} "$tl"; }} > "$t1" || \
   fail "cannot write $t1"
 if [ -n "$e" ]; then
   es=$e; [ -e "$e" ] || es=/dev/null
@@ -242,7 +278,8 @@ cmp -s -- "$t0" "$hs" && {{ rm -f -- "$t0"; t0=; }} || changed=1
 cmp -s -- "$t1" "$as" && {{ rm -f -- "$t1"; t1=; }} || changed=1
 if [ -n "$t2" ]; then cmp -s -- "$t2" "$es" && {{ rm -f -- "$t2"; t2=; }} || changed=1; fi
 if [ -z "$changed" ] && [ ! -s "$trel" ]; then echo "dnsmasq reservations are already up to date"; exit 0; fi
-tc=$(mktemp) && awk -v T=dhcp-host={dhcp_line} {fill} "$tl" > "$tc" || fail "cannot write $tc"
+tc=$(mktemp) && awk -v T=dhcp-host={dhcp_line} -v U=dhcp-host={dhcp_untagged} {fill} "$tl" > "$tc" || \
+  fail "cannot write $tc"
 out=$(dnsmasq --test ${{conf:+"--conf-file=$conf"}} --conf-file="$tc" 2>&1 </dev/null) || \
 fail "dnsmasq rejected the new reservations, nothing was changed: \
 ${{out:-dnsmasq --test failed without a message}}"
@@ -296,6 +333,8 @@ def apply_command(
         splice=_SPLICE_AWK,
         fill=_FILL_AWK,
         dhcp_line=_TEMPLATE.dhcp_line(),
+        dhcp_untagged=_UNTAGGED.dhcp_line(),
+        owner_prefix=OWNER_TAG_PREFIX,
         hosts_line=_TEMPLATE.hosts_line(),
         dhcp_header=DHCP_HOSTS_HEADER,
         hosts_header=ADDN_HOSTS_HEADER,
@@ -304,6 +343,14 @@ def apply_command(
     )
     # Bounded: the lock wait plus time for the checks, dnsmasq --test, the renames and the releases.
     return StringCommand(script, _separator="", _stdin=list(requests), _timeout=int(lock_wait) + 60)
+
+
+def _release_address(value: object, conf: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(str(value))) if value else None
+    except ValueError:
+        log(f"{conf}: listen-address={value!r} is not an IP address", "warning")
+        return None
 
 
 def _log_diff(writes: Sequence[FileWrite]) -> None:
@@ -326,6 +373,8 @@ def dhcp_reservations(
     etc_hosts_path: str = DEFAULT_ETC_HOSTS,
     release_leases_on: str | None = None,
     lock_wait: int = DEFAULT_LOCK_WAIT,
+    owner: str | None = None,
+    remove_untagged: bool = True,
 ) -> Commands:
     """Add (``present=True``) or remove (``present=False``) static DHCP reservations and names.
 
@@ -342,8 +391,16 @@ def dhcp_reservations(
     + dhcp_range: ``start,end[,mask][,lease]``; entries outside start..end are refused
     + etc_hosts: also keep the host lines in a ``# BEGIN kvm-qemu`` block of ``etc_hosts_path``
     + release_leases_on: the address dnsmasq serves DHCP on; when set, removing an entry also releases
-      its DHCP lease with ``dhcp_release`` on the interface holding that address
+      its DHCP lease with ``dhcp_release`` on the interface holding that address. ``"configured"``
+      (``RELEASE_AS_CONFIGURED``): read from ``dnsmasq_conf`` on the node, with the reservations in one
+      round trip (its ``dhcp-range`` and first ``listen-address``); a lease that then cannot be
+      released is named in a warning
     + lock_wait: seconds to wait for another run's lock on the node
+    + owner: the owner tag of the manifest writing (``set:kvmq-<owner>`` in its dhcp-hosts lines): added
+      entries carry it, an identical untagged entry is adopted, another owner's entry with the same
+      MAC is a conflict, and removal keeps other owners' entries (naming them). ``None``: entries are
+      written untagged and any entry may be removed (several manifests on one node need an owner)
+    + remove_untagged: with ``owner``, whether removal may remove entries without an owner tag
 
     **Example:**
 
@@ -361,6 +418,9 @@ def dhcp_reservations(
     paths = [hostsfile, addn_hosts] + ([etc_hosts_path] if etc_hosts else [])
     if len({os.path.normpath(path) for path in paths}) != len(paths):
         raise OperationValueError(f"dhcp_reservations: the files must differ: {', '.join(paths)}")
+    configured = release_leases_on == RELEASE_AS_CONFIGURED and not present
+    if release_leases_on == RELEASE_AS_CONFIGURED:
+        release_leases_on = None
     if release_leases_on is not None:
         try:
             release_leases_on = str(ipaddress.ip_address(release_leases_on))
@@ -371,17 +431,42 @@ def dhcp_reservations(
     if not isinstance(lock_wait, int) or isinstance(lock_wait, bool) or not 1 <= lock_wait <= 3600:
         raise OperationValueError(f"dhcp_reservations: lock_wait={lock_wait!r}: expected 1 to 3600 seconds")
     try:
+        if owner is not None:
+            check_owner(owner)
         wanted: list[Entry] | list[str] = entries_from(entries) if present else macs_from(entries)
+        if present and owner is not None:
+            wanted = [replace(entry, owner=owner) for entry in wanted if isinstance(entry, Entry)]
     except EntryError as exc:
         raise OperationValueError(f"dhcp_reservations: invalid entries:\n{exc}") from None
 
     # The fact serves the preview (no-op, --diff) and early errors; the command decides again under the lock.
-    fact = host.get_fact(DnsmasqReservations, hostsfile=hostsfile, addn_hosts=addn_hosts)
+    if configured and dnsmasq_conf:
+        node = host.get_fact(DnsmasqNode, hostsfile=hostsfile, addn_hosts=addn_hosts, conf=dnsmasq_conf)
+        fact = node["reservations"]
+        if node["dhcp"]:
+            release_leases_on = _release_address(node.get("listen_address"), dnsmasq_conf)
+    else:
+        fact = host.get_fact(DnsmasqReservations, hostsfile=hostsfile, addn_hosts=addn_hosts)
     current = {mac: Entry(**value) for mac, value in fact.items()}
     try:
-        result = plan(current, wanted, present, dhcp_range, source=f"{hostsfile} / {addn_hosts}")
+        result = plan(
+            current,
+            wanted,
+            present,
+            dhcp_range,
+            source=f"{hostsfile} / {addn_hosts}",
+            owner=owner,
+            untagged=remove_untagged,
+        )
     except EntryError as exc:
         raise OperationValueError(f"dhcp_reservations: conflicting reservations:\n{exc}") from None
+    if not present:
+        for entry in foreign(current, [str(mac) for mac in wanted], owner, remove_untagged):
+            why = "another manifest's" if entry.owner else "untagged (written before owner tags)"
+            log(
+                f"keeping the reservation of {entry.owned_label()}: {why}, not this manifest's ({owner})",
+                "warning",
+            )
 
     writes: list[FileWrite] = []
     for path, render in ((hostsfile, render_dhcp_hosts), (addn_hosts, render_addn_hosts)):
@@ -400,6 +485,15 @@ def dhcp_reservations(
     if not writes:
         host.noop("dnsmasq reservations are up to date")
         return
+    if configured and dnsmasq_conf and release_leases_on is None and node["dhcp"]:
+        for mac in wanted:
+            if isinstance(mac, str) and mac in current and mac not in result:
+                log(
+                    f"the DHCP lease of {current[mac].hostname} ({current[mac].ip}, MAC {mac}) is not "
+                    f"released: {dnsmasq_conf} serves DHCP but names no usable listen-address; the "
+                    "address stays taken until the lease expires",
+                    "warning",
+                )
     state = host.state
     # Logged once: at prepare (before the confirmation), or at execute when there was no prepare (-y).
     if state.config.DIFF and (not state.is_executing or not getattr(state, "check_for_changes", True)):
@@ -407,8 +501,14 @@ def dhcp_reservations(
     if present:
         requests = request_lines([entry for entry in wanted if isinstance(entry, Entry)], present=True)
     else:
-        # Only what is reserved now: the node removes (and releases) exactly these under the lock.
-        requests = request_lines([str(mac) for mac in wanted if mac in current], present=False)
+        # Only what is reserved now and ours: the node removes (and releases) exactly these under the
+        # lock, checking the owner tag again there.
+        requests = request_lines(
+            [str(mac) for mac in wanted if mac in current and mac not in result],
+            present=False,
+            owner=owner,
+            untagged=remove_untagged,
+        )
     yield apply_command(
         requests,
         hostsfile,

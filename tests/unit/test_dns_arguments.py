@@ -10,6 +10,7 @@ from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.util import FakeState, create_host
 
 from deploys.vms import dnsmasq_arguments
+from operations.dnsmasq import RELEASE_AS_CONFIGURED
 
 
 class Data(dict):
@@ -24,8 +25,11 @@ def arguments(**data: Any) -> dict[str, Any]:
         return dnsmasq_arguments()
 
 
-def test_without_dhcp_no_lease_is_released() -> None:
-    assert arguments(ssh_hostname="10.10.5.2")["release_leases_on"] is None
+def test_delete_without_repeated_settings_reads_dhcp_from_the_node() -> None:
+    # mgmt_server.py was run with --data dhcp_range=... --data dns_listen_address=...; delete without them
+    # asks the node's own dnsmasq configuration (read with the reservations, one round trip).
+    assert arguments(ssh_hostname="10.10.5.2")["release_leases_on"] == RELEASE_AS_CONFIGURED
+    assert arguments(dnsmasq_conf=None)["release_leases_on"] is None
 
 
 def test_with_dhcp_delete_releases_leases_on_the_listen_address() -> None:

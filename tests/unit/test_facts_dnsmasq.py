@@ -65,6 +65,7 @@ def test_reservations_from_fixture_files() -> None:
         "ip": "10.10.5.2",
         "hostname": "infra.example.internal",
         "short": "infra",
+        "owner": "",
     }
     assert fact["52:54:00:00:00:13"]["ip"] == "10.10.5.13"
     assert fact["52:54:00:00:01:30"]["ip"] == "10.10.5.130"

@@ -17,6 +17,7 @@ from pyinfra.connectors.util import make_unix_command
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.util import FakeState, create_host
 
+from facts.dnsmasq import DnsmasqNode
 from inventories.manifest_model import VmSpec
 from operations._dnsmasq_entries import (
     BLOCK_BEGIN,
@@ -26,7 +27,7 @@ from operations._dnsmasq_entries import (
     render_dhcp_hosts,
     request_lines,
 )
-from operations.dnsmasq import apply_command, dhcp_reservations
+from operations.dnsmasq import RELEASE_AS_CONFIGURED, apply_command, dhcp_reservations
 
 HF, AH = "/etc/kvm-qemu/dnsmasq/dhcp-hosts", "/etc/kvm-qemu/dnsmasq/hosts"
 
@@ -509,3 +510,63 @@ def test_node_side_lines_follow_entry_rendering(tmp_path: Path, conf: Path) -> N
     assert result.returncode == 0, result.stderr
     assert hostsfile.read_text() == render_dhcp_hosts([E13, E130])
     assert addn_hosts.read_text() == render_addn_hosts([E13, E130])
+
+
+# --- leases released as the node's own configuration says (settings given once to mgmt_server) ---
+
+
+def run_configured(node: dict[str, Any]) -> tuple[list[StringCommand], Any]:
+    key = f"addn_hosts={AH}, conf=/etc/dnsmasq.conf, hostsfile={HF}"
+    state = FakeState()
+    host = create_host(state, facts={"dnsmasq.DnsmasqNode": {key: node}})
+    with ctx_state.use(state), ctx_host.use(host):
+        commands = list(
+            dhcp_reservations._inner(
+                entries=[{"mac": E13.mac}],
+                present=False,
+                dnsmasq_conf="/etc/dnsmasq.conf",
+                release_leases_on=RELEASE_AS_CONFIGURED,
+            )
+        )
+    return commands, host
+
+
+def test_delete_releases_the_lease_on_the_configured_address() -> None:
+    commands, _ = run_configured(
+        {"reservations": reservations(E13), "dhcp": True, "listen_address": "10.10.5.2"}
+    )
+    assert "; rel=10.10.5.2\n" in commands[0].get_raw_value()
+    commands, _ = run_configured(
+        {"reservations": reservations(E13), "dhcp": False, "listen_address": "10.10.5.2"}
+    )
+    assert "; rel=''\n" in commands[0].get_raw_value()
+
+
+def test_a_lease_that_cannot_be_released_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pyinfra"):
+        commands, _ = run_configured(
+            {"reservations": reservations(E13), "dhcp": True, "listen_address": None}
+        )
+    assert "; rel=''\n" in commands[0].get_raw_value()
+    assert f"the DHCP lease of {E13.hostname} ({E13.ip}, MAC {E13.mac}) is not released" in caplog.text
+
+
+def test_node_fact_reads_reservations_and_dhcp_in_one_command(tmp_path: Path) -> None:
+    hostsfile, addn = tmp_path / "dhcp-hosts", tmp_path / "hosts"
+    hostsfile.write_text(render_dhcp_hosts([E13]))
+    addn.write_text(render_addn_hosts([E13]))
+    conf = tmp_path / "dnsmasq.conf"
+    conf.write_text(
+        "# Managed by kvm-qemu\nlisten-address=10.10.5.2\nbind-interfaces\ndhcp-range=10.10.5.100,10.10.5.200\n"
+    )
+    fact = DnsmasqNode()
+    raw = fact.command(hostsfile=str(hostsfile), addn_hosts=str(addn), conf=str(conf)).get_raw_value()
+    out = subprocess.run(["sh", "-c", raw], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert fact.process(out) == {
+        "reservations": reservations(E13),
+        "dhcp": True,
+        "listen_address": "10.10.5.2",
+    }
+    conf.write_text("listen-address=10.10.5.2\n")
+    out = subprocess.run(["sh", "-c", raw], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert fact.process(out)["dhcp"] is False
