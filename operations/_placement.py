@@ -19,6 +19,7 @@ from pyinfra.api import QuoteString, StringCommand
 from inventories import defaults
 from inventories.manifest_model import VmSpec
 from operations._capacity import CapacityRow, capacity_row
+from operations._domain_plan import needed_by_others
 from operations._virsh import DEFAULT_TIMEOUT, bounded, virsh
 
 # Cache modes qemu opens with O_DIRECT and without a host page cache: the only ones libvirt accepts for a
@@ -162,14 +163,13 @@ def move_problems(
     for path in move.local_disks:
         if files.get(path, {}).get("kind", "missing") != "missing":
             problems.append(f"{dest_name} already has {path}")
-    for other, other_domain in source.get("domains", {}).items():
-        used = {str(d["path"]) for d in _disks(other_domain)} | {
-            str(d["backing"]) for d in _disks(other_domain) if d.get("backing")
-        }
-        if other != move.vm and used & set(move.local_disks):
-            problems.append(
-                f"{other} on {move.source} uses {', '.join(sorted(used & set(move.local_disks)))} too"
-            )
+    # The move removes the source's copy of every local disk: none may be a disk or lie anywhere in the
+    # backing chain of another domain (its snapshot overlays, linked clones of clones), by the same rule
+    # a delete keeps files by.
+    for path, why in needed_by_others(source, move.vm, move.local_disks).items():
+        problems.append(
+            f"{path} is still needed by {why.owner} on {move.source} ({why.reason}); the move would remove it"
+        )
     for disk in _disks(domain):
         backing = disk.get("backing") or source.get("files", {}).get(disk["path"], {}).get("backing")
         if backing and files.get(backing, {}).get("kind", "missing") == "missing":
