@@ -14,6 +14,7 @@ by ``operations._placement``; each source host runs ``operations.migrate.domains
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import weakref
@@ -56,12 +57,22 @@ def _member_setting(member: Any, key: str) -> Any:
     return member.data.get(key, DEFAULTS[key])
 
 
+def _uri_host(address: str) -> str:
+    """The host part of a URI: an IPv6 literal in brackets (``fd00::2`` -> ``[fd00::2]``), else as is."""
+    bare = address[1:-1] if address.startswith("[") and address.endswith("]") else address
+    try:
+        ipaddress.IPv6Address(bare.split("%", 1)[0])
+    except ValueError:
+        return address
+    return f"[{bare.replace('%25', '%').replace('%', '%25')}]"
+
+
 def _targets(members: list[Any]) -> dict[str, dict[str, Any]]:
     targets = {}
     for member in members:
         uri = _member_setting(member, "migration_uri")
         if not uri:
-            address = member.data.get("ssh_hostname") or member.name
+            address = _uri_host(str(member.data.get("ssh_hostname") or member.name))
             user = member.data.get("ssh_user") or "root"
             uri = f"qemu+ssh://{user}@{address}/system"
         unsafe = _member_setting(member, "migration_unsafe")

@@ -12,7 +12,7 @@ import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pyinfra.api import QuoteString, StringCommand
 
@@ -430,8 +430,26 @@ def _ssh_words(uri: str) -> list[str]:
     keyfile = parse_qs(parts.query).get("keyfile")
     if keyfile:
         words += ["-i", keyfile[0]]
-    words.append(f"{parts.username}@{parts.hostname}" if parts.username else str(parts.hostname))
+    # After "--": a host value can never be read as an option of ssh.
+    hostname = unquote(str(parts.hostname))  # an IPv6 zone: fe80::1%25eth0 in a URI, fe80::1%eth0 to ssh
+    words += ["--", f"{unquote(parts.username)}@{hostname}" if parts.username else hostname]
     return words
+
+
+def _still_shut_off(vm: str, uri: str, timeout: int) -> StringCommand:
+    """Succeeds only when ``vm`` is shut off now (a bounded ``virsh domstate``); otherwise says so."""
+    return StringCommand(
+        "{ s=$(",
+        virsh(uri, "domstate", vm, timeout=timeout),
+        ") && { [ \"$s\" = 'shut off' ] || { echo",
+        QuoteString(f"kvm-qemu: {vm} is no longer shut off (now:"),
+        '"$s);"',
+        QuoteString(
+            "not moved: its definition and disks stay on this host; the copies already made on the "
+            "destination are left there (remove them before moving it again)"
+        ),
+        ">&2; (exit 1); }; }; }",
+    )
 
 
 def _copy_command(directory: str, names: list[str], uri: str, timeout: int) -> StringCommand:
@@ -459,7 +477,8 @@ def move_command(
     """One command on the source host that moves the VM, then removes the source's copies of local disks.
 
     Live: ``virsh migrate --live --persistent --undefinesource`` (``--copy-storage-all`` for local disks).
-    Offline: local disks are streamed over SSH first, then ``virsh migrate --offline``.
+    Offline: local disks are streamed over SSH first, then, if the VM is still shut off (checked right
+    before), ``virsh migrate --offline``.
     """
     steps: list[StringCommand] = []
     args: list[str] = ["migrate"]
@@ -478,6 +497,10 @@ def move_command(
     if target.unsafe and move.live:
         args.append("--unsafe")
     args += [move.vm, target.uri]
+    if not move.live:
+        # Started again during the copy (up to migrate_timeout)? Then its disks are live data: the
+        # migration and the removal below must not happen. Checked last, in the same command.
+        steps.append(_still_shut_off(move.vm, uri, timeout))
     steps.append(virsh(uri, *args, timeout=migrate_timeout))
     if move.autostart:
         steps.append(virsh(target.uri, "autostart", move.vm, timeout=timeout))

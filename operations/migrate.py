@@ -71,7 +71,7 @@ def domains_moved(
     for move in todo:
         logger.info(f"{prefix}move {move.describe()}")
         target = Target(**targets[move.destination])
-        steps = 3 + len(move.local_disks)
+        steps = 4 + len(move.local_disks)  # copies, state check, migrate, autostart, removal
         yield StringCommand(
             move_command(move, target, uri, command_timeout, migrate_timeout),
             _timeout=session_limit(steps, command_timeout, 2 * migrate_timeout),

@@ -125,7 +125,7 @@ def test_offline_move_streams_local_disks_sparse_over_ssh_then_migrates_the_defi
     ).get_raw_value()
     copy_part = (
         "sh -c 'tar -C /data01/primary -cSf - -- vm1-vda.img | ssh -o BatchMode=yes -p 2222 -i /k "
-        "root@127.0.1.2 '\"'\"'tar -C /data01/primary -xkpSf -'\"'\"''"
+        "-- root@127.0.1.2 '\"'\"'tar -C /data01/primary -xkpSf -'\"'\"''"
     )
     assert copy_part in text
     assert (
