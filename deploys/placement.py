@@ -222,7 +222,8 @@ def _moved(plan: Placement, after: Any = None, label: str = "Move VMs to their m
 @deploy("Move VMs to their manifest hosts", data_defaults=DEFAULTS)
 def vms_placed() -> None:
     """On every hypervisor: move the manifest's VMs that are defined on another host to their manifest
-    host. Any refusal of the preflight fails every hypervisor's step, and nothing moves."""
+    host. Any refusal of the preflight fails every hypervisor's step, and nothing moves. A VM held back
+    because a hypervisor was not read (``Placement.held``) fails its host's step alone, after its moves."""
     if not is_hypervisor():
         return
     plan = placement()

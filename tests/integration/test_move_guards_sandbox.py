@@ -1,10 +1,16 @@
-"""Build under ``--limit`` never defines a VM a second time on the sandbox.
+"""Moves and builds that must not duplicate or lose a VM, on the sandbox.
+
+Build under ``--limit`` never defines a VM a second time.
 
 A VM built on sm-02 and then moved to sm-01 in the manifest may still exist on sm-02: a build limited
 to sm-01 does not read sm-02, so it must not clone the VM on sm-01 (the same MAC and address twice).
 It is refused, naming sm-02 and how to proceed, with or without the management node in the limit
 (its reservation of the VM is a record of it). A VM no readable host and no reservation knows of is
 provably new and is built.
+
+An offline move of a VM that was started after the move was planned (during its disk copy) stops
+right before the migration: the VM keeps running on its host with its disk, and is not defined on
+the destination.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from operations._placement import Move, Target, move_command
 from sandbox import client
 from tests.integration.test_workflows import IDLE_BASE, Cluster, idle_base_xml
 
@@ -32,6 +39,7 @@ VM = {
     "clone": "linked",
     "srcvm": IDLE_BASE,
 }
+STARTED = {**VM, "name": "lm-vm03", "hostname": "lm-vm03.wf.internal", "ipaddress": "10.10.5.73"}
 NEW = {**VM, "name": "lm-vm02", "hostname": "lm-vm02.wf.internal", "ipaddress": "10.10.5.72"}
 HOSTS = ("sm-01", "sm-02")
 
@@ -48,10 +56,10 @@ def cluster(sandbox_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFa
     for h in HOSTS:
         client.ssh(client.node_data(c.inventory, h), "virsh -q define /dev/stdin", stdin=idle.read_text())
     yield c
-    c.deploy(manifest(sm_01=[VM, NEW]), "delete", expect_ok=False)
-    c.deploy(manifest(sm_02=[VM, NEW]), "delete", expect_ok=False)
+    c.deploy(manifest(sm_01=[VM, NEW, STARTED]), "delete", expect_ok=False)
+    c.deploy(manifest(sm_02=[VM, NEW, STARTED]), "delete", expect_ok=False)
     for h in HOSTS:
-        for vm in ("lm-vm01", "lm-vm02"):
+        for vm in ("lm-vm01", "lm-vm02", "lm-vm03"):
             c.ssh(h, f"virsh -q destroy {vm}; virsh -q undefine --nvram {vm}", check=False)
         c.ssh(h, "rm -f /data01/primary/lm-vm0* /secondary/lm-vm0*", check=False)
         c.ssh(h, f"virsh -q undefine {IDLE_BASE}", check=False)
@@ -86,3 +94,25 @@ def test_a_provably_new_vm_is_built_with_the_management_node_in_the_limit(cluste
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "lm-vm02" in cluster.domains("sm-01") and "lm-vm02" not in cluster.domains("sm-02")
 
+
+
+def test_an_offline_move_of_a_vm_started_meanwhile_keeps_it_running_with_its_disk(cluster: Cluster) -> None:
+    cluster.deploy(manifest(), "pools")
+    cluster.deploy(manifest(sm_01=[STARTED]), "build")
+    disk = "/data01/primary/lm-vm03-vda.qcow2"
+    assert cluster.ssh("sm-01", f"test -f {disk} && echo yes").strip() == "yes"
+    cluster.virsh("sm-01", "start", "lm-vm03")  # planned while shut off, started before the migration
+    move = Move("lm-vm03", "sm-01", "sm-02", live=False, local_disks=(disk,))
+    target = Target(str(cluster.inventory["hosts"]["sm-02"]["migration_uri"]))
+    command = move_command(move, target, timeout=60, migrate_timeout=300).get_raw_value()
+    try:
+        out = cluster.ssh("sm-01", f"{{ {command} ; }} 2>&1; echo rc=$?", check=False)
+        print(out)
+        assert out.strip().splitlines()[-1] != "rc=0", out
+        assert "lm-vm03 is no longer shut off (now: running)" in out, out
+        assert cluster.domains("sm-01").get("lm-vm03") == "running"
+        assert cluster.ssh("sm-01", f"test -f {disk} && echo yes").strip() == "yes"
+        assert "lm-vm03" not in cluster.domains("sm-02")
+    finally:
+        cluster.ssh("sm-01", "virsh -q destroy lm-vm03", check=False)
+        cluster.ssh("sm-02", f"virsh -q undefine lm-vm03; rm -f {disk}", check=False)
