@@ -521,6 +521,33 @@ def _copy_command(directory: str, names: list[str], uri: str, timeout: int) -> S
     )
 
 
+def _disk_marks(paths: tuple[str, ...], timeout: int) -> StringCommand:
+    """Identity, change time (ns) and size of each file, one line each (bounded ``stat``): a file
+    written, or relabelled by a start of its VM, between two reads reads differently."""
+    return bounded(
+        "stat of the disks",
+        timeout,
+        StringCommand(
+            "stat", "-L", "-c", QuoteString("%d:%i %.9Z %s"), "--", *(QuoteString(p) for p in paths)
+        ),
+    )
+
+
+def _unchanged_since_copy(vm: str, paths: tuple[str, ...], timeout: int) -> StringCommand:
+    """Succeeds only when the disks read as they did before the copy (``$marks``); otherwise says so."""
+    return StringCommand(
+        "{ [ \"$marks\" = \"$(",
+        _disk_marks(paths, timeout),
+        ')\" ] || { echo',
+        QuoteString(
+            f"kvm-qemu: the disks of {vm} changed during the copy (was it started meanwhile?); not moved: "
+            "its definition and disks stay on this host; the copies made on the destination are stale "
+            "(remove them before moving it again)"
+        ),
+        ">&2; (exit 1); }; }",
+    )
+
+
 def move_command(
     move: Move,
     target: Target,
@@ -531,8 +558,8 @@ def move_command(
     """One command on the source host that moves the VM, then removes the source's copies of local disks.
 
     Live: ``virsh migrate --live --persistent --undefinesource`` (``--copy-storage-all`` for local disks).
-    Offline: local disks are streamed over SSH first, then, if the VM is still shut off (checked right
-    before), ``virsh migrate --offline``.
+    Offline: local disks are streamed over SSH first, then, if the VM is still shut off and its disks
+    read as they did before the copy (both checked right before), ``virsh migrate --offline``.
     """
     steps: list[StringCommand] = []
     args: list[str] = ["migrate"]
@@ -547,6 +574,8 @@ def move_command(
         by_dir: dict[str, list[str]] = {}
         for path in move.local_disks:
             by_dir.setdefault(os.path.dirname(path), []).append(os.path.basename(path))
+        if move.local_disks:
+            steps.append(StringCommand("marks=$(", _disk_marks(move.local_disks, timeout), ")"))
         steps += [_copy_command(d, names, target.uri, migrate_timeout) for d, names in sorted(by_dir.items())]
     if target.unsafe and move.live:
         args.append("--unsafe")
@@ -555,6 +584,8 @@ def move_command(
         # Started again during the copy (up to migrate_timeout)? Then its disks are live data: the
         # migration and the removal below must not happen. Checked last, in the same command.
         steps.append(_still_shut_off(move.vm, uri, timeout))
+        if move.local_disks:
+            steps.append(_unchanged_since_copy(move.vm, move.local_disks, timeout))
     steps.append(virsh(uri, *args, timeout=migrate_timeout))
     if move.autostart:
         steps.append(virsh(target.uri, "autostart", move.vm, timeout=timeout))

@@ -81,7 +81,7 @@ def domains_moved(
     for move in todo:
         logger.info(f"{prefix}move {move.describe()}")
         target = Target(**targets[move.destination])
-        steps = 4 + len(move.local_disks)  # copies, state check, migrate, autostart, removal
+        steps = 6 + len(move.local_disks)  # copies, 2 stats, state check, migrate, autostart, removal
         yield StringCommand(
             move_command(move, target, uri, command_timeout, migrate_timeout),
             _timeout=session_limit(steps, command_timeout, 2 * migrate_timeout),

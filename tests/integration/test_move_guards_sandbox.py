@@ -10,7 +10,7 @@ provably new and is built.
 
 An offline move of a VM that was started after the move was planned (during its disk copy) stops
 right before the migration: the VM keeps running on its host with its disk, and is not defined on
-the destination.
+the destination; once shut off, the same command moves it.
 """
 
 from __future__ import annotations
@@ -113,6 +113,16 @@ def test_an_offline_move_of_a_vm_started_meanwhile_keeps_it_running_with_its_dis
         assert cluster.domains("sm-01").get("lm-vm03") == "running"
         assert cluster.ssh("sm-01", f"test -f {disk} && echo yes").strip() == "yes"
         assert "lm-vm03" not in cluster.domains("sm-02")
+        # Shut off and unchanged since the copy: the same command moves it (the real copy does not
+        # change what the disk's stat shows) and removes the source's copy.
+        cluster.virsh("sm-01", "destroy", "lm-vm03")
+        cluster.ssh("sm-02", f"rm -f {disk}")
+        out = cluster.ssh("sm-01", f"{{ {command} ; }} 2>&1; echo rc=$?", check=False)
+        assert out.strip().splitlines()[-1] == "rc=0", out
+        assert cluster.domains("sm-02").get("lm-vm03") == "shut off"
+        assert "lm-vm03" not in cluster.domains("sm-01")
+        assert cluster.ssh("sm-01", f"test -e {disk} || echo gone").strip() == "gone"
+        assert cluster.ssh("sm-02", f"test -f {disk} && echo yes").strip() == "yes"
     finally:
         cluster.ssh("sm-01", "virsh -q destroy lm-vm03", check=False)
         cluster.ssh("sm-02", f"virsh -q undefine lm-vm03; rm -f {disk}", check=False)

@@ -170,6 +170,7 @@ exit 0
         "ssh": f"""#!/bin/sh
 echo "ssh $*" >> {log}
 cat > /dev/null
+if [ -n "$WRITE_DURING_COPY" ]; then sleep 0.05; echo more >> "$WRITE_DURING_COPY"; fi
 """,
     }
     for name, text in scripts.items():
@@ -179,12 +180,16 @@ cat > /dev/null
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
-def _run_offline_move(tmp_path: Path, state: str) -> tuple[subprocess.CompletedProcess[str], Path, str]:
+def _run_offline_move(
+    tmp_path: Path, state: str, write_during_copy: bool = False
+) -> tuple[subprocess.CompletedProcess[str], Path, str]:
     pool = tmp_path / "pool"
     pool.mkdir()
     disk = pool / "vm1-vda.img"
     disk.write_bytes(b"guest data")
     env = _fake_bin(tmp_path, state)
+    if write_during_copy:
+        env["WRITE_DURING_COPY"] = str(disk)
     move = Move("vm1", "sm-01", "sm-02", False, (), (str(disk),))
     text = move_command(move, Target("qemu+ssh://root@sm-02/system"), timeout=10, migrate_timeout=20)
     result = subprocess.run(
@@ -200,6 +205,15 @@ def test_a_vm_started_during_the_copy_keeps_its_disks_and_is_not_migrated(tmp_pa
     assert "ssh -o BatchMode=yes -- root@sm-02" in calls  # the copy ran
     assert " migrate " not in calls
     assert "vm1 is no longer shut off (now: running)" in result.stderr
+
+
+def test_a_vm_started_and_stopped_again_during_the_copy_keeps_its_disks(tmp_path: Path) -> None:
+    # Shut off again when checked, but its disk changed after the copy began: the copy is stale.
+    result, disk, calls = _run_offline_move(tmp_path, "shut off", write_during_copy=True)
+    assert result.returncode != 0
+    assert disk.read_bytes() == b"guest datamore\n"
+    assert " migrate " not in calls
+    assert "the disks of vm1 changed during the copy" in result.stderr
 
 
 def test_a_vm_still_shut_off_is_migrated_and_its_source_disks_removed(tmp_path: Path) -> None:
