@@ -14,6 +14,7 @@ by ``operations._placement``; each source host runs ``operations.migrate.domains
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import weakref
@@ -35,10 +36,12 @@ from deploys._settings import (
     setting,
     vmspecs,
 )
+from facts.dnsmasq import DnsmasqReservations
 from facts.libvirt import Hypervisor
 from inventories._loader import manifest_path
 from operations import migrate
 from operations._placement import (
+    NO_RESERVATIONS,
     Placement,
     drained_manifest,
     plan_drain,
@@ -65,12 +68,22 @@ def _member_setting(member: Any, key: str) -> Any:
     return setting(key, member=member)
 
 
+def _uri_host(address: str) -> str:
+    """The host part of a URI: an IPv6 literal in brackets (``fd00::2`` -> ``[fd00::2]``), else as is."""
+    bare = address[1:-1] if address.startswith("[") and address.endswith("]") else address
+    try:
+        ipaddress.IPv6Address(bare.split("%", 1)[0])
+    except ValueError:
+        return address
+    return f"[{bare.replace('%25', '%').replace('%', '%25')}]"
+
+
 def _targets(members: list[Any]) -> dict[str, dict[str, Any]]:
     targets = {}
     for member in members:
         uri = _member_setting(member, "migration_uri")
         if not uri:
-            address = connection_value("ssh_hostname", member) or member.name
+            address = _uri_host(str(connection_value("ssh_hostname", member) or member.name))
             user = connection_value("ssh_user", member) or "root"
             uri = f"qemu+ssh://{user}@{address}/system"
         unsafe = _member_setting(member, "migration_unsafe")
@@ -95,31 +108,71 @@ def _read(member: Any, uri: str, timeout: int) -> dict[str, Any] | None:
     return snapshot
 
 
+def why_unread(state: Any, member: Any) -> str:
+    """Why this run has no state of ``member``, and how to proceed (completes "<member> ...")."""
+    name = member.name
+    if not state.is_host_in_limit(member):
+        return f"is outside --limit: run without --limit, or include {name} in it"
+    if member not in state.activated_hosts:
+        return f"could not be reached: bring {name} back, then run again"
+    return f"did not answer for its libvirt state: bring libvirtd on {name} back, then run again"
+
+
+def _reservations(state: Any) -> tuple[dict[str, Any] | None, str]:
+    """The management node's DHCP reservations (None when not read) and, when not read, why."""
+    nodes = list(state.inventory.get_group("mgmt", default=[]))
+    if not nodes:
+        return None, "there is no management node whose DHCP reservations could prove it new"
+    member = nodes[0]
+    note = f"the DHCP reservations on {member.name}, which could prove it new, were not read"
+    if member not in state.active_hosts:
+        return None, f"{note} ({member.name} {why_unread(state, member)})"
+    try:
+        read = member.get_fact(
+            DnsmasqReservations,
+            hostsfile=_member_setting(member, "dhcp_hostsfile"),
+            addn_hosts=_member_setting(member, "dns_addn_hosts"),
+            _sudo=str(_member_setting(member, "mgmt_sudo")).lower() in _TRUE,
+            _timeout=session_limit(1, seconds("command_timeout")),
+        )
+    except Exception as exc:  # unreachable now: no proof
+        logger.warning(f"[{member.name}] DHCP reservations not read: {exc}")
+        return None, note
+    if member in state.failed_hosts or not isinstance(read, dict):
+        return None, note
+    return read, ""
+
+
 def cluster_view() -> dict[str, Any]:
-    """``{"members", "manifest", "snapshots", "targets"}`` of this run: each hypervisor's fact read once."""
+    """``{"members", "manifest", "snapshots", "unread", "reservations", "targets"}`` of this run: each
+    hypervisor's fact read once; every hypervisor of the inventory is in ``snapshots``, None when its
+    state was not read (``unread``: why, and how to proceed)."""
     state = host.state
     view = _VIEWS.setdefault(state, {"lock": gevent.lock.Semaphore()})
     with view["lock"]:
         if "snapshots" not in view:
-            # Hosts pyinfra could not connect to are out of this run (they fail on their own): nothing
-            # moves to or from them, and they hold nothing back.
+            # Hosts outside --limit, unreachable ones and ones whose libvirt state cannot be read are
+            # not read: nothing moves to or from them, and a VM that may be defined there is neither
+            # built nor moved (unless provably new, see plan_placement); they fail on their own.
+            everyone = list(host.inventory.get_group("kvm_hosts", default=[]))
             active = set(getattr(state, "active_hosts", ()))
-            members = [m for m in host.inventory.get_group("kvm_hosts", default=[]) if m in active]
             timeout = seconds("command_timeout")
             jobs = {
                 m.name: gevent.spawn(_read, m, setting("libvirt_uri", member=m), timeout)
-                for m in members
+                for m in everyone
+                if m in active
             }
             gevent.joinall(list(jobs.values()))
-            # A host whose libvirt state cannot be read fails on its own, like an unreachable one, and
-            # holds nothing back either: the others are built. The price: a VM the manifest moved away
-            # from such a host may then exist twice, which deploys/drift.py reports as a duplicate.
-            members = [m for m in members if jobs[m.name].value is not None]
+            snapshots = {m.name: jobs[m.name].value if m.name in jobs else None for m in everyone}
+            members = [m for m in everyone if snapshots[m.name] is not None]
+            unread = {m.name: why_unread(state, m) for m in everyone if snapshots[m.name] is None}
+            reservations, note = _reservations(state) if unread else (None, "")
             view["members"] = members
-            view["snapshots"] = {m.name: jobs[m.name].value for m in members}
-            view["manifest"] = {
-                m.name: vmspecs(m) for m in members
-            }
+            view["snapshots"] = snapshots
+            view["unread"] = unread
+            view["reservations"] = reservations
+            view["reservations_note"] = note
+            view["manifest"] = {m.name: vmspecs(m) for m in everyone}
             view["targets"] = _targets(members)
     return view
 
@@ -138,28 +191,26 @@ def placement() -> Placement:
     shared = (setting("kvm_secondary_storage"),)
     return _plan(
         "placement",
-        lambda v: plan_placement(v["manifest"], v["snapshots"], shared, vcpu_ratio, memory_ratio),
+        lambda v: plan_placement(
+            v["manifest"], v["snapshots"], shared, vcpu_ratio, memory_ratio,
+            unread_why=v["unread"], reservations=v["reservations"],
+            reservations_note=v["reservations_note"] or NO_RESERVATIONS,
+        ),  # fmt: skip
     )
 
 
 def defined_elsewhere() -> set[str]:
-    """This host's manifest VMs that are defined on another hypervisor (moved here, or refused): never
-    cloned here."""
-    view = cluster_view()
-    mine = view["manifest"].get(host.name, [])
-    here = (view["snapshots"].get(host.name) or {}).get("domains", {})
-    if any(s is None for s in view["snapshots"].values()):  # unknown: may be defined there
-        return {spec.name for spec in mine if spec.name not in here}
-    others = {
-        name for h, s in view["snapshots"].items() if h != host.name and s for name in s.get("domains", {})
-    }
-    return {spec.name for spec in mine if spec.name not in here and spec.name in others}
+    """This host's manifest VMs that are, or may be, defined on another hypervisor (moved here, refused,
+    or held because a hypervisor was not read): never cloned here."""
+    return placement().not_cloned(host.name)
 
 
 def _log_plan(plan: Placement, what: str) -> None:
     prefix = getattr(host, "print_prefix", "")
     for move in plan.leaving(host.name):
         logger.info(f"{prefix}{what}: {move.describe()}")
+    for line in plan.held.get(host.name, []):
+        logger.warning(f"{prefix}{line}")
 
 
 def _moved(plan: Placement, after: Any = None, label: str = "Move VMs to their manifest hosts") -> None:
@@ -168,6 +219,7 @@ def _moved(plan: Placement, after: Any = None, label: str = "Move VMs to their m
         moves=[m.to_dict() for m in plan.leaving(host.name)],
         targets=cluster_view()["targets"],
         refusals=plan.refusals,
+        held=plan.held.get(host.name, []),
         uri=setting("libvirt_uri"),
         command_timeout=seconds("command_timeout"),
         migrate_timeout=_migrate_timeout(),
@@ -178,7 +230,8 @@ def _moved(plan: Placement, after: Any = None, label: str = "Move VMs to their m
 @deploy("Move VMs to their manifest hosts", data_defaults=DEFAULTS)
 def vms_placed() -> None:
     """On every hypervisor: move the manifest's VMs that are defined on another host to their manifest
-    host. Any refusal of the preflight fails every hypervisor's step, and nothing moves."""
+    host. Any refusal of the preflight fails every hypervisor's step, and nothing moves. A VM held back
+    because a hypervisor was not read (``Placement.held``) fails its host's step alone, after its moves."""
     if not is_hypervisor():
         return
     plan = placement()
@@ -217,7 +270,9 @@ def host_drained(drain: str | None = None) -> None:
     shared = (setting("kvm_secondary_storage"),)
     plan = _plan(
         "drain",
-        lambda v: plan_drain(drained, v["manifest"], v["snapshots"], shared, vcpu_ratio, memory_ratio),
+        lambda v: plan_drain(
+            drained, v["manifest"], v["snapshots"], shared, vcpu_ratio, memory_ratio, v["unread"]
+        ),
     )
     after = None
     if host.name == drained:

@@ -551,14 +551,10 @@ def _backing_map(snapshot: Snapshot) -> dict[str, str]:
     return backing
 
 
-def in_use(snapshot: Snapshot, except_domain: str | None = None) -> dict[str, str]:
-    """path -> why it is in use: every disk of every other domain, and each one's whole backing chain.
-
-    Read from the domain definitions (defined and running domains alike) and the image headers, so a
-    base whose linked clones sit in an inactive pool is in use even though no pool lists them.
-    """
+def _users(snapshot: Snapshot, except_domain: str | None = None) -> dict[str, tuple[str, str]]:
+    """path -> (domain, why): every disk of every other domain, and each one's whole backing chain."""
     backing = _backing_map(snapshot)
-    used: dict[str, str] = {}
+    used: dict[str, tuple[str, str]] = {}
     for name, domain in snapshot.get("domains", {}).items():
         if name == except_domain:
             continue
@@ -570,10 +566,49 @@ def in_use(snapshot: Snapshot, except_domain: str | None = None) -> dict[str, st
             while following and posixpath.normpath(following) not in chain and len(chain) < 32:
                 chain.append(posixpath.normpath(following))
                 following = backing.get(chain[-1])
-            used.setdefault(chain[0], f"disk of domain {name}")
+            used.setdefault(chain[0], (name, f"disk of domain {name}"))
             for path in chain[1:]:
-                used.setdefault(path, f"backing file of domain {name}")
+                used.setdefault(path, (name, f"backing file of domain {name}"))
     return used
+
+
+def in_use(snapshot: Snapshot, except_domain: str | None = None) -> dict[str, str]:
+    """path -> why it is in use: every disk of every other domain, and each one's whole backing chain.
+
+    Read from the domain definitions (defined and running domains alike) and the image headers, so a
+    base whose linked clones sit in an inactive pool is in use even though no pool lists them.
+    """
+    return {path: why for path, (_domain, why) in _users(snapshot, except_domain).items()}
+
+
+@dataclass(frozen=True)
+class Need:
+    """Who still needs a file: a domain (its disk or anywhere in its backing chain) or another file."""
+
+    owner: str  # the domain's name, or the path of the file whose backing file it is
+    reason: str  # "disk of domain web", "backing file of domain web", "backing file of another volume, X"
+
+
+def needed_by_others(
+    snapshot: Snapshot, vm: str, paths: list[str] | tuple[str, ...], own: tuple[str, ...] = ()
+) -> dict[str, Need]:
+    """Which of ``paths`` (files of ``vm`` about to be removed) something else still needs, and who.
+
+    The rule delete and move share: a file is needed when it is a disk of another domain or lies
+    anywhere in the backing chain of one (``in_use``), or when it is the backing file of another file
+    (not one of ``paths`` or ``own``, the VM's own files). Keys are the paths as given.
+    """
+    users = _users(snapshot, except_domain=vm)
+    mine = {posixpath.normpath(p) for p in (*paths, *own)}
+    backs = {b: p for p, b in _backing_map(snapshot).items() if p not in mine}
+    needed: dict[str, Need] = {}
+    for path in paths:
+        normal = posixpath.normpath(path)
+        if normal in users:
+            needed[path] = Need(*users[normal])
+        elif normal in backs:
+            needed[path] = Need(backs[normal], f"backing file of another volume, {backs[normal]}")
+    return needed
 
 
 def owned_volumes(
@@ -622,9 +657,7 @@ def owned_volumes(
                 elsewhere.append(posixpath.normpath(path))
             else:
                 candidates[posixpath.normpath(path)] = {"device": "disk", "path": path}
-    used = in_use(snapshot, except_domain=vm)
-    backing = _backing_map(snapshot)
-    backs_others = {b: p for p, b in backing.items() if p not in candidates}
+    needs = needed_by_others(snapshot, vm, list(candidates))
     owned: list[tuple[str, str]] = []
     kept: list[str] = []
     for path, disk in candidates.items():
@@ -637,10 +670,8 @@ def owned_volumes(
             kept.append(f"{path} (not in a storage pool)")
         elif not pattern.match(base):
             kept.append(f"{path} (not named after {vm})")
-        elif path in used:
-            kept.append(f"{path} ({used[path]})")
-        elif path in backs_others:
-            kept.append(f"{path} (backing file of another volume, {backs_others[path]})")
+        elif path in needs:
+            kept.append(f"{path} ({needs[path].reason})")
         elif kind == "missing":
             continue
         elif kind != "file":

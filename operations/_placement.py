@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pyinfra.api import QuoteString, StringCommand
 
 from inventories import defaults
 from inventories.manifest_model import VmSpec
 from operations._capacity import CapacityRow, capacity_row
+from operations._domain_plan import needed_by_others
 from operations._virsh import DEFAULT_TIMEOUT, bounded, virsh
 
 # Cache modes qemu opens with O_DIRECT and without a host page cache: the only ones libvirt accepts for a
@@ -83,6 +85,14 @@ class Move:
 class Placement:
     moves: list[Move] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)  # "vm: reason", every one of them
+    # host of the run -> "vm: why" for VMs neither built nor moved there because a hypervisor was not
+    # read (outside --limit, unreachable, libvirt unread): they fail that host alone
+    held: dict[str, list[str]] = field(default_factory=dict)
+    # host -> its manifest VMs defined (or maybe defined) on another host: never cloned there
+    elsewhere: dict[str, set[str]] = field(default_factory=dict)
+
+    def not_cloned(self, host_name: str) -> set[str]:
+        return set(self.elsewhere.get(host_name, set()))
 
     def arriving(self, host_name: str) -> set[str]:
         return {m.vm for m in self.moves if m.destination == host_name}
@@ -162,14 +172,13 @@ def move_problems(
     for path in move.local_disks:
         if files.get(path, {}).get("kind", "missing") != "missing":
             problems.append(f"{dest_name} already has {path}")
-    for other, other_domain in source.get("domains", {}).items():
-        used = {str(d["path"]) for d in _disks(other_domain)} | {
-            str(d["backing"]) for d in _disks(other_domain) if d.get("backing")
-        }
-        if other != move.vm and used & set(move.local_disks):
-            problems.append(
-                f"{other} on {move.source} uses {', '.join(sorted(used & set(move.local_disks)))} too"
-            )
+    # The move removes the source's copy of every local disk: none may be a disk or lie anywhere in the
+    # backing chain of another domain (its snapshot overlays, linked clones of clones), by the same rule
+    # a delete keeps files by.
+    for path, why in needed_by_others(source, move.vm, move.local_disks).items():
+        problems.append(
+            f"{path} is still needed by {why.owner} on {move.source} ({why.reason}); the move would remove it"
+        )
     for disk in _disks(domain):
         backing = disk.get("backing") or source.get("files", {}).get(disk["path"], {}).get("backing")
         if backing and files.get(backing, {}).get("kind", "missing") == "missing":
@@ -287,22 +296,47 @@ def _check(
     return refusals
 
 
+UNREAD = "could not be read"
+NO_RESERVATIONS = "the management node's DHCP reservations, which could prove it new, were not read"
+
+
+def _record(spec: VmSpec, reservations: Mapping[str, Mapping[str, str]]) -> str | None:
+    """The management node's reservation of ``spec`` (by MAC, short name or FQDN), described; else None."""
+    for mac, entry in sorted(reservations.items()):
+        if (
+            str(mac).lower() == spec.mac.lower()
+            or entry.get("short") == spec.name
+            or (entry.get("hostname") or "").lower() == spec.hostname.lower()
+        ):
+            return f"{entry.get('short') or '?'} {entry.get('ip') or '?'} {mac}"
+    return None
+
+
 def plan_placement(
     manifest: dict[str, list[VmSpec]],
     snapshots: dict[str, dict[str, Any] | None],
     shared_dirs: tuple[str, ...] = (),
     vcpu_ratio: float = 4.0,
     memory_ratio: float = 1.0,
+    unread_why: Mapping[str, str] | None = None,
+    reservations: Mapping[str, Mapping[str, str]] | None = None,
+    reservations_note: str = NO_RESERVATIONS,
 ) -> Placement:
     """Moves that bring every manifest VM defined on another host to its manifest host, with refusals.
 
-    ``snapshots``: host -> Hypervisor fact value, None for a host whose fact could not be read (a VM
-    that may be defined there is refused rather than built a second time).
+    ``snapshots``: host -> Hypervisor fact value, None for a host whose state was not read in this run
+    (outside --limit, unreachable, libvirt unread; ``unread_why`` says which and how to proceed).
+    Never create a VM that may exist on such a host: a VM defined on no host read is built only when
+    it is provably new, i.e. the management node's ``reservations`` were read and hold no record of it;
+    otherwise it is held (``Placement.held``, failing its host alone, naming the unread host). A VM whose
+    manifest host was not read stays where it is, held on its current host.
     """
     placement = Placement()
+    why = dict(unread_why or {})
     unread = sorted(h for h, s in snapshots.items() if s is None)
     for destination, specs in sorted(manifest.items()):
-        here = (snapshots.get(destination) or {}).get("domains", {})
+        dest = snapshots.get(destination)
+        here = (dest or {}).get("domains", {})
         for spec in specs:
             if spec.name in here:
                 continue
@@ -315,17 +349,35 @@ def plan_placement(
                 placement.refusals.append(
                     f"{spec.name}: defined on {' and '.join(elsewhere)}; resolve by hand"
                 )
-            elif elsewhere and snapshots.get(destination) is None:
-                placement.refusals.append(f"{spec.name}: the state of {destination} could not be read")
+            elif elsewhere and dest is None:
+                placement.held.setdefault(elsewhere[0], []).append(
+                    f"{spec.name}: not moved from {elsewhere[0]}: its manifest host {destination} "
+                    f"{why.get(destination, UNREAD)}"
+                )
             elif elsewhere:
                 source = elsewhere[0]
                 placement.moves.append(
                     _move_for(spec.name, source, destination, snapshots[source] or {}, shared_dirs)
                 )
-            elif unread:
-                placement.refusals.append(
-                    f"{spec.name}: may be defined on {', '.join(unread)}, whose state could not be read"
+            elif dest is None or not unread:
+                continue  # not in this run (nothing is built there), or provably new: built
+            else:
+                record = None if reservations is None else _record(spec, reservations)
+                if reservations is not None and record is None:
+                    continue  # no record anywhere readable: provably new, built
+                evidence = (
+                    f"the management node holds a reservation for it ({record})"
+                    if record
+                    else reservations_note
                 )
+                where = "; on ".join(f"{h}, which {why.get(h, UNREAD)}" for h in unread)
+                placement.held.setdefault(destination, []).append(
+                    f"{spec.name}: not built on {destination}: it may already be defined on {where}; "
+                    f"{evidence}"
+                )
+                placement.elsewhere.setdefault(destination, set()).add(spec.name)
+            if elsewhere:
+                placement.elsewhere.setdefault(destination, set()).add(spec.name)
     placement.refusals.extend(_check(placement.moves, manifest, snapshots, vcpu_ratio, memory_ratio))
     return placement
 
@@ -337,6 +389,7 @@ def plan_drain(
     shared_dirs: tuple[str, ...] = (),
     vcpu_ratio: float = 4.0,
     memory_ratio: float = 1.0,
+    unread_why: Mapping[str, str] | None = None,
 ) -> Placement:
     """Moves of every manifest VM defined on ``drained`` onto the other hosts, within their capacity.
 
@@ -348,12 +401,13 @@ def plan_drain(
         return placement
     source = snapshots.get(drained)
     if source is None:
-        placement.refusals.append(f"the state of {drained} could not be read")
+        placement.refusals.append(f"{drained} {dict(unread_why or {}).get(drained, UNREAD)}")
         return placement
     others = sorted(h for h in manifest if h != drained)
     unread = [h for h in others if snapshots.get(h) is None]
     if unread:
-        placement.refusals.append(f"the state of {', '.join(unread)} could not be read")
+        why = dict(unread_why or {})
+        placement.refusals.extend(f"{h} {why.get(h, UNREAD)}" for h in unread)
         return placement
     domains = source.get("domains", {})
     leaving = [s for s in manifest[drained] if s.name in domains]
@@ -430,8 +484,26 @@ def _ssh_words(uri: str) -> list[str]:
     keyfile = parse_qs(parts.query).get("keyfile")
     if keyfile:
         words += ["-i", keyfile[0]]
-    words.append(f"{parts.username}@{parts.hostname}" if parts.username else str(parts.hostname))
+    # After "--": a host value can never be read as an option of ssh.
+    hostname = unquote(str(parts.hostname))  # an IPv6 zone: fe80::1%25eth0 in a URI, fe80::1%eth0 to ssh
+    words += ["--", f"{unquote(parts.username)}@{hostname}" if parts.username else hostname]
     return words
+
+
+def _still_shut_off(vm: str, uri: str, timeout: int) -> StringCommand:
+    """Succeeds only when ``vm`` is shut off now (a bounded ``virsh domstate``); otherwise says so."""
+    return StringCommand(
+        "{ s=$(",
+        virsh(uri, "domstate", vm, timeout=timeout),
+        ") && { [ \"$s\" = 'shut off' ] || { echo",
+        QuoteString(f"kvm-qemu: {vm} is no longer shut off (now:"),
+        '"$s);"',
+        QuoteString(
+            "not moved: its definition and disks stay on this host; the copies already made on the "
+            "destination are left there (remove them before moving it again)"
+        ),
+        ">&2; (exit 1); }; }; }",
+    )
 
 
 def _copy_command(directory: str, names: list[str], uri: str, timeout: int) -> StringCommand:
@@ -449,6 +521,33 @@ def _copy_command(directory: str, names: list[str], uri: str, timeout: int) -> S
     )
 
 
+def _disk_marks(paths: tuple[str, ...], timeout: int) -> StringCommand:
+    """Identity, change time (ns) and size of each file, one line each (bounded ``stat``): a file
+    written, or relabelled by a start of its VM, between two reads reads differently."""
+    return bounded(
+        "stat of the disks",
+        timeout,
+        StringCommand(
+            "stat", "-L", "-c", QuoteString("%d:%i %.9Z %s"), "--", *(QuoteString(p) for p in paths)
+        ),
+    )
+
+
+def _unchanged_since_copy(vm: str, paths: tuple[str, ...], timeout: int) -> StringCommand:
+    """Succeeds only when the disks read as they did before the copy (``$marks``); otherwise says so."""
+    return StringCommand(
+        "{ [ \"$marks\" = \"$(",
+        _disk_marks(paths, timeout),
+        ')\" ] || { echo',
+        QuoteString(
+            f"kvm-qemu: the disks of {vm} changed during the copy (was it started meanwhile?); not moved: "
+            "its definition and disks stay on this host; the copies made on the destination are stale "
+            "(remove them before moving it again)"
+        ),
+        ">&2; (exit 1); }; }",
+    )
+
+
 def move_command(
     move: Move,
     target: Target,
@@ -459,7 +558,8 @@ def move_command(
     """One command on the source host that moves the VM, then removes the source's copies of local disks.
 
     Live: ``virsh migrate --live --persistent --undefinesource`` (``--copy-storage-all`` for local disks).
-    Offline: local disks are streamed over SSH first, then ``virsh migrate --offline``.
+    Offline: local disks are streamed over SSH first, then, if the VM is still shut off and its disks
+    read as they did before the copy (both checked right before), ``virsh migrate --offline``.
     """
     steps: list[StringCommand] = []
     args: list[str] = ["migrate"]
@@ -474,10 +574,18 @@ def move_command(
         by_dir: dict[str, list[str]] = {}
         for path in move.local_disks:
             by_dir.setdefault(os.path.dirname(path), []).append(os.path.basename(path))
+        if move.local_disks:
+            steps.append(StringCommand("marks=$(", _disk_marks(move.local_disks, timeout), ")"))
         steps += [_copy_command(d, names, target.uri, migrate_timeout) for d, names in sorted(by_dir.items())]
     if target.unsafe and move.live:
         args.append("--unsafe")
     args += [move.vm, target.uri]
+    if not move.live:
+        # Started again during the copy (up to migrate_timeout)? Then its disks are live data: the
+        # migration and the removal below must not happen. Checked last, in the same command.
+        steps.append(_still_shut_off(move.vm, uri, timeout))
+        if move.local_disks:
+            steps.append(_unchanged_since_copy(move.vm, move.local_disks, timeout))
     steps.append(virsh(uri, *args, timeout=migrate_timeout))
     if move.autostart:
         steps.append(virsh(target.uri, "autostart", move.vm, timeout=timeout))

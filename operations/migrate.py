@@ -20,6 +20,7 @@ def domains_moved(
     moves: list[dict[str, Any]],
     targets: dict[str, dict[str, Any]],
     refusals: list[str] | None = None,
+    held: list[str] | None = None,
     uri: str = DEFAULT_URI,
     command_timeout: int = DEFAULT_TIMEOUT,
     migrate_timeout: int = DEFAULT_MIGRATE_TIMEOUT,
@@ -30,6 +31,8 @@ def domains_moved(
     + moves: ``Move.to_dict()`` values whose source is this host (``operations._placement``)
     + targets: destination host -> ``{"uri", "address", "unsafe"}`` (``Target`` fields)
     + refusals: preflight refusals of the whole run; any of them and nothing moves, the host fails
+    + held: this host's VMs neither built nor moved because a hypervisor was not read ("vm: why");
+      the moves happen, then the host fails naming them (so nothing after this step runs here)
     + command_timeout / migrate_timeout: seconds a small step / one migration or disk copy may take
     + after: called on the controller once every move of this host succeeded
 
@@ -50,7 +53,11 @@ def domains_moved(
     if refusals:
         yield fail("refusing to move any VM:\n  " + "\n  ".join(refusals))
         return
+    stop = fail("held back, not built or moved:\n  " + "\n  ".join(held)) if held else None
     if not moves:
+        if stop is not None:
+            yield stop
+            return
         host.noop("no VM to move from this host")
         return
     snapshot = _hypervisor(uri, command_timeout)
@@ -66,15 +73,20 @@ def domains_moved(
         live = domain.get("state") not in ("shut off", "crashed", "no state")
         todo.append(Move.from_dict({**data, "live": live}))
     if not todo:
+        if stop is not None:
+            yield stop
+            return
         host.noop(f"{len(moves)} VM(s) already moved")
         return
     for move in todo:
         logger.info(f"{prefix}move {move.describe()}")
         target = Target(**targets[move.destination])
-        steps = 3 + len(move.local_disks)
+        steps = 6 + len(move.local_disks)  # copies, 2 stats, state check, migrate, autostart, removal
         yield StringCommand(
             move_command(move, target, uri, command_timeout, migrate_timeout),
             _timeout=session_limit(steps, command_timeout, 2 * migrate_timeout),
         )
     if after is not None:
         yield FunctionCommand(after, (), {})
+    if stop is not None:
+        yield stop

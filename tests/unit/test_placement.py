@@ -125,7 +125,7 @@ def test_offline_move_streams_local_disks_sparse_over_ssh_then_migrates_the_defi
     ).get_raw_value()
     copy_part = (
         "sh -c 'tar -C /data01/primary -cSf - -- vm1-vda.img | ssh -o BatchMode=yes -p 2222 -i /k "
-        "root@127.0.1.2 '\"'\"'tar -C /data01/primary -xkpSf -'\"'\"''"
+        "-- root@127.0.1.2 '\"'\"'tar -C /data01/primary -xkpSf -'\"'\"''"
     )
     assert copy_part in text
     assert (
@@ -195,10 +195,16 @@ def test_a_vm_defined_on_two_other_hosts_is_refused_and_not_moved() -> None:
     assert plan.moves == [] and plan.refusals == ["vm1: defined on sm-01 and sm-03; resolve by hand"]
 
 
-def test_an_unread_host_makes_a_missing_vm_a_refusal_not_a_clone() -> None:
+def test_an_unread_host_holds_a_missing_vm_back_on_its_host_not_a_clone() -> None:
     snapshots: dict[str, Any] = {"sm-01": None, "sm-02": host({}, uuid="u2")}
     plan = plan_placement({"sm-01": [], "sm-02": [spec("vm1")]}, snapshots, SHARED)
-    assert plan.refusals == ["vm1: may be defined on sm-01, whose state could not be read"]
+    assert plan.refusals == [] and plan.not_cloned("sm-02") == {"vm1"}
+    assert plan.held == {
+        "sm-02": [
+            "vm1: not built on sm-02: it may already be defined on sm-01, which could not be read; the "
+            "management node's DHCP reservations, which could prove it new, were not read"
+        ]
+    }
 
 
 def test_drain_spreads_the_vms_within_capacity() -> None:
