@@ -406,12 +406,15 @@ def _with_cleanup(
         '|| { [ "$(stat -c %u -- .)" != "$(id -u)" ] && [ "$(stat -f -c %T -- .)" != nfs ]; }; then',
         'echo "kvm-qemu: the private directory $t in $d was swapped; refusing to use it" >&2;',
         stop,
-        '; fi; in=1; for f in',
-        *quoted,
-        '; do ( set -C; : > "./${f##*/}" ) ||',
-        stop,
-        "; done; if",
+        # The command creates the files it fills (cp, qemu-img, truncate, a redirection); one it leaves
+        # out is made empty afterwards. Not before: nothing can be planted in the private directory, and
+        # copying into a file made beforehand costs a flush of all its data at close (ext4 takes
+        # truncate-and-rewrite for a file being replaced).
+        "; fi; in=1; if",
         command,
+        "&& for f in",
+        *quoted,
+        '; do [ -e "./${f##*/}" ] || ( set -C; : > "./${f##*/}" ) || break; done',
         "&& for f in",
         *quoted,
         '; do if ! ln -T -- "./${f##*/}" "$d/${f##*/}"; then',

@@ -124,3 +124,25 @@ def test_without_a_race_the_files_land_in_the_pool_0600_and_nothing_else_is_left
     entries = {p.name: (stat.S_IMODE(p.lstat().st_mode), p.lstat().st_nlink) for p in pool.iterdir()}
     assert entries == {"kvmhost01-vda.img": (0o600, 1), "kvmhost01-vdb.img": (0o600, 1)}
     assert (pool / "kvmhost01-vda.img").read_bytes() == b"b" * 4096
+
+
+def test_a_full_copy_creates_its_file_itself(tmp_path: Path) -> None:
+    # cp into a file made beforehand opens it with O_TRUNC, and ext4 then flushes every byte of the
+    # copy at close (auto_da_alloc): the copy of a base took twice as long. cp must make the file.
+    pool, _victim = pool_and_victim(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    real = subprocess.run(["sh", "-c", "command -v cp"], capture_output=True, text=True).stdout.strip()
+    seen = tmp_path / "seen"
+    fake = bin_dir / "cp"
+    fake.write_text(
+        '#!/bin/sh\nfor last; do :; done\nif [ -e "$last" ]; then echo existed; else echo new; fi'
+        f" > '{seen}'\nexec '{real}' \"$@\"\n"
+    )
+    fake.chmod(0o755)
+    plan = clone_plan(spec(num_disks=0), clone_snapshot(tmp_path, pool), TEST_URI)
+    result = run(plan.command, bin_dir, plan.stdin)
+    assert result.returncode == 0, result.stderr
+    assert seen.read_text() == "new\n"
+    final = pool / "kvmhost01-vda.img"
+    assert final.is_file() and stat.S_IMODE(final.stat().st_mode) == 0o600

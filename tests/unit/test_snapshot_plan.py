@@ -87,7 +87,8 @@ def test_create_makes_a_private_overlay_then_records_the_snapshot() -> None:
         "virsh -q -c qemu:///system snapshot-create-as vm1 before-upgrade --disk-only --atomic --reuse-external "
         f"--diskspec vda,snapshot=external,file={OVL},driver=qcow2 --diskspec hdc,snapshot=no",
     )
-    assert f"if {create} && for f in {OVL} ; do if ! ln -T" in command
+    assert f"if {create} && for f in {OVL} ; do [ -e" in command
+    assert f"done && for f in {OVL} ; do if ! ln -T" in command
     assert f'[ 1 -eq "$out" ] && {record} >/dev/null ; then trap - EXIT;' in command
     assert plan.actions == [f"create snapshot before-upgrade (new overlay(s) {OVL})"]
 
