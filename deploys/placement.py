@@ -17,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,13 @@ from deploys._settings import (
     SettingError,
     allocation_ratios,
     connection_value,
+    flag,
     is_hypervisor,
     seconds,
     setting,
     vmspecs,
 )
 from facts.dnsmasq import DnsmasqReservations
-from facts.libvirt import Hypervisor
 from inventories._loader import manifest_path
 from operations import migrate
 from operations._placement import (
@@ -48,9 +47,7 @@ from operations._placement import (
     plan_placement,
 )
 from operations._virsh import session_limit
-
-_TRUE = {"1", "true", "yes", "on"}
-_VIEWS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+from operations.util.run_store import hypervisor_view, store
 
 
 def _migrate_timeout() -> int:
@@ -86,26 +83,20 @@ def _targets(members: list[Any]) -> dict[str, dict[str, Any]]:
             address = _uri_host(str(connection_value("ssh_hostname", member) or member.name))
             user = connection_value("ssh_user", member) or "root"
             uri = f"qemu+ssh://{user}@{address}/system"
-        unsafe = _member_setting(member, "migration_unsafe")
         targets[member.name] = {
             "uri": str(uri),
             "address": _member_setting(member, "migration_address") or None,
-            "unsafe": unsafe is True or str(unsafe).lower() in _TRUE,
+            "unsafe": flag("migration_unsafe", member=member),
         }
     return targets
 
 
 def _read(member: Any, uri: str, timeout: int) -> dict[str, Any] | None:
     try:
-        snapshot = member.get_fact(
-            Hypervisor, uri=uri, timeout=timeout, _timeout=session_limit(1, timeout + 10)
-        )
+        return hypervisor_view(member, uri, timeout)
     except Exception as exc:  # an unreachable host: no state, so nothing moves to or from it
         logger.warning(f"[{member.name}] libvirt state not read: {exc}")
         return None
-    if member in getattr(member.state, "failed_hosts", ()):
-        return None
-    return snapshot
 
 
 def why_unread(state: Any, member: Any) -> str:
@@ -132,7 +123,7 @@ def _reservations(state: Any) -> tuple[dict[str, Any] | None, str]:
             DnsmasqReservations,
             hostsfile=_member_setting(member, "dhcp_hostsfile"),
             addn_hosts=_member_setting(member, "dns_addn_hosts"),
-            _sudo=str(_member_setting(member, "mgmt_sudo")).lower() in _TRUE,
+            _sudo=flag("mgmt_sudo", member=member),
             _timeout=session_limit(1, seconds("command_timeout")),
         )
     except Exception as exc:  # unreachable now: no proof
@@ -145,44 +136,44 @@ def _reservations(state: Any) -> tuple[dict[str, Any] | None, str]:
 
 def cluster_view() -> dict[str, Any]:
     """``{"members", "manifest", "snapshots", "unread", "reservations", "targets"}`` of this run: each
-    hypervisor's fact read once; every hypervisor of the inventory is in ``snapshots``, None when its
-    state was not read (``unread``: why, and how to proceed)."""
+    hypervisor's state read once (the run store's, shared with every later step); every hypervisor of
+    the inventory is in ``snapshots``, None when its state was not read (``unread``: why, and how to
+    proceed)."""
+    return store(host.state).once("placement view", _read_cluster)
+
+
+def _read_cluster() -> dict[str, Any]:
     state = host.state
-    view = _VIEWS.setdefault(state, {"lock": gevent.lock.Semaphore()})
-    with view["lock"]:
-        if "snapshots" not in view:
-            # Hosts outside --limit, unreachable ones and ones whose libvirt state cannot be read are
-            # not read: nothing moves to or from them, and a VM that may be defined there is neither
-            # built nor moved (unless provably new, see plan_placement); they fail on their own.
-            everyone = list(host.inventory.get_group("kvm_hosts", default=[]))
-            active = set(getattr(state, "active_hosts", ()))
-            timeout = seconds("command_timeout")
-            jobs = {
-                m.name: gevent.spawn(_read, m, setting("libvirt_uri", member=m), timeout)
-                for m in everyone
-                if m in active
-            }
-            gevent.joinall(list(jobs.values()))
-            snapshots = {m.name: jobs[m.name].value if m.name in jobs else None for m in everyone}
-            members = [m for m in everyone if snapshots[m.name] is not None]
-            unread = {m.name: why_unread(state, m) for m in everyone if snapshots[m.name] is None}
-            reservations, note = _reservations(state) if unread else (None, "")
-            view["members"] = members
-            view["snapshots"] = snapshots
-            view["unread"] = unread
-            view["reservations"] = reservations
-            view["reservations_note"] = note
-            view["manifest"] = {m.name: vmspecs(m) for m in everyone}
-            view["targets"] = _targets(members)
-    return view
+    # Hosts outside --limit, unreachable ones and ones whose libvirt state cannot be read are not read:
+    # nothing moves to or from them, and a VM that may be defined there is neither built nor moved
+    # (unless provably new, see plan_placement); they fail on their own.
+    everyone = list(host.inventory.get_group("kvm_hosts", default=[]))
+    active = set(getattr(state, "active_hosts", ()))
+    timeout = seconds("command_timeout")
+    jobs = {
+        m.name: gevent.spawn(_read, m, setting("libvirt_uri", member=m), timeout)
+        for m in everyone
+        if m in active
+    }
+    gevent.joinall(list(jobs.values()))
+    snapshots = {m.name: jobs[m.name].value if m.name in jobs else None for m in everyone}
+    members = [m for m in everyone if snapshots[m.name] is not None]
+    unread = {m.name: why_unread(state, m) for m in everyone if snapshots[m.name] is None}
+    reservations, note = _reservations(state) if unread else (None, "")
+    return {
+        "members": members,
+        "snapshots": snapshots,
+        "unread": unread,
+        "reservations": reservations,
+        "reservations_note": note,
+        "manifest": {m.name: vmspecs(m) for m in everyone},
+        "targets": _targets(members),
+    }
 
 
 def _plan(kind: str, make: Any) -> Placement:
     view = cluster_view()
-    with view["lock"]:
-        if kind not in view:
-            view[kind] = make(view)
-    return view[kind]
+    return store(host.state).once(f"placement plan {kind}", lambda: make(view))
 
 
 def placement() -> Placement:

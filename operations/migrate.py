@@ -11,8 +11,14 @@ from pyinfra.api import FunctionCommand, StringCommand, operation
 from operations._placement import DEFAULT_MIGRATE_TIMEOUT, Move, Target, move_command
 from operations._virsh import DEFAULT_TIMEOUT, DEFAULT_URI, fail, session_limit
 from operations.libvirt import UNREAD, _hypervisor
+from operations.util.run_store import changed
 
 Commands = Generator[Any, None, None]
+
+
+def _arriving(state: Any, host: Any, destination: str) -> bool:
+    changed(state, destination)
+    return True
 
 
 @operation()
@@ -36,8 +42,9 @@ def domains_moved(
     + command_timeout / migrate_timeout: seconds a small step / one migration or disk copy may take
     + after: called on the controller once every move of this host succeeded
 
-    A VM no longer defined here (moved by an earlier run) is skipped; whether a move is live is read
-    again when it executes.
+    A VM no longer defined here (moved by an earlier run) is skipped; whether a move is live comes from
+    this run's view of the host (the run store), and an offline move checks again in its own command,
+    right before the migration, that the VM is still shut off.
 
     **Example:**
 
@@ -81,6 +88,8 @@ def domains_moved(
     for move in todo:
         logger.info(f"{prefix}move {move.describe()}")
         target = Target(**targets[move.destination])
+        # The destination gains a domain through a command on this host: its next step reads it again.
+        yield FunctionCommand(_arriving, (move.destination,), {})
         steps = 6 + len(move.local_disks)  # copies, 2 stats, state check, migrate, autostart, removal
         yield StringCommand(
             move_command(move, target, uri, command_timeout, migrate_timeout),

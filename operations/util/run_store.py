@@ -46,10 +46,14 @@ class RunStore:
     gone: dict[str, set[str]] = field(default_factory=dict)
     capacity_rows: dict[str, Any] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
+    value_locks: dict[str, Semaphore] = field(default_factory=dict)
 
     def once(self, key: str, make: Callable[[], T]) -> T:
-        """``make()`` the first time ``key`` is asked for in this run; the same value after that."""
+        """``make()`` the first time ``key`` is asked for in this run; the same value after that. Other
+        hosts asking meanwhile wait for it (``make`` may read facts of every host)."""
         with self.lock:
+            lock = self.value_locks.setdefault(key, Semaphore())
+        with lock:
             if key not in self.values:
                 self.values[key] = make()
             return self.values[key]
