@@ -9,12 +9,10 @@ the other hosts wait for that and use the same view. The findings and the prune 
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, replace
 from typing import Any
 
 import gevent
-from gevent.lock import Semaphore
 from pyinfra import host, logger
 from pyinfra.api import deploy
 
@@ -22,11 +20,10 @@ from deploys._owner import reservation_owner
 from deploys._settings import flag, is_hypervisor, is_mgmt, seconds, setting, vmspecs
 from deploys.vms import dnsmasq_arguments
 from facts.dnsmasq import DnsmasqReservations
-from facts.libvirt import Hypervisor
 from inventories.manifest_model import VmSpec
 from operations import dnsmasq, orphans
 from operations._drift import Finding, PrunePlan, find, prune_plan, report_lines
-from operations._virsh import session_limit
+from operations.util.run_store import hypervisor_view, store
 
 
 @dataclass
@@ -39,8 +36,6 @@ class ClusterView:
     plan: PrunePlan
 
 
-_VIEWS: weakref.WeakKeyDictionary[Any, ClusterView] = weakref.WeakKeyDictionary()
-_LOCKS: weakref.WeakKeyDictionary[Any, Semaphore] = weakref.WeakKeyDictionary()
 
 
 def _data(member: Any, key: str) -> Any:
@@ -48,66 +43,58 @@ def _data(member: Any, key: str) -> Any:
 
 
 def _read_hypervisor(state: Any, member: Any) -> dict[str, Any] | None:
-    timeout = int(_data(member, "command_timeout"))
-    snapshot = member.get_fact(
-        Hypervisor,
-        uri=_data(member, "libvirt_uri"),
-        timeout=timeout,
-        _timeout=session_limit(1, timeout + 10),
-    )
-    # A failed read fails that host; its empty default would make every VM there look absent.
-    return None if member in state.failed_hosts else snapshot
+    # A failed read fails that host and is None: its empty default would make every VM there look absent.
+    return hypervisor_view(member, _data(member, "libvirt_uri"), seconds("command_timeout", member=member))
 
 
 def cluster_view() -> ClusterView:
     """The cluster as read once for this run (the first host to ask reads it, the others wait)."""
+    return store(host.state).once("drift view", _read_cluster)
+
+
+def _read_cluster() -> ClusterView:
     state = host.state
-    lock = _LOCKS.setdefault(state, Semaphore())
-    with lock:
-        if state in _VIEWS:
-            return _VIEWS[state]
-        seconds("command_timeout")  # a bad value stops the run here, naming the key
-        inventory = state.inventory
-        active = set(inventory.get_active_hosts())
-        hypervisors = list(inventory.get_group("kvm_hosts", default=[]))
-        placement = {m.name: vmspecs(m) for m in hypervisors}
-        reachable = [m for m in hypervisors if m in active and m not in state.failed_hosts]
-        jobs = {m.name: gevent.spawn(_read_hypervisor, state, m) for m in reachable}
-        gevent.joinall(list(jobs.values()))
-        snapshots: dict[str, dict[str, Any] | None] = {m.name: None for m in hypervisors}
-        for name_, job in jobs.items():
-            if job.exception is not None:
-                raise job.exception
-            snapshots[name_] = job.value
-        mgmt_hosts = [m for m in inventory.get_group("mgmt", default=[]) if m in active]
-        reservations = None
-        owner = ""
-        mgmt_name = mgmt_hosts[0].name if mgmt_hosts else ""
-        if mgmt_hosts:
-            member = mgmt_hosts[0]
-            read = member.get_fact(
-                DnsmasqReservations,
-                hostsfile=_data(member, "dhcp_hostsfile"),
-                addn_hosts=_data(member, "dns_addn_hosts"),
-                _sudo=flag("mgmt_sudo", member=member),
-            )
-            reservations = None if member in state.failed_hosts else read
-            owner = reservation_owner(member)
-        shared = tuple(
-            sorted(
-                {str(_data(m, "kvm_secondary_storage")) for m in hypervisors}
-                | {setting("kvm_secondary_storage")}
-            )
+    seconds("command_timeout")  # a bad value stops the run here, naming the key
+    inventory = state.inventory
+    active = set(inventory.get_active_hosts())
+    hypervisors = list(inventory.get_group("kvm_hosts", default=[]))
+    placement = {m.name: vmspecs(m) for m in hypervisors}
+    reachable = [m for m in hypervisors if m in active and m not in state.failed_hosts]
+    jobs = {m.name: gevent.spawn(_read_hypervisor, state, m) for m in reachable}
+    gevent.joinall(list(jobs.values()))
+    snapshots: dict[str, dict[str, Any] | None] = {m.name: None for m in hypervisors}
+    for name_, job in jobs.items():
+        if job.exception is not None:
+            raise job.exception
+        snapshots[name_] = job.value
+    mgmt_hosts = [m for m in inventory.get_group("mgmt", default=[]) if m in active]
+    reservations = None
+    owner = ""
+    mgmt_name = mgmt_hosts[0].name if mgmt_hosts else ""
+    if mgmt_hosts:
+        member = mgmt_hosts[0]
+        read = member.get_fact(
+            DnsmasqReservations,
+            hostsfile=_data(member, "dhcp_hostsfile"),
+            addn_hosts=_data(member, "dns_addn_hosts"),
+            _sudo=flag("mgmt_sudo", member=member),
         )
-        findings = find(placement, snapshots, reservations, shared, mgmt=mgmt_name or "mgmt")
-        if reservations is not None:
-            untagged = flag("prune_untagged", member=mgmt_hosts[0])
-            findings = owned_findings(findings, placement, reservations, owner, untagged)
-        view = ClusterView(
-            placement, snapshots, reservations, mgmt_name, findings, prune_plan(findings, reservations)
+        reservations = None if member in state.failed_hosts else read
+        owner = reservation_owner(member)
+    shared = tuple(
+        sorted(
+            {str(_data(m, "kvm_secondary_storage")) for m in hypervisors}
+            | {setting("kvm_secondary_storage")}
         )
-        _VIEWS[state] = view
-        return view
+    )
+    findings = find(placement, snapshots, reservations, shared, mgmt=mgmt_name or "mgmt")
+    if reservations is not None:
+        untagged = flag("prune_untagged", member=mgmt_hosts[0])
+        findings = owned_findings(findings, placement, reservations, owner, untagged)
+    view = ClusterView(
+        placement, snapshots, reservations, mgmt_name, findings, prune_plan(findings, reservations)
+    )
+    return view
 
 
 def owned_findings(
