@@ -16,7 +16,7 @@ from deploys._settings import DEFAULTS, SettingError, seconds, setting
 from deploys._settings import vmspecs as manifest_vmspecs
 from inventories.manifest_model import VmSpec
 from operations import cloud_init
-from operations._cloud_init import SeedError, validate_users
+from operations.util.cloud_init_seed import SeedError, validate_users
 
 
 def seed_users() -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ from inventories.settings import (
     str_list,
     whole,
 )
-from operations._output import log
+from operations.util.output import log
 
 __all__ = [
     "DEFAULTS",

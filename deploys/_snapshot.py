@@ -14,7 +14,7 @@ from pyinfra.api import deploy
 
 from deploys._settings import DEFAULTS, SettingError, is_hypervisor, seconds, setting, vmspecs
 from operations import snapshot
-from operations._snapshot_plan import ACTIONS, valid_name
+from operations.util.snapshot_plan import ACTIONS, valid_name
 
 
 def _choice() -> tuple[str | None, str]:

@@ -4,7 +4,7 @@ Both need the whole cluster at once, while pyinfra loads a deploy separately for
 host to load reads the cluster once for the run (``cluster_view``): every hypervisor's ``Hypervisor``
 fact (one round trip per host, all hosts at the same time) and the management node's reservations;
 the other hosts wait for that and use the same view. The findings and the prune plan are pure
-(``operations/_drift.py``).
+(``operations/util/drift.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from deploys.vms import dnsmasq_arguments
 from facts.dnsmasq import DnsmasqReservations
 from inventories.manifest_model import VmSpec
 from operations import dnsmasq, orphans
-from operations._drift import Finding, PrunePlan, find, prune_plan, report_lines
+from operations.util.drift import Finding, PrunePlan, find, prune_plan, report_lines
 from operations.util.run_store import hypervisor_view, store
 
 

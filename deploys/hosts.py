@@ -46,7 +46,7 @@ from deploys._settings import (
 )
 from inventories.defaults import LIBVIRT_URI
 from inventories.dnsmasq_format import EntryError, parse_dhcp_range
-from operations._output import log
+from operations.util.output import log
 
 # Our templates put each setting on its own line; without these jinja leaves a blank line per tag.
 JINJA = {"trim_blocks": True, "lstrip_blocks": True}

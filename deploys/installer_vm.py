@@ -6,7 +6,7 @@ from pyinfra.api import deploy
 
 from deploys._settings import SettingError, flag, seconds, setting, whole
 from operations import installer
-from operations._installer_plan import InstallerError, InstallerSpec
+from operations.util.installer_plan import InstallerError, InstallerSpec
 
 
 def installer_spec() -> InstallerSpec:

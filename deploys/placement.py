@@ -2,7 +2,7 @@
 
 Every hypervisor's ``Hypervisor`` fact is read once per run (one round trip per host, shared by every
 host's deploy code through the run's ``State``); the moves are decided from those facts and the manifest
-by ``operations._placement``; each source host runs ``operations.migrate.domains_moved`` for its moves.
+by ``operations.util.placement``; each source host runs ``operations.migrate.domains_moved`` for its moves.
 
 - ``vms_placed()`` (called by ``deploys/build.py`` before cloning): a manifest VM defined on another
   host moves to its manifest host instead of being cloned a second time.
@@ -39,15 +39,15 @@ from deploys._settings import (
 from facts.dnsmasq import DnsmasqReservations
 from inventories._loader import manifest_path
 from operations import migrate
-from operations._placement import (
+from operations.util.placement import (
     NO_RESERVATIONS,
     Placement,
     drained_manifest,
     plan_drain,
     plan_placement,
 )
-from operations._virsh import session_limit
 from operations.util.run_store import hypervisor_view, store
+from operations.util.virsh import session_limit
 
 
 def _migrate_timeout() -> int:

@@ -55,9 +55,9 @@ from facts.dnsmasq import DnsmasqReservations
 from facts.libvirt import Hypervisor
 from inventories.manifest_model import VmSpec
 from operations import libvirt
-from operations._output import log
-from operations._virsh import session_limit
 from operations.dnsmasq import RELEASE_AS_CONFIGURED
+from operations.util.output import log
+from operations.util.virsh import session_limit
 
 
 def _mine(given: list[VmSpec] | None) -> list[VmSpec]:

@@ -21,8 +21,8 @@ from typing import Any
 from pyinfra.api import FactBase, QuoteString, StringCommand
 from pyinfra.api.exceptions import FactProcessError
 
-from facts._libvirt_parse import ParseError, hypervisor_from
 from facts.util.commands import bounded
+from facts.util.libvirt_parse import ParseError, hypervisor_from
 from facts.util.script_files import read_script
 from inventories.defaults import COMMAND_TIMEOUT as DEFAULT_TIMEOUT
 from inventories.defaults import LIBVIRT_URI as DEFAULT_URI

@@ -22,10 +22,10 @@ from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.connectors.ssh import SSHConnector
 
 from facts.bridge import BridgeState
-from operations._output import log
 from operations.util.bridge_diff import differences
 from operations.util.bridge_spec import PENDING_STATES, STAMP, STATE_DIR, BridgeSpec
 from operations.util.bridge_switch import apply_seconds, switch_script
+from operations.util.output import log
 from operations.util.pyinfra_adapter import new_ssh_connection
 
 # Bound on the commit over the verification connection (the host-side commit waits 60 s for its lock).

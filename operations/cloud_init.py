@@ -14,9 +14,9 @@ from pyinfra import host, logger
 from pyinfra.api import OperationValueError, operation
 
 from inventories.manifest_model import VmSpec
-from operations._cloud_init import SeedError, seed_plan, stray_seed_note, validate_users
-from operations._virsh import DEFAULT_TIMEOUT, DEFAULT_URI, fail
 from operations.libvirt import UNREAD, _hypervisor, _limited, _log
+from operations.util.cloud_init_seed import SeedError, seed_plan, stray_seed_note, validate_users
+from operations.util.virsh import DEFAULT_TIMEOUT, DEFAULT_URI, fail
 
 Commands = Generator[Any, None, None]
 

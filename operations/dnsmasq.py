@@ -37,7 +37,7 @@ from facts.dnsmasq import (
 from inventories.defaults import DNSMASQ_CONF as DEFAULT_DNSMASQ_CONF
 from inventories.defaults import DNSMASQ_PID_FILE as DEFAULT_PID_FILE
 from inventories.manifest_model import VmSpec
-from operations._dnsmasq_entries import (
+from operations.util.dnsmasq_entries import (
     ADDN_HOSTS_HEADER,
     BLOCK_BEGIN,
     BLOCK_END,
@@ -57,7 +57,7 @@ from operations._dnsmasq_entries import (
     splice_hosts_block,
     unified_diff,
 )
-from operations._output import log
+from operations.util.output import log
 
 # release_leases_on: release on the address the node's own dnsmasq configuration (dnsmasq_conf) serves
 # DHCP on, read with the reservations in one round trip; nothing when it serves no DHCP.

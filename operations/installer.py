@@ -8,9 +8,9 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import operation
 
-from operations._installer_plan import InstallerSpec, installer_plan
-from operations._virsh import DEFAULT_TIMEOUT, DEFAULT_URI, fail
 from operations.libvirt import UNREAD, _hypervisor, _limited
+from operations.util.installer_plan import InstallerSpec, installer_plan
+from operations.util.virsh import DEFAULT_TIMEOUT, DEFAULT_URI, fail
 
 
 @operation()

@@ -31,13 +31,15 @@ from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, ope
 
 from inventories.manifest_model import VmSpec
 from operations import dnsmasq
-from operations._domain_diff import build_diff, delete_diff, power_diff
-from operations._domain_plan import VmPlan, build_plans, delete_plan, power_plan
-from operations._domain_source import digest, recorded_digest, with_source
-from operations._domain_xml import CloneError, domain_name, xml_covers
-from operations._output import log
-from operations._preflight import capacity_refusal
-from operations._virsh import (
+from operations.util.domain_diff import build_diff, delete_diff, power_diff
+from operations.util.domain_plan import VmPlan, build_plans, delete_plan, power_plan
+from operations.util.domain_source import digest, recorded_digest, with_source
+from operations.util.domain_xml import CloneError, domain_name, xml_covers
+from operations.util.output import log
+from operations.util.preflight import capacity_refusal
+from operations.util.pyinfra_adapter import nested_commands
+from operations.util.run_store import hypervisor_view, store
+from operations.util.virsh import (
     DEFAULT_COPY_TIMEOUT,
     DEFAULT_TIMEOUT,
     DEFAULT_URI,
@@ -46,8 +48,6 @@ from operations._virsh import (
     session_limit,
     virsh,
 )
-from operations.util.pyinfra_adapter import nested_commands
-from operations.util.run_store import hypervisor_view, store
 
 Commands = Generator[Any, None, None]
 

@@ -1,4 +1,4 @@
-"""Move VMs between hypervisors: one operation on the source host, planned by ``operations/_placement``."""
+"""Move VMs between hypervisors: one operation on the source host, planned by ``util/placement``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 
-from operations._placement import DEFAULT_MIGRATE_TIMEOUT, Move, Target, move_command
-from operations._virsh import DEFAULT_TIMEOUT, DEFAULT_URI, fail, session_limit
 from operations.libvirt import UNREAD, _hypervisor
+from operations.util.placement import DEFAULT_MIGRATE_TIMEOUT, Move, Target, move_command
 from operations.util.run_store import changed
+from operations.util.virsh import DEFAULT_TIMEOUT, DEFAULT_URI, fail, session_limit
 
 Commands = Generator[Any, None, None]
 
@@ -34,7 +34,7 @@ def domains_moved(
 ) -> Commands:
     """Move VMs from this host to others: live when they run, offline when shut off.
 
-    + moves: ``Move.to_dict()`` values whose source is this host (``operations._placement``)
+    + moves: ``Move.to_dict()`` values whose source is this host (``operations.util.placement``)
     + targets: destination host -> ``{"uri", "address", "unsafe"}`` (``Target`` fields)
     + refusals: preflight refusals of the whole run; any of them and nothing moves, the host fails
     + held: this host's VMs neither built nor moved because a hypervisor was not read ("vm: why");

@@ -1,4 +1,5 @@
-"""Remove orphan volumes the cluster drift report proved to be the tool's own (``operations/_drift.py``)."""
+"""Remove orphan volumes the cluster drift report proved to be the tool's own
+(``operations/util/drift.py``)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,19 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import StringCommand, operation
 
-from operations._drift import recheck, running_pools
-from operations._virsh import DEFAULT_TIMEOUT, DEFAULT_URI, all_of, bounded, fail, q, session_limit, sh, virsh
 from operations.libvirt import UNREAD, _hypervisor
+from operations.util.drift import recheck, running_pools
+from operations.util.virsh import (
+    DEFAULT_TIMEOUT,
+    DEFAULT_URI,
+    all_of,
+    bounded,
+    fail,
+    q,
+    session_limit,
+    sh,
+    virsh,
+)
 
 Commands = Generator[Any, None, None]
 

@@ -14,10 +14,10 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import OperationValueError, operation
 
-from operations._domain_plan import VmPlan
-from operations._snapshot_plan import create_plan, delete_plan, revert_plan, valid_name
-from operations._virsh import DEFAULT_TIMEOUT, DEFAULT_URI, fail
 from operations.libvirt import UNREAD, _hypervisor, _log, _yield_plans
+from operations.util.domain_plan import VmPlan
+from operations.util.snapshot_plan import create_plan, delete_plan, revert_plan, valid_name
+from operations.util.virsh import DEFAULT_TIMEOUT, DEFAULT_URI, fail
 
 Commands = Generator[Any, None, None]
 

@@ -10,7 +10,7 @@ its qcow2 backing chain, read from the image headers, and the SHA-256 of each cl
 (``*-seed.iso``) in them. Each entry's type, owner and mode come from ``lstat``; only a regular file
 is opened (``O_NOFOLLOW | O_NONBLOCK``, and ``fstat`` must show the same regular file), so a link,
 FIFO or device planted in a shared pool directory is never followed or opened.
-Raw libvirt XML is printed as is; the controller parses it (``facts/_libvirt_parse.py``), so this
+Raw libvirt XML is printed as is; the controller parses it (``facts/util/libvirt_parse.py``), so this
 script stays small and needs only the libvirt bindings.
 
 A watchdog thread bounds the whole probe: after TIMEOUT seconds it prints which step was running

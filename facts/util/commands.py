@@ -1,7 +1,7 @@
 """Bounded remote commands: the one wrapper that puts a time limit on every remote step.
 
 Facts and operations both build their commands with ``bounded`` (operations re-export it from
-``operations/_virsh.py``); it lives here so that facts need nothing from operations.
+``operations/util/virsh.py``); it lives here so that facts need nothing from operations.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 from gevent.lock import Semaphore
 
 from facts.libvirt import Hypervisor
-from operations._virsh import session_limit
 from operations.util.pyinfra_adapter import executed_operations
+from operations.util.virsh import session_limit
 
 T = TypeVar("T")
 

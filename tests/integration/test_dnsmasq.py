@@ -25,8 +25,8 @@ from pyinfra.api.operations import run_ops
 from pyinfra.facts.server import Command
 
 from inventories.manifest_model import mac_for
-from operations._dnsmasq_entries import BLOCK_BEGIN, parse_dhcp_hosts
 from operations.dnsmasq import dhcp_reservations
+from operations.util.dnsmasq_entries import BLOCK_BEGIN, parse_dhcp_hosts
 from sandbox import client
 
 pytestmark = pytest.mark.integration

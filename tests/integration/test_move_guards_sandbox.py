@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from operations._placement import Move, Target, move_command
+from operations.util.placement import Move, Target, move_command
 from sandbox import client
 from tests.integration.test_workflows import IDLE_BASE, Cluster, idle_base_xml
 

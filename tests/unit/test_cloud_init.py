@@ -20,15 +20,15 @@ import pytest
 
 from facts.libvirt import PROBE, Hypervisor
 from inventories.manifest_model import ManifestError, VmSpec, mac_for, parse
-from operations._cloud_init import (
+from operations.util.cloud_init_seed import (
     SeedError,
     seed_files,
     seed_plan,
     stray_seed_note,
     validate_users,
 )
-from operations._domain_plan import delete_plan, owned_volumes
-from operations._domain_xml import clone_xml, plan_disks, stable_uuid
+from operations.util.domain_plan import delete_plan, owned_volumes
+from operations.util.domain_xml import clone_xml, plan_disks, stable_uuid
 from tests.unit.test_domain_plan import BASE_XML, built_domain, rendered, snapshot
 
 URI = "qemu:///system"
@@ -426,7 +426,7 @@ def test_seed_users_from_host_data_or_json_and_errors_name_the_key() -> None:
 
 
 def test_the_fact_passes_each_seeds_digest_on() -> None:
-    from facts._libvirt_parse import files_from
+    from facts.util.libvirt_parse import files_from
 
     files = files_from(
         {"files": {SEED: {"kind": "file", "backing": None, "sha256": "ab" * 32}, "/x.img": {"kind": "file"}}}

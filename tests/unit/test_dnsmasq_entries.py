@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from inventories.manifest_model import VmSpec
-from operations._dnsmasq_entries import (
+from operations.util.dnsmasq_entries import (
     ADDN_HOSTS_HEADER,
     BLOCK_BEGIN,
     BLOCK_END,

@@ -14,7 +14,7 @@ from pyinfra_testing.util import FakeState, create_host
 from facts.libvirt import Hypervisor
 from inventories.manifest_model import VmSpec, mac_for
 from operations import libvirt
-from operations._domain_diff import build_diff, delete_diff, power_diff
+from operations.util.domain_diff import build_diff, delete_diff, power_diff
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SNAPSHOT = Hypervisor().process((FIXTURES / "libvirt" / "cluster.json").read_text().splitlines())

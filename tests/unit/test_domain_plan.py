@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from inventories.manifest_model import VmSpec, mac_for
-from operations._capacity import capacity_row, refusal_message
-from operations._domain_plan import (
+from operations.util.capacity import capacity_row, refusal_message
+from operations.util.domain_plan import (
     build_plans,
     clone_plan,
     converge_plan,
@@ -20,8 +20,8 @@ from operations._domain_plan import (
     owned_volumes,
     power_plan,
 )
-from operations._domain_source import recorded_digest, with_source
-from operations._domain_xml import CloneError, clone_xml, plan_disks, xml_covers
+from operations.util.domain_source import recorded_digest, with_source
+from operations.util.domain_xml import CloneError, clone_xml, plan_disks, xml_covers
 
 FIXTURES = Path(__file__).parent / "fixtures" / "domains"
 BASE_XML = (FIXTURES / "centos7.xml").read_text()

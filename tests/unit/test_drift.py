@@ -7,7 +7,8 @@ from typing import Any
 
 from deploys._status import status_lines
 from inventories.manifest_model import VmSpec, mac_for
-from operations._drift import (
+from operations.orphans import removal_command
+from operations.util.drift import (
     Finding,
     PrunePlan,
     drift,
@@ -17,7 +18,6 @@ from operations._drift import (
     report_lines,
     running_pools,
 )
-from operations.orphans import removal_command
 
 GIB = 1024 * 1024
 SHARED = ("/secondary",)

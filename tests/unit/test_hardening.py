@@ -22,8 +22,8 @@ from pyinfra_testing.util import FakeState, create_host
 
 from facts.libvirt import PROBE, Hypervisor
 from operations import libvirt
-from operations._domain_plan import _with_cleanup, clone_plan, converge_plan, delete_plan, power_plan
-from operations._virsh import q, sh
+from operations.util.domain_plan import _with_cleanup, clone_plan, converge_plan, delete_plan, power_plan
+from operations.util.virsh import q, sh
 from tests.unit.test_domain_plan import BASE_XML, base_domain, built_domain, snapshot, spec
 
 TEST_URI = "test:///default"

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from inventories.manifest_model import ManifestError, parse
-from operations._domain_plan import clone_plan
-from operations._installer_plan import InstallerError, InstallerSpec, installer_plan, installer_xml
+from operations.util.domain_plan import clone_plan
+from operations.util.installer_plan import InstallerError, InstallerSpec, installer_plan, installer_xml
 from tests.unit.test_domain_plan import URI, rendered, snapshot, spec
 
 ISO = {"secondary": {"CentOS 7.iso": {"path": "/secondary/CentOS 7.iso", "format": "iso"}}}

@@ -7,7 +7,7 @@ import io
 import pycdlib
 import pytest
 
-from operations._iso9660 import SECTOR, IsoError, build_iso, level1_name
+from operations.util.iso9660 import SECTOR, IsoError, build_iso, level1_name
 
 FILES = {
     "meta-data": b"instance-id: 0b1c\nlocal-hostname: vm01.example.internal\n",

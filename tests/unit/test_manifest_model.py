@@ -346,7 +346,7 @@ def test_upper_bounds_are_accepted() -> None:
 
 
 def test_validator_refuses_what_the_dhcp_step_refuses() -> None:
-    from operations._dnsmasq_entries import EntryError, make_entry
+    from operations.util.dnsmasq_entries import EntryError, make_entry
 
     values = [
         ("ipaddress", "127.0.0.1"),

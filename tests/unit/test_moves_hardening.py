@@ -14,7 +14,7 @@ from typing import Any
 from pyinfra.api import Config, Inventory, State
 
 import deploys.placement as placement_deploy
-from operations._placement import Move, Target, _ssh_words, move_command, plan_placement
+from operations.util.placement import Move, Target, _ssh_words, move_command, plan_placement
 from tests.unit.test_placement import SHARED, cluster, domain, host, spec
 
 PRIMARY = "/data01/primary"

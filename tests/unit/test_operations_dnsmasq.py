@@ -19,7 +19,8 @@ from pyinfra_testing.util import FakeState, create_host
 
 from facts.dnsmasq import DnsmasqNode
 from inventories.manifest_model import VmSpec
-from operations._dnsmasq_entries import (
+from operations.dnsmasq import RELEASE_AS_CONFIGURED, apply_command, dhcp_reservations
+from operations.util.dnsmasq_entries import (
     BLOCK_BEGIN,
     BLOCK_END,
     Entry,
@@ -27,7 +28,6 @@ from operations._dnsmasq_entries import (
     render_dhcp_hosts,
     request_lines,
 )
-from operations.dnsmasq import RELEASE_AS_CONFIGURED, apply_command, dhcp_reservations
 
 HF, AH = "/etc/kvm-qemu/dnsmasq/dhcp-hosts", "/etc/kvm-qemu/dnsmasq/hosts"
 

@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from inventories.manifest_model import VmSpec, mac_for
-from operations._placement import (
+from operations.util.placement import (
     Move,
     Target,
     drained_manifest,

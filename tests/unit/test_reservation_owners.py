@@ -18,9 +18,9 @@ from deploys.cluster_drift import owned_findings
 from facts.dnsmasq import DnsmasqReservations, read_files_command
 from inventories.dnsmasq_format import Entry, EntryError, parse_reservations, render_test_conf
 from inventories.manifest_model import mac_for
-from operations._dnsmasq_entries import plan, request_lines
-from operations._drift import find, prune_plan
 from operations.dnsmasq import apply_command
+from operations.util.dnsmasq_entries import plan, request_lines
+from operations.util.drift import find, prune_plan
 from tests.unit.test_drift import host_snapshot, spec, vm
 
 needs_dnsmasq = pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from operations._installer_plan import InstallerError, InstallerSpec
+from operations.util.installer_plan import InstallerError, InstallerSpec
 
 REPO = Path(__file__).resolve().parents[1].parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "settings"

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from facts._libvirt_parse import snapshots_from
-from operations._snapshot_plan import delete_plan
+from facts.util.libvirt_parse import snapshots_from
+from operations.util.snapshot_plan import delete_plan
 
 pytestmark = pytest.mark.skipif(
     shutil.which("qemu-img") is None or shutil.which("qemu-io") is None, reason="needs qemu-img and qemu-io"

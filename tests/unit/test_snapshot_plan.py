@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from deploys._status import snapshot_cell
-from facts._libvirt_parse import snapshots_from
+from facts.util.libvirt_parse import snapshots_from
 from inventories.manifest_model import VmSpec, mac_for, parse, validate
-from operations._domain_plan import owned_volumes
-from operations._snapshot_plan import create_plan, delete_plan, overlay_path, revert_plan
+from operations.util.domain_plan import owned_volumes
+from operations.util.snapshot_plan import create_plan, delete_plan, overlay_path, revert_plan
 
 URI = "qemu:///system"
 IMG = "/data01/primary/vm1-vda.img"
@@ -19,7 +19,7 @@ OVL = "/data01/primary/vm1-vda@before-upgrade.qcow2"
 
 
 def step(label: str, command: str) -> str:
-    """A step as operations/_virsh.py bounds it (60 s)."""
+    """A step as operations/util/virsh.py bounds it (60 s)."""
     return (
         f"{{ timeout -k 5 60 {command} || {{ rc=$?; if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then echo "
         f"'kvm-qemu: timed out after 60 s: {label}' >&2; fi; (exit $rc); }}; }}"

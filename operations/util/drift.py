@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inventories.manifest_model import VmSpec
-from operations._domain_plan import NETWORK_POOLS, _backing_map, in_use, owned_volumes
+from operations.util.domain_plan import NETWORK_POOLS, _backing_map, in_use, owned_volumes
 from operations.util.vm_compare import compare
 
 Snapshot = dict[str, Any]

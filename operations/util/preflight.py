@@ -2,7 +2,7 @@
 the other hypervisors of the same run (they run the same operation), all in one message.
 
 The rows are kept in the run store (``operations/util/run_store.py``), so nothing outlives a run. The
-verdict itself is pure (``operations/_capacity.py``).
+verdict itself is pure (``operations/util/capacity.py``).
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import gevent
 from pyinfra import host
 
 from inventories.manifest_model import VmSpec
-from operations._capacity import (
+from operations.util.capacity import (
     DEFAULT_MEMORY_RATIO,
     DEFAULT_VCPU_RATIO,
     CapacityRow,
     capacity_row,
     refusal_message,
 )
-from operations._output import log
+from operations.util.output import log
 from operations.util.run_store import store
 
 PEER_WAIT_SECONDS = 15.0

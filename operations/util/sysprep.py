@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pyinfra.api import StringCommand
 
-from operations._virsh import bounded, q, sh
+from operations.util.virsh import bounded, q, sh
 
 TOOL = "virt-sysprep"
 # What makes a clone an individual, as the original ran it (dhcp-client-state, logfiles, machine-id,

@@ -28,8 +28,8 @@ from typing import Any
 
 from pyinfra.api import StringCommand
 
-from operations._domain_plan import VmPlan, _with_cleanup, in_use, is_active, qcow2_overlay, staged
-from operations._virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
+from operations.util.domain_plan import VmPlan, _with_cleanup, in_use, is_active, qcow2_overlay, staged
+from operations.util.virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
 
 SNAPSHOT_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
 ACTIONS = ("create", "revert", "delete")

@@ -19,9 +19,9 @@ from pyinfra.api import QuoteString, StringCommand
 
 from inventories import defaults
 from inventories.manifest_model import VmSpec
-from operations._capacity import CapacityRow, capacity_row
-from operations._domain_plan import needed_by_others
-from operations._virsh import DEFAULT_TIMEOUT, bounded, virsh
+from operations.util.capacity import CapacityRow, capacity_row
+from operations.util.domain_plan import needed_by_others
+from operations.util.virsh import DEFAULT_TIMEOUT, bounded, virsh
 
 # Cache modes qemu opens with O_DIRECT and without a host page cache: the only ones libvirt accepts for a
 # live migration of a disk that both hosts open (it refuses others unless told --unsafe).

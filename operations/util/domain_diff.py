@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from inventories.manifest_model import VmSpec
-from operations._domain_xml import CloneError, data_disk_targets, source_disks
+from operations.util.domain_xml import CloneError, data_disk_targets, source_disks
 from operations.util.vm_compare import configured, definition, gib, wanted
 
 ABSENT = "absent"

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from pyinfra.api import QuoteString, StringCommand
 
-from operations._domain_plan import VmPlan, _with_cleanup, staged
-from operations._virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
+from operations.util.domain_plan import VmPlan, _with_cleanup, staged
+from operations.util.virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 INTERFACE = re.compile(r"[A-Za-z0-9._-]{1,15}")

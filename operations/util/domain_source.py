@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import xml.etree.ElementTree as ET
 
-from operations._domain_xml import SOURCE_NAMESPACE as NAMESPACE
-from operations._domain_xml import CloneError, parse_domain
+from operations.util.domain_xml import SOURCE_NAMESPACE as NAMESPACE
+from operations.util.domain_xml import CloneError, parse_domain
 
 PREFIX = "kvmq"
 SOURCE_TAG = f"{{{NAMESPACE}}}source"

@@ -14,9 +14,9 @@ from typing import Any
 from pyinfra.api import StringCommand
 
 from inventories.manifest_model import VmSpec
-from operations._domain_xml import CloneError, clone_xml, data_disk_targets, plan_disks
-from operations._sysprep import sysprep_command, tool_check
-from operations._virsh import (
+from operations.util.domain_xml import CloneError, clone_xml, data_disk_targets, plan_disks
+from operations.util.sysprep import sysprep_command, tool_check
+from operations.util.virsh import (
     DEFAULT_COPY_TIMEOUT,
     DEFAULT_TIMEOUT,
     KILL_AFTER,
@@ -139,7 +139,7 @@ def clone_plan(
             )
             plan.actions.append(f"full copy of {disk.source.path} to {disk.path}")
     sysprep = bool(spec.sysprep)
-    if sysprep:  # clean clones (operations/_sysprep.py): after the copies, before the define
+    if sysprep:  # clean clones (operations/util/sysprep.py): after the copies, before the define
         cloned = [(staged(d.path), d.format) for d in disks if d.source is not None]
         steps.append(sysprep_command(spec.hostname, cloned, copy_timeout))
         plan.actions.append(f"virt-sysprep (hostname {spec.hostname})")

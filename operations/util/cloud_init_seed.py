@@ -26,10 +26,10 @@ from typing import Any
 from pyinfra.api import StringCommand
 
 from inventories.manifest_model import VmSpec
-from operations._domain_plan import Snapshot, VmPlan, _with_cleanup, is_active, staged
-from operations._domain_xml import stable_uuid
-from operations._iso9660 import build_iso
-from operations._virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
+from operations.util.domain_plan import Snapshot, VmPlan, _with_cleanup, is_active, staged
+from operations.util.domain_xml import stable_uuid
+from operations.util.iso9660 import build_iso
+from operations.util.virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
 
 SEED_SUFFIX = "-seed.iso"
 VOLUME_ID = "cidata"
