@@ -14,8 +14,8 @@ from pyinfra import host, logger
 from pyinfra.api import OperationValueError, operation
 
 from inventories.manifest_model import VmSpec
-from operations.libvirt import UNREAD, _hypervisor, _limited, _log
 from operations.util.cloud_init_seed import SeedError, seed_plan, stray_seed_note, validate_users
+from operations.util.plan_commands import UNREAD, hypervisor_state, limited, log_plans
 from operations.util.virsh import DEFAULT_TIMEOUT, DEFAULT_URI, fail
 
 Commands = Generator[Any, None, None]
@@ -56,7 +56,7 @@ def seeds(
     except SeedError as exc:
         raise OperationValueError(str(exc)) from None
     wanted = [s for s in specs if s.cloud_init]
-    snapshot = _hypervisor(uri, command_timeout)
+    snapshot = hypervisor_state(uri, command_timeout)
     if snapshot is None:
         yield fail(UNREAD)
         return
@@ -67,7 +67,7 @@ def seeds(
             logger.info(f"{prefix}{spec.name}: note: {note}")
     executing = bool(getattr(host.state, "is_executing", False))
     plans = [seed_plan(s, snapshot, uri, checked, executing, command_timeout) for s in wanted]
-    _log(plans)
+    log_plans(plans)
     if not any(p.changes for p in plans):
         host.noop(f"{len(plans)} cloud-init seed(s) up to date")
         return
@@ -75,4 +75,4 @@ def seeds(
         if plan.error:
             yield fail(f"{plan.vm}: {plan.error}")
         elif plan.command is not None:
-            yield _limited(plan)
+            yield limited(plan)

@@ -8,8 +8,8 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import operation
 
-from operations.libvirt import UNREAD, _hypervisor, _limited
 from operations.util.installer_plan import InstallerSpec, installer_plan
+from operations.util.plan_commands import UNREAD, hypervisor_state, limited
 from operations.util.virsh import DEFAULT_TIMEOUT, DEFAULT_URI, fail
 
 
@@ -39,7 +39,7 @@ def installer_vm(
         )
     """
     spec.check()
-    snapshot = _hypervisor(uri, command_timeout)
+    snapshot = hypervisor_state(uri, command_timeout)
     if snapshot is None:
         yield fail(UNREAD)
         return
@@ -52,4 +52,4 @@ def installer_vm(
     if plan.error:
         yield fail(f"{spec.vm}: {plan.error}")
         return
-    yield _limited(plan)
+    yield limited(plan)

@@ -32,13 +32,21 @@ from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, ope
 from inventories.manifest_model import VmSpec
 from operations import dnsmasq
 from operations.util.domain_diff import build_diff, delete_diff, power_diff
-from operations.util.domain_plan import VmPlan, build_plans, delete_plan, power_plan
+from operations.util.domain_plan import build_plans, delete_plan, power_plan
 from operations.util.domain_source import digest, recorded_digest, with_source
 from operations.util.domain_xml import CloneError, domain_name, xml_covers
 from operations.util.output import log
+from operations.util.plan_commands import (
+    UNREAD,
+    hypervisor_state,
+    limited,
+    log_plans,
+    plan_commands,
+    show_diff,
+)
 from operations.util.preflight import capacity_refusal
 from operations.util.pyinfra_adapter import nested_commands
-from operations.util.run_store import hypervisor_view, store
+from operations.util.run_store import store
 from operations.util.virsh import (
     DEFAULT_COPY_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -50,52 +58,6 @@ from operations.util.virsh import (
 )
 
 Commands = Generator[Any, None, None]
-
-
-def _log(plans: list[VmPlan], everything: bool = False) -> None:
-    for plan in plans:
-        if everything or plan.changes or plan.notes:
-            log(plan.summary())
-
-
-def _diff(lines: list[str]) -> None:
-    """With ``--diff``: before -> after lines, once (at prepare, or at execute when there was none: -y)."""
-    state = host.state
-    config = getattr(state, "config", None)
-    if not getattr(config, "DIFF", False):
-        return
-    if getattr(state, "is_executing", False) and getattr(state, "check_for_changes", True):
-        return
-    for line in lines:
-        log(f"    {line}")
-
-
-def _yield_plans(plans: list[VmPlan]) -> Commands:
-    # Errors go last so every other VM of the host is still handled before the host fails.
-    for plan in sorted(plans, key=lambda p: p.error is not None):
-        if plan.error:
-            yield fail(f"{plan.vm}: {plan.error}")
-        elif plan.command is not None:
-            yield _limited(plan)
-
-
-UNREAD = "the libvirt state of this host could not be read (see the error above); nothing was changed"
-
-
-def _hypervisor(uri: str, timeout: int) -> dict[str, Any] | None:
-    """This host's Hypervisor fact as this run last read it (``run_store.hypervisor_view``), or None
-    when reading it failed."""
-    return hypervisor_view(host, uri, timeout)
-
-
-def _limited(plan: VmPlan) -> StringCommand:
-    """The plan's command with its stdin and the controller-side time limit."""
-    extra: dict[str, Any] = {"_timeout": plan.limit} if plan.limit else {}
-    if plan.stdin:
-        extra["_stdin"] = plan.stdin
-    command = plan.command
-    assert command is not None, f"{plan.vm}: a plan without a command has nothing to run"
-    return StringCommand(command, **extra) if extra else command
 
 
 def _specs(vmspecs: list[VmSpec]) -> list[VmSpec]:
@@ -133,7 +95,7 @@ def pool(
         libvirt.pool(name="Primary storage pool", pool_name="default", path="/data01/primary")
     """
     t = command_timeout
-    snapshot = _hypervisor(uri, t)
+    snapshot = hypervisor_state(uri, t)
     if snapshot is None:
         yield fail(UNREAD)
         return
@@ -232,7 +194,7 @@ def vms(
             [spec.name for spec in specs], keep_disks, uri, command_timeout, tuple(shared_dirs or ())
         )
         return
-    snapshot = _hypervisor(uri, command_timeout)
+    snapshot = hypervisor_state(uri, command_timeout)
     if snapshot is None:
         yield fail(UNREAD)
         return
@@ -244,12 +206,12 @@ def vms(
     plans = build_plans(
         specs, snapshot, uri, clone=create, timeout=command_timeout, copy_timeout=copy_timeout
     )
-    _log(plans)
-    _diff(build_diff(specs, snapshot, {p.vm for p in plans if p.command is not None}))
+    log_plans(plans)
+    show_diff(build_diff(specs, snapshot, {p.vm for p in plans if p.command is not None}))
     if not any(p.changes for p in plans):
         host.noop(f"{len(plans)} domain(s) match the manifest")
         return
-    yield from _yield_plans(plans)
+    yield from plan_commands(plans)
 
 
 @operation()
@@ -280,7 +242,7 @@ def vms_running(
     """
     domains = [spec.name for spec in _specs(vmspecs)]
     timeout = stop_timeout
-    snapshot = _hypervisor(uri, command_timeout)
+    snapshot = hypervisor_state(uri, command_timeout)
     if snapshot is None:
         yield fail(UNREAD)
         return
@@ -294,9 +256,9 @@ def vms_running(
     if plan is None:
         host.noop(f"{len(domains) - len(missing)} domain(s) already {'running' if running else 'shut off'}")
         return
-    _log([plan])
-    _diff(power_diff(domains, known, "running" if running else "shut off"))
-    yield _limited(plan)
+    log_plans([plan])
+    show_diff(power_diff(domains, known, "running" if running else "shut off"))
+    yield limited(plan)
 
 
 def _record_gone(state: Any, host: Any, vms: list[str]) -> bool:
@@ -314,7 +276,7 @@ def _deleted(
 ) -> Commands:
     """The commands of ``vms(present=False)``."""
     state = host.state
-    snapshot = _hypervisor(uri, command_timeout)
+    snapshot = hypervisor_state(uri, command_timeout)
     if snapshot is None:  # never take an unread host for one whose domains are all gone
         yield fail(UNREAD)
         return
@@ -326,10 +288,10 @@ def _deleted(
     if not todo:
         host.noop(f"{len(domains)} domain(s) already absent")
         return
-    _log(todo)
-    _diff(delete_diff([p.vm for p in todo], snapshot["domains"]))
+    log_plans(todo)
+    show_diff(delete_diff([p.vm for p in todo], snapshot["domains"]))
     for plan in todo:
-        yield _limited(plan)
+        yield limited(plan)
         yield FunctionCommand(_record_gone, ([plan.vm],), {})
 
 
@@ -416,7 +378,7 @@ def domain(xml_file: str, uri: str = DEFAULT_URI, command_timeout: int = DEFAULT
     except (OSError, UnicodeDecodeError, CloneError) as exc:
         raise OperationValueError(f"cannot use domain XML {xml_file}: {exc}") from None
     file_digest = digest(data)
-    snapshot = _hypervisor(uri, command_timeout)
+    snapshot = hypervisor_state(uri, command_timeout)
     if snapshot is None:
         yield fail(UNREAD)
         return
@@ -474,7 +436,7 @@ def vm_xml_files(
 
         libvirt.vm_xml_files(name="Save VM XML", domains=["vm01", "centos7"], directory="xml/sm-01")
     """
-    snapshot = _hypervisor(uri, command_timeout)
+    snapshot = hypervisor_state(uri, command_timeout)
     if snapshot is None:
         yield fail(UNREAD)
         return

@@ -8,8 +8,8 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 
-from operations.libvirt import UNREAD, _hypervisor
 from operations.util.placement import DEFAULT_MIGRATE_TIMEOUT, Move, Target, move_command
+from operations.util.plan_commands import UNREAD, hypervisor_state
 from operations.util.run_store import changed
 from operations.util.virsh import DEFAULT_TIMEOUT, DEFAULT_URI, fail, session_limit
 
@@ -67,7 +67,7 @@ def domains_moved(
             return
         host.noop("no VM to move from this host")
         return
-    snapshot = _hypervisor(uri, command_timeout)
+    snapshot = hypervisor_state(uri, command_timeout)
     if snapshot is None:
         yield fail(UNREAD)
         return

@@ -9,8 +9,8 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import StringCommand, operation
 
-from operations.libvirt import UNREAD, _hypervisor
 from operations.util.drift import recheck, running_pools
+from operations.util.plan_commands import UNREAD, hypervisor_state
 from operations.util.virsh import (
     DEFAULT_TIMEOUT,
     DEFAULT_URI,
@@ -67,7 +67,7 @@ def orphan_volumes_absent(
             paths=["/data01/primary/old-vm-vdb"],
         )
     """
-    snapshot = _hypervisor(uri, command_timeout)
+    snapshot = hypervisor_state(uri, command_timeout)
     if snapshot is None:
         yield fail(UNREAD)
         return

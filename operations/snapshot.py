@@ -14,8 +14,8 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import OperationValueError, operation
 
-from operations.libvirt import UNREAD, _hypervisor, _log, _yield_plans
 from operations.util.domain_plan import VmPlan
+from operations.util.plan_commands import UNREAD, hypervisor_state, log_plans, plan_commands
 from operations.util.snapshot_plan import create_plan, delete_plan, revert_plan, valid_name
 from operations.util.virsh import DEFAULT_TIMEOUT, DEFAULT_URI, fail
 
@@ -58,7 +58,7 @@ def domain_snapshots(
         )
     """
     _check_names([n for names in snapshots.values() for n in names])
-    fact = _hypervisor(uri, command_timeout)
+    fact = hypervisor_state(uri, command_timeout)
     if fact is None:
         yield fail(UNREAD)
         return
@@ -78,12 +78,12 @@ def domain_snapshots(
                 if len(existing) > 1:
                     plan.notes.append(f"{', '.join(existing[1:])} left for the next run")
                 plans.append(plan)
-    _log(plans)
+    log_plans(plans)
     if not plans:
         state = "exist" if present else "are absent"
         host.noop(f"the snapshots of {len(snapshots)} domain(s) {state}")
         return
-    yield from _yield_plans(plans)
+    yield from plan_commands(plans)
 
 
 def _names(domain: dict[str, Any]) -> list[str]:
@@ -115,16 +115,16 @@ def domain_snapshot_reverted(
         )
     """
     _check_names([snapshot_name])
-    fact = _hypervisor(uri, command_timeout)
+    fact = hypervisor_state(uri, command_timeout)
     if fact is None:
         yield fail(UNREAD)
         return
     plans = [revert_plan(vm, snapshot_name, fact["domains"].get(vm), uri, command_timeout) for vm in domains]
-    _log(plans)
+    log_plans(plans)
     if not plans:
         host.noop("no domain to revert")
         return
-    yield from _yield_plans(plans)
+    yield from plan_commands(plans)
 
 
 __all__ = ["domain_snapshot_reverted", "domain_snapshots"]
