@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from deploys._settings import SettingError, setting
-from inventories._loader import manifest_path
 from inventories.dnsmasq_format import EntryError, check_owner
+from inventories.loader import manifest_path
 
 
 def derived_owner(path: Path) -> str:

@@ -37,7 +37,7 @@ from deploys._settings import (
     vmspecs,
 )
 from facts.dnsmasq import DnsmasqReservations
-from inventories._loader import manifest_path
+from inventories.loader import manifest_path
 from operations import migrate
 from operations.util.placement import (
     NO_RESERVATIONS,

@@ -3,11 +3,10 @@
 Kept apart from ``manifest.py`` so a build never tries to reach a guest that does not exist yet.
 """
 
-from inventories._loader import connection_data as _connection_data
-from inventories._loader import load_or_exit as _load_or_exit
+import inventories.loader as _loader
 
-_entries = _load_or_exit()
-_data = _connection_data()
+_entries = _loader.load_or_exit()
+_data = _loader.connection_data()
 _guest_extra = _data.get("guests", {})
 # Connection data for every guest (e.g. an ssh_config_file with a ProxyCommand), under the per-guest data.
 _guest_defaults = _data.get("guest_defaults", {})

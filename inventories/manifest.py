@@ -9,12 +9,10 @@ Guests are never part of this inventory: pyinfra connects to every host it lists
 
 import os as _os
 
-from inventories._loader import MGMT_HOST_ENV as _MGMT_HOST_ENV
-from inventories._loader import connection_data as _connection_data
-from inventories._loader import load_or_exit as _load_or_exit
+import inventories.loader as _loader
 
-_entries = _load_or_exit()
-_extra = _connection_data()
+_entries = _loader.load_or_exit()
+_extra = _loader.connection_data()
 _host_extra = _extra.get("hosts", {})
 _mgmt_extra = _extra.get("mgmt", {})
 
@@ -30,7 +28,7 @@ kvm_hosts = [
     for _entry in _entries
 ]
 
-_mgmt_name = _os.environ.get(_MGMT_HOST_ENV) or _mgmt_extra.get("name") or "@local"
+_mgmt_name = _os.environ.get(_loader.MGMT_HOST_ENV) or _mgmt_extra.get("name") or "@local"
 mgmt = (
     [(_mgmt_name, dict(_mgmt_extra.get("data", {})))],
     {"kvm_all_vmspecs": [_spec for _entry in _entries for _spec in _entry.vmspecs]},
