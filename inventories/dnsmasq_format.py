@@ -2,10 +2,10 @@
 
 An entry is (MAC, IP, FQDN, short name); the MAC is its identity. The tool owns two files:
 
-* the dhcp-hostsfile, one ``MAC,id:*,set:kvmq-OWNER,IP,shortname`` line per entry (``id:*``: any client
-  id; ``set:kvmq-OWNER``: the owner tag of the manifest that wrote it, absent on lines written before
-  owner tags, see ``Entry.owner``);
-* the addn-hosts file, one ``IP FQDN shortname`` line per entry.
+* the dhcp-hostsfile, one ``MAC,id:*,IP,shortname`` line per entry (``id:*``: any client id);
+* the addn-hosts file, one ``IP FQDN shortname # kvmq-owner OWNER`` line per entry: the comment holds
+  the owner tag of the manifest that wrote it (absent on lines written before owner tags, see
+  ``Entry.owner``). dnsmasq reads a hosts file's trailing comment as a comment.
 
 Both start with a ``#`` header; comments and blank lines are ignored when reading. The two files must
 agree (same IPs, same short names); anything else is an :class:`EntryError` naming file and line.
@@ -33,8 +33,11 @@ _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE)
 
 IGNORE_CLIENT_ID = "id:*"
-# The owner tag travels as a dnsmasq tag (``set:kvmq-<owner>``): dnsmasq accepts it (``dnsmasq --test``)
-# and it has no effect unless a ``tag:kvmq-...`` option refers to it, which the project never writes.
+# The owner tag travels as a comment of the addn-hosts line, never as an item dnsmasq acts on: a
+# ``set:`` tag next to ``id:*`` in a dhcp-host line makes dnsmasq 2.90 crash (SIGSEGV) when it re-reads
+# the file after the line of a leased address went.
+OWNER_COMMENT = "# kvmq-owner"
+# Lines written with the owner as a dnsmasq tag are still read (and rewritten without it).
 OWNER_TAG_PREFIX = "set:kvmq-"
 _OWNER_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
 # What a dhcp-range may contain (it is written into dnsmasq.conf as it is).
@@ -69,11 +72,11 @@ class Entry:
 
     def dhcp_line(self) -> str:
         # id:* ignores the DHCP client identifier: clones of one image often send the same one.
-        tag = f",{OWNER_TAG_PREFIX}{self.owner}" if self.owner else ""
-        return f"{self.mac},{IGNORE_CLIENT_ID}{tag},{self.ip},{self.short}"
+        return f"{self.mac},{IGNORE_CLIENT_ID},{self.ip},{self.short}"
 
     def hosts_line(self) -> str:
-        return f"{self.ip} {self.hostname} {self.short}"
+        owner = f" {OWNER_COMMENT} {self.owner}" if self.owner else ""
+        return f"{self.ip} {self.hostname} {self.short}{owner}"
 
     def label(self) -> str:
         return f"{self.mac} ({self.hostname})"
@@ -258,22 +261,25 @@ def _dhcp_host_fields(line: str) -> tuple[str, str, str, str]:
     return normalize_mac(fields[0]), normalize_ip(fields[1]), check_short(fields[2]), owner
 
 
-def _addn_host_fields(line: str) -> tuple[str, str, str]:
-    fields = line.split()
+def _addn_host_fields(line: str) -> tuple[str, str, str, str]:
+    content, _hash, comment = line.partition("#")
+    fields = content.split()
     if len(fields) != 3:
         raise EntryError(f"expected IP FQDN short name but found {len(fields)} field(s)")
-    return normalize_ip(fields[0]), check_fqdn(fields[1]), check_short(fields[2])
+    words = comment.split()
+    owner = check_owner(words[1]) if len(words) == 2 and f"# {words[0]}" == OWNER_COMMENT else ""
+    return normalize_ip(fields[0]), check_fqdn(fields[1]), check_short(fields[2]), owner
 
 
 def parse_dhcp_hosts(text: str, source: str = "dhcp-hosts") -> list[tuple[Any, ...]]:
-    """``MAC,id:*[,set:kvmq-OWNER],IP,short`` (or ``MAC,IP,short``) lines
+    """``MAC,id:*,IP,short`` (or ``MAC,IP,short``; an older ``set:kvmq-OWNER`` item is read too) lines
     -> [(line number, mac, ip, short, owner)] (owner ``""`` when the line has no tag)."""
     return _parse_rows(text, source, _dhcp_host_fields)
 
 
 def parse_addn_hosts(text: str, source: str = "hosts") -> list[tuple[Any, ...]]:
-    """``IP FQDN short`` lines -> [(line number, ip, fqdn, short)]."""
-    return _parse_rows(text, source, _addn_host_fields)
+    """``IP FQDN short [# kvmq-owner OWNER]`` lines -> [(line number, ip, fqdn, short)]."""
+    return [row[:4] for row in _parse_rows(text, source, _addn_host_fields)]
 
 
 def parse_reservations(
@@ -284,14 +290,14 @@ def parse_reservations(
 ) -> dict[str, Entry]:
     """Join both files (a missing file is empty) into ``{mac: Entry}``; disagreements are errors."""
     dhcp_rows = parse_dhcp_hosts(dhcp_text or "", dhcp_source)
-    host_rows = parse_addn_hosts(hosts_text or "", hosts_source)
+    host_rows = _parse_rows(hosts_text or "", hosts_source, _addn_host_fields)
     problems: list[str] = []
-    by_ip: dict[str, tuple[int, str, str]] = {}
-    for number, ip, fqdn, short in host_rows:
+    by_ip: dict[str, tuple[int, str, str, str]] = {}
+    for number, ip, fqdn, short, host_owner in host_rows:
         if ip in by_ip:
             problems.append(f"{hosts_source} line {number}: {ip} is already listed on line {by_ip[ip][0]}")
         else:
-            by_ip[ip] = (number, fqdn, short)
+            by_ip[ip] = (number, fqdn, short, host_owner)
     entries: dict[str, Entry] = {}
     seen_ip: dict[str, int] = {}
     for number, mac, ip, short, owner in dhcp_rows:
@@ -306,15 +312,15 @@ def parse_reservations(
         if ip not in by_ip:
             problems.append(f"{where}: {ip} has no line in {hosts_source}")
             continue
-        host_number, fqdn, host_short = by_ip[ip]
+        host_number, fqdn, host_short, host_owner = by_ip[ip]
         if host_short.lower() != short.lower():
             problems.append(
                 f"{where}: short name {short!r} differs from {host_short!r} in {hosts_source} "
                 f"line {host_number}"
             )
             continue
-        entries[mac] = Entry(mac, ip, fqdn, short, owner)
-    for ip, (number, _fqdn, _short) in by_ip.items():
+        entries[mac] = Entry(mac, ip, fqdn, short, host_owner or owner)
+    for ip, (number, _fqdn, _short, _owner) in by_ip.items():
         if ip not in seen_ip:
             problems.append(f"{hosts_source} line {number}: {ip} has no line in {dhcp_source}")
     if problems:

@@ -42,6 +42,7 @@ from operations.util.dnsmasq_entries import (
     BLOCK_BEGIN,
     BLOCK_END,
     DHCP_HOSTS_HEADER,
+    OWNER_COMMENT,
     OWNER_TAG_PREFIX,
     Entry,
     EntryError,
@@ -107,7 +108,7 @@ part == 1 { problem("unexpected request line: " $0); next }
 /^[ \t\r]*(#|$)/ { next }
 part == 2 {
   # MAC, IP and short name by their form, so optional items (id:..., set:...) may sit between them;
-  # set:kvmq-OWNER is the owner tag.
+  # an older line may hold the owner tag as set:kvmq-OWNER (it now lives in the addn-hosts line).
   k = split($0, x, ","); m = ""; ip = ""; s = ""; ow = ""
   for (j = 1; j <= k; j++) {
     f = x[j]; gsub(/[ \t\r]/, "", f)
@@ -119,12 +120,13 @@ part == 2 {
   if (m == "" || ip == "" || s == "") { problem(H ": unexpected line: " $0); next }
   cm[++nc] = m; cip[m] = ip; csh[m] = s; cown[m] = ow; next
 }
-part == 3 { hf[$1] = $2; next }
+part == 3 { hf[$1] = $2; if ($4 == "#" && ("# " $5) == O && NF == 6) hown[$1] = $6; next }
 END {
   for (i = 1; i <= nc; i++) {
     m = cm[i]; ip = cip[m]
     if (!(ip in hf)) { problem(ip " is in " H " but not in " A ": fix or remove the line"); continue }
     cfq[m] = hf[ip]
+    if (cown[m] == "" && (ip in hown)) cown[m] = hown[ip]
     if (m in del) {
       if (dow[m] == "*" || cown[m] == dow[m] || (cown[m] == "" && dun[m] == 1)) { released[m] = ip; continue }
       print "kvm-qemu: kept " label(m) ": " (cown[m] == "" ? "no owner tag (written before owner tags)" : \
@@ -253,7 +255,7 @@ flock -w {wait} 9 || fail "another run held $l for more than {wait} s; nothing w
 hs=$h; [ -e "$h" ] || hs=/dev/null
 as=$a; [ -e "$a" ] || as=/dev/null
 tl=$(mktemp) && trel=$(mktemp) || exit 1
-awk -v H="$h" -v A="$a" -v REL="$trel" -v P={owner_prefix} {merge} \
+awk -v H="$h" -v A="$a" -v REL="$trel" -v P={owner_prefix} -v O={owner_comment} {merge} \
   part=1 "$tr" part=2 "$hs" part=3 "$as" > "$tl" || \
 fail "conflicting reservations, nothing was changed"
 sort -n -o "$tl" "$tl" || exit 1
@@ -265,12 +267,13 @@ stage "$h"; t0=$t
 {{ printf '%s\\n' {dhcp_header}; awk -v T={dhcp_line} -v U={dhcp_untagged} {fill} "$tl"; }} > "$t0" || \
   fail "cannot write $t0"
 stage "$a"; t1=$t
-{{ printf '%s\\n' {hosts_header}; awk -v T={hosts_line} -v U={hosts_line} {fill} "$tl"; }} > "$t1" || \
+{{ printf '%s\\n' {hosts_header}; awk -v T={hosts_line} -v U={hosts_untagged} {fill} "$tl"; }} > "$t1" || \
   fail "cannot write $t1"
 if [ -n "$e" ]; then
   es=$e; [ -e "$e" ] || es=/dev/null
   stage "$e"; t2=$t
-  awk -v B={begin} -v E={end} -v F="$e" -v T={hosts_line} {splice} part=1 "$tl" part=2 "$es" > "$t2" || exit 1
+  awk -v B={begin} -v E={end} -v F="$e" -v T={hosts_untagged} {splice} part=1 "$tl" part=2 "$es" \\
+    > "$t2" || exit 1
   if [ ! -e "$e" ] && [ ! -s "$t2" ]; then rm -f -- "$t2"; t2=; fi
 fi
 changed=
@@ -335,7 +338,9 @@ def apply_command(
         dhcp_line=_TEMPLATE.dhcp_line(),
         dhcp_untagged=_UNTAGGED.dhcp_line(),
         owner_prefix=OWNER_TAG_PREFIX,
+        owner_comment=OWNER_COMMENT,
         hosts_line=_TEMPLATE.hosts_line(),
+        hosts_untagged=_UNTAGGED.hosts_line(),
         dhcp_header=DHCP_HOSTS_HEADER,
         hosts_header=ADDN_HOSTS_HEADER,
         begin=BLOCK_BEGIN,
@@ -396,7 +401,7 @@ def dhcp_reservations(
       round trip (its ``dhcp-range`` and first ``listen-address``); a lease that then cannot be
       released is named in a warning
     + lock_wait: seconds to wait for another run's lock on the node
-    + owner: the owner tag of the manifest writing (``set:kvmq-<owner>`` in its dhcp-hosts lines): added
+    + owner: the owner tag of the manifest writing (``# kvmq-owner <owner>`` on its addn-hosts lines): added
       entries carry it, an identical untagged entry is adopted, another owner's entry with the same
       MAC is a conflict, and removal keeps other owners' entries (naming them). ``None``: entries are
       written untagged and any entry may be removed (several manifests on one node need an owner)

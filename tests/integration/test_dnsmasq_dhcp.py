@@ -264,3 +264,32 @@ def test_removing_a_reservation_releases_its_lease(dhcp_net: DhcpNet) -> None:
     assert eventually(lambda: resolve(dhcp_net, "vm13") == []), "the deleted VM's name still resolves"
     assert dhcp_net.leases()[OTHER_MAC] == other["ack"], "another lease was lost"
     assert VM_MAC not in dhcp_net.hostsfile.read_text()
+
+
+def test_an_owned_reservation_removed_after_its_lease_leaves_dnsmasq_running(dhcp_net: DhcpNet) -> None:
+    # dnsmasq 2.90 crashed (SIGSEGV) re-reading a dhcp-hostsfile whose leased line had gone when that line
+    # carried a set: tag next to id:*; the owner tag must never reach an item dnsmasq acts on.
+    options = {
+        "hostsfile": str(dhcp_net.hostsfile),
+        "addn_hosts": str(dhcp_net.addn_hosts),
+        "dnsmasq_conf": str(dhcp_net.conf),
+        "pid_file": str(dhcp_net.pid_file),
+        "owner": "cluster-a",
+    }
+    pid = int(dhcp_net.pid_file.read_text())
+    entry = {"mac": VM_MAC, "ip": "10.10.97.13", "hostname": "vm13.dhcp.internal", "short": "vm13"}
+    assert apply_local(entries=[entry], dhcp_range=DHCP_RANGE, **options) is True
+    assert "# kvmq-owner cluster-a" in dhcp_net.addn_hosts.read_text()
+    assert dhcp_net.client_lease(VM_MAC) == {"offer": "10.10.97.13", "ack": "10.10.97.13"}
+    removed = in_server_namespace(
+        dhcp_net,
+        _APPLY_IN_NAMESPACE,
+        json.dumps(
+            {"entries": [{"mac": VM_MAC}], "present": False, "release_leases_on": SERVER_IP, **options}
+        ),
+    )
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert eventually(lambda: VM_MAC not in dhcp_net.leases()), f"lease still there: {dhcp_net.leases()}"
+    time.sleep(1)
+    os.kill(pid, 0)  # still running: ProcessLookupError here is the crash
+    assert resolve(dhcp_net, "vm13") == []

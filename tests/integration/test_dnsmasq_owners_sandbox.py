@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 
 BASE = "ow-idle"
 HOSTSFILE = "/etc/kvm-qemu/dnsmasq/dhcp-hosts"
+ADDN_HOSTS = "/etc/kvm-qemu/dnsmasq/hosts"
 
 
 def vmspec(vm: str, ip: str) -> dict[str, Any]:
@@ -74,13 +75,14 @@ def clusters(sandbox_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathF
 def test_prune_with_one_manifest_keeps_the_other_manifests_reservation(clusters: Any) -> None:
     a, b = clusters
     mgmt = a.inventory["mgmt"]["name"]
+    # Each manifest's owner tag is the comment of its addn-hosts lines; the dhcp-host lines carry no tag.
+    names = a.ssh(mgmt, f"cat {ADDN_HOSTS}")
+    a_tag = next(line for line in names.splitlines() if line.startswith("10.10.5.61 ")).split("#")[1]
+    b_tag = next(line for line in names.splitlines() if line.startswith("10.10.5.63 ")).split("#")[1]
+    assert a_tag.startswith(" kvmq-owner manifest-") and b_tag.startswith(" kvmq-owner manifest-") and a_tag != b_tag
     hosts = a.ssh(mgmt, f"cat {HOSTSFILE}")
-    a_tag = next(line for line in hosts.splitlines() if line.startswith(mac_for("ow-a1"))).split(",")[2]
+    assert "set:" not in hosts
     b_line = next(line for line in hosts.splitlines() if line.startswith(mac_for("ow-b1")))
-    b_tag = b_line.split(",")[2]
-    assert (
-        a_tag.startswith("set:kvmq-manifest-") and b_tag.startswith("set:kvmq-manifest-") and a_tag != b_tag
-    )
     a.ssh("sm-01", "virsh -q undefine ow-a2 && rm -f /data01/primary/ow-a2-*")
 
     report = text(a.deploy(A_LATER, "drift"))

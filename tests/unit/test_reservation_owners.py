@@ -91,7 +91,9 @@ def test_prune_with_one_manifest_keeps_the_other_manifests_reservation_and_lease
         assert result.returncode == 0, result.stderr
     fact = reservations(node)
     assert {mac: e["owner"] for mac, e in fact.items()} == {A1.mac: OWNER_A, B1.mac: OWNER_B}
-    assert f"{B1.mac},id:*,set:kvmq-{OWNER_B},{B1.ipaddress},b1" in node["hosts"].read_text()
+    # The owner tag is a comment of the addn-hosts line; the dhcp-host line carries nothing dnsmasq acts on.
+    assert f"{B1.mac},id:*,{B1.ipaddress},b1\n" in node["hosts"].read_text()
+    assert f"{B1.ipaddress} b1.example.internal b1 # kvmq-owner {OWNER_B}\n" in node["addn"].read_text()
 
     # Manifest A's view: its hypervisor only; a gone VM of A's own is stale too.
     gone = Entry(mac_for("a-gone"), "10.10.5.29", "a-gone.example.internal", "a-gone", OWNER_A)
@@ -149,11 +151,14 @@ def test_dnsmasq_accepts_the_owner_tag(tmp_path: Path) -> None:
 
 def test_tagged_and_untagged_lines_parse() -> None:
     dhcp = f"{EA.dhcp_line()}\n{EB.mac},id:*,{EB.ip},{EB.short}\n"
-    hosts = f"{EA.hosts_line()}\n{EB.hosts_line()}\n"
+    hosts = f"{EA.hosts_line()}\n{EB.ip} {EB.hostname} {EB.short}\n"
     parsed = parse_reservations(dhcp, hosts)
     assert parsed[EA.mac].owner == OWNER_A and parsed[EB.mac].owner == ""
     with pytest.raises(EntryError, match="owner tag 'Bad_Tag'"):
-        parse_reservations(f"{EA.mac},id:*,set:kvmq-Bad_Tag,{EA.ip},{EA.short}\n", f"{EA.hosts_line()}\n")
+        parse_reservations(f"{EA.dhcp_line()}\n", f"{EA.ip} {EA.hostname} {EA.short} # kvmq-owner Bad_Tag\n")
+    # Lines written with the owner as a dnsmasq set: tag are still read.
+    older = parse_reservations(f"{EA.mac},id:*,set:kvmq-{OWNER_A},{EA.ip},{EA.short}\n", f"{EA.ip} {EA.hostname} {EA.short}\n")
+    assert older[EA.mac].owner == OWNER_A
 
 
 def test_derived_owner_is_stable_and_differs_by_path(tmp_path: Path) -> None:
