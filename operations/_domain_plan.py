@@ -413,6 +413,26 @@ def build_plans(
 # --- power state ---------------------------------------------------------------------------------
 
 
+def concurrently(steps: list[tuple[str, StringCommand]]) -> StringCommand:
+    """Run (label, bounded command) steps side by side in one shell and wait for all of them.
+
+    Each step runs in the background; every one is waited for, in order, and each that fails says so
+    on stderr by its label (``kvm-qemu: start of vm1 failed (exit 1)``). The status is 1 when any failed,
+    so one failure still fails the host, after the others have finished.
+    """
+    parts: list[str | StringCommand | Any] = ["rc=0;"]
+    for index, (_, command) in enumerate(steps):
+        parts += [command, f"& p{index}=$!;"]
+    for index, (label, _) in enumerate(steps):
+        parts += [
+            f'wait "$p{index}" || {{ s=$?; echo',
+            q(f"kvm-qemu: {label} failed"),
+            '"(exit $s)" >&2; rc=1; };',
+        ]
+    parts.append('(exit "$rc")')
+    return sh(*parts)
+
+
 def power_plan(
     names: list[str],
     domains: dict[str, Domain],
@@ -434,11 +454,15 @@ def power_plan(
             return None
         plan = VmPlan(", ".join(to_start + to_resume))
         plan.actions = [f"start {n}" for n in to_start] + [f"resume {n}" for n in to_resume]
-        plan.command = all_of(
-            [virsh(uri, "start", n, timeout=step_timeout) for n in to_start]
-            + [virsh(uri, "resume", n, timeout=step_timeout) for n in to_resume]
-        )
-        plan.limit = session_limit(len(to_start) + len(to_resume), step_timeout)
+        steps = [("start", n) for n in to_start] + [("resume", n) for n in to_resume]
+        if len(steps) == 1:
+            plan.command = virsh(uri, steps[0][0], steps[0][1], timeout=step_timeout)
+        else:
+            plan.command = concurrently(
+                [(f"{verb} of {n}", virsh(uri, verb, n, timeout=step_timeout)) for verb, n in steps]
+            )
+        # The steps run side by side, each bounded: the whole takes as long as the slowest one.
+        plan.limit = session_limit(1, step_timeout)
         return plan
     to_stop = [n for n in present if is_active(domains[n])]
     if not to_stop:
