@@ -18,6 +18,7 @@ per tree, ``scale`` once per size):
   ready-seed          the same with build, start and wait as three pyinfra runs
   ready-sethostname   the plan before seeds: build, start, wait and sethostname as four runs (a second
                       sethostname run, not timed, must change nothing)
+  ready-one           ready with one guest on one host: one boot without others sharing the CPUs
 
 With ``--baseline REF`` the ref is checked out in a git worktree (under $TMPDIR/kvmq-bench/, removed at
 the end) and every scenario runs for both trees, alternating in one session: HEAD, baseline, HEAD,
@@ -67,8 +68,8 @@ FACT_LINE = re.compile(r"\[([^\]\s]+)\]\s+(?:nested\s+)?Loaded fact (\S+)")
 STATE_FACTS = "facts.libvirt."
 FLOOR_DEPLOY = "sandbox/bench_floor.py"
 DEFAULT_SCENARIOS = ("full3", "floor", "small", "linked", "scale", "ready")
-# ready-seed and ready-sethostname: the ready scenario's earlier plans, run on request to compare.
-ALL_SCENARIOS = (*DEFAULT_SCENARIOS, "ready-seed", "ready-sethostname")
+# ready-seed, ready-sethostname: the ready scenario's earlier plans; ready-one: one guest. On request.
+ALL_SCENARIOS = (*DEFAULT_SCENARIOS, "ready-seed", "ready-sethostname", "ready-one")
 # Scenarios other than ready never start their VMs: their reservations are checked against a range
 # they fit in.
 WIDE_RANGE = ("--data", "dhcp_range=10.0.0.1,10.255.255.254")
@@ -357,6 +358,8 @@ READY_VARIANTS = {
     "ready-seed": {"seeds": True, "combined": False},
     # named at boot by their seeds; build, start and wait in one pyinfra run (three deploy files)
     "ready": {"seeds": True, "combined": True},
+    # one guest on one host, as ready: what one boot costs without 11 others sharing the CPUs
+    "ready-one": {"seeds": True, "combined": True, "hosts": 1, "vms_per_host": 1},
 }
 READY_STAGE_NAMES = ("build", "start", "wait", "sethostname", "check")
 
@@ -376,20 +379,21 @@ def hostnames_by_ssh(inventory_data: Path, spec: list[dict[str, Any]]) -> tuple[
     return round(time.monotonic() - started, 2), names
 
 
-def stage_row(seconds: float, rss_mib: float, commands: int = 0) -> dict[str, Any]:
+def stage_row(seconds: float, rss_mib: float, commands: int = 0, vms: int = 12) -> dict[str, Any]:
     """A stage timed without a pyinfra run of its own (part of a run, or the SSH check)."""
     return {
         "seconds": round(seconds, 2), "rss_mib": rss_mib, "commands": commands, "commands_per_host": 0,
-        "commands_per_vm": round(commands / 12, 2), "fact_reads_per_host": 0, "state_reads_per_host_max": 0,
+        "commands_per_vm": round(commands / vms, 2), "fact_reads_per_host": 0, "state_reads_per_host_max": 0,
     }  # fmt: skip
 
 
 def ready_scenario(variant: str) -> Callable[[Runner, Tree], dict[str, dict[str, Any]]]:
     seeds, combined = READY_VARIANTS[variant]["seeds"], READY_VARIANTS[variant]["combined"]
+    hosts, per_host = READY_VARIANTS[variant].get("hosts", 3), READY_VARIANTS[variant].get("vms_per_host", 4)
 
     def run(runner: Runner, tree: Tree) -> dict[str, dict[str, Any]]:
         """From an empty cluster until every guest answers SSH with its manifest hostname."""
-        spec = ready_manifest(seeds=seeds)
+        spec = ready_manifest(hosts, per_host, seeds=seeds)
         vms = sum(len(e["vmspecs"]) for e in spec)
         stages: dict[str, dict[str, Any]] = {}
         try:
@@ -415,7 +419,7 @@ def ready_scenario(variant: str) -> Callable[[Runner, Tree], dict[str, dict[str,
                 wrong = {n: said for n, said in names.items() if said != f"{n}.bench.internal"}
                 if wrong:
                     raise SystemExit(f"bench: {variant}: guests without their manifest FQDN: {wrong}")
-                stages["check"] = stage_row(seconds, 0.0, commands=vms)
+                stages["check"] = stage_row(seconds, 0.0, commands=vms, vms=vms)
             else:
                 stages["sethostname"] = runner.run(tree, spec, "sethostname", inventory="guests")
                 check = runner.run(tree, spec, "sethostname", inventory="guests")
@@ -439,7 +443,7 @@ def ready_scenario(variant: str) -> Callable[[Runner, Tree], dict[str, dict[str,
             "fact_reads_per_host": round(sum(run["fact_reads_per_host"] for run in stages.values()), 1),
             "state_reads_per_host_max": sum(run["state_reads_per_host_max"] for run in stages.values()),
         }
-        total["commands_per_host"] = round(total["commands"] / 3, 1)
+        total["commands_per_host"] = round(total["commands"] / hosts, 1)
         total["commands_per_vm"] = round(total["commands"] / vms, 2)
         return {**{f"{variant}-{stage}": run for stage, run in stages.items()}, variant: total}
 
@@ -450,11 +454,14 @@ _READY_TITLES = {
     "ready-sethostname": "12 VMs / 3 hosts, linked, empty -> SSH, then sethostname (4 runs)",
     "ready-seed": "12 VMs / 3 hosts, linked, named by seeds, build / start / wait (3 runs) + check",
     "ready": "12 VMs / 3 hosts, linked, named by seeds, build+start+wait (1 run) + check",
+    "ready-one": "1 VM / 1 host, as ready",
 }
 for _variant, _title in _READY_TITLES.items():
+    _hosts = READY_VARIANTS[_variant].get("hosts", 3)
+    _vms = _hosts * READY_VARIANTS[_variant].get("vms_per_host", 4)
     for _stage in READY_STAGE_NAMES:
-        ROWS[f"{_variant}-{_stage}"] = RowInfo(f"{_variant}: {_stage}", 3, 12)
-    ROWS[_variant] = RowInfo(f"{_variant}: {_title}", 3, 12, 30)
+        ROWS[f"{_variant}-{_stage}"] = RowInfo(f"{_variant}: {_stage}", _hosts, _vms)
+    ROWS[_variant] = RowInfo(f"{_variant}: {_title}", _hosts, _vms, 30 if _vms == 12 else None)
 
 
 def applies(name: str, tree: Tree) -> bool:
