@@ -387,6 +387,29 @@ def stage_row(seconds: float, rss_mib: float, commands: int = 0, vms: int = 12) 
     }  # fmt: skip
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds used by every process of this machine, by its qemu processes), so far.
+
+    Machine-wide from /proc/stat (user + nice + system + irq + softirq + steal); qemu's from each live
+    qemu-system process's utime + stime (the guests run in the sandbox's mount and network namespaces,
+    not in a pid namespace of their own, so they are visible here)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    busy = sum(fields[:3]) + sum(fields[5:8])
+    qemu = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if comm.startswith("qemu-system"):
+            qemu += int(rest[11]) + int(rest[12])
+    return busy / tick, qemu / tick
+
+
 def ready_scenario(variant: str) -> Callable[[Runner, Tree], dict[str, dict[str, Any]]]:
     seeds, combined = READY_VARIANTS[variant]["seeds"], READY_VARIANTS[variant]["combined"]
     hosts, per_host = READY_VARIANTS[variant].get("hosts", 3), READY_VARIANTS[variant].get("vms_per_host", 4)
@@ -396,6 +419,7 @@ def ready_scenario(variant: str) -> Callable[[Runner, Tree], dict[str, dict[str,
         spec = ready_manifest(hosts, per_host, seeds=seeds)
         vms = sum(len(e["vmspecs"]) for e in spec)
         stages: dict[str, dict[str, Any]] = {}
+        cpu_before, wall_before = cpu_seconds()[0], time.monotonic()
         try:
             if combined:
                 whole = runner.run(tree, spec, "build+start+wait", *WAIT, marks=READY_MARKS)
@@ -414,6 +438,14 @@ def ready_scenario(variant: str) -> Callable[[Runner, Tree], dict[str, dict[str,
                 stages["start"] = runner.run(tree, spec, "start")
                 stages["wait"] = runner.run(tree, spec, "wait", *WAIT)
                 wait_output = stages["wait"]["output"]
+            # When every guest answers: the CPU time the machine and the guests (their qemus) used
+            cpu_now, qemu_now = cpu_seconds()
+            cpu = {
+                "wall_s": round(time.monotonic() - wall_before, 1),
+                "machine_cpu_s": round(cpu_now - cpu_before, 1),
+                "qemu_cpu_s": round(qemu_now, 1),
+                "cpus": os.cpu_count(),
+            }
             if seeds:
                 seconds, names = hostnames_by_ssh(runner.inventory_data, spec)
                 wrong = {n: said for n, said in names.items() if said != f"{n}.bench.internal"}
@@ -434,6 +466,9 @@ def ready_scenario(variant: str) -> Callable[[Runner, Tree], dict[str, dict[str,
         details["ssh_s_max_runs"].append(max(float(t[3]) for t in table))
         details["lease_s_max"] = round(statistics.median(details["lease_s_max_runs"]), 1)
         details["ssh_s_max"] = round(statistics.median(details["ssh_s_max_runs"]), 1)
+        for key, value in cpu.items():
+            details.setdefault(f"{key}_runs", []).append(value)
+            details[key] = round(statistics.median(details[f"{key}_runs"]), 1)
         details["lease_s"] = {t[0]: float(t[2]) for t in table}  # the last run's, per VM
         details["ssh_s"] = {t[0]: float(t[3]) for t in table}
         total = {
@@ -445,7 +480,7 @@ def ready_scenario(variant: str) -> Callable[[Runner, Tree], dict[str, dict[str,
         }
         total["commands_per_host"] = round(total["commands"] / hosts, 1)
         total["commands_per_vm"] = round(total["commands"] / vms, 2)
-        return {**{f"{variant}-{stage}": run for stage, run in stages.items()}, variant: total}
+        return {**{f"{variant}.{stage}": run for stage, run in stages.items()}, variant: total}
 
     return run
 
@@ -460,7 +495,7 @@ for _variant, _title in _READY_TITLES.items():
     _hosts = READY_VARIANTS[_variant].get("hosts", 3)
     _vms = _hosts * READY_VARIANTS[_variant].get("vms_per_host", 4)
     for _stage in READY_STAGE_NAMES:
-        ROWS[f"{_variant}-{_stage}"] = RowInfo(f"{_variant}: {_stage}", _hosts, _vms)
+        ROWS[f"{_variant}.{_stage}"] = RowInfo(f"{_variant}: {_stage}", _hosts, _vms)
     ROWS[_variant] = RowInfo(f"{_variant}: {_title}", _hosts, _vms, 30 if _vms == 12 else None)
 
 
@@ -573,6 +608,13 @@ def render(rows: dict[str, dict[str, Any]], info: dict[str, Any]) -> str:
                 f" (medians; runs: {ready['lease_s_max_runs']} and {ready['ssh_s_max_runs']})."
                 if "ssh_s_max_runs" in ready
                 else "."
+            )
+            + (
+                f" From the first run's start until every guest answered: {ready['wall_s']} s wall, the"
+                f" machine's {ready['cpus']} CPUs busy for {ready['machine_cpu_s']} CPU-s, of which the"
+                f" guests' qemus {ready['qemu_cpu_s']} CPU-s (medians)."
+                if "qemu_cpu_s" in ready
+                else ""
             ),
         ]
     for note in info.get("notes", []):
@@ -584,6 +626,8 @@ def write_results(new_rows: dict[str, dict[str, Any]], info: dict[str, Any]) -> 
     out = REPO / "bench"
     out.mkdir(exist_ok=True)
     rows = load_rows()
+    for stale in [k for k in rows if k.startswith("ready-") and k not in ROWS]:
+        del rows[stale]  # the ready scenario's stage rows before they were named <variant>.<stage>
     rows.update(new_rows)
     judge(rows)
     try:

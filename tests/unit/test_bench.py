@@ -123,7 +123,7 @@ def test_ready_stages_of_one_run_add_up_to_the_run_plus_the_check(monkeypatch) -
     monkeypatch.setattr(bench, "hostnames_by_ssh", lambda data, spec: (0.8, names))
     tree = bench.Tree("HEAD", "HEAD", "0" * 40, bench.REPO, "pyinfra")
     rows = bench.ready_scenario("ready")(FakeRunner(), tree)  # type: ignore[arg-type]
-    assert [rows[f"ready-{s}"]["seconds"] for s in ("build", "start", "wait", "check")] == [
+    assert [rows[f"ready.{s}"]["seconds"] for s in ("build", "start", "wait", "check")] == [
         1.5,
         2.5,
         16.0,
