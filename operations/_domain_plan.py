@@ -413,23 +413,17 @@ def build_plans(
 # --- power state ---------------------------------------------------------------------------------
 
 
-def concurrently(steps: list[tuple[str, StringCommand]]) -> StringCommand:
-    """Run (label, bounded command) steps side by side in one shell and wait for all of them.
+def each_of(steps: list[tuple[str, StringCommand]]) -> StringCommand:
+    """Run (label, bounded command) steps one after another in one shell, each whatever the others did.
 
-    Each step runs in the background; every one is waited for, in order, and each that fails says so
-    on stderr by its label (``kvm-qemu: start of vm1 failed (exit 1)``). The status is 1 when any failed,
-    so one failure still fails the host, after the others have finished.
+    A step that fails says so on stderr by its label (``kvm-qemu: start of vm1 failed (exit 1)``) and
+    the next one still runs; the status is 1 when any failed, so one failure still fails the host.
     """
-    parts: list[str | StringCommand | Any] = ["rc=0;"]
-    for index, (_, command) in enumerate(steps):
-        parts += [command, f"& p{index}=$!;"]
-    for index, (label, _) in enumerate(steps):
-        parts += [
-            f'wait "$p{index}" || {{ s=$?; echo',
-            q(f"kvm-qemu: {label} failed"),
-            '"(exit $s)" >&2; rc=1; };',
-        ]
-    parts.append('(exit "$rc")')
+    # "failed", not "rc": bounded() sets rc when its step fails.
+    parts: list[str | StringCommand | Any] = ["failed=0;"]
+    for label, command in steps:
+        parts += [command, "|| { s=$?; echo", q(f"kvm-qemu: {label} failed"), '"(exit $s)" >&2; failed=1; };']
+    parts.append('(exit "$failed")')
     return sh(*parts)
 
 
@@ -458,11 +452,12 @@ def power_plan(
         if len(steps) == 1:
             plan.command = virsh(uri, steps[0][0], steps[0][1], timeout=step_timeout)
         else:
-            plan.command = concurrently(
+            # One after another: side by side, the sandbox's libvirtds (one network namespace) race
+            # for tap names ("Unable to create tap device vnetN: Device or resource busy").
+            plan.command = each_of(
                 [(f"{verb} of {n}", virsh(uri, verb, n, timeout=step_timeout)) for verb, n in steps]
             )
-        # The steps run side by side, each bounded: the whole takes as long as the slowest one.
-        plan.limit = session_limit(1, step_timeout)
+        plan.limit = session_limit(len(steps), step_timeout)
         return plan
     to_stop = [n for n in present if is_active(domains[n])]
     if not to_stop:

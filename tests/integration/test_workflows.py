@@ -510,7 +510,7 @@ def test_a_build_reads_each_hypervisors_state_once(cluster: Cluster) -> None:
 
 
 def test_a_failing_start_fails_its_host_naming_the_vm_and_the_others_still_start(cluster: Cluster) -> None:
-    """A host's VMs start side by side: wf-vm01 cannot start (its disk is gone), wf-vm02 on the same
+    """A host's VMs each get their start: wf-vm01 cannot start (its disk is gone), wf-vm02 on the same
     host starts anyway, sm-01 fails naming wf-vm01, and sm-02 is not held back."""
     try:
         cluster.deploy(MANIFEST, "pools")  # also when run on its own
