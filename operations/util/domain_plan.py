@@ -457,6 +457,20 @@ def build_plans(
 # --- power state ---------------------------------------------------------------------------------
 
 
+def each_of(steps: list[tuple[str, StringCommand]]) -> StringCommand:
+    """Run (label, bounded command) steps one after another in one shell, each whatever the others did.
+
+    A step that fails says so on stderr by its label (``kvm-qemu: start of vm1 failed (exit 1)``) and
+    the next one still runs; the status is 1 when any failed, so one failure still fails the host.
+    """
+    # "failed", not "rc": bounded() sets rc when its step fails.
+    parts: list[str | StringCommand | Any] = ["failed=0;"]
+    for label, command in steps:
+        parts += [command, "|| { s=$?; echo", q(f"kvm-qemu: {label} failed"), '"(exit $s)" >&2; failed=1; };']
+    parts.append('(exit "$failed")')
+    return sh(*parts)
+
+
 def power_plan(
     names: list[str],
     domains: dict[str, Domain],
@@ -478,11 +492,16 @@ def power_plan(
             return None
         plan = VmPlan(", ".join(to_start + to_resume))
         plan.actions = [f"start {n}" for n in to_start] + [f"resume {n}" for n in to_resume]
-        plan.command = all_of(
-            [virsh(uri, "start", n, timeout=step_timeout) for n in to_start]
-            + [virsh(uri, "resume", n, timeout=step_timeout) for n in to_resume]
-        )
-        plan.limit = session_limit(len(to_start) + len(to_resume), step_timeout)
+        steps = [("start", n) for n in to_start] + [("resume", n) for n in to_resume]
+        if len(steps) == 1:
+            plan.command = virsh(uri, steps[0][0], steps[0][1], timeout=step_timeout)
+        else:
+            # One after another: side by side, the sandbox's libvirtds (one network namespace) race
+            # for tap names ("Unable to create tap device vnetN: Device or resource busy").
+            plan.command = each_of(
+                [(f"{verb} of {n}", virsh(uri, verb, n, timeout=step_timeout)) for verb, n in steps]
+            )
+        plan.limit = session_limit(len(steps), step_timeout)
         return plan
     to_stop = [n for n in present if is_active(domains[n])]
     if not to_stop:

@@ -507,3 +507,23 @@ def test_a_build_reads_each_hypervisors_state_once(cluster: Cluster) -> None:
         assert hypervisor_reads(detected) == {"sm-01": 1, "sm-02": 1}
     finally:
         cluster.deploy(MANIFEST, "delete")
+
+
+def test_a_failing_start_fails_its_host_naming_the_vm_and_the_others_still_start(cluster: Cluster) -> None:
+    """A host's VMs each get their start: wf-vm01 cannot start (its disk is gone), wf-vm02 on the same
+    host starts anyway, sm-01 fails naming wf-vm01, and sm-02 is not held back."""
+    try:
+        cluster.deploy(MANIFEST, "pools")  # also when run on its own
+        cluster.deploy(MANIFEST, "build")
+        (disk,) = cluster.files("sm-01", "wf-vm01-vda*")
+        cluster.ssh("sm-01", f"rm -f {disk}")
+        result = cluster.deploy(MANIFEST, "start", expect_ok=False)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert re.search(r"sm-01\S*\s+kvm-qemu: start of wf-vm01 failed \(exit \d+\)", output), output[-3000:]
+        assert "start of wf-vm02 failed" not in output
+        sm01 = cluster.domains("sm-01")
+        assert (sm01["wf-vm01"], sm01["wf-vm02"]) == ("shut off", "running")
+        assert cluster.domains("sm-02")["wf-vm03"] == "running"
+    finally:
+        cluster.deploy(MANIFEST, "delete", expect_ok=False)

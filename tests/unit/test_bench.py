@@ -84,3 +84,53 @@ def test_unknown_scenario_is_refused(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit):
         bench.parse_args(["--scenarios", "full3,nope"])
     assert "unknown scenario(s) nope" in capsys.readouterr().err
+
+
+def test_one_run_of_several_deploy_files_times_each_stage_from_its_log(tmp_path) -> None:
+    fake = tmp_path / "pyinfra"
+    fake.write_text(
+        '#!/bin/sh\necho "args: $*"\nsleep 0.3\n'
+        "echo \"    [pyinfra.api.operations] Starting operation {'Start VMs | Start VMs'} on sm-01\"\n"
+        "sleep 0.3\necho \"Starting operation {'Readiness | Wait until every VM holds its lease'} on mgmt-01\"\n"
+        "sleep 0.3\n"
+    )
+    fake.chmod(0o755)
+    tree = bench.Tree("HEAD", "HEAD", "0" * 40, tmp_path, str(fake))
+    runner = bench.Runner(tmp_path / "inventory.json", "mgmt-01", tmp_path)
+    spec = bench.ready_manifest(1, 1, seeds=True)
+    assert spec[0]["vmspecs"][0]["cloudInit"] is True
+    run = runner.run(tree, spec, "build+start+wait", marks=bench.READY_MARKS)
+    assert "deploys/build.py deploys/start.py deploys/wait.py" in run["output"]
+    marks = run["marks"]
+    assert 0.25 <= marks["start"] < marks["wait"] - 0.25 < run["seconds"] - 0.5
+
+
+def test_ready_stages_of_one_run_add_up_to_the_run_plus_the_check(monkeypatch) -> None:
+    table = "".join(f"[mgmt-01] bench{n:04d}  10.10.5.{100 + n}  {n}.0 s  {n}.5 s\n" for n in range(1, 13))
+
+    class FakeRunner:
+        inventory_data = None
+
+        def run(self, tree, spec, deploy, *extra, inventory="manifest", marks=None):
+            if deploy == "delete":
+                return {}
+            assert deploy == "build+start+wait" and marks == bench.READY_MARKS
+            return {"output": table, "seconds": 20.0, "marks": {"start": 1.5, "wait": 4.0}, "rss_mib": 60.0,
+                    "commands": 30, "commands_per_host": 10.0, "commands_per_vm": 2.5,
+                    "fact_reads_per_host": 2.0, "state_reads_per_host_max": 1}  # fmt: skip
+
+    names = {f"bench{n:04d}": f"bench{n:04d}.bench.internal" for n in range(1, 13)}
+    monkeypatch.setattr(bench, "hostnames_by_ssh", lambda data, spec: (0.8, names))
+    tree = bench.Tree("HEAD", "HEAD", "0" * 40, bench.REPO, "pyinfra")
+    rows = bench.ready_scenario("ready")(FakeRunner(), tree)  # type: ignore[arg-type]
+    assert [rows[f"ready.{s}"]["seconds"] for s in ("build", "start", "wait", "check")] == [
+        1.5,
+        2.5,
+        16.0,
+        0.8,
+    ]
+    assert rows["ready"]["seconds"] == 20.8 and rows["ready"]["commands"] == 42  # 30 + one hostname per VM
+    assert bench.READY_DETAILS["ready, HEAD"]["ssh_s_max"] == 12.5
+    names["bench0007"] = "centos7"
+    with pytest.raises(SystemExit, match="bench0007"):
+        bench.ready_scenario("ready")(FakeRunner(), tree)  # type: ignore[arg-type]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -350,11 +352,61 @@ def test_resize_only_reports_missing_domains() -> None:
 def test_power_start_and_noop() -> None:
     domains = {"a": {"state": "shut off"}, "b": {"state": "running"}, "c": {"state": "paused"}}
     plan = power_plan(["a", "b", "c", "gone"], domains, True, URI)
-    assert (
-        rendered(plan.command) == "virsh -q -c qemu:///system start a && virsh -q -c qemu:///system resume c"
+    assert rendered(plan.command) == (
+        "failed=0; virsh -q -c qemu:///system start a "
+        "|| { s=$?; echo 'kvm-qemu: start of a failed' \"(exit $s)\" >&2; failed=1; }; "
+        "virsh -q -c qemu:///system resume c "
+        "|| { s=$?; echo 'kvm-qemu: resume of c failed' \"(exit $s)\" >&2; failed=1; }; "
+        '(exit "$failed")'
     )
+    assert plan.actions == ["start a", "resume c"]
     assert power_plan(["b"], domains, True, URI) is None
     assert power_plan(["a"], domains, False, URI) is None
+
+
+def test_power_start_of_one_vm_is_one_plain_call() -> None:
+    plan = power_plan(["a"], {"a": {"state": "shut off"}}, True, URI, step_timeout=7)
+    assert rendered(plan.command) == "virsh -q -c qemu:///system start a"
+    assert plan.command.get_raw_value().startswith("{ timeout -k 5 7 virsh -q -c")
+
+
+def test_power_start_runs_each_vm_bounded_one_after_another() -> None:
+    names = ["a", "b", "c", "d"]
+    plan = power_plan(names, {n: {"state": "shut off"} for n in names}, True, URI, step_timeout=7)
+    raw = plan.command.get_raw_value()
+    assert raw.count("timeout -k 5 7 virsh -q -c") == raw.count("virsh -q -c") == 4
+    starts = [raw.index(f"start {n} ") for n in names]
+    assert starts == sorted(starts) and "&" not in raw.replace(">&2", "")  # nothing in the background
+    assert raw.endswith('(exit "$failed")')
+    # the controller waits for the four bounded steps one after another
+    assert plan.limit == 4 * (7 + 5) + 30
+
+
+def test_power_start_quotes_every_vm_name() -> None:
+    names = ["a b", "x'y"]
+    plan = power_plan(names, {n: {"state": "shut off"} for n in names}, True, URI)
+    raw = plan.command.get_raw_value()
+    assert "start 'a b' " in raw and "start 'x'\"'\"'y' " in raw
+    assert "'kvm-qemu: start of a b failed'" in raw and "'kvm-qemu: start of x'\"'\"'y failed'" in raw
+
+
+def test_power_start_one_failure_fails_the_host_naming_it_and_the_others_start(tmp_path: Path) -> None:
+    """The command itself, run by sh with a virsh that fails to start b: a, c and d still start."""
+    (tmp_path / "virsh").write_text(
+        '#!/bin/sh\nfor last; do :; done\necho "$last" >> "$(dirname "$0")/started"\n'
+        '[ "$last" = b ] && { echo "error: Failed to start domain \'b\'" >&2; exit 1; }\nexit 0\n'
+    )
+    (tmp_path / "virsh").chmod(0o755)
+    names = ["a", "b", "c", "d"]
+    plan = power_plan(names, {n: {"state": "shut off"} for n in names}, True, URI, step_timeout=7)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["sh", "-c", plan.command.get_raw_value()], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1
+    assert "kvm-qemu: start of b failed (exit 1)" in result.stderr
+    assert "start of a failed" not in result.stderr and "start of c failed" not in result.stderr
+    assert (tmp_path / "started").read_text().split() == names
 
 
 def test_power_stop_is_graceful_with_timeout_or_forced() -> None:
