@@ -1,8 +1,8 @@
 """cloud-init NoCloud seeds: one ``<vm>-seed.iso`` per VM with ``cloudInit``, built on the controller.
 
-The image is made in Python (``_iso9660``, no ISO tools on the hosts) and planned by ``_cloud_init``;
-this operation reads the ``Hypervisor`` fact once per host (it reports each seed's SHA-256) and yields
-one command per VM whose seed is missing, out of date or not attached.
+The image is made in Python (``util/iso9660``, no ISO tools on the hosts) and planned by
+``util/cloud_init_seed``; this operation reads the ``Hypervisor`` fact once per host (it reports each
+seed's SHA-256) and yields one command per VM whose seed is missing, out of date or not attached.
 """
 
 from __future__ import annotations

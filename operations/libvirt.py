@@ -13,8 +13,8 @@ host data.
 
 Each operation takes the host's ``Hypervisor`` fact from the run store (``operations/util/run_store.py``:
 one round trip for all pools, volumes and domains, shared by every step of the run until a step changes
-the host), plans with the pure functions in ``_domain_plan``, logs one line per VM, and yields one
-command per VM.
+the host), plans with the pure planners in ``operations/util`` (``vm_plan``), logs one line per VM, and
+yields one command per VM.
 At prepare time (``--dry``) a missing base VM or pool is reported, not raised: an earlier operation of
 the same run may create it; at execute time the host fails with the message instead.
 """
@@ -31,8 +31,9 @@ from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, ope
 
 from inventories.manifest_model import VmSpec
 from operations import dnsmasq
+from operations.util.clone_plan import build_plans
+from operations.util.delete_plan import delete_plan
 from operations.util.domain_diff import build_diff, delete_diff, power_diff
-from operations.util.domain_plan import build_plans, delete_plan, power_plan
 from operations.util.domain_source import digest, recorded_digest, with_source
 from operations.util.domain_xml import CloneError, domain_name, xml_covers
 from operations.util.output import log
@@ -44,6 +45,7 @@ from operations.util.plan_commands import (
     plan_commands,
     show_diff,
 )
+from operations.util.power_plan import power_plan
 from operations.util.preflight import capacity_refusal
 from operations.util.pyinfra_adapter import nested_commands
 from operations.util.run_store import store

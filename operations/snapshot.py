@@ -1,7 +1,7 @@
-"""Named offline snapshots of domains: created, reverted to, deleted (see ``_snapshot_plan`` for how).
+"""Named offline snapshots of domains: created, reverted to, deleted (see ``util/snapshot_plan`` for how).
 
 Each operation reads the ``Hypervisor`` fact once per host (snapshots included), plans every VM with
-the pure functions in ``_snapshot_plan``, logs one line per VM and yields one command per VM. A VM
+the pure functions in ``util/snapshot_plan``, logs one line per VM and yields one command per VM. A VM
 that is running, absent (for revert) or whose snapshot is not the newest fails the host with the
 reason, after the host's other VMs were handled; nothing is changed on that VM.
 """
@@ -14,10 +14,10 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import OperationValueError, operation
 
-from operations.util.domain_plan import VmPlan
 from operations.util.plan_commands import UNREAD, hypervisor_state, log_plans, plan_commands
 from operations.util.snapshot_plan import create_plan, delete_plan, revert_plan, valid_name
 from operations.util.virsh import DEFAULT_TIMEOUT, DEFAULT_URI, fail
+from operations.util.vm_plan import VmPlan
 
 Commands = Generator[Any, None, None]
 

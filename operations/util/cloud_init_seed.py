@@ -1,13 +1,13 @@
 """cloud-init NoCloud seeds: what goes into a VM's ``<vm>-seed.iso`` and the command that puts it there.
 
-Pure: no I/O. The seed is an ISO 9660 image (``_iso9660``) labelled ``cidata`` with three files:
+Pure: no I/O. The seed is an ISO 9660 image (``util/iso9660``) labelled ``cidata`` with three files:
 
 - ``meta-data``: ``instance-id`` = the domain's UUID, ``local-hostname`` = the manifest hostname;
 - ``user-data``: ``#cloud-config`` with the users and their SSH keys from host data (``cloud_init_users``);
 - ``network-config``: version 2, the NIC with the manifest MAC on DHCPv4.
 
 The instance-id is known before the domain exists: a clone with ``cloudInit`` is defined with
-``stable_uuid(vm)`` (``_domain_xml.clone_xml``), so ``--dry`` shows the seed the build will write. A
+``stable_uuid(vm)`` (``util/domain_xml.clone_xml``), so ``--dry`` shows the seed the build will write. A
 domain defined earlier keeps its own UUID, read from the fact. YAML is written by hand: every value
 is validated first and strings are emitted JSON-quoted (a valid YAML double-quoted scalar).
 """
@@ -26,10 +26,12 @@ from typing import Any
 from pyinfra.api import StringCommand
 
 from inventories.manifest_model import VmSpec
-from operations.util.domain_plan import Snapshot, VmPlan, _with_cleanup, is_active, staged
+from operations.util.disk_files import staged
+from operations.util.disk_files import with_cleanup as with_cleanup
 from operations.util.domain_xml import stable_uuid
 from operations.util.iso9660 import build_iso
 from operations.util.virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
+from operations.util.vm_plan import Snapshot, VmPlan, is_active
 
 SEED_SUFFIX = "-seed.iso"
 VOLUME_ID = "cidata"
@@ -171,7 +173,7 @@ def seed_plan(
     The file is compared by SHA-256 (the fact reads it on the host); one that is not root's and 0600
     (the probe's ``lstat``) is replaced even when its content matches. A file that is not a plain file
     (a link, a directory) is refused. A new file is created exclusively, 0600, in the pool directory
-    (``_with_cleanup``), filled from stdin (gzip + base64 of the image); an out-of-date one is removed
+    (``with_cleanup``), filled from stdin (gzip + base64 of the image); an out-of-date one is removed
     first. The cdrom goes on a virtio-scsi controller (one is added when the domain has no SCSI
     controller), read-only, in the persistent definition: a running guest sees it at its next boot.
     Before the domain exists (``executing`` False: ``--dry``, or a build earlier in the same run), the
@@ -213,7 +215,7 @@ def seed_plan(
         fill = bounded(
             f"write {path}", timeout, "sh", "-c", q('base64 -d | gzip -dc > "$1"'), "sh", q(staged(path))
         )
-        steps.append(_with_cleanup([path], pool["path"], fill, timeout, grouped=True))
+        steps.append(with_cleanup([path], pool["path"], fill, timeout, grouped=True))
         what = f"(instance-id {instance_id}, hostname {spec.hostname}, {len(users)} user(s))"
         if untrusted:
             plan.actions.append(f"replace {path}, {untrusted}, with a new seed {what}")

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from inventories.manifest_model import VmSpec
-from operations.util.domain_plan import NETWORK_POOLS, _backing_map, in_use, owned_volumes
+from operations.util.storage_ownership import NETWORK_POOLS, in_use, owned_volumes
+from operations.util.storage_ownership import backing_map as backing_map
 from operations.util.vm_compare import compare
 
 Snapshot = dict[str, Any]
@@ -125,7 +126,7 @@ def free_here(path: str, snapshot: Snapshot) -> str | None:
     used = in_use(snapshot)
     if path in used:
         return used[path]
-    backs = sorted(p for p, b in _backing_map(snapshot).items() if b == path and p != path)
+    backs = sorted(p for p, b in backing_map(snapshot).items() if b == path and p != path)
     if backs:
         return f"backing file of {backs[0]}"
     kind = _kind(snapshot, path)

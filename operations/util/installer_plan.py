@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 from pyinfra.api import QuoteString, StringCommand
 
-from operations.util.domain_plan import VmPlan, _with_cleanup, staged
+from operations.util.disk_files import staged
+from operations.util.disk_files import with_cleanup as with_cleanup
 from operations.util.virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
+from operations.util.vm_plan import VmPlan
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 INTERFACE = re.compile(r"[A-Za-z0-9._-]{1,15}")
@@ -175,7 +177,7 @@ def installer_plan(
         virsh(uri, "undefine", "--nvram", spec.vm, timeout=timeout),
         ">/dev/null; false; }; }",
     )
-    plan.command = _with_cleanup([disk_path], pool["path"], create, timeout, then=all_of([define, start]))
+    plan.command = with_cleanup([disk_path], pool["path"], create, timeout, then=all_of([define, start]))
     plan.stdin = xml
     plan.limit = session_limit(5, timeout)
     plan.actions = [

@@ -20,7 +20,7 @@ from pyinfra.api import QuoteString, StringCommand
 from inventories import defaults
 from inventories.manifest_model import VmSpec
 from operations.util.capacity import CapacityRow, capacity_row
-from operations.util.domain_plan import needed_by_others
+from operations.util.storage_ownership import needed_by_others
 from operations.util.virsh import DEFAULT_TIMEOUT, bounded, virsh
 
 # Cache modes qemu opens with O_DIRECT and without a host page cache: the only ones libvirt accepts for a

@@ -10,10 +10,10 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import StringCommand
 
-from operations.util.domain_plan import VmPlan
 from operations.util.output import log
 from operations.util.run_store import hypervisor_view
 from operations.util.virsh import fail
+from operations.util.vm_plan import VmPlan
 
 Commands = Generator[Any, None, None]
 

@@ -28,8 +28,11 @@ from typing import Any
 
 from pyinfra.api import StringCommand
 
-from operations.util.domain_plan import VmPlan, _with_cleanup, in_use, is_active, qcow2_overlay, staged
+from operations.util.disk_files import qcow2_overlay, staged
+from operations.util.disk_files import with_cleanup as with_cleanup
+from operations.util.storage_ownership import in_use
 from operations.util.virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
+from operations.util.vm_plan import VmPlan, is_active
 
 SNAPSHOT_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
 ACTIONS = ("create", "revert", "delete")
@@ -137,7 +140,7 @@ def create_plan(
             ),
             ">/dev/null",
         )
-        groups.append(_with_cleanup(made, directories[0], all_of(fills), timeout, grouped=True, then=record))
+        groups.append(with_cleanup(made, directories[0], all_of(fills), timeout, grouped=True, then=record))
         plan.actions.append(f"create snapshot {snapshot_name} (new overlay(s) {', '.join(made)})")
     plan.command = all_of(groups)
     plan.limit = session_limit(sum(len(disks) + 3 for _ in missing), timeout)

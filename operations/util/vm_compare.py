@@ -1,8 +1,8 @@
 """One comparison of a vmspec with a libvirt domain: what the manifest wants, what the domain's
 persistent definition holds, and the fields where they differ.
 
-Converge (``_domain_plan.resource_plan``), status (``deploys/_status.py``), drift (``_drift.drift``) and
-``--diff`` (``_domain_diff``) all read these values from here, so they never disagree on what "matches
+Converge (``converge_plan.resource_plan``), status (``deploys/_status.py``), drift (``drift.drift``) and
+``--diff`` (``util/domain_diff``) all read these values from here, so they never disagree on what "matches
 the manifest" means. The persistent definition is what the VM boots with; a running VM's live values
 (a balloon's memory, hot-plugged vCPUs) are the converge plan's business.
 """

@@ -27,8 +27,9 @@ from operations.util.cloud_init_seed import (
     stray_seed_note,
     validate_users,
 )
-from operations.util.domain_plan import delete_plan, owned_volumes
+from operations.util.delete_plan import delete_plan
 from operations.util.domain_xml import clone_xml, plan_disks, stable_uuid
+from operations.util.storage_ownership import owned_volumes
 from tests.unit.test_domain_plan import BASE_XML, built_domain, rendered, snapshot
 
 URI = "qemu:///system"

@@ -15,8 +15,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from operations.util.clone_plan import clone_plan
 from operations.util.cloud_init_seed import seed_plan
-from operations.util.domain_plan import clone_plan, converge_plan
+from operations.util.converge_plan import converge_plan
 from tests.unit.test_cloud_init import spec as seed_spec
 from tests.unit.test_domain_plan import BASE_XML, built_domain, snapshot, spec
 

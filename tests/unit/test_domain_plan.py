@@ -14,16 +14,13 @@ import pytest
 
 from inventories.manifest_model import VmSpec, mac_for
 from operations.util.capacity import capacity_row, refusal_message
-from operations.util.domain_plan import (
-    build_plans,
-    clone_plan,
-    converge_plan,
-    delete_plan,
-    owned_volumes,
-    power_plan,
-)
+from operations.util.clone_plan import build_plans, clone_plan
+from operations.util.converge_plan import converge_plan
+from operations.util.delete_plan import delete_plan
 from operations.util.domain_source import recorded_digest, with_source
 from operations.util.domain_xml import CloneError, clone_xml, plan_disks, xml_covers
+from operations.util.power_plan import power_plan
+from operations.util.storage_ownership import owned_volumes
 
 FIXTURES = Path(__file__).parent / "fixtures" / "domains"
 BASE_XML = (FIXTURES / "centos7.xml").read_text()

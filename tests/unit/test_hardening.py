@@ -22,7 +22,11 @@ from pyinfra_testing.util import FakeState, create_host
 
 from facts.libvirt import PROBE, Hypervisor
 from operations import libvirt
-from operations.util.domain_plan import _with_cleanup, clone_plan, converge_plan, delete_plan, power_plan
+from operations.util.clone_plan import clone_plan
+from operations.util.converge_plan import converge_plan
+from operations.util.delete_plan import delete_plan
+from operations.util.disk_files import with_cleanup as with_cleanup
+from operations.util.power_plan import power_plan
 from operations.util.virsh import q, sh
 from tests.unit.test_domain_plan import BASE_XML, base_domain, built_domain, snapshot, spec
 
@@ -79,18 +83,18 @@ def test_disk_files_are_created_exclusively_inside_the_pool_directory(tmp_path: 
     pool.mkdir()
     other.mkdir()
     outside = str(other / "vm-vda.img")
-    result = sh_run(_with_cleanup([outside], str(pool), sh("true"), 10))
+    result = sh_run(with_cleanup([outside], str(pool), sh("true"), 10))
     assert result.returncode != 0 and "is not a file in the pool directory" in result.stderr
     assert not Path(outside).exists()  # removed again
     # A pool directory reached through a link is fine: the file resolves into the pool's real directory.
     (tmp_path / "pool-link").symlink_to(pool)
     inside = str(tmp_path / "pool-link" / "vm-vda.img")
-    assert sh_run(_with_cleanup([inside], str(tmp_path / "pool-link"), sh("true"), 10)).returncode == 0
+    assert sh_run(with_cleanup([inside], str(tmp_path / "pool-link"), sh("true"), 10)).returncode == 0
     assert (pool / "vm-vda.img").is_file()
     # noclobber creation: the file appearing after the check is not opened.
     racing = str(pool / "vm-vdb.img")
     plant = sh("ln -s", q(str(tmp_path / "victim")), q(racing))
-    command = _with_cleanup([racing], str(pool), sh("true"), 10).get_raw_value()
+    command = with_cleanup([racing], str(pool), sh("true"), 10).get_raw_value()
     command = command.replace("trap cleanup EXIT;", f"{plant.get_raw_value()}; trap cleanup EXIT;", 1)
     result = sh_run(command)
     assert result.returncode != 0 and not (tmp_path / "victim").exists()

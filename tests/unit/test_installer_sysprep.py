@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from inventories.manifest_model import ManifestError, parse
-from operations.util.domain_plan import clone_plan
+from operations.util.clone_plan import clone_plan
 from operations.util.installer_plan import InstallerError, InstallerSpec, installer_plan, installer_xml
 from tests.unit.test_domain_plan import URI, rendered, snapshot, spec
 

@@ -10,8 +10,8 @@ import pytest
 from deploys._status import snapshot_cell
 from facts.util.libvirt_parse import snapshots_from
 from inventories.manifest_model import VmSpec, mac_for, parse, validate
-from operations.util.domain_plan import owned_volumes
 from operations.util.snapshot_plan import create_plan, delete_plan, overlay_path, revert_plan
+from operations.util.storage_ownership import owned_volumes
 
 URI = "qemu:///system"
 IMG = "/data01/primary/vm1-vda.img"

@@ -7,8 +7,8 @@ from typing import Any
 
 from deploys._status import status_lines
 from inventories.manifest_model import VmSpec, mac_for
+from operations.util.converge_plan import resource_plan
 from operations.util.domain_diff import build_diff
-from operations.util.domain_plan import resource_plan
 from operations.util.drift import drift
 from operations.util.vm_compare import compare, configured, wanted
 

@@ -1,0 +1,198 @@
+"""Converge an existing domain to its vmspec: vCPUs, memory (live where libvirt allows it, and in the
+persistent definition) and missing data disks."""
+
+from __future__ import annotations
+
+import posixpath
+
+from pyinfra.api import StringCommand
+
+from inventories.manifest_model import VmSpec
+from operations.util.disk_files import staged, with_cleanup
+from operations.util.domain_xml import data_disk_targets
+from operations.util.virsh import (
+    DEFAULT_TIMEOUT,
+    all_of,
+    bounded,
+    q,
+    session_limit,
+    virsh,
+)
+from operations.util.vm_compare import configured, gib, wanted
+from operations.util.vm_plan import Domain, Snapshot, VmPlan, is_active
+
+
+def resource_plan(
+    spec: VmSpec, domain: Domain, uri: str, timeout: int = DEFAULT_TIMEOUT
+) -> tuple[list[StringCommand], list[str], list[str]]:
+    """Commands, actions and notes that bring vCPUs and memory to the vmspec.
+
+    Persistent config always; the running domain too where libvirt allows it (memory up to its max
+    memory, vCPUs up to its max vCPUs). Max memory / max vCPUs of a running domain change at next boot.
+    """
+    commands: list[StringCommand] = []
+    actions: list[str] = []
+    notes: list[str] = []
+    name = spec.name
+    have, want = configured(domain), wanted(spec)
+    want_max, want_cur, want_cpu = want.max_memory_kib, want.memory_kib, want.vcpus
+
+    if domain.get("persistent", True):
+        cfg_max, cfg_cur = have.max_memory_kib, have.memory_kib
+        if (cfg_max, cfg_cur) != (want_max, want_cur):
+            setmax = (
+                [virsh(uri, "setmaxmem", name, want_max, "--config", timeout=timeout)]
+                if cfg_max != want_max
+                else []
+            )
+            setcur = (
+                [virsh(uri, "setmem", name, want_cur, "--config", timeout=timeout)]
+                if cfg_cur != want_cur
+                else []
+            )
+            # Lowering max below the current value would be refused, so shrink current first.
+            commands += setcur + setmax if want_max < cfg_cur else setmax + setcur
+            if cfg_max != want_max:
+                actions.append(f"max memory {gib(cfg_max)} -> {gib(want_max)} (config)")
+            if cfg_cur != want_cur:
+                actions.append(f"memory {gib(cfg_cur)} -> {gib(want_cur)} (config)")
+        cfg_vcpus, cfg_maxv = have.vcpus, have.max_vcpus
+        if (cfg_vcpus, cfg_maxv) != (want_cpu, want_cpu):
+            setmaxv = (
+                [virsh(uri, "setvcpus", name, want_cpu, "--maximum", "--config", timeout=timeout)]
+                if cfg_maxv != want_cpu
+                else []
+            )
+            setv = (
+                [virsh(uri, "setvcpus", name, want_cpu, "--config", timeout=timeout)]
+                if cfg_vcpus != want_cpu
+                else []
+            )
+            commands += setmaxv + setv if want_cpu > cfg_vcpus else setv + setmaxv
+            actions.append(f"vCPUs {cfg_vcpus} (max {cfg_maxv}) -> {want_cpu} (config)")
+    else:
+        notes.append("transient domain: config changes skipped")
+
+    if is_active(domain):
+        # Live values follow the guest: a balloon without a guest driver never reaches its target, so
+        # a live change goes with the config change it belongs to instead of chasing live drift forever.
+        cfg_cur = have.memory_kib if domain.get("persistent", True) else domain["memory_kib"]
+        cfg_vcpus = have.vcpus if domain.get("persistent", True) else domain["vcpus"]
+        live_cur, live_max = domain["memory_kib"], domain["max_memory_kib"]
+        if cfg_cur != want_cur:
+            if want_cur <= live_max:
+                commands.append(virsh(uri, "setmem", name, want_cur, "--live", timeout=timeout))
+                actions.append(f"memory {gib(live_cur)} -> {gib(want_cur)} (live)")
+            else:
+                notes.append(
+                    f"memory {gib(want_cur)} is above the running max memory {gib(live_max)}: "
+                    "takes effect at next boot"
+                )
+        elif live_cur != want_cur:
+            notes.append(f"running with {gib(live_cur)} of memory (balloon), configured {gib(want_cur)}")
+        if live_max != want_max:
+            notes.append(f"max memory {gib(live_max)} -> {gib(want_max)} takes effect at next boot")
+        live_vcpus, live_maxv = domain["vcpus"], domain["max_vcpus"]
+        if live_vcpus != want_cpu:
+            if cfg_vcpus != want_cpu and live_vcpus < want_cpu <= live_maxv:
+                commands.append(virsh(uri, "setvcpus", name, want_cpu, "--live", timeout=timeout))
+                actions.append(f"vCPUs {live_vcpus} -> {want_cpu} (live)")
+            else:
+                notes.append(f"vCPUs {live_vcpus} -> {want_cpu} takes effect at next boot")
+        elif live_maxv != want_cpu:
+            notes.append(f"max vCPUs {live_maxv} -> {want_cpu} takes effect at next boot")
+    return commands, actions, notes
+
+
+def disk_plan(
+    spec: VmSpec, domain: Domain, snapshot: Snapshot, uri: str, timeout: int = DEFAULT_TIMEOUT
+) -> tuple[list[StringCommand], list[str], list[str]]:
+    """Add missing data disks; never shrink or remove one (differences become notes).
+
+    Returns commands, actions and notes; a disk file is removed again if its attach fails.
+    """
+    commands: list[StringCommand] = []
+    actions: list[str] = []
+    notes: list[str] = []
+    cfg = domain.get("config") or domain
+    disks = [d for d in cfg.get("disks", []) if d.get("device") == "disk"]
+    if not disks:
+        return commands, actions, notes
+    boot, data = disks[0], disks[1:]
+    wanted = data_disk_targets([boot["target"]], spec.num_disks)
+    present = {d["target"]: d for d in data}
+    missing = [t for t in wanted if t not in present]
+    extra = [d["target"] for d in data if d["target"] not in wanted]
+    if extra:
+        notes.append(f"has data disk(s) {', '.join(extra)} beyond numDisks {spec.num_disks}: not removed")
+    capacities = {
+        vol.get("path"): vol.get("capacity")
+        for vols in snapshot.get("volumes", {}).values()
+        for vol in vols.values()
+    }
+    for target in wanted:
+        disk = present.get(target)
+        capacity = capacities.get(disk.get("path")) if disk else None
+        if disk and capacity and capacity != spec.disk_size_gb * 1024**3:
+            notes.append(
+                f"data disk {target} is {capacity / 1024**3:g} GiB, manifest says "
+                f"{spec.disk_size_gb} GiB: not resized"
+            )
+    if not missing:
+        return commands, actions, notes
+    pool = snapshot.get("pools", {}).get(spec.pool)
+    if pool is None or not pool.get("path"):
+        notes.append(f"cannot add data disks: storage pool {spec.pool!r} is not defined")
+        return commands, actions, notes
+    live = ["--live"] if is_active(domain) else []
+    for target in missing:
+        path = posixpath.join(pool["path"], f"{spec.name}-{target}.img")
+        create = bounded(
+            f"create {path}", timeout, "truncate", "-s", q(f"{spec.disk_size_gb}G"), "--", q(staged(path))
+        )
+        attach = virsh(
+            uri,
+            "attach-disk",
+            spec.name,
+            path,
+            target,
+            "--targetbus",
+            "virtio",
+            "--subdriver",
+            "raw",
+            "--config",
+            *live,
+            timeout=timeout,
+        )
+        commands.append(with_cleanup([path], pool["path"], create, timeout, grouped=True, then=attach))
+        actions.append(f"add data disk {target} {spec.disk_size_gb} GiB" + (" (live)" if live else ""))
+    return commands, actions, notes
+
+
+def converge_plan(
+    spec: VmSpec, snapshot: Snapshot, uri: str, disks: bool = True, timeout: int = DEFAULT_TIMEOUT
+) -> VmPlan:
+    """Bring an existing domain to its vmspec: resources, data disks, autostart; report the rest."""
+    domain = snapshot["domains"][spec.name]
+    plan = VmPlan(spec.name)
+    commands, plan.actions, plan.notes = resource_plan(spec, domain, uri, timeout)
+    if disks:
+        more, actions, notes = disk_plan(spec, domain, snapshot, uri, timeout)
+        commands += more
+        plan.actions += actions
+        plan.notes += notes
+    if spec.autostart is not None and bool(domain.get("autostart")) != spec.autostart:
+        commands.append(
+            virsh(uri, "autostart", *([] if spec.autostart else ["--disable"]), spec.name, timeout=timeout)
+        )
+        plan.actions.append(f"autostart {'on' if spec.autostart else 'off'}")
+    interfaces = (domain.get("config") or domain).get("interfaces") or []
+    if interfaces and (interfaces[0].get("mac") or "").lower() != spec.mac:
+        plan.notes.append(
+            f"first NIC has MAC {interfaces[0].get('mac')}, manifest says {spec.mac}: "
+            "its DHCP reservation will not match (rebuild the VM to change it)"
+        )
+    if commands:
+        plan.command = all_of(commands)
+        plan.limit = session_limit(2 * len(commands), timeout)
+    return plan

@@ -1,0 +1,109 @@
+"""Power state: start (each VM whatever the others did) or graceful shutdown, destroyed after a limit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyinfra.api import StringCommand
+
+from operations.util.virsh import (
+    DEFAULT_TIMEOUT,
+    KILL_AFTER,
+    all_of,
+    q,
+    session_limit,
+    sh,
+    virsh,
+)
+from operations.util.vm_plan import ACTIVE_STATES, Domain, VmPlan, is_active
+
+
+def each_of(steps: list[tuple[str, StringCommand]]) -> StringCommand:
+    """Run (label, bounded command) steps one after another in one shell, each whatever the others did.
+
+    A step that fails says so on stderr by its label (``kvm-qemu: start of vm1 failed (exit 1)``) and
+    the next one still runs; the status is 1 when any failed, so one failure still fails the host.
+    """
+    # "failed", not "rc": bounded() sets rc when its step fails.
+    parts: list[str | StringCommand | Any] = ["failed=0;"]
+    for label, command in steps:
+        parts += [command, "|| { s=$?; echo", q(f"kvm-qemu: {label} failed"), '"(exit $s)" >&2; failed=1; };']
+    parts.append('(exit "$failed")')
+    return sh(*parts)
+
+
+def power_plan(
+    names: list[str],
+    domains: dict[str, Domain],
+    running: bool,
+    uri: str,
+    force: bool = False,
+    timeout: int = 60,
+    step_timeout: int = DEFAULT_TIMEOUT,
+) -> VmPlan | None:
+    """One command for all of a host's VMs: start/resume, or shutdown-wait-destroy (``force``: destroy).
+
+    ``timeout``: seconds a graceful shutdown may take; ``step_timeout``: seconds any one virsh call may take.
+    """
+    present = [n for n in names if n in domains]
+    if running:
+        to_start = [n for n in present if domains[n].get("state") not in ACTIVE_STATES]
+        to_resume = [n for n in present if domains[n].get("state") == "paused"]
+        if not to_start and not to_resume:
+            return None
+        plan = VmPlan(", ".join(to_start + to_resume))
+        plan.actions = [f"start {n}" for n in to_start] + [f"resume {n}" for n in to_resume]
+        steps = [("start", n) for n in to_start] + [("resume", n) for n in to_resume]
+        if len(steps) == 1:
+            plan.command = virsh(uri, steps[0][0], steps[0][1], timeout=step_timeout)
+        else:
+            # One after another: side by side, the sandbox's libvirtds (one network namespace) race
+            # for tap names ("Unable to create tap device vnetN: Device or resource busy").
+            plan.command = each_of(
+                [(f"{verb} of {n}", virsh(uri, verb, n, timeout=step_timeout)) for verb, n in steps]
+            )
+        plan.limit = session_limit(len(steps), step_timeout)
+        return plan
+    to_stop = [n for n in present if is_active(domains[n])]
+    if not to_stop:
+        return None
+    plan = VmPlan(", ".join(to_stop))
+    if force:
+        plan.actions = [f"destroy (power off) {n}" for n in to_stop]
+        plan.command = all_of([virsh(uri, "destroy", n, timeout=step_timeout) for n in to_stop])
+        plan.limit = session_limit(len(to_stop), step_timeout)
+        return plan
+    plan.actions = [f"shut down {n} (destroy after {timeout}s)" for n in to_stop]
+    quoted: list[Any] = [q(n) for n in to_stop]
+    # virsh() would quote "$n" literally, so the loop variable is expanded in plain shell text here.
+    run = sh("timeout -k", str(KILL_AFTER), q(int(step_timeout)), "virsh -q -c", q(uri))
+    state = sh('"$(', run, 'domstate -- "$n")"')
+    plan.command = sh(
+        "rc=0; for n in",
+        *quoted,
+        "; do",
+        run,
+        'shutdown -- "$n" >/dev/null || true; done;',
+        "deadline=$(( $(date +%s) +",
+        q(int(timeout)),
+        "));",
+        "for n in",
+        *quoted,
+        "; do",
+        "while [",
+        state,
+        '!= \'shut off\' ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 1; done;',
+        "if [",
+        state,
+        "!= 'shut off' ]; then",
+        'echo "kvm-qemu: $n did not shut down within',
+        q(int(timeout)),
+        's; destroying it";',
+        run,
+        'destroy -- "$n" >/dev/null || { echo "kvm-qemu: destroy of $n failed or timed out after',
+        q(int(step_timeout)),
+        's" >&2; rc=1; }; fi; done; exit $rc',
+    )
+    # shutdown, a last domstate and destroy per VM, the wait, and one domstate per VM that overruns it
+    plan.limit = session_limit(4 * len(to_stop), step_timeout, int(timeout))
+    return plan

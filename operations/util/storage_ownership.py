@@ -1,0 +1,171 @@
+"""Which files a domain owns: every disk and backing-chain member of every domain (the rule delete, moves,
+snapshot commits and prune all follow), and the files in a pool a deleted VM leaves behind."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from operations.util.vm_plan import Domain, Snapshot
+
+NETWORK_POOLS = {"netfs", "gluster", "rbd", "iscsi", "iscsi-direct", "sheepdog"}
+
+
+
+
+def disks_of(domain: Domain) -> list[dict[str, Any]]:
+    """Every disk of a domain, live and persistent definitions together."""
+    return list(domain.get("disks", [])) + list((domain.get("config") or {}).get("disks", []))
+
+
+def backing_map(snapshot: Snapshot) -> dict[str, str]:
+    """path -> backing file, from image headers (every pool directory, every domain disk) and volumes."""
+    backing: dict[str, str] = {}
+    for vols in snapshot.get("volumes", {}).values():
+        for vol in vols.values():
+            if vol.get("path") and vol.get("backing"):
+                backing[posixpath.normpath(vol["path"])] = posixpath.normpath(vol["backing"])
+    for path, entry in snapshot.get("files", {}).items():
+        if entry.get("backing"):
+            backing[posixpath.normpath(path)] = posixpath.normpath(entry["backing"])
+    for domain in snapshot.get("domains", {}).values():
+        for disk in disks_of(domain):
+            if disk.get("path") and disk.get("backing"):
+                backing.setdefault(posixpath.normpath(disk["path"]), posixpath.normpath(disk["backing"]))
+    return backing
+
+
+def _users(snapshot: Snapshot, except_domain: str | None = None) -> dict[str, tuple[str, str]]:
+    """path -> (domain, why): every disk of every other domain, and each one's whole backing chain."""
+    backing = backing_map(snapshot)
+    used: dict[str, tuple[str, str]] = {}
+    for name, domain in snapshot.get("domains", {}).items():
+        if name == except_domain:
+            continue
+        for disk in disks_of(domain):
+            if not disk.get("path"):
+                continue
+            chain = [posixpath.normpath(disk["path"])]
+            following = backing.get(chain[0]) or disk.get("backing")
+            while following and posixpath.normpath(following) not in chain and len(chain) < 32:
+                chain.append(posixpath.normpath(following))
+                following = backing.get(chain[-1])
+            used.setdefault(chain[0], (name, f"disk of domain {name}"))
+            for path in chain[1:]:
+                used.setdefault(path, (name, f"backing file of domain {name}"))
+    return used
+
+
+def in_use(snapshot: Snapshot, except_domain: str | None = None) -> dict[str, str]:
+    """path -> why it is in use: every disk of every other domain, and each one's whole backing chain.
+
+    Read from the domain definitions (defined and running domains alike) and the image headers, so a
+    base whose linked clones sit in an inactive pool is in use even though no pool lists them.
+    """
+    return {path: why for path, (_domain, why) in _users(snapshot, except_domain).items()}
+
+
+@dataclass(frozen=True)
+class Need:
+    """Who still needs a file: a domain (its disk or anywhere in its backing chain) or another file."""
+
+    owner: str  # the domain's name, or the path of the file whose backing file it is
+    reason: str  # "disk of domain web", "backing file of domain web", "backing file of another volume, X"
+
+
+def needed_by_others(
+    snapshot: Snapshot, vm: str, paths: list[str] | tuple[str, ...], own: tuple[str, ...] = ()
+) -> dict[str, Need]:
+    """Which of ``paths`` (files of ``vm`` about to be removed) something else still needs, and who.
+
+    The rule delete and move share: a file is needed when it is a disk of another domain or lies
+    anywhere in the backing chain of one (``in_use``), or when it is the backing file of another file
+    (not one of ``paths`` or ``own``, the VM's own files). Keys are the paths as given.
+    """
+    users = _users(snapshot, except_domain=vm)
+    mine = {posixpath.normpath(p) for p in (*paths, *own)}
+    backs = {b: p for p, b in backing_map(snapshot).items() if p not in mine}
+    needed: dict[str, Need] = {}
+    for path in paths:
+        normal = posixpath.normpath(path)
+        if normal in users:
+            needed[path] = Need(*users[normal])
+        elif normal in backs:
+            needed[path] = Need(backs[normal], f"backing file of another volume, {backs[normal]}")
+    return needed
+
+
+def owned_volumes(
+    vm: str, domain: Domain | None, snapshot: Snapshot, shared_dirs: tuple[str, ...] = ()
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (pool, file name) pairs a delete may remove, and the disk paths it keeps (with why).
+
+    Owned means: in a pool directory, named ``<vm>-vd*`` like the build names them (or
+    ``<vm>-vdX@<snapshot>.qcow2`` like ``util/snapshot_plan`` names snapshot overlays, or ``<vm>-seed.iso``,
+    its cloud-init seed, the one cdrom it owns), a plain file,
+    not a disk or backing file of any other domain, and not the backing file of another file. The
+    domain's disks and, when it is already gone (a delete that failed halfway), the files left with
+    that name in the pool directories. Never the base image, an ISO, or a file outside every pool.
+
+    Leftovers are taken only from pools this host alone uses: not from ``shared_dirs`` (the
+    secondary storage) or network pools, where a file with that name may be the disk of a VM of the
+    same name on another host, which no domain list of this host shows.
+    """
+    # <vm>-vdX[.ext] from the build; <vm>-vdX@<snapshot>.qcow2 snapshot overlays (no VM name has '@');
+    # <vm>-seed.iso, its cloud-init seed.
+    pattern = re.compile(
+        rf"^{re.escape(vm)}-(vd[a-z]+((\.[A-Za-z0-9]+)?|@[A-Za-z0-9][A-Za-z0-9._-]*\.qcow2)|seed\.iso)$"
+    )
+    seed = f"{vm}-seed.iso"  # its cloud-init seed, attached as a cdrom
+    pools_by_dir = {
+        posixpath.normpath(p["path"]): name for name, p in snapshot.get("pools", {}).items() if p.get("path")
+    }
+    files = snapshot.get("files", {})
+    candidates: dict[str, dict[str, Any]] = {}
+    for disk in disks_of(domain or {}):
+        if disk.get("path"):
+            candidates.setdefault(posixpath.normpath(disk["path"]), disk)
+    known = list(files) + [
+        v["path"] for vols in snapshot.get("volumes", {}).values() for v in vols.values() if v.get("path")
+    ]
+    shared = {posixpath.normpath(d) for d in shared_dirs} | {
+        posixpath.normpath(p["path"])
+        for p in snapshot.get("pools", {}).values()
+        if p.get("path") and p.get("type") in NETWORK_POOLS
+    }
+    elsewhere: list[str] = []
+    for path in known:
+        directory, base = posixpath.split(posixpath.normpath(path))
+        if directory in pools_by_dir and pattern.match(base) and posixpath.normpath(path) not in candidates:
+            if directory in shared:
+                elsewhere.append(posixpath.normpath(path))
+            else:
+                candidates[posixpath.normpath(path)] = {"device": "disk", "path": path}
+    needs = needed_by_others(snapshot, vm, list(candidates))
+    owned: list[tuple[str, str]] = []
+    kept: list[str] = []
+    for path, disk in candidates.items():
+        directory, base = posixpath.split(path)
+        pool = pools_by_dir.get(directory)
+        kind = files.get(path, {}).get("kind", "file")
+        if disk.get("device", "disk") != "disk" and base != seed:
+            kept.append(f"{path} ({disk.get('device')})")
+        elif pool is None:
+            kept.append(f"{path} (not in a storage pool)")
+        elif not pattern.match(base):
+            kept.append(f"{path} (not named after {vm})")
+        elif path in needs:
+            kept.append(f"{path} ({needs[path].reason})")
+        elif kind == "missing":
+            continue
+        elif kind != "file":
+            kept.append(f"{path} (a {kind}, not a plain file)")
+        else:
+            owned.append((pool, base))
+    kept += [
+        f"{path} (not a disk of {vm} here; in shared storage it may belong to a VM on another host)"
+        for path in sorted(set(elsewhere))
+    ]
+    return sorted(owned), kept
