@@ -32,6 +32,21 @@ def each_of(steps: list[tuple[str, StringCommand]]) -> StringCommand:
     return sh(*parts)
 
 
+def start_command(uri: str, vm: str, timeout: int) -> StringCommand:
+    """``virsh start`` (bounded), tried once more a second later when it fails.
+
+    libvirt names a VM's tap device itself (the first free ``vnetN``); two libvirtds that share one
+    network namespace (nested or test setups such as the sandbox) can take the same free name at the
+    same instant, and the later one fails with "Unable to create tap device vnetN: Device or resource
+    busy". The second try takes the next free name; any other failure fails twice, with its message.
+    """
+    return sh(
+        "for try in 1 2; do if",
+        virsh(uri, "start", vm, timeout=timeout),
+        '; then st=0; break; else st=$?; fi; [ "$try" = 2 ] || sleep 1; done; (exit "$st")',
+    )
+
+
 def power_plan(
     names: list[str],
     domains: dict[str, Domain],
@@ -54,15 +69,21 @@ def power_plan(
         plan = VmPlan(", ".join(to_start + to_resume))
         plan.actions = [f"start {n}" for n in to_start] + [f"resume {n}" for n in to_resume]
         steps = [("start", n) for n in to_start] + [("resume", n) for n in to_resume]
+        commands = [
+            start_command(uri, n, step_timeout)
+            if verb == "start"
+            else virsh(uri, verb, n, timeout=step_timeout)
+            for verb, n in steps
+        ]
         if len(steps) == 1:
-            plan.command = virsh(uri, steps[0][0], steps[0][1], timeout=step_timeout)
+            plan.command = commands[0]
         else:
             # One after another: side by side, the sandbox's libvirtds (one network namespace) race
             # for tap names ("Unable to create tap device vnetN: Device or resource busy").
-            plan.command = each_of(
-                [(f"{verb} of {n}", virsh(uri, verb, n, timeout=step_timeout)) for verb, n in steps]
-            )
-        plan.limit = session_limit(len(steps), step_timeout)
+            labels = [f"{verb} of {n}" for verb, n in steps]
+            plan.command = each_of(list(zip(labels, commands, strict=True)))
+        # A start may take two tries a second apart.
+        plan.limit = session_limit(len(steps) + len(to_start), step_timeout, len(to_start))
         return plan
     to_stop = [n for n in present if is_active(domains[n])]
     if not to_stop:

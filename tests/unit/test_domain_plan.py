@@ -350,7 +350,8 @@ def test_power_start_and_noop() -> None:
     domains = {"a": {"state": "shut off"}, "b": {"state": "running"}, "c": {"state": "paused"}}
     plan = power_plan(["a", "b", "c", "gone"], domains, True, URI)
     assert rendered(plan.command) == (
-        "failed=0; virsh -q -c qemu:///system start a "
+        "failed=0; for try in 1 2; do if virsh -q -c qemu:///system start a ; then st=0; break; "
+        'else st=$?; fi; [ "$try" = 2 ] || sleep 1; done; (exit "$st") '
         "|| { s=$?; echo 'kvm-qemu: start of a failed' \"(exit $s)\" >&2; failed=1; }; "
         "virsh -q -c qemu:///system resume c "
         "|| { s=$?; echo 'kvm-qemu: resume of c failed' \"(exit $s)\" >&2; failed=1; }; "
@@ -363,8 +364,11 @@ def test_power_start_and_noop() -> None:
 
 def test_power_start_of_one_vm_is_one_plain_call() -> None:
     plan = power_plan(["a"], {"a": {"state": "shut off"}}, True, URI, step_timeout=7)
-    assert rendered(plan.command) == "virsh -q -c qemu:///system start a"
-    assert plan.command.get_raw_value().startswith("{ timeout -k 5 7 virsh -q -c")
+    assert rendered(plan.command) == (
+        "for try in 1 2; do if virsh -q -c qemu:///system start a ; then st=0; break; "
+        'else st=$?; fi; [ "$try" = 2 ] || sleep 1; done; (exit "$st")'
+    )
+    assert plan.command.get_raw_value().startswith("for try in 1 2; do if { timeout -k 5 7 virsh -q -c")
 
 
 def test_power_start_runs_each_vm_bounded_one_after_another() -> None:
@@ -375,8 +379,8 @@ def test_power_start_runs_each_vm_bounded_one_after_another() -> None:
     starts = [raw.index(f"start {n} ") for n in names]
     assert starts == sorted(starts) and "&" not in raw.replace(">&2", "")  # nothing in the background
     assert raw.endswith('(exit "$failed")')
-    # the controller waits for the four bounded steps one after another
-    assert plan.limit == 4 * (7 + 5) + 30
+    # the controller waits for the four bounded steps one after another, each tried twice a second apart
+    assert plan.limit == 8 * (7 + 5) + 4 + 30
 
 
 def test_power_start_quotes_every_vm_name() -> None:
@@ -403,7 +407,22 @@ def test_power_start_one_failure_fails_the_host_naming_it_and_the_others_start(t
     assert result.returncode == 1
     assert "kvm-qemu: start of b failed (exit 1)" in result.stderr
     assert "start of a failed" not in result.stderr and "start of c failed" not in result.stderr
-    assert (tmp_path / "started").read_text().split() == names
+    assert (tmp_path / "started").read_text().split() == ["a", "b", "b", "c", "d"]  # b is tried twice
+
+
+def test_power_start_takes_a_second_try_when_the_tap_name_was_taken(tmp_path: Path) -> None:
+    """Two libvirtds in one network namespace may take the same free tap name at the same instant."""
+    (tmp_path / "virsh").write_text(
+        '#!/bin/sh\nif [ ! -e "$(dirname "$0")/tried" ]; then : > "$(dirname "$0")/tried"; '
+        'echo "error: Unable to create tap device vnet0: Device or resource busy" >&2; exit 1; fi\nexit 0\n'
+    )
+    (tmp_path / "virsh").chmod(0o755)
+    plan = power_plan(["a"], {"a": {"state": "shut off"}}, True, URI, step_timeout=7)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["sh", "-c", plan.command.get_raw_value()], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_power_stop_is_graceful_with_timeout_or_forced() -> None:
