@@ -272,9 +272,8 @@ def _addn_host_fields(line: str) -> tuple[str, str, str, str]:
 
 
 def parse_dhcp_hosts(text: str, source: str = "dhcp-hosts") -> list[tuple[Any, ...]]:
-    """``MAC,id:*,IP,short`` (or ``MAC,IP,short``; an older ``set:kvmq-OWNER`` item is read too) lines
-    -> [(line number, mac, ip, short, owner)] (owner ``""`` when the line has no tag)."""
-    return _parse_rows(text, source, _dhcp_host_fields)
+    """``MAC,id:*,IP,short`` (or ``MAC,IP,short``) lines -> [(line number, mac, ip, short)]."""
+    return [row[:4] for row in _parse_rows(text, source, _dhcp_host_fields)]
 
 
 def parse_addn_hosts(text: str, source: str = "hosts") -> list[tuple[Any, ...]]:
@@ -289,7 +288,8 @@ def parse_reservations(
     hosts_source: str = "hosts",
 ) -> dict[str, Entry]:
     """Join both files (a missing file is empty) into ``{mac: Entry}``; disagreements are errors."""
-    dhcp_rows = parse_dhcp_hosts(dhcp_text or "", dhcp_source)
+    # An older line may hold the owner as a set:kvmq-OWNER item; it now lives in the addn-hosts line.
+    dhcp_rows = _parse_rows(dhcp_text or "", dhcp_source, _dhcp_host_fields)
     host_rows = _parse_rows(hosts_text or "", hosts_source, _addn_host_fields)
     problems: list[str] = []
     by_ip: dict[str, tuple[int, str, str, str]] = {}

@@ -197,12 +197,9 @@ def test_garbage_and_disagreement_are_errors(dhcp: str, hosts: str, message: str
 
 
 def test_parsers_report_line_numbers() -> None:
-    first = parse_dhcp_hosts("# x\n\n52:54:00:00:00:13,10.10.5.13,vm13\n")
-    assert first == [(3, E13.mac, E13.ip, E13.short, "")]
+    assert parse_dhcp_hosts("# x\n\n52:54:00:00:00:13,10.10.5.13,vm13\n") == [(3, E13.mac, E13.ip, E13.short)]
     # Lines written with id:* (the client identifier is ignored) parse to the same reservation.
-    assert parse_dhcp_hosts("52:54:00:00:00:13,id:*,10.10.5.13,vm13\n") == [
-        (1, E13.mac, E13.ip, E13.short, "")
-    ]
+    assert parse_dhcp_hosts("52:54:00:00:00:13,id:*,10.10.5.13,vm13\n") == [(1, E13.mac, E13.ip, E13.short)]
     assert parse_addn_hosts("\n  10.10.5.13\tvm13.example.internal  vm13  \n") == [
         (2, E13.ip, E13.hostname, E13.short)
     ]
