@@ -115,7 +115,8 @@ def test_kvm_host_on_sm01_then_no_change(cluster: Sandbox) -> None:
         'spice_listen = "127.0.0.1"',
     ]
     assert 'uri_default = "qemu:///system"' in settings(cluster.ssh("sm-01", "cat /etc/libvirt/libvirt.conf"))
-    assert cluster.ssh("sm-01", "stat -c '%U:%G %a' /data01/primary").split() == ["root:kvm", "775"]
+    # Nobody but root creates or swaps a file there (kvm_primary_storage_mode, default 0711).
+    assert cluster.ssh("sm-01", "stat -c '%U:%G %a' /data01/primary").split() == ["root:kvm", "711"]
     # The project's facts run python3 with libvirt on the hypervisors.
     assert (
         cluster.ssh("sm-01", "python3 -c 'import libvirt; print(libvirt.getVersion() > 0)'").strip() == "True"
