@@ -21,7 +21,7 @@ from inventories import defaults
 from inventories.manifest_model import VmSpec
 from operations.util.capacity import CapacityRow, capacity_row
 from operations.util.storage_ownership import needed_by_others
-from operations.util.virsh import DEFAULT_TIMEOUT, bounded, virsh
+from operations.util.virsh import DEFAULT_TIMEOUT, all_of, bounded, virsh
 
 # Cache modes qemu opens with O_DIRECT and without a host page cache: the only ones libvirt accepts for a
 # live migration of a disk that both hosts open (it refuses others unless told --unsafe).
@@ -592,9 +592,4 @@ def move_command(
     if move.local_disks:
         removal = StringCommand("rm", "-f", "--", *(QuoteString(p) for p in move.local_disks))
         steps.append(bounded("removal of the source's disk copies", timeout, removal))
-    parts: list[str | StringCommand] = []
-    for index, step in enumerate(steps):
-        if index:
-            parts.append("&&")
-        parts.append(step)
-    return StringCommand(*parts)
+    return all_of(steps)
