@@ -12,18 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-import gevent
 from pyinfra import host, logger
 from pyinfra.api import deploy
 
 from deploys._owner import reservation_owner
 from deploys._settings import flag, is_hypervisor, is_mgmt, seconds, setting, vmspecs
+from deploys.cluster_state import hypervisor_states, hypervisors
 from deploys.vms import dnsmasq_arguments
 from facts.dnsmasq import DnsmasqReservations
 from inventories.manifest_model import VmSpec
 from operations import dnsmasq, orphans
 from operations.util.drift import Finding, PrunePlan, find, prune_plan, report_lines
-from operations.util.run_store import hypervisor_view, store
+from operations.util.run_store import store
 
 
 @dataclass
@@ -42,11 +42,6 @@ def _data(member: Any, key: str) -> Any:
     return setting(key, member=member)
 
 
-def _read_hypervisor(state: Any, member: Any) -> dict[str, Any] | None:
-    # A failed read fails that host and is None: its empty default would make every VM there look absent.
-    return hypervisor_view(member, _data(member, "libvirt_uri"), seconds("command_timeout", member=member))
-
-
 def cluster_view() -> ClusterView:
     """The cluster as read once for this run (the first host to ask reads it, the others wait)."""
     return store(host.state).once("drift view", _read_cluster)
@@ -54,19 +49,11 @@ def cluster_view() -> ClusterView:
 
 def _read_cluster() -> ClusterView:
     state = host.state
-    seconds("command_timeout")  # a bad value stops the run here, naming the key
     inventory = state.inventory
     active = set(inventory.get_active_hosts())
-    hypervisors = list(inventory.get_group("kvm_hosts", default=[]))
-    placement = {m.name: vmspecs(m) for m in hypervisors}
-    reachable = [m for m in hypervisors if m in active and m not in state.failed_hosts]
-    jobs = {m.name: gevent.spawn(_read_hypervisor, state, m) for m in reachable}
-    gevent.joinall(list(jobs.values()))
-    snapshots: dict[str, dict[str, Any] | None] = {m.name: None for m in hypervisors}
-    for name_, job in jobs.items():
-        if job.exception is not None:
-            raise job.exception
-        snapshots[name_] = job.value
+    members = hypervisors()
+    placement = {m.name: vmspecs(m) for m in members}
+    snapshots = hypervisor_states()
     mgmt_hosts = [m for m in inventory.get_group("mgmt", default=[]) if m in active]
     reservations = None
     owner = ""
@@ -83,7 +70,7 @@ def _read_cluster() -> ClusterView:
         owner = reservation_owner(member)
     shared = tuple(
         sorted(
-            {str(_data(m, "kvm_secondary_storage")) for m in hypervisors}
+            {str(_data(m, "kvm_secondary_storage")) for m in members}
             | {setting("kvm_secondary_storage")}
         )
     )
@@ -168,8 +155,8 @@ def drift_report() -> None:
 def _reporter(view: ClusterView) -> bool:
     if is_mgmt():
         return True
-    hypervisors = sorted(view.snapshots)
-    return not view.mgmt and bool(hypervisors) and host.name == hypervisors[0]
+    names = sorted(view.snapshots)
+    return not view.mgmt and bool(names) and host.name == names[0]
 
 
 @deploy("Prune orphans")

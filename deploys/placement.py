@@ -20,8 +20,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import gevent
-import gevent.lock
 from pyinfra import host, logger
 from pyinfra.api.deploy import deploy
 
@@ -36,6 +34,7 @@ from deploys._settings import (
     setting,
     vmspecs,
 )
+from deploys.cluster_state import hypervisor_states, hypervisors
 from facts.dnsmasq import DnsmasqReservations
 from inventories.loader import manifest_path
 from operations import migrate
@@ -46,7 +45,7 @@ from operations.util.placement import (
     plan_drain,
     plan_placement,
 )
-from operations.util.run_store import hypervisor_view, store
+from operations.util.run_store import store
 from operations.util.virsh import session_limit
 
 
@@ -89,14 +88,6 @@ def _targets(members: list[Any]) -> dict[str, dict[str, Any]]:
             "unsafe": flag("migration_unsafe", member=member),
         }
     return targets
-
-
-def _read(member: Any, uri: str, timeout: int) -> dict[str, Any] | None:
-    try:
-        return hypervisor_view(member, uri, timeout)
-    except Exception as exc:  # an unreachable host: no state, so nothing moves to or from it
-        logger.warning(f"[{member.name}] libvirt state not read: {exc}")
-        return None
 
 
 def why_unread(state: Any, member: Any) -> str:
@@ -147,16 +138,8 @@ def _read_cluster() -> dict[str, Any]:
     # Hosts outside --limit, unreachable ones and ones whose libvirt state cannot be read are not read:
     # nothing moves to or from them, and a VM that may be defined there is neither built nor moved
     # (unless provably new, see plan_placement); they fail on their own.
-    everyone = list(host.inventory.get_group("kvm_hosts", default=[]))
-    active = set(getattr(state, "active_hosts", ()))
-    timeout = seconds("command_timeout")
-    jobs = {
-        m.name: gevent.spawn(_read, m, setting("libvirt_uri", member=m), timeout)
-        for m in everyone
-        if m in active
-    }
-    gevent.joinall(list(jobs.values()))
-    snapshots = {m.name: jobs[m.name].value if m.name in jobs else None for m in everyone}
+    everyone = hypervisors()
+    snapshots = hypervisor_states()
     members = [m for m in everyone if snapshots[m.name] is not None]
     unread = {m.name: why_unread(state, m) for m in everyone if snapshots[m.name] is None}
     reservations, note = _reservations(state) if unread else (None, "")
