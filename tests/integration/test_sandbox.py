@@ -115,7 +115,8 @@ def test_paramiko_connects_with_strict_host_keys(sandbox_cluster: dict) -> None:
 
 def test_hosts_are_independent(sm01: dict, sm02: dict) -> None:
     pool = unique("itest-pool")
-    ssh(sm01, f"{VIRSH} pool-define-as {pool} dir --target /data01/primary")
+    # A directory of its own: a workflow test may have defined the pool "default" on /data01/primary.
+    ssh(sm01, f"{VIRSH} pool-define-as {pool} dir --target /data01/{pool}")
     try:
         assert pool in ssh(sm01, f"{VIRSH} pool-list --all --name").split()
         assert pool not in ssh(sm02, f"{VIRSH} pool-list --all --name").split()
