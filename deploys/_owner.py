@@ -1,7 +1,7 @@
 """The owner tag of this manifest's DHCP reservations on a shared management node.
 
-Several manifests may share one management node; each writes its reservations with its owner tag (a ``#
-kvmq-owner <owner>`` comment on the addn-hosts line, ``inventories/dnsmasq_format.py``), and build, delete,
+Several manifests may share one management node; each writes its reservations with its owner tag (a
+``# kvmq-owner <owner>`` comment on the addn-hosts line, ``inventories/dnsmasq_format.py``), and build, delete,
 prune and the drift report act only on their own entries. The tag is the data key ``dhcp_owner`` when set,
 else derived from the manifest's path (``KVM_MANIFEST``, default ./manifest.json): its file name and a short
 hash of its absolute path, e.g. ``cluster-3fa2b1c9``. So it is stable across runs from one checkout with the
