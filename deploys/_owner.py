@@ -1,13 +1,13 @@
 """The owner tag of this manifest's DHCP reservations on a shared management node.
 
-Several manifests may share one management node; each writes its reservations with its owner tag (a
-``# kvmq-owner <owner>`` comment on the addn-hosts line, ``inventories/dnsmasq_format.py``), and build, delete,
-prune and the drift report act only on their own entries. The tag is the data key ``dhcp_owner`` when set,
-else derived from the manifest's path (``KVM_MANIFEST``, default ./manifest.json): its file name and a short
-hash of its absolute path, e.g. ``cluster-3fa2b1c9``. So it is stable across runs from one checkout with the
-manifest format unchanged; run the same manifest from another path (another checkout, another controller)
-with ``--data dhcp_owner=<tag>`` (or the same key in the management node's data), else its entries count as
-another manifest's."""
+Several manifests may share one management node; each writes its reservations with its owner
+tag (a ``# kvmq-owner <owner>`` comment on the addn-hosts line, ``inventories/dnsmasq_format.py``),
+and build, delete, prune and the drift report act only on their own entries. The tag is the data key
+``dhcp_owner`` when set, else derived from the manifest's path (``KVM_MANIFEST``, default
+./manifest.json): its file name and a short hash of its absolute path, e.g. ``cluster-3fa2b1c9``. So
+it is stable across runs from one checkout with the manifest format unchanged; run the same manifest
+from another path (another checkout, another controller) with ``--data dhcp_owner=<tag>`` (or the
+same key in the management node's data), else its entries count as another manifest's."""
 
 from __future__ import annotations
 
