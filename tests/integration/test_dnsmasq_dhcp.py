@@ -75,6 +75,15 @@ class DhcpNet:
         )
         return json.loads(result.stdout)
 
+    def files(self) -> dict[str, str]:
+        """The dhcp_reservations arguments that name this server's files."""
+        return {
+            "hostsfile": str(self.hostsfile),
+            "addn_hosts": str(self.addn_hosts),
+            "dnsmasq_conf": str(self.conf),
+            "pid_file": str(self.pid_file),
+        }
+
     def leases(self) -> dict[str, str]:
         lines = self.lease_file.read_text().splitlines() if self.lease_file.exists() else []
         return {fields[1]: fields[2] for fields in (line.split() for line in lines) if len(fields) >= 3}
@@ -235,12 +244,7 @@ def eventually(check: Any, timeout: float = 5.0) -> Any:
     reason="needs dhcp_release (dnsmasq-utils)",
 )
 def test_removing_a_reservation_releases_its_lease(dhcp_net: DhcpNet) -> None:
-    options = {
-        "hostsfile": str(dhcp_net.hostsfile),
-        "addn_hosts": str(dhcp_net.addn_hosts),
-        "dnsmasq_conf": str(dhcp_net.conf),
-        "pid_file": str(dhcp_net.pid_file),
-    }
+    options = dhcp_net.files()
     other = dhcp_net.client_lease(OTHER_MAC)
     reserved = "10.10.97.13" if other["ack"] != "10.10.97.13" else "10.10.97.14"
     entry = {"mac": VM_MAC, "ip": reserved, "hostname": "vm13.dhcp.internal", "short": "vm13"}
@@ -269,13 +273,7 @@ def test_removing_a_reservation_releases_its_lease(dhcp_net: DhcpNet) -> None:
 def test_an_owned_reservation_removed_after_its_lease_leaves_dnsmasq_running(dhcp_net: DhcpNet) -> None:
     # dnsmasq 2.90 crashed (SIGSEGV) re-reading a dhcp-hostsfile whose leased line had gone when that line
     # carried a set: tag next to id:*; the owner tag must never reach an item dnsmasq acts on.
-    options = {
-        "hostsfile": str(dhcp_net.hostsfile),
-        "addn_hosts": str(dhcp_net.addn_hosts),
-        "dnsmasq_conf": str(dhcp_net.conf),
-        "pid_file": str(dhcp_net.pid_file),
-        "owner": "cluster-a",
-    }
+    options = {**dhcp_net.files(), "owner": "cluster-a"}
     pid = int(dhcp_net.pid_file.read_text())
     entry = {"mac": VM_MAC, "ip": "10.10.97.13", "hostname": "vm13.dhcp.internal", "short": "vm13"}
     assert apply_local(entries=[entry], dhcp_range=DHCP_RANGE, **options) is True
