@@ -21,11 +21,11 @@ per tree, ``scale`` once per size):
   ready-one           ready with one guest on one host: one boot without others sharing the CPUs
 
 With ``--baseline REF`` the ref is checked out in a git worktree (under $TMPDIR/kvmq-bench/, removed at
-the end) and every scenario runs for both trees, alternating in one session: HEAD, baseline, HEAD,
-baseline, ... on the same sandbox. A tree runs with this venv when its runtime dependencies
-(pyproject.toml ``[project] dependencies``) are the same as HEAD's, else with a venv of its own made
-in its worktree. Per scenario: the median of each tree, and the median of the pairwise ratios
-HEAD/baseline (run i of HEAD over run i of the baseline).
+the end) and every scenario runs for both trees, alternating in one session: HEAD, baseline, baseline,
+HEAD, HEAD, baseline, ... on the same sandbox (ABBA: neither tree always runs first). A tree runs with
+this venv when its runtime dependencies (pyproject.toml ``[project] dependencies``) are the same as
+HEAD's, else with a venv of its own made in its worktree. Per scenario: the median of each tree, and
+the median of the pairwise ratios HEAD/baseline (run i of HEAD over run i of the baseline).
 
 Scenarios other than ``ready`` never start their VMs and use addresses outside the sandbox's DHCP
 range (they are checked against all of 10.0.0.0/8 instead); ``ready`` boots real guests.
@@ -508,6 +508,13 @@ def applies(name: str, tree: Tree) -> bool:
     return True
 
 
+def run_order(trees: list[Tree], i: int) -> list[Tree]:
+    """The trees' order in round ``i``: HEAD, baseline, then baseline, HEAD (ABBA). A fixed order would
+    give one tree every first run after a scenario's set-up, and the page cache and the disk's
+    write-back still busy with the previous run would count against that tree alone."""
+    return list(trees) if i % 2 == 0 else list(reversed(trees))
+
+
 # --- results -----------------------------------------------------------------------------------
 
 MEASURES = ("commands_per_host", "commands_per_vm", "fact_reads_per_host", "state_reads_per_host_max")
@@ -571,7 +578,7 @@ def render(rows: dict[str, dict[str, Any]], info: dict[str, Any]) -> str:
         f"Machine: {info['cpus']} CPUs, {info['memory_gib']} GiB, {info['virt']}, Python {info['python']}, "
         f"pyinfra {info['pyinfra']}. HEAD {info.get('head', '')}; baseline {info.get('baseline') or 'none'}.",
         "",
-        "Times are medians of alternating runs (HEAD, baseline, HEAD, baseline, ...) in one session;",
+        "Times are medians of alternating runs (HEAD, baseline, baseline, HEAD, ...) in one session;",
         "the ratio is the median of the pairwise ratios HEAD/baseline. Per host: SSH commands, fact reads,",
         "and the most libvirt state reads on any one host. RSS: the pyinfra process's peak (largest run).",
         "",
@@ -717,7 +724,7 @@ def main(argv: list[str] | None = None) -> None:
             runner.run(trees[0], manifest(most, 0, "full", 0), "pools")  # set-up, not measured
             for name, func, runs in plan:
                 for i in range(runs):
-                    for tree in trees:  # alternating: HEAD, baseline, HEAD, baseline, ...
+                    for tree in run_order(trees, i):
                         if not applies(name, tree):
                             continue
                         for row_id, run in func(runner, tree).items():

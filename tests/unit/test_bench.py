@@ -134,3 +134,10 @@ def test_ready_stages_of_one_run_add_up_to_the_run_plus_the_check(monkeypatch) -
     names["bench0007"] = "centos7"
     with pytest.raises(SystemExit, match="bench0007"):
         bench.ready_scenario("ready")(FakeRunner(), tree)  # type: ignore[arg-type]
+
+
+def test_each_tree_runs_first_in_every_other_round(tmp_path) -> None:
+    head = bench.Tree("HEAD", "HEAD", "0" * 40, tmp_path, "pyinfra")
+    base = bench.Tree("baseline", "c4a7aba", "1" * 40, tmp_path, "pyinfra")
+    rounds = [[t.label for t in bench.run_order([head, base], i)] for i in range(4)]
+    assert rounds == [["HEAD", "baseline"], ["baseline", "HEAD"], ["HEAD", "baseline"], ["baseline", "HEAD"]]
