@@ -141,3 +141,16 @@ def test_each_tree_runs_first_in_every_other_round(tmp_path) -> None:
     base = bench.Tree("baseline", "c4a7aba", "1" * 40, tmp_path, "pyinfra")
     rounds = [[t.label for t in bench.run_order([head, base], i)] for i in range(4)]
     assert rounds == [["HEAD", "baseline"], ["baseline", "HEAD"], ["HEAD", "baseline"], ["baseline", "HEAD"]]
+
+
+def test_each_run_keeps_compiled_modules_outside_the_tree(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    fake = tmp_path / "pyinfra"
+    fake.write_text('#!/bin/sh\necho "nowrite=${PYTHONDONTWRITEBYTECODE:-unset} prefix=$PYTHONPYCACHEPREFIX"\n')
+    fake.chmod(0o755)
+    tree = bench.Tree("HEAD", "HEAD", "0" * 40, tmp_path / "tree", str(fake))
+    tree.root.mkdir()
+    runner = bench.Runner(tmp_path / "inventory.json", "mgmt-01", tmp_path / "work")
+    runner.workdir.mkdir()
+    run = runner.run(tree, bench.manifest(1, 0, "full", 0), "build")
+    assert f"nowrite=unset prefix={tmp_path / 'work' / 'pycache'}" in run["output"]
