@@ -146,7 +146,9 @@ def test_each_tree_runs_first_in_every_other_round(tmp_path) -> None:
 def test_each_run_keeps_compiled_modules_outside_the_tree(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     fake = tmp_path / "pyinfra"
-    fake.write_text('#!/bin/sh\necho "nowrite=${PYTHONDONTWRITEBYTECODE:-unset} prefix=$PYTHONPYCACHEPREFIX"\n')
+    fake.write_text(
+        '#!/bin/sh\necho "nowrite=${PYTHONDONTWRITEBYTECODE:-unset} prefix=$PYTHONPYCACHEPREFIX"\n'
+    )
     fake.chmod(0o755)
     tree = bench.Tree("HEAD", "HEAD", "0" * 40, tmp_path / "tree", str(fake))
     tree.root.mkdir()
