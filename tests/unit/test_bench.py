@@ -156,3 +156,12 @@ def test_each_run_keeps_compiled_modules_outside_the_tree(tmp_path, monkeypatch)
     runner.workdir.mkdir()
     run = runner.run(tree, bench.manifest(1, 0, "full", 0), "build")
     assert f"nowrite=unset prefix={tmp_path / 'work' / 'pycache'}" in run["output"]
+
+
+def test_compared_scenarios_warm_up_once_and_the_floor_does_not(tmp_path) -> None:
+    head = bench.Tree("HEAD", "HEAD", "0" * 40, tmp_path, "pyinfra")
+    base = bench.Tree("baseline", "c4a7aba", "1" * 40, tmp_path, "pyinfra")
+    assert [bench.warms_up(s, [head, base]) for s in ("full3", "small", "linked", "floor", "ready")] == [
+        True, True, True, False, False
+    ]  # fmt: skip
+    assert not bench.warms_up("small", [head])
