@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import socket
@@ -123,3 +124,9 @@ def test_bad_output_and_bad_timeouts_are_reported() -> None:
     for bad in ("soon", "0", "-5", "1e9"):
         with pytest.raises(ValueError, match="wait_timeout="):
             timeout_value(bad)
+
+
+def test_probe_is_a_file_valid_for_old_management_nodes() -> None:
+    # The probe is deploys/scripts/readiness_probe.py, read at import; RHEL 8's python3 is 3.6.
+    assert PROBE == (Path(__file__).parents[2] / "deploys" / "scripts" / "readiness_probe.py").read_text()
+    ast.parse(PROBE, feature_version=(3, 6))
