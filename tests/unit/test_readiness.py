@@ -23,20 +23,15 @@ from deploys._readiness import (
     table_lines,
     timeout_value,
 )
-from inventories.manifest_model import VmSpec
-
-
-def _spec(name: str, mac: str, ipaddress: str) -> VmSpec:
-    return VmSpec(
-        name=name, hostname=f"{name}.example.internal", ipaddress=ipaddress, vcpus=1, memory_gb=1,
-        max_memory_gb=1, num_disks=1, disk_size_gb=1, mac=mac,
-    )  # fmt: skip
-
+from tests.unit.vmspec_builders import vmspec
 
 SPECS = [
-    _spec("vm-a", "52:54:00:AA:00:01", "127.0.0.1"),
-    _spec("vm-b", "52:54:00:aa:00:02", "127.0.0.2"),
-    _spec("vm-c", "52:54:00:aa:00:03", "10.10.5.3"),
+    vmspec(name, ipaddress, mac=mac, vcpus=1, memory_gb=1, max_memory_gb=1, disk_size_gb=1)
+    for name, mac, ipaddress in (
+        ("vm-a", "52:54:00:AA:00:01", "127.0.0.1"),
+        ("vm-b", "52:54:00:aa:00:02", "127.0.0.2"),
+        ("vm-c", "52:54:00:aa:00:03", "10.10.5.3"),
+    )
 ]
 
 
