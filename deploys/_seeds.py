@@ -12,7 +12,7 @@ from typing import Any
 
 from pyinfra.api import deploy
 
-from deploys._settings import DEFAULTS, SettingError, seconds, setting
+from deploys._settings import SettingError, seconds, setting
 from deploys._settings import vmspecs as manifest_vmspecs
 from inventories.manifest_model import VmSpec
 from operations import cloud_init
@@ -36,7 +36,7 @@ def seed_users() -> list[dict[str, Any]]:
         raise SettingError(str(exc)) from None
 
 
-@deploy("cloud-init seeds", data_defaults=DEFAULTS)
+@deploy("cloud-init seeds")
 def cloud_init_seeds(vmspecs: list[VmSpec] | None = None) -> None:
     """Write and attach the NoCloud seed of every vmspec with ``cloudInit`` on this hypervisor
     (``vmspecs``: the manifest's for this host when None)."""

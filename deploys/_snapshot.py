@@ -12,7 +12,7 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import deploy
 
-from deploys._settings import DEFAULTS, SettingError, is_hypervisor, seconds, setting, vmspecs
+from deploys._settings import SettingError, is_hypervisor, seconds, setting, vmspecs
 from operations import snapshot
 from operations.util.snapshot_plan import ACTIONS, valid_name
 
@@ -34,7 +34,7 @@ def _choice() -> tuple[str | None, str]:
     return str(name), action
 
 
-@deploy("Snapshots", data_defaults=DEFAULTS)
+@deploy("Snapshots")
 def manage_snapshots() -> None:
     name, action = _choice()
     if not is_hypervisor():

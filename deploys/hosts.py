@@ -72,7 +72,8 @@ KVM_PACKAGES: dict[str, list[str]] = {
     ],
 }
 GUESTFS_PACKAGES: dict[str, list[str]] = {"debian": ["libguestfs-tools"], "rhel": ["libguestfs-tools"]}
-# RHEL has no libvirt-qemu group (upstream defect F): qemu runs as qemu:qemu there.
+# RHEL has no libvirt-qemu group (the original scripts assumed it on every distribution): qemu runs as
+# qemu:qemu there.
 KVM_GROUPS: dict[str, list[str]] = {"debian": ["libvirt", "kvm", "libvirt-qemu"], "rhel": ["libvirt", "kvm"]}
 NFS_SERVER_PACKAGES: dict[str, list[str]] = {"debian": ["nfs-kernel-server"], "rhel": ["nfs-utils"]}
 NFS_CLIENT_PACKAGES: dict[str, list[str]] = {"debian": ["nfs-common"], "rhel": ["nfs-utils"]}
@@ -96,7 +97,7 @@ TLS_FILES: dict[str, tuple[str, str]] = {
     "libvirt_tls_key": ("/etc/pki/libvirt/private/serverkey.pem", "0600"),
     "libvirt_tls_cacert": ("/etc/pki/CA/cacert.pem", "0644"),
 }
-# Upstream wrote this misspelt key (defect D); sysctl rejects it, so say what was meant.
+# The original scripts wrote this misspelt key; sysctl rejects it, so say what was meant.
 SYSCTL_TYPOS: dict[str, str] = {"net.ipv4.tcp_timestamp": "net.ipv4.tcp_timestamps"}
 _SYSCTL_KEY = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_/-]+)+$")
 _SYSCTL_VALUE = re.compile(r"^[A-Za-z0-9_.:/ -]+$")
@@ -233,9 +234,9 @@ def config_line(path: str, key: str, value: str) -> Any:
 def libvirtd_settings(tls: bool) -> dict[str, str]:
     """The libvirtd.conf keys this deploy owns; every other line of the file is left as it is.
 
-    No plain TCP listener: it is unencrypted, and upstream's auth_tcp = "none" handed root on the
-    host to anyone reaching port 16509. auth_tcp is set anyway in case listen_tcp is turned on by
-    hand. auth_unix_rw keeps the distro default (polkit): where the socket is socket-activated its
+    No plain TCP listener: it is unencrypted, and the original scripts' auth_tcp = "none" handed root
+    on the host to anyone reaching port 16509. auth_tcp is set anyway in case listen_tcp is turned on
+    by hand. auth_unix_rw keeps the distro default (polkit): where the socket is socket-activated its
     mode comes from the systemd unit, and "none" would open it to every local user.
     """
     settings = {
@@ -369,7 +370,7 @@ def _kvm_host() -> None:
     else:
         files.file(name=f"No sysctl settings: remove {SYSCTL_CONF}", path=SYSCTL_CONF, present=False)
 
-    # AppArmor is a Debian/Ubuntu matter (upstream defect B ran it on RHEL too).
+    # AppArmor is a Debian/Ubuntu matter (the original scripts configured it on RHEL too).
     apparmor = (
         family == "debian" and flag("kvm_apparmor") and bool(host.get_fact(Directory, path="/etc/apparmor.d"))
     )

@@ -1,4 +1,5 @@
-"""Bridge networking on hypervisors (the seed's ``br0``, optionally over a bond), behind a dead-man switch.
+"""Bridge networking on hypervisors (the original scripts' ``br0``, optionally over a bond), behind a
+dead-man switch.
 
 ``deploys/bridge.py`` calls ``bridge_network()`` on every ``kvm_hosts`` host. Each parameter left at
 None comes from host/group data or ``--data`` (the ``kvm_bridge*``/``kvm_bond`` keys of

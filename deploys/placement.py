@@ -24,7 +24,6 @@ from pyinfra import host, logger
 from pyinfra.api.deploy import deploy
 
 from deploys._settings import (
-    DEFAULTS,
     SettingError,
     allocation_ratios,
     connection_value,
@@ -201,7 +200,7 @@ def _moved(plan: Placement, after: Any = None, label: str = "Move VMs to their m
     )
 
 
-@deploy("Move VMs to their manifest hosts", data_defaults=DEFAULTS)
+@deploy("Move VMs to their manifest hosts")
 def vms_placed() -> None:
     """On every hypervisor: move the manifest's VMs that are defined on another host to their manifest
     host. Any refusal of the preflight fails every hypervisor's step, and nothing moves. A VM held back
@@ -223,7 +222,7 @@ def _write_patched(path: Path, data: list[dict[str, Any]]) -> None:
     logger.info(f"kvm-qemu: wrote {path} (the manifest with the drain applied); use it from now on")
 
 
-@deploy("Drain a hypervisor", data_defaults=DEFAULTS)
+@deploy("Drain a hypervisor")
 def host_drained(drain: str | None = None) -> None:
     """Move every manifest VM off the hypervisor ``drain`` (``--data drain=sm-02``) onto the others.
 

@@ -1,4 +1,4 @@
-"""The cluster manifest: load, validate and normalise the seed's JSON format.
+"""The cluster manifest: load, validate and normalise the original scripts' JSON format.
 
 The JSON Schema next to this file holds the per-field rules; this module adds the
 cross-field rules a schema cannot express and turns both into one list of

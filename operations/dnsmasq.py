@@ -34,6 +34,7 @@ from facts.dnsmasq import (
     DnsmasqReservations,
     HostsFileText,
 )
+from facts.util.script_files import read_script
 from inventories.defaults import DNSMASQ_CONF as DEFAULT_DNSMASQ_CONF
 from inventories.defaults import DNSMASQ_PID_FILE as DEFAULT_PID_FILE
 from inventories.manifest_model import VmSpec
@@ -88,222 +89,26 @@ def _shell(template: str, **values: str) -> StringCommand:
     return StringCommand(*bits, _separator="")
 
 
-# Merge the requests (stdin) into the files read under the lock. Inputs: part=1 the requests
-# ("add MAC IP FQDN SHORT OWNER" / "del MAC OWNER UNTAGGED", see request_lines), part=2 the
-# dhcp-hostsfile, part=3 the addn-hosts file.
-# Output: one "KEY MAC IP FQDN SHORT OWNER" line per entry (KEY sorts by address, OWNER "-" when the
-# entry has no owner tag), and "MAC IP" lines of removed entries to the file REL. Another manifest's
-# entry named by a "del" request is kept and named on stderr. Any conflict is printed and nothing is
-# output (exit 3).
-_MERGE_AWK = r"""
-function problem(msg) { print "kvm-qemu: " msg > "/dev/stderr"; bad = 1 }
-function lc(s) { return tolower(s) }
-function label(m) { return cfq[m] " (" cip[m] ", MAC " m owned(m) ")" }
-function owned(m) { return cown[m] == "" ? "" : ", owner tag " cown[m] }
-part == 1 && $1 == "add" {
-  n++; am[n] = lc($2); ai[n] = $3; af[n] = $4; as[n] = $5; ao[n] = ($6 == "" ? "-" : $6); next
-}
-part == 1 && $1 == "del" { del[lc($2)] = 1; dow[lc($2)] = ($3 == "" ? "*" : $3); dun[lc($2)] = $4; next }
-part == 1 { problem("unexpected request line: " $0); next }
-/^[ \t\r]*(#|$)/ { next }
-part == 2 {
-  # MAC, IP and short name by their form, so optional items (id:..., set:...) may sit between them;
-  # an older line may hold the owner tag as set:kvmq-OWNER (it now lives in the addn-hosts line).
-  k = split($0, x, ","); m = ""; ip = ""; s = ""; ow = ""
-  for (j = 1; j <= k; j++) {
-    f = x[j]; gsub(/[ \t\r]/, "", f)
-    if (f ~ /^[0-9A-Fa-f][0-9A-Fa-f]:/ && length(f) == 17) m = lc(f)
-    else if (f ~ /^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$/) ip = f
-    else if (index(f, P) == 1) ow = substr(f, length(P) + 1)
-    else if (f !~ /:/ && f != "") s = f
-  }
-  if (m == "" || ip == "" || s == "") { problem(H ": unexpected line: " $0); next }
-  cm[++nc] = m; cip[m] = ip; csh[m] = s; cown[m] = ow; next
-}
-part == 3 { hf[$1] = $2; if ($4 == "#" && ("# " $5) == O && NF == 6) hown[$1] = $6; next }
-END {
-  for (i = 1; i <= nc; i++) {
-    m = cm[i]; ip = cip[m]
-    if (!(ip in hf)) { problem(ip " is in " H " but not in " A ": fix or remove the line"); continue }
-    cfq[m] = hf[ip]
-    if (cown[m] == "" && (ip in hown)) cown[m] = hown[ip]
-    if (m in del) {
-      if (dow[m] == "*" || cown[m] == dow[m] || (cown[m] == "" && dun[m] == 1)) { released[m] = ip; continue }
-      print "kvm-qemu: kept " label(m) ": " (cown[m] == "" ? "no owner tag (written before owner tags)" : \
-            "it belongs to another manifest") > "/dev/stderr"
-    }
-    keep[m] = 1; ownip[ip] = m; own[lc(cfq[m])] = m; own[lc(csh[m])] = m
-  }
-  for (i = 1; i <= n; i++) {
-    m = am[i]
-    if (m in keep) {
-      if (cip[m] == ai[i] && lc(cfq[m]) == lc(af[i]) && lc(csh[m]) == lc(as[i])) {
-        if (ao[i] == "-" || cown[m] == ao[i]) continue
-        if (cown[m] == "") { cown[m] = ao[i]; continue }
-        problem(af[i] " (" ai[i] ", MAC " m ") is reserved in " H " by another manifest (owner tag " \
-                cown[m] ", this manifest's is " ao[i] "): delete it with that manifest, or set " \
-                "dhcp_owner=" cown[m] " if that is this manifest under another path")
-        continue
-      }
-      problem("MAC " m " of " af[i] " (" ai[i] ") is already reserved for " label(m) " in " H \
-              ": one MAC for two VMs (a VM of the same name in another manifest, or two names that " \
-              "derive one MAC); delete the other reservation or set macaddress")
-      continue
-    }
-    if (ai[i] in ownip) {
-      problem("IP address " ai[i] " of " af[i] " (MAC " m ") is already reserved in " H " for " \
-              label(ownip[ai[i]]))
-      continue
-    }
-    if (lc(af[i]) in own) {
-      problem("name " af[i] " of MAC " m " is already reserved in " A " for " label(own[lc(af[i])]))
-      continue
-    }
-    if (lc(as[i]) in own) {
-      problem("name " as[i] " of " af[i] " (MAC " m ") is already reserved in " A " for " \
-              label(own[lc(as[i])]))
-      continue
-    }
-    keep[m] = 1; cip[m] = ai[i]; cfq[m] = af[i]; csh[m] = as[i]; cown[m] = (ao[i] == "-" ? "" : ao[i])
-    ownip[ai[i]] = m; own[lc(af[i])] = m; own[lc(as[i])] = m
-  }
-  if (bad) exit 3
-  for (m in keep) {
-    split(cip[m], o, ".")
-    key = ((o[1] * 256 + o[2]) * 256 + o[3]) * 256 + o[4]
-    printf "%.0f %s %s %s %s %s\n", key, m, cip[m], cfq[m], csh[m], (cown[m] == "" ? "-" : cown[m])
-  }
-  for (m in released) print m, released[m] > REL
-}
-"""
-
-# One line per merged entry ("KEY MAC IP FQDN SHORT OWNER"), from the templates rendered by Entry itself:
-# T with the owner tag, U for an entry without one.
-_FILL_AWK = r"""
-{
-  l = ($6 == "-") ? U : T
-  gsub(/@MAC@/, $2, l); gsub(/@IP@/, $3, l); gsub(/@FQDN@/, $4, l); gsub(/@SHORT@/, $5, l)
-  gsub(/@OWNER@/, $6, l)
-  print l
-}
-"""
+# The program and its awk parts, files beside the code (operations/scripts/), read once at import and never
+# edited: apply_command puts the values in front of the program as quoted assignments.
+RESERVATIONS_SCRIPT = read_script("dnsmasq-reservations.sh", package="operations")
+MERGE_AWK = read_script("dnsmasq-merge.awk", package="operations")
+FILL_AWK = read_script("dnsmasq-fill.awk", package="operations")
+SPLICE_AWK = read_script("dnsmasq-splice.awk", package="operations")
+# The line templates the fill and splice programs fill, rendered by Entry itself: with an owner tag, without.
 _TEMPLATE = Entry("@MAC@", "@IP@", "@FQDN@", "@SHORT@", "@OWNER@")
 _UNTAGGED = Entry("@MAC@", "@IP@", "@FQDN@", "@SHORT@")
 
-# /etc/hosts with the "# BEGIN kvm-qemu" block replaced (part=1: the merged entries, part=2: the file).
-_SPLICE_AWK = r"""
-part == 1 { l = T; gsub(/@IP@/, $3, l); gsub(/@FQDN@/, $4, l); gsub(/@SHORT@/, $5, l); blk[++nb] = l; next }
-function block() { if (nb) { print B; for (i = 1; i <= nb; i++) print blk[i]; print E } }
-{ l = $0; sub(/[ \t\r\f\v]+$/, "", l) }
-l == B { nbeg++; if (nbeg == 1 && !nend) { inside = 1; block() } else bad = 1; next }
-l == E { nend++; if (!inside) bad = 1; inside = 0; next }
-!inside { print }
-END {
-  if (bad || nbeg != nend) {
-    print "kvm-qemu: " F " has a malformed kvm-qemu block (" nbeg " '" B "' and " nend " '" E "' lines); " \
-          "fix it by hand" > "/dev/stderr"
-    exit 3
-  }
-  if (!nbeg) block()
-}
-"""
-
-_SCRIPT = """\
-umask 077
-PATH="$PATH:/usr/sbin:/sbin"
-LC_ALL=C; export LC_ALL
-tr= tl= trel= t0= t1= t2= tc=
-trap 'rm -f -- "$tr" "$tl" "$trel" "$t0" "$t1" "$t2" "$tc"' EXIT
-fail() {{ printf 'kvm-qemu: %s\\n' "$*" >&2; exit 1; }}
-setup='deploys/mgmt_server.py sets it up on the management node'
+# The program's prelude: every value a quoted assignment, and the lock step, bounded by the lock wait.
+_PRELUDE = """\
 h={hostsfile}; a={addn_hosts}; e={etc_hosts}; conf={conf}; pidf={pid_file}; rel={release}
-for f in "$h" "$a" ${{e:+"$e"}}; do
-  [ -d "$(dirname -- "$f")" ] || \
-    fail "directory $(dirname -- "$f") is missing, so dnsmasq is not set up here: $setup"
-  [ ! -L "$f" ] || fail "$f is a symbolic link; not followed, nothing was changed"
-done
-command -v dnsmasq >/dev/null 2>&1 || fail "dnsmasq is not installed: $setup"
-command -v flock >/dev/null 2>&1 || fail "flock (util-linux) is not installed, nothing was changed"
-if [ -n "$conf" ] && [ ! -f "$conf" ]; then fail "the dnsmasq configuration $conf is missing: $setup"; fi
-pid=
-if [ -n "$pidf" ]; then
-  [ -e "$pidf" ] || fail "dnsmasq is not running (no $pidf), nothing was changed: start it; $setup"
-  IFS= read -r pid < "$pidf" || [ -n "$pid" ] || fail "cannot read $pidf"
-  case "$pid" in ''|*[!0-9]*) fail "$pidf does not hold a process id";; esac
-  [ -d "/proc/$pid" ] || fail "dnsmasq is not running (stale $pidf), nothing was changed: start it; $setup"
-  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dnsmasq ] || \
-    fail "process $pid from $pidf is not dnsmasq; not signalled, nothing was changed"
-fi
-tr=$(mktemp) && cat > "$tr" || fail "cannot read the requested changes"
-ifc=
-# Leases are released where dnsmasq serves them: in its own network namespace when it runs in one.
-nsx=
-if [ -n "$pid" ] && [ "$(readlink "/proc/$pid/ns/net")" != "$(readlink /proc/self/ns/net)" ]; then
-  nsx="nsenter --net=/proc/$pid/ns/net --"
-fi
-if [ -n "$rel" ] && grep -q '^del ' "$tr"; then
-  command -v dhcp_release >/dev/null 2>&1 || \
-    fail "dhcp_release is not installed (package dnsmasq-utils), nothing was changed: $setup"
-  ifc=$($nsx ip -o addr show to "$rel" 2>/dev/null | awk '{{ print $2; exit }}')
-  [ -n "$ifc" ] || \
-    fail "no interface here holds $rel (dns_listen_address) to release DHCP leases on; nothing was changed"
-fi
-l="$h.lock"
-[ ! -L "$l" ] || fail "$l is a symbolic link; not followed, nothing was changed"
-exec 9>>"$l" || fail "cannot open the lock file $l"
-flock -w {wait} 9 || fail "another run held $l for more than {wait} s; nothing was changed"
-hs=$h; [ -e "$h" ] || hs=/dev/null
-as=$a; [ -e "$a" ] || as=/dev/null
-tl=$(mktemp) && trel=$(mktemp) || exit 1
-awk -v H="$h" -v A="$a" -v REL="$trel" -v P={owner_prefix} -v O={owner_comment} {merge} \
-  part=1 "$tr" part=2 "$hs" part=3 "$as" > "$tl" || \
-fail "conflicting reservations, nothing was changed"
-sort -n -o "$tl" "$tl" || exit 1
-stage() {{
-  t=$(mktemp "$(dirname -- "$1")/.kvm-qemu.XXXXXX") || exit 1
-  if [ -e "$1" ]; then cp -p -- "$1" "$t" || exit 1; else chmod 644 "$t" || exit 1; fi
-}}
-stage "$h"; t0=$t
-{{ printf '%s\\n' {dhcp_header}; awk -v T={dhcp_line} -v U={dhcp_untagged} {fill} "$tl"; }} > "$t0" || \
-  fail "cannot write $t0"
-stage "$a"; t1=$t
-{{ printf '%s\\n' {hosts_header}; awk -v T={hosts_line} -v U={hosts_untagged} {fill} "$tl"; }} > "$t1" || \
-  fail "cannot write $t1"
-if [ -n "$e" ]; then
-  es=$e; [ -e "$e" ] || es=/dev/null
-  stage "$e"; t2=$t
-  awk -v B={begin} -v E={end} -v F="$e" -v T={hosts_untagged} {splice} part=1 "$tl" part=2 "$es" \\
-    > "$t2" || exit 1
-  if [ ! -e "$e" ] && [ ! -s "$t2" ]; then rm -f -- "$t2"; t2=; fi
-fi
-changed=
-cmp -s -- "$t0" "$hs" && {{ rm -f -- "$t0"; t0=; }} || changed=1
-cmp -s -- "$t1" "$as" && {{ rm -f -- "$t1"; t1=; }} || changed=1
-if [ -n "$t2" ]; then cmp -s -- "$t2" "$es" && {{ rm -f -- "$t2"; t2=; }} || changed=1; fi
-if [ -z "$changed" ] && [ ! -s "$trel" ]; then echo "dnsmasq reservations are already up to date"; exit 0; fi
-tc=$(mktemp) && awk -v T=dhcp-host={dhcp_line} -v U=dhcp-host={dhcp_untagged} {fill} "$tl" > "$tc" || \
-  fail "cannot write $tc"
-out=$(dnsmasq --test ${{conf:+"--conf-file=$conf"}} --conf-file="$tc" 2>&1 </dev/null) || \
-fail "dnsmasq rejected the new reservations, nothing was changed: \
-${{out:-dnsmasq --test failed without a message}}"
-sync -- $t0 $t1 $t2 2>/dev/null || sync
-install() {{
-  [ -n "$1" ] || return 0
-  mv -f -- "$1" "$2" 2>/dev/null || {{ cat -- "$1" > "$2" && rm -f -- "$1"; }} || fail "cannot replace $2"
-}}
-install "$t0" "$h"; t0=
-install "$t1" "$a"; t1=
-install "$t2" "$e"; t2=
-if [ -n "$pid" ] && [ -n "$changed" ]; then
-  kill -HUP "$pid" || fail "cannot send SIGHUP to dnsmasq (pid $pid)"
-  echo "dnsmasq (pid $pid) re-read its reservation files"
-fi
-if [ -n "$ifc" ]; then
-  while read -r m ip; do
-    $nsx dhcp_release "$ifc" "$ip" "$m" || fail "dhcp_release $ifc $ip $m failed"
-    echo "released the DHCP lease of $m ($ip) on $ifc"
-  done < "$trel"
-fi
+take_lock() {{ flock -w {wait} 9 || fail "another run held $l for more than {wait} s; nothing was changed"; }}
+merge={merge}; fill={fill}; splice={splice}
+dhcp_line={dhcp_line}; dhcp_untagged={dhcp_untagged}
+hosts_line={hosts_line}; hosts_untagged={hosts_untagged}
+owner_prefix={owner_prefix}; owner_comment={owner_comment}
+dhcp_header={dhcp_header}; hosts_header={hosts_header}
+block_begin={begin}; block_end={end}
 """
 
 
@@ -323,8 +128,8 @@ def apply_command(
     travel on stdin, never on the command line. On any conflict or failure before the rename, the
     old files stay and the temporary files go.
     """
-    script = _shell(
-        _SCRIPT,
+    prelude = _shell(
+        _PRELUDE,
         hostsfile=hostsfile,
         addn_hosts=addn_hosts,
         etc_hosts=etc_hosts_path or "",
@@ -332,9 +137,9 @@ def apply_command(
         pid_file=pid_file or "",
         release=release_address or "",
         wait=str(int(lock_wait)),
-        merge=_MERGE_AWK,
-        splice=_SPLICE_AWK,
-        fill=_FILL_AWK,
+        merge=MERGE_AWK,
+        splice=SPLICE_AWK,
+        fill=FILL_AWK,
         dhcp_line=_TEMPLATE.dhcp_line(),
         dhcp_untagged=_UNTAGGED.dhcp_line(),
         owner_prefix=OWNER_TAG_PREFIX,
@@ -347,7 +152,8 @@ def apply_command(
         end=BLOCK_END,
     )
     # Bounded: the lock wait plus time for the checks, dnsmasq --test, the renames and the releases.
-    return StringCommand(script, _separator="", _stdin=list(requests), _timeout=int(lock_wait) + 60)
+    _shebang, program = RESERVATIONS_SCRIPT.split("\n", 1)
+    return StringCommand(prelude, program, _separator="", _stdin=list(requests), _timeout=int(lock_wait) + 60)
 
 
 def _release_address(value: object, conf: str) -> str | None:

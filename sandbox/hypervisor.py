@@ -55,7 +55,7 @@ def _override(conf: Path, settings: dict[str, str]) -> None:
     conf.write_text("\n".join(kept) + "\n")
 
 
-def _seed_etc(etc: Path, host_uuid: str) -> None:
+def _populate_etc(etc: Path, host_uuid: str) -> None:
     """Copy the real /etc/libvirt, minus anything that would start or define objects on boot.
 
     All nodes share one network namespace, so no node may start the 'default' network (virbr0),
@@ -85,7 +85,7 @@ def prepare(node: Node, secondary: Path) -> None:
         (lib / sub).mkdir(exist_ok=True)
     etc = node.dir / "etc-libvirt"
     if not etc.exists():
-        _seed_etc(etc, str(uuid.uuid4()))
+        _populate_etc(etc, str(uuid.uuid4()))
     node.mounts.append(Mount(str(etc), "/etc/libvirt"))
     (node.private_dir("/var/log/libvirt", "var-log-libvirt") / "qemu").mkdir(exist_ok=True)
     (node.private_dir("/var/cache/libvirt", "var-cache-libvirt") / "qemu").mkdir(exist_ok=True)

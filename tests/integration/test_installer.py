@@ -192,7 +192,7 @@ def test_uefi_installer_gets_ovmf_and_its_own_nvram_and_clones_get_theirs(run: R
     run.host("sm-02", f"test -f {nvram.text}")
     run.host("sm-02", "virsh -q destroy it-uefi")
 
-    # The seed's sequence: dumpxml, then define the base on every host, then clone it.
+    # The original scripts' sequence: dumpxml, then define the base on every host, then clone it.
     run.pyinfra("dumpxml", "xml_domains=it-uefi")
     saved = run.workdir / "xml" / "sm-02" / "it-uefi.xml"
     assert saved.stat().st_mode & 0o777 == 0o600

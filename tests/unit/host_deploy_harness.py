@@ -4,7 +4,7 @@ A ``SimHost`` answers pyinfra's facts from a small model of the machine (distrib
 files with content, directories, users, systemd units...). ``plan()`` loads the deploy file the way
 the pyinfra CLI does (once per host, with the host in context) and then walks every operation's
 command generator in order, the same generators pyinfra would execute. Because files hold real
-content, a host seeded with the output of a first plan shows what a second run would do.
+content, a host given the output of a first plan shows what a second run would do.
 """
 
 from __future__ import annotations

@@ -40,8 +40,8 @@ DISTROS["centos7"] = {
     "release_meta": {"ID": "centos", "ID_LIKE": "rhel fedora", "VERSION_ID": "7"},
 }
 
-# The seed's br0 over an 802.3ad bond (kvm-qemu-ansible README), as data.
-SEED_DATA: dict[str, Any] = {
+# The original scripts' br0 over an 802.3ad bond (kvm-qemu-ansible README), as data.
+ORIGINAL_BRIDGE_DATA: dict[str, Any] = {
     "kvm_bond": {
         "name": "bond0",
         "mode": "802.3ad",
@@ -54,7 +54,7 @@ SEED_DATA: dict[str, Any] = {
     "kvm_bridge_dns_search": "chnet.internal",
 }
 SIMPLE_DATA: dict[str, Any] = {"kvm_bridge_ports": "eth0", "kvm_bridge_address": "dhcp"}
-SEED = parse_spec(SEED_DATA)
+ORIGINAL_BRIDGE = parse_spec(ORIGINAL_BRIDGE_DATA)
 SIMPLE = parse_spec(SIMPLE_DATA)
 HEADER = "# Managed by kvm-qemu (deploys/bridge.py); a re-run rewrites this file."
 
@@ -62,8 +62,8 @@ HEADER = "# Managed by kvm-qemu (deploys/bridge.py); a re-run rewrites this file
 # --- rendering ----------------------------------------------------------------------------------
 
 
-def test_netplan_seed_bridge_over_bond() -> None:
-    assert render_netplan(SEED) == (
+def test_netplan_original_bridge_over_bond() -> None:
+    assert render_netplan(ORIGINAL_BRIDGE) == (
         f"{HEADER}\n"
         "network:\n"
         "  version: 2\n"
@@ -123,16 +123,16 @@ def test_netplan_single_port_dhcp() -> None:
 
 def test_netplan_is_yaml_with_the_meaning_we_want() -> None:
     yaml = pytest.importorskip("yaml")
-    doc = yaml.safe_load(render_netplan(SEED))["network"]
+    doc = yaml.safe_load(render_netplan(ORIGINAL_BRIDGE))["network"]
     assert doc["bridges"]["br0"]["interfaces"] == ["bond0"]
     assert doc["bonds"]["bond0"]["parameters"]["mode"] == "802.3ad"
     assert doc["bridges"]["br0"]["routes"] == [{"to": "default", "via": "172.30.10.1"}]
 
 
-def test_ifcfg_seed_files() -> None:
+def test_ifcfg_original_bridge_files() -> None:
     d = "/etc/sysconfig/network-scripts"
     member = "TYPE=Ethernet\nONBOOT=yes\nNM_CONTROLLED=no\nBOOTPROTO=none\nMASTER=bond0\nSLAVE=yes\n"
-    assert render_ifcfg(SEED) == {
+    assert render_ifcfg(ORIGINAL_BRIDGE) == {
         f"{d}/ifcfg-br0": (
             f"{HEADER}\nDEVICE=br0\nNAME=br0\nTYPE=Bridge\nONBOOT=yes\nNM_CONTROLLED=no\nBOOTPROTO=none\n"
             "STP=no\nDELAY=0\nIPADDR=172.30.10.41\nPREFIX=24\nGATEWAY=172.30.10.1\n"
@@ -162,9 +162,9 @@ def test_ifcfg_single_port_dhcp() -> None:
     }
 
 
-def test_nmcli_seed_commands() -> None:
+def test_nmcli_original_bridge_commands() -> None:
     member = ["connection.master", "bond0", "connection.slave-type", "bond", "connection.autoconnect", "yes"]
-    assert render_nmcli(SEED) == [
+    assert render_nmcli(ORIGINAL_BRIDGE) == [
         ["nmcli", "connection", "add", "save", "yes", "type", "bridge", "con-name", "kvm-br0", "ifname", "br0",
          "connection.autoconnect", "yes", "connection.autoconnect-slaves", "yes",
          "bridge.stp", "no", "bridge.forward-delay", "0",
@@ -195,7 +195,7 @@ def test_nmcli_single_port_dhcp() -> None:
 
 
 def test_networkmanager_apply_and_rollback_lines() -> None:
-    fam = family(SEED, "networkmanager")
+    fam = family(ORIGINAL_BRIDGE, "networkmanager")
     delete = (
         "for c in kvm-br0 kvm-bond0 kvm-bond0-eno1 kvm-bond0-eno2; do if nmcli -g NAME connection show "
         '| grep -qxF -- "$c"; then timeout 60 nmcli connection delete id "$c"; fi; done'
@@ -206,7 +206,7 @@ def test_networkmanager_apply_and_rollback_lines() -> None:
         "/etc/sysconfig/network-scripts/ifcfg-*",
     ]
     assert fam.apply[0] == delete
-    assert fam.apply[1:] == ["timeout 120 " + " ".join(args) for args in render_nmcli(SEED)]
+    assert fam.apply[1:] == ["timeout 120 " + " ".join(args) for args in render_nmcli(ORIGINAL_BRIDGE)]
     assert fam.unapply == [delete]
     assert fam.reapply == [
         "timeout 60 nmcli connection reload",
@@ -257,10 +257,10 @@ def test_iproute2_lines() -> None:
 
 @pytest.mark.parametrize("backend", ["netplan", "networkmanager", "ifcfg", "iproute2"])
 def test_switch_script_is_valid_sh_and_carries_the_backend_steps(backend: str) -> None:
-    script = switch_script(SEED, backend)
+    script = switch_script(ORIGINAL_BRIDGE, backend)
     result = subprocess.run(["sh", "-n"], input=script, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    fam = family(SEED, backend)
+    fam = family(ORIGINAL_BRIDGE, backend)
     for line in fam.apply:
         assert f"  {line} || return 1\n" in script
     for line in fam.unapply + fam.reapply + fam.save_extra:
@@ -291,7 +291,7 @@ SWITCH_FILE = Path(__file__).resolve().parents[2] / "operations" / "scripts" / "
 
 @pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck is not installed (make system-packages)")
 @pytest.mark.parametrize("backend", ["netplan", "networkmanager", "ifcfg", "iproute2"])
-@pytest.mark.parametrize("spec", [SEED, SIMPLE], ids=["seed", "simple"])
+@pytest.mark.parametrize("spec", [ORIGINAL_BRIDGE, SIMPLE], ids=["original", "simple"])
 def test_rendered_switch_script_passes_shellcheck(backend: str, spec: BridgeSpec) -> None:
     # The file alone is checked by `make lint`; this checks it with a prelude for every backend.
     script = switch_script(spec, backend, state_dir="/run/a b", root="/tmp/r o")
@@ -305,7 +305,7 @@ def test_rendered_switch_script_passes_shellcheck(backend: str, spec: BridgeSpec
 def test_switch_script_is_the_file_verbatim_after_the_prelude() -> None:
     text = SWITCH_FILE.read_text()
     shebang, shared = text.split("\n", 1)
-    script = switch_script(SEED, "networkmanager")
+    script = switch_script(ORIGINAL_BRIDGE, "networkmanager")
     assert script.startswith(shebang + "\n")
     assert script.endswith(shared)
     # Nothing of the host is written into the file itself: its values come from the prelude.
@@ -573,11 +573,11 @@ STEPS = [
 def test_deploy_runs_the_five_steps_with_the_family_tool(
     monkeypatch: pytest.MonkeyPatch, distro: str, backend: str
 ) -> None:
-    result = bridge_plan(monkeypatch, {"sm-01": BridgeSim(DISTROS[distro])}, SEED_DATA)
+    result = bridge_plan(monkeypatch, {"sm-01": BridgeSim(DISTROS[distro])}, ORIGINAL_BRIDGE_DATA)
     [step] = result.steps["sm-01"]
     assert step.name == f"Bridge networking | Bridge br0 ({backend}) behind a 120 s rollback"
     assert step.commands == STEPS
-    assert step.uploads == {"/run/kvm-qemu-bridge/switch.sh": switch_script(SEED, backend)}
+    assert step.uploads == {"/run/kvm-qemu-bridge/switch.sh": switch_script(ORIGINAL_BRIDGE, backend)}
 
 
 def test_deploy_converged_host_has_nothing_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -684,6 +684,6 @@ def test_verify_and_commit_gives_up_after_its_deadline(tmp_path: Path) -> None:
 
 
 def test_bridge_spec_links_order() -> None:
-    assert SEED.links == ("br0", "bond0", "eno1", "eno2")
-    assert SEED.virtual == ("br0", "bond0")
-    assert isinstance(SEED, BridgeSpec)
+    assert ORIGINAL_BRIDGE.links == ("br0", "bond0", "eno1", "eno2")
+    assert ORIGINAL_BRIDGE.virtual == ("br0", "bond0")
+    assert isinstance(ORIGINAL_BRIDGE, BridgeSpec)

@@ -19,7 +19,7 @@ import pycdlib
 import pytest
 
 from facts.libvirt import PROBE, Hypervisor
-from inventories.manifest_model import ManifestError, VmSpec, mac_for, parse
+from inventories.manifest_model import ManifestError, mac_for, parse
 from operations.util.cloud_init_seed import (
     SeedError,
     seed_files,
@@ -31,29 +31,13 @@ from operations.util.delete_plan import delete_plan
 from operations.util.domain_xml import clone_xml, plan_disks, stable_uuid
 from operations.util.storage_ownership import owned_volumes
 from tests.unit.test_domain_plan import BASE_XML, built_domain, rendered, snapshot
+from tests.unit.vmspec_builders import kvmhost01_with_cloud_init as spec
 
 URI = "qemu:///system"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk4n0p3Yb1hQ2c0Zt3rS2k5mYhQ2c0Zt3rS2k5mYhQ2 ops@laptop"
 UUID = "1c6e8f5a-3b1d-4c2e-9f7a-0d5b8e2c4a61"
 SEED = "/data01/primary/kvmhost01-seed.iso"
 USERS = [{"name": "ops", "ssh_authorized_keys": [KEY], "sudo": True}]
-
-
-def spec(**overrides: Any) -> VmSpec:
-    values: dict[str, Any] = dict(
-        name="kvmhost01",
-        hostname="kvmhost01.chnet.internal",
-        ipaddress="10.10.5.11",
-        vcpus=2,
-        memory_gb=2,
-        max_memory_gb=4,
-        num_disks=1,
-        disk_size_gb=10,
-        mac=mac_for("kvmhost01"),
-        cloud_init=True,
-    )
-    values.update(overrides)
-    return VmSpec(**values)
 
 
 def domain(state: str = "shut off", seed: bool = False, controller: bool = False) -> dict[str, Any]:

@@ -18,8 +18,9 @@ from typing import Any
 from operations.util.clone_plan import clone_plan
 from operations.util.cloud_init_seed import seed_plan
 from operations.util.converge_plan import converge_plan
-from tests.unit.test_cloud_init import spec as seed_spec
-from tests.unit.test_domain_plan import BASE_XML, built_domain, snapshot, spec
+from tests.unit.test_domain_plan import BASE_XML, built_domain, snapshot
+from tests.unit.vmspec_builders import kvmhost01 as spec
+from tests.unit.vmspec_builders import kvmhost01_with_cloud_init as seed_spec
 
 TEST_URI = "test:///default"
 

@@ -12,22 +12,14 @@ from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.util import FakeState, create_host
 
 from facts.libvirt import Hypervisor
-from inventories.manifest_model import VmSpec, mac_for
+from inventories.manifest_model import mac_for
 from operations import libvirt
 from operations.util.domain_diff import build_diff, delete_diff, power_diff
+from tests.unit.vmspec_builders import fx_off as spec
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SNAPSHOT = Hypervisor().process((FIXTURES / "libvirt" / "cluster.json").read_text().splitlines())
 URI_KEY = "timeout=60, uri=qemu:///system"
-
-
-def spec(**overrides: Any) -> VmSpec:
-    values: dict[str, Any] = dict(
-        name="fx-off", hostname="fx-off.example.internal", ipaddress="10.0.0.5", vcpus=1, memory_gb=1,
-        max_memory_gb=1, num_disks=1, disk_size_gb=2, mac="52:54:00:00:0f:02",
-    )  # fmt: skip
-    values.update(overrides)
-    return VmSpec(**values)
 
 
 def test_build_diff_of_a_new_vm_is_absent_to_the_vmspec() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from inventories.manifest_model import VmSpec, mac_for
+from inventories.manifest_model import mac_for
 from operations.util.capacity import capacity_row, refusal_message
 from operations.util.clone_plan import build_plans, clone_plan
 from operations.util.converge_plan import converge_plan
@@ -21,27 +21,12 @@ from operations.util.domain_source import recorded_digest, with_source
 from operations.util.domain_xml import CloneError, clone_xml, plan_disks, xml_covers
 from operations.util.power_plan import power_plan
 from operations.util.storage_ownership import owned_volumes
+from tests.unit.vmspec_builders import kvmhost01 as spec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "domains"
 BASE_XML = (FIXTURES / "centos7.xml").read_text()
 URI = "qemu:///system"
 GIB = 1024 * 1024
-
-
-def spec(**overrides: Any) -> VmSpec:
-    values: dict[str, Any] = dict(
-        name="kvmhost01",
-        hostname="kvmhost01.chnet.internal",
-        ipaddress="10.10.5.11",
-        vcpus=2,
-        memory_gb=2,
-        max_memory_gb=4,
-        num_disks=1,
-        disk_size_gb=10,
-        mac=mac_for("kvmhost01"),
-    )
-    values.update(overrides)
-    return VmSpec(**values)
 
 
 def snapshot(domains: dict[str, Any] | None = None, volumes: dict[str, Any] | None = None) -> dict[str, Any]:

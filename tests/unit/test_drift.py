@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from deploys._status import status_lines
-from inventories.manifest_model import VmSpec, mac_for
+from inventories.manifest_model import mac_for
 from operations.orphans import removal_command
 from operations.util.drift import (
     Finding,
@@ -18,26 +18,11 @@ from operations.util.drift import (
     report_lines,
     running_pools,
 )
+from tests.unit.vmspec_builders import vmspec as spec
 
 GIB = 1024 * 1024
 SHARED = ("/secondary",)
 BASE_DISK = "/secondary/centos7-vda.img"
-
-
-def spec(vm: str, ip: str, **overrides: Any) -> VmSpec:
-    values: dict[str, Any] = dict(
-        name=vm,
-        hostname=f"{vm}.example.internal",
-        ipaddress=ip,
-        vcpus=2,
-        memory_gb=1,
-        max_memory_gb=2,
-        num_disks=1,
-        disk_size_gb=5,
-        mac=mac_for(vm),
-    )
-    values.update(overrides)
-    return VmSpec(**values)
 
 
 PLACEMENT = {"sm-01": [spec("vm01", "10.10.5.11")], "sm-02": [spec("vm02", "10.10.5.12")]}

@@ -28,7 +28,8 @@ from operations.util.delete_plan import delete_plan
 from operations.util.disk_files import with_cleanup as with_cleanup
 from operations.util.power_plan import power_plan
 from operations.util.virsh import q, sh
-from tests.unit.test_domain_plan import BASE_XML, base_domain, built_domain, snapshot, spec
+from tests.unit.test_domain_plan import BASE_XML, base_domain, built_domain, snapshot
+from tests.unit.vmspec_builders import kvmhost01 as spec
 
 TEST_URI = "test:///default"
 HOST_PYTHON = "/usr/bin/python3"

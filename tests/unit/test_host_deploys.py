@@ -190,7 +190,8 @@ def test_kvm_host_libvirtd_conf_is_secure_and_keeps_other_settings(monkeypatch: 
     # Only our keys are edited: the sandbox's (or an admin's) log_outputs line stays.
     assert edits == [sed_edit("/etc/libvirt/libvirtd.conf", k, v) for k, v in LIBVIRTD_DEFAULTS.items()]
     assert not any("log_outputs" in c or "auth_unix_rw" in c for c in result.commands("sm-01"))
-    # Upstream: listen_tcp = 1 with auth_tcp = "none", and a literal "{ libvirt_listen_tls }" (defect A).
+    # The original scripts wrote listen_tcp = 1 with auth_tcp = "none" (TCP without authentication),
+    # and a literal "{ libvirt_listen_tls }" (a template placeholder never filled in).
     for command in result.commands("sm-01"):
         assert 'auth_tcp = "none"' not in command and "listen_tcp = 1" not in command and "{" not in command
 
@@ -209,7 +210,8 @@ def test_kvm_host_debian_family_uses_apt_and_libvirt_qemu_group(
 def test_kvm_host_rhel_family_uses_dnf_and_no_libvirt_qemu_group(
     monkeypatch: pytest.MonkeyPatch, distro: str
 ) -> None:
-    # /etc/apparmor.d present on purpose: AppArmor must still not be touched on RHEL (defect B).
+    # /etc/apparmor.d present on purpose: AppArmor must still not be touched on RHEL (the original
+    # scripts configured it there too).
     host = hypervisor(distro, dirs={"/etc/apparmor.d", "/sys/kernel/security/apparmor"})
     result = kvm_plan(monkeypatch, host, {"kvm_users": ["alice"]})
     commands = result.commands("sm-01")
@@ -320,7 +322,7 @@ def test_kvm_host_primary_storage_path_is_validated(monkeypatch: pytest.MonkeyPa
 
 
 def test_kvm_host_tls_needs_certificate_files(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Upstream defect A: TLS was forced on with empty cert paths. Here it is refused before any change.
+    # The original scripts forced TLS on with empty certificate paths. Here it is refused before any change.
     with pytest.raises(HostDataError, match="libvirt_tls_cert"):
         kvm_plan(monkeypatch, hypervisor("debian12"), {"libvirt_listen_tls": True})
 
@@ -389,11 +391,11 @@ def test_kvm_host_sysctl_dropin_with_bridge_module(monkeypatch: pytest.MonkeyPat
     apply = result.step("sm-01", "KVM host | Apply sysctl settings (file changed)")
     assert apply.commands == ["sysctl -p /etc/sysctl.d/90-kvm-qemu.conf"]
     assert apply.conditional
-    # Never the global /etc/sysctl.conf (upstream overwrote it).
+    # Never the global /etc/sysctl.conf (the original scripts overwrote it).
     assert not any("/etc/sysctl.conf" in command for command in result.commands("sm-01"))
 
 
-def test_kvm_host_sysctl_rejects_upstream_typo(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kvm_host_sysctl_rejects_the_original_scripts_typo(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(HostDataError, match="did you mean 'net.ipv4.tcp_timestamps'"):
         kvm_plan(monkeypatch, hypervisor("debian12"), {"kvm_sysctl": {"net.ipv4.tcp_timestamp": 1}})
     with pytest.raises(HostDataError, match="not a valid sysctl"):
@@ -589,7 +591,7 @@ def test_nfs_client_rhel_installs_nfs_utils_and_starts_no_server(
     result = nfs_plan(monkeypatch, "deploys/nfs_client.py", distro)
     commands = result.commands("sm-02")
     assert commands[0] == "dnf install -y nfs-utils"
-    # Upstream defect E: clients started the NFS server on RHEL.
+    # The original scripts started the NFS server on RHEL clients.
     assert not any("systemctl" in command or "nfs-server" in command for command in commands)
 
 

@@ -1,4 +1,4 @@
-"""Validation rules of the manifest: the seed format, extension keys, and every rejection with its path."""
+"""Validation rules of the manifest: the original scripts' format, extension keys, and every rejection with its path."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from inventories.manifest_model import ManifestError, VmSpec, load, mac_for, par
 
 REPO = Path(__file__).resolve().parents[2]
 
-SEED_EXAMPLE = [
+ORIGINAL_EXAMPLE = [
     {
         "host": "sm-01",
         "vmspecs": [
@@ -35,7 +35,7 @@ SEED_EXAMPLE = [
 
 
 def vm(**overrides: Any) -> dict[str, Any]:
-    spec = copy.deepcopy(SEED_EXAMPLE[0]["vmspecs"][0])
+    spec = copy.deepcopy(ORIGINAL_EXAMPLE[0]["vmspecs"][0])
     spec.update(overrides)
     return {k: v for k, v in spec.items() if v is not ...}
 
@@ -44,8 +44,8 @@ def manifest(*vmspecs: dict[str, Any], host: str = "sm-01") -> list[dict[str, An
     return [{"host": host, "vmspecs": list(vmspecs)}]
 
 
-def test_seed_example_is_accepted_unchanged() -> None:
-    (entry,) = parse(SEED_EXAMPLE)
+def test_original_example_is_accepted_unchanged() -> None:
+    (entry,) = parse(ORIGINAL_EXAMPLE)
     assert entry.host == "sm-01"
     (spec,) = entry.vmspecs
     assert spec == VmSpec(
@@ -64,7 +64,7 @@ def test_seed_example_is_accepted_unchanged() -> None:
     assert spec.memory_kib == 4 * 1024 * 1024
 
 
-def test_seed_statedb_example_with_description_and_fqdn_host() -> None:
+def test_original_statedb_example_with_description_and_fqdn_host() -> None:
     data = [
         {
             "host": "sm-04.itc.internal",
@@ -218,9 +218,9 @@ def _pyinfra(manifest_file: Path, *args: str) -> subprocess.CompletedProcess[str
     )
 
 
-def test_inventory_groups_for_the_seed_example(tmp_path: Path) -> None:
+def test_inventory_groups_for_the_original_example(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
-    path.write_text(json.dumps(SEED_EXAMPLE))
+    path.write_text(json.dumps(ORIGINAL_EXAMPLE))
     result = _pyinfra(path, "inventories/manifest.py", "debug-inventory")
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
@@ -246,7 +246,7 @@ def test_bad_manifest_stops_pyinfra_before_any_host_is_contacted(tmp_path: Path)
 
 def test_manifest_checker_cli(tmp_path: Path) -> None:
     good = tmp_path / "good.json"
-    good.write_text(json.dumps(SEED_EXAMPLE))
+    good.write_text(json.dumps(ORIGINAL_EXAMPLE))
     ok = subprocess.run(
         [sys.executable, "-m", "inventories.manifest_model", str(good)],
         cwd=REPO,

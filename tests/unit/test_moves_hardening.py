@@ -15,7 +15,8 @@ from pyinfra.api import Config, Inventory, State
 
 import deploys.placement as placement_deploy
 from operations.util.placement import Move, Target, _ssh_words, move_command, plan_placement
-from tests.unit.test_placement import SHARED, cluster, domain, host, spec
+from tests.unit.test_placement import SHARED, cluster, domain, host
+from tests.unit.vmspec_builders import placed as spec
 
 PRIMARY = "/data01/primary"
 

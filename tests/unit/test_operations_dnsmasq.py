@@ -19,7 +19,7 @@ from pyinfra_testing.util import FakeState, create_host
 
 from facts.dnsmasq import DnsmasqNode
 from inventories.manifest_model import VmSpec
-from operations.dnsmasq import RELEASE_AS_CONFIGURED, apply_command, dhcp_reservations
+from operations.dnsmasq import RELEASE_AS_CONFIGURED, RESERVATIONS_SCRIPT, apply_command, dhcp_reservations
 from operations.util.dnsmasq_entries import (
     BLOCK_BEGIN,
     BLOCK_END,
@@ -570,3 +570,12 @@ def test_node_fact_reads_reservations_and_dhcp_in_one_command(tmp_path: Path) ->
     conf.write_text("listen-address=10.10.5.2\n")
     out = subprocess.run(["sh", "-c", raw], capture_output=True, text=True, check=True).stdout.splitlines()
     assert fact.process(out)["dhcp"] is False
+
+
+def test_the_program_file_refuses_to_run_without_its_values(tmp_path: Path) -> None:
+    # operations/scripts/dnsmasq-reservations.sh gets every value from apply_command's prelude.
+    result = subprocess.run(
+        ["sh", "-c", RESERVATIONS_SCRIPT], cwd=tmp_path, input="", capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode != 0 and "h: parameter" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -15,8 +15,8 @@ from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.util import FakeState, create_host
 
 from facts.libvirt import Hypervisor
-from inventories.manifest_model import VmSpec, mac_for
 from operations import libvirt
+from tests.unit.vmspec_builders import fx_new as vmspec
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SNAPSHOT = Hypervisor().process((FIXTURES / "libvirt" / "cluster.json").read_text().splitlines())
@@ -35,15 +35,6 @@ def run(op: Any, snapshot: dict[str, Any] | None = None, **kwargs: Any) -> tuple
             BOUND.sub(r"\1", c.get_raw_value()) for c in op._inner(**kwargs) if hasattr(c, "get_raw_value")
         ]
     return commands, host
-
-
-def vmspec(**overrides: Any) -> VmSpec:
-    values: dict[str, Any] = dict(
-        name="fx-new", hostname="fx-new.example.internal", ipaddress="10.0.0.5", vcpus=2, memory_gb=1,
-        max_memory_gb=2, num_disks=1, disk_size_gb=2, mac=mac_for("fx-new"),
-    )  # fmt: skip
-    values.update(overrides)
-    return VmSpec(**values)
 
 
 def test_pool_present_and_running_is_a_noop() -> None:

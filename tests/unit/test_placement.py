@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from inventories.manifest_model import VmSpec, mac_for
 from operations.util.placement import (
     Move,
     Target,
@@ -14,16 +13,10 @@ from operations.util.placement import (
     plan_drain,
     plan_placement,
 )
+from tests.unit.vmspec_builders import placed as spec
 
 GIB_KIB = 1 << 20
 SHARED = ("/secondary",)
-
-
-def spec(name: str, vcpus: int = 1, memory: int = 1, **extra: Any) -> VmSpec:
-    return VmSpec(
-        name=name, hostname=f"{name}.example.org", ipaddress="10.10.5.9", vcpus=vcpus, memory_gb=memory,
-        max_memory_gb=memory, num_disks=0, disk_size_gb=0, mac=mac_for(name), **extra,
-    )  # fmt: skip
 
 
 def _cache(mode: str | None) -> str:

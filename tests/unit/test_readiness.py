@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import socket
@@ -22,20 +23,15 @@ from deploys._readiness import (
     table_lines,
     timeout_value,
 )
-from inventories.manifest_model import VmSpec
-
-
-def _spec(name: str, mac: str, ipaddress: str) -> VmSpec:
-    return VmSpec(
-        name=name, hostname=f"{name}.example.internal", ipaddress=ipaddress, vcpus=1, memory_gb=1,
-        max_memory_gb=1, num_disks=1, disk_size_gb=1, mac=mac,
-    )  # fmt: skip
-
+from tests.unit.vmspec_builders import vmspec
 
 SPECS = [
-    _spec("vm-a", "52:54:00:AA:00:01", "127.0.0.1"),
-    _spec("vm-b", "52:54:00:aa:00:02", "127.0.0.2"),
-    _spec("vm-c", "52:54:00:aa:00:03", "10.10.5.3"),
+    vmspec(name, ipaddress, mac=mac, vcpus=1, memory_gb=1, max_memory_gb=1, disk_size_gb=1)
+    for name, mac, ipaddress in (
+        ("vm-a", "52:54:00:AA:00:01", "127.0.0.1"),
+        ("vm-b", "52:54:00:aa:00:02", "127.0.0.2"),
+        ("vm-c", "52:54:00:aa:00:03", "10.10.5.3"),
+    )
 ]
 
 
@@ -123,3 +119,9 @@ def test_bad_output_and_bad_timeouts_are_reported() -> None:
     for bad in ("soon", "0", "-5", "1e9"):
         with pytest.raises(ValueError, match="wait_timeout="):
             timeout_value(bad)
+
+
+def test_probe_is_a_file_valid_for_old_management_nodes() -> None:
+    # The probe is deploys/scripts/readiness_probe.py, read at import; RHEL 8's python3 is 3.6.
+    assert PROBE == (Path(__file__).parents[2] / "deploys" / "scripts" / "readiness_probe.py").read_text()
+    ast.parse(PROBE, feature_version=(3, 6))

@@ -21,7 +21,8 @@ from inventories.manifest_model import mac_for
 from operations.dnsmasq import apply_command
 from operations.util.dnsmasq_entries import plan, request_lines
 from operations.util.drift import find, prune_plan
-from tests.unit.test_drift import host_snapshot, spec, vm
+from tests.unit.test_drift import host_snapshot, vm
+from tests.unit.vmspec_builders import vmspec as spec
 
 needs_dnsmasq = pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed")
 

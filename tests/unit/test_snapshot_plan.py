@@ -9,9 +9,10 @@ import pytest
 
 from deploys._status import snapshot_cell
 from facts.util.libvirt_parse import snapshots_from
-from inventories.manifest_model import VmSpec, mac_for, parse, validate
+from inventories.manifest_model import parse, validate
 from operations.util.snapshot_plan import create_plan, delete_plan, overlay_path, revert_plan
 from operations.util.storage_ownership import owned_volumes
+from tests.unit.vmspec_builders import vm1_diskless as spec
 
 URI = "qemu:///system"
 IMG = "/data01/primary/vm1-vda.img"
@@ -234,15 +235,6 @@ def test_overlays_are_owned_by_their_vm_only() -> None:
     assert owned == [("default", "vm1-vda.img"), ("default", "vm1-vda@before-upgrade.qcow2")]
     assert owned_volumes("vm", None, fact)[0] == []
     assert overlay_path(IMG, "vm1", "vda", "s1") == "/data01/primary/vm1-vda@s1.qcow2"
-
-
-def spec(**overrides: Any) -> VmSpec:
-    values: dict[str, Any] = dict(
-        name="vm1", hostname="vm1.x.internal", ipaddress="10.10.5.11", vcpus=1, memory_gb=1,
-        max_memory_gb=1, num_disks=0, disk_size_gb=0, mac=mac_for("vm1"),
-    )  # fmt: skip
-    values.update(overrides)
-    return VmSpec(**values)
 
 
 def test_status_cell_marks_the_current_snapshot_and_missing_manifest_ones() -> None:

@@ -6,29 +6,14 @@ import copy
 from typing import Any
 
 from deploys._status import status_lines
-from inventories.manifest_model import VmSpec, mac_for
+from inventories.manifest_model import mac_for
 from operations.util.converge_plan import resource_plan
 from operations.util.domain_diff import build_diff
 from operations.util.drift import drift
 from operations.util.vm_compare import compare, configured, wanted
+from tests.unit.vmspec_builders import vmspec as spec
 
 GIB = 1024 * 1024
-
-
-def spec(**overrides: Any) -> VmSpec:
-    values: dict[str, Any] = dict(
-        name="vm01",
-        hostname="vm01.example.internal",
-        ipaddress="10.10.5.11",
-        vcpus=2,
-        memory_gb=1,
-        max_memory_gb=2,
-        num_disks=1,
-        disk_size_gb=5,
-        mac=mac_for("vm01"),
-    )
-    values.update(overrides)
-    return VmSpec(**values)
 
 
 def domain(vcpus: int = 2, memory_kib: int = GIB, data_disks: int = 1) -> dict[str, Any]:
