@@ -99,10 +99,10 @@ SPLICE_AWK = read_script("dnsmasq-splice.awk", package="operations")
 _TEMPLATE = Entry("@MAC@", "@IP@", "@FQDN@", "@SHORT@", "@OWNER@")
 _UNTAGGED = Entry("@MAC@", "@IP@", "@FQDN@", "@SHORT@")
 
-# The program's prelude: every value a quoted assignment, and the lock step, bounded by the lock wait.
+# The program's prelude: every value a quoted assignment.
 _PRELUDE = """\
 h={hostsfile}; a={addn_hosts}; e={etc_hosts}; conf={conf}; pidf={pid_file}; rel={release}
-take_lock() {{ flock -w {wait} 9 || fail "another run held $l for more than {wait} s; nothing was changed"; }}
+wait={wait}
 merge={merge}; fill={fill}; splice={splice}
 dhcp_line={dhcp_line}; dhcp_untagged={dhcp_untagged}
 hosts_line={hosts_line}; hosts_untagged={hosts_untagged}

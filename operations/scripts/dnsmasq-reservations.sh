@@ -5,12 +5,11 @@
 # operations/dnsmasq.py (apply_command) runs this file's text with a prelude in front: the values as
 # quoted assignments (h, a, e, conf, pidf, rel: the dhcp-hostsfile, the addn-hosts file, the /etc/hosts
 # file or '', the dnsmasq configuration or '', its pid file or '', the address to release leases on or
-# ''; merge, fill, splice: the awk programs dnsmasq-*.awk beside this file; dhcp_line, dhcp_untagged,
-# hosts_line, hosts_untagged: the line templates; owner_prefix, owner_comment, dhcp_header,
-# hosts_header, block_begin, block_end), and the lock step take_lock, which waits for the lock on file
-# descriptor 9 at most the run's lock wait. The file refuses to run without them.
-: "${h:?}" "${a:?}" "${e?}" "${conf?}" "${pidf?}" "${rel?}" "${merge:?}" "${fill:?}" "${splice:?}" \
-  "${dhcp_line:?}" "${dhcp_untagged:?}" "${hosts_line:?}" "${hosts_untagged:?}" "${owner_prefix:?}" \
+# ''; wait: the seconds to wait for the lock; merge, fill, splice: the awk programs dnsmasq-*.awk beside
+# this file; dhcp_line, dhcp_untagged, hosts_line, hosts_untagged: the line templates; owner_prefix,
+# owner_comment, dhcp_header, hosts_header, block_begin, block_end). The file refuses to run without them.
+: "${h:?}" "${a:?}" "${e?}" "${conf?}" "${pidf?}" "${rel?}" "${wait:?}" "${merge:?}" "${fill:?}" \
+  "${splice:?}" "${dhcp_line:?}" "${dhcp_untagged:?}" "${hosts_line:?}" "${hosts_untagged:?}" "${owner_prefix:?}" \
   "${owner_comment:?}" "${dhcp_header:?}" "${hosts_header:?}" "${block_begin:?}" "${block_end:?}"
 umask 077
 PATH="$PATH:/usr/sbin:/sbin"
@@ -55,7 +54,7 @@ fi
 l="$h.lock"
 [ ! -L "$l" ] || fail "$l is a symbolic link; not followed, nothing was changed"
 exec 9>>"$l" || fail "cannot open the lock file $l"
-take_lock
+flock -w "$wait" 9 || fail "another run held $l for more than $wait s; nothing was changed"
 hs=$h; [ -e "$h" ] || hs=/dev/null
 as=$a; [ -e "$a" ] || as=/dev/null
 tl=$(mktemp) && trel=$(mktemp) || exit 1

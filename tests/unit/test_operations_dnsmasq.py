@@ -82,7 +82,7 @@ def test_adding_an_entry_is_one_locked_command() -> None:
     assert host.noop_description is None
     raw = command.get_raw_value()
     assert f"h={HF}; a={AH}; e=''; conf=/etc/dnsmasq.conf; pidf=/run/dnsmasq/dnsmasq.pid; rel=''\n" in raw
-    assert 'l="$h.lock"' in raw and "flock -w 120 9 ||" in raw
+    assert 'l="$h.lock"' in raw and "wait=120" in raw and 'flock -w "$wait" 9 ||' in raw
     assert command.connector_arguments["_timeout"] == 180
     assert 'dnsmasq --test ${conf:+"--conf-file=$conf"} --conf-file="$tc"' in raw
     assert "sync -- $t0 $t1 $t2" in raw and 'kill -HUP "$pid"' in raw
