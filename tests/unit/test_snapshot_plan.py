@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 
 from deploys._status import snapshot_cell
+from facts.util.host_state import Domain
 from facts.util.libvirt_parse import snapshots_from
 from inventories.manifest_model import VmSpec, mac_for, parse, validate
 from operations.util.snapshot_plan import create_plan, delete_plan, overlay_path, revert_plan
 from operations.util.storage_ownership import owned_volumes
+from tests.unit.fact_builders import typed, typed_domain
 
 URI = "qemu:///system"
 IMG = "/data01/primary/vm1-vda.img"
@@ -41,7 +43,7 @@ SECOND_XML = (
 )
 
 
-def domain(on_overlay: bool = False, state: str = "shut off") -> dict[str, Any]:
+def domain_data(on_overlay: bool = False, state: str = "shut off") -> dict[str, Any]:
     path, fmt = (OVL, "qcow2") if on_overlay else (IMG, "raw")
     return {
         "state": state,
@@ -59,10 +61,17 @@ def domain(on_overlay: bool = False, state: str = "shut off") -> dict[str, Any]:
     }
 
 
+def domain(on_overlay: bool = False, state: str = "shut off") -> Domain:
+    return typed_domain(domain_data(on_overlay, state), "vm1")
+
+
 def test_fact_lists_snapshots_oldest_first_with_the_files_below_their_overlays() -> None:
-    found = snapshots_from(
-        {"name": "vm1", "snapshots": [{"xml": SECOND_XML, "current": True}, {"xml": SNAPSHOT_XML}]}
-    )
+    found = [
+        s.to_dict()
+        for s in snapshots_from(
+            {"name": "vm1", "snapshots": [{"xml": SECOND_XML, "current": True}, {"xml": SNAPSHOT_XML}]}
+        )
+    ]
     assert [(s["name"], s["parent"], s["current"]) for s in found] == [
         ("before-upgrade", None, False),
         ("second", "before-upgrade", True),
@@ -140,21 +149,23 @@ def test_revert_of_an_unknown_snapshot_names_the_ones_there() -> None:
 
 
 def test_only_the_newest_snapshot_can_be_reverted_to_or_deleted() -> None:
-    dom = domain(on_overlay=True)
-    dom["snapshots"] = snapshots_from(
+    data = domain_data(on_overlay=True)
+    data["snapshots"] = snapshots_from(
         {"name": "vm1", "snapshots": [{"xml": SNAPSHOT_XML}, {"xml": SECOND_XML}]}
     )
+    dom = typed_domain(data, "vm1")
     message = (
         "snapshot before-upgrade has later snapshot(s) second: only the newest one can be reverted to or "
         "deleted (delete the later ones first, newest first)"
     )
     assert revert_plan("vm1", "before-upgrade", dom, URI).error == message
-    assert delete_plan("vm1", "before-upgrade", dom, {"domains": {"vm1": dom}}, URI).error == message
+    assert delete_plan("vm1", "before-upgrade", dom, typed({"domains": {"vm1": dom}}), URI).error == message
 
 
 def test_revert_refuses_a_disk_that_moved_off_the_overlay() -> None:
-    dom = domain(on_overlay=True)
-    dom["disks"][0]["path"] = "/elsewhere/x.qcow2"
+    data = domain_data(on_overlay=True)
+    data["disks"][0]["path"] = "/elsewhere/x.qcow2"
+    dom = typed_domain(data, "vm1")
     assert (
         "disk vda is now /elsewhere/x.qcow2, not the snapshot's overlay"
         in revert_plan("vm1", "before-upgrade", dom, URI).error
@@ -163,7 +174,7 @@ def test_revert_refuses_a_disk_that_moved_off_the_overlay() -> None:
 
 def test_delete_commits_then_points_the_domain_below_then_removes_metadata_and_overlay() -> None:
     dom = domain(on_overlay=True)
-    plan = delete_plan("vm1", "before-upgrade", dom, {"domains": {"vm1": dom}}, URI)
+    plan = delete_plan("vm1", "before-upgrade", dom, typed({"domains": {"vm1": dom}}), URI)
     command = plan.command.get_raw_value()
     plain = (
         f'{{ for f in {OVL} ; do if [ -L "$f" ] || [ ! -f "$f" ]; then echo "kvm-qemu: $f is not a plain '
@@ -201,9 +212,10 @@ FORGET = [
 
 
 def test_a_delete_that_stopped_after_its_define_is_finished_by_a_re_run() -> None:
-    dom = domain(on_overlay=True)
-    dom["disks"][0].update(path=IMG, format="raw")  # back on the file below; overlay and metadata left
-    plan = delete_plan("vm1", "before-upgrade", dom, {"domains": {"vm1": dom}}, URI)
+    data = domain_data(on_overlay=True)
+    data["disks"][0].update(path=IMG, format="raw")  # back on the file below; overlay and metadata left
+    dom = typed_domain(data, "vm1")
+    plan = delete_plan("vm1", "before-upgrade", dom, typed({"domains": {"vm1": dom}}), URI)
     assert plan.error is None and plan.stdin is None
     assert plan.command.get_raw_value() == " && ".join(FORGET)
     assert plan.actions == [f"finish deleting snapshot before-upgrade: remove {OVL}"]
@@ -212,14 +224,14 @@ def test_a_delete_that_stopped_after_its_define_is_finished_by_a_re_run() -> Non
 def test_delete_never_commits_into_a_file_another_domain_uses() -> None:
     dom = domain(on_overlay=True)
     other = {"state": "shut off", "disks": [{"target": "vda", "device": "disk", "path": IMG}]}
-    plan = delete_plan("vm1", "before-upgrade", dom, {"domains": {"vm1": dom, "vm2": other}}, URI)
+    plan = delete_plan("vm1", "before-upgrade", dom, typed({"domains": {"vm1": dom, "vm2": other}}), URI)
     assert plan.command is None
     assert plan.error == f"snapshot before-upgrade: refusing to commit into {IMG} (disk of domain vm2)"
 
 
 def test_delete_of_an_absent_snapshot_or_domain_is_a_no_op() -> None:
-    assert delete_plan("vm1", "nope", domain(on_overlay=True), {}, URI) is None
-    assert delete_plan("vm1", "before-upgrade", None, {}, URI) is None
+    assert delete_plan("vm1", "nope", domain(on_overlay=True), typed({}), URI) is None
+    assert delete_plan("vm1", "before-upgrade", None, typed({}), URI) is None
 
 
 def test_overlays_are_owned_by_their_vm_only() -> None:
@@ -230,9 +242,9 @@ def test_overlays_are_owned_by_their_vm_only() -> None:
         "domains": {},
         "files": files,
     }
-    owned, _ = owned_volumes("vm1", None, fact)
+    owned, _ = owned_volumes("vm1", None, typed(fact))
     assert owned == [("default", "vm1-vda.img"), ("default", "vm1-vda@before-upgrade.qcow2")]
-    assert owned_volumes("vm", None, fact)[0] == []
+    assert owned_volumes("vm", None, typed(fact))[0] == []
     assert overlay_path(IMG, "vm1", "vda", "s1") == "/data01/primary/vm1-vda@s1.qcow2"
 
 
