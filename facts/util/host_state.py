@@ -13,7 +13,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 # virDomainState, spelled as `virsh domstate` prints it.
 DOMAIN_STATES = {
@@ -31,6 +31,25 @@ DOMAIN_STATES = {
 INACTIVE_STATES = frozenset({"shut off", "crashed", "no state"})
 
 
+class _Plain:
+    """``to_dict()``: the fields named in ``PLAIN`` as plain data (what the narrower facts print)."""
+
+    PLAIN: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: _plain(getattr(self, name)) for name in self.PLAIN}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _Plain):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -40,10 +59,12 @@ def _int(value: Any) -> int:
 
 
 @dataclass(frozen=True)
-class Disk:
+class Disk(_Plain):
     """A ``<disk>`` of a domain definition. ``backing``: the file right below ``path`` (its chain goes on
     in ``HostState.files``, see ``HostState.backing_chain``). ``cache``: the driver's cache mode, None
     when the definition sets none."""
+
+    PLAIN = ("target", "device", "path", "format", "bus", "backing")
 
     target: str | None = None
     device: str = "disk"
@@ -58,16 +79,6 @@ class Disk:
     @property
     def is_disk(self) -> bool:
         return self.device == "disk"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "device": self.device,
-            "path": self.path,
-            "format": self.format,
-            "bus": self.bus,
-            "backing": self.backing,
-        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Disk:
@@ -85,14 +96,12 @@ class Disk:
 
 
 @dataclass(frozen=True)
-class Interface:
+class Interface(_Plain):
+    PLAIN = ("mac", "type", "source", "model")
     mac: str | None = None
     type: str | None = None
     source: str | None = None
     model: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mac": self.mac, "type": self.type, "source": self.source, "model": self.model}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Interface:
@@ -100,10 +109,12 @@ class Interface:
 
 
 @dataclass(frozen=True)
-class Definition:
+class Definition(_Plain):
     """Resources and devices of one domain definition (live or persistent). ``cpu_mode``: the ``<cpu>``
     element's mode ("none" without one, "custom" when it names none); ``scsi_models``: the models of
     its SCSI controllers."""
+
+    PLAIN = ("memory_kib", "max_memory_kib", "vcpus", "max_vcpus", "disks", "interfaces")
 
     memory_kib: int = 0
     max_memory_kib: int = 0
@@ -113,16 +124,6 @@ class Definition:
     interfaces: tuple[Interface, ...] = ()
     cpu_mode: str = "none"
     scsi_models: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "memory_kib": self.memory_kib,
-            "max_memory_kib": self.max_memory_kib,
-            "vcpus": self.vcpus,
-            "max_vcpus": self.max_vcpus,
-            "disks": [d.to_dict() for d in self.disks],
-            "interfaces": [i.to_dict() for i in self.interfaces],
-        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Definition:
@@ -139,15 +140,14 @@ class Definition:
 
 
 @dataclass(frozen=True)
-class SnapshotDisk:
+class SnapshotDisk(_Plain):
     """A disk of a libvirt snapshot: its target, how it was snapshotted, and the overlay's path."""
+
+    PLAIN = ("target", "snapshot", "path")
 
     target: str | None = None
     snapshot: str | None = None
     path: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "snapshot": self.snapshot, "path": self.path}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SnapshotDisk:
@@ -155,9 +155,11 @@ class SnapshotDisk:
 
 
 @dataclass(frozen=True)
-class DomainSnapshot:
+class DomainSnapshot(_Plain):
     """A libvirt snapshot of a domain. ``domain_disks``: the domain's disks when it was taken (what each
     external overlay was put on)."""
+
+    PLAIN = ("name", "parent", "state", "created", "current", "disks", "domain_disks")
 
     name: str | None = None
     parent: str | None = None
@@ -166,17 +168,6 @@ class DomainSnapshot:
     current: bool = False
     disks: tuple[SnapshotDisk, ...] = ()
     domain_disks: tuple[Disk, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "parent": self.parent,
-            "state": self.state,
-            "created": self.created,
-            "current": self.current,
-            "disks": [d.to_dict() for d in self.disks],
-            "domain_disks": [d.to_dict() for d in self.domain_disks],
-        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DomainSnapshot:
@@ -192,11 +183,17 @@ class DomainSnapshot:
 
 
 @dataclass(frozen=True)
-class Domain:
+class Domain(_Plain):
     """A libvirt domain. The resources and devices at the top are live for a running domain; ``config``
     holds the persistent definition's (they differ after e.g. a live setmem; the same for a shut-off
-    domain). ``xml``: the persistent definition (the live one for a transient domain), kept to be
-    edited and defined again, not to be read: everything read from it is in ``config``."""
+    domain). ``xml``: the persistent definition (the live one for a transient domain), kept for what
+    rewrites or compares a whole definition (a clone, define from a file, a snapshot's delete); the
+    values read from it are in ``config``."""
+
+    PLAIN = (
+        "uuid", "state", "persistent", "autostart", "memory_kib", "max_memory_kib", "vcpus", "max_vcpus",
+        "disks", "interfaces", "config", "xml", "snapshots",
+    )  # fmt: skip
 
     name: str
     uuid: str | None = None
@@ -223,23 +220,6 @@ class Domain:
     def all_disks(self) -> tuple[Disk, ...]:
         """Every disk of the domain, live and persistent definitions together."""
         return self.disks + self.config.disks
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "uuid": self.uuid,
-            "state": self.state,
-            "persistent": self.persistent,
-            "autostart": self.autostart,
-            "memory_kib": self.memory_kib,
-            "max_memory_kib": self.max_memory_kib,
-            "vcpus": self.vcpus,
-            "max_vcpus": self.max_vcpus,
-            "disks": [d.to_dict() for d in self.disks],
-            "interfaces": [i.to_dict() for i in self.interfaces],
-            "config": self.config.to_dict(),
-            "xml": self.xml,
-            "snapshots": [s.to_dict() for s in self.snapshots],
-        }
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any]) -> Domain:
@@ -274,8 +254,8 @@ class Domain:
 
 
 def xml_extras(xml: str) -> tuple[str, tuple[str, ...], dict[str, tuple[str | None, bool, bool]]] | None:
-    """(CPU mode, SCSI controller models, {disk path: (cache, readonly, shareable)}) of a domain XML,
-    None when there is none or it does not parse (for ``Domain.from_dict``)."""
+    """(CPU mode, SCSI controller models, {disk target or path: (cache, readonly, shareable)}) of a domain
+    XML, None when there is none or it does not parse (for ``Domain.from_dict``)."""
     if not xml:
         return None
     try:
@@ -284,15 +264,17 @@ def xml_extras(xml: str) -> tuple[str, tuple[str, ...], dict[str, tuple[str | No
         return None
     disks = {}
     for element in root.findall("devices/disk"):
-        source = element.find("source")
+        source, target, driver = element.find("source"), element.find("target"), element.find("driver")
+        found = (
+            driver.get("cache") if driver is not None else None,
+            element.find("readonly") is not None,
+            element.find("shareable") is not None,
+        )
         path = (source.get("file") or source.get("dev")) if source is not None else None
-        if path:
-            driver = element.find("driver")
-            disks[path] = (
-                driver.get("cache") if driver is not None else None,
-                element.find("readonly") is not None,
-                element.find("shareable") is not None,
-            )
+        dev = target.get("dev") if target is not None else None
+        for key in (f"path:{path}" if path else None, f"target:{dev}" if dev else None):
+            if key:
+                disks[key] = found
     return cpu_mode_of(root), scsi_models_of(root), disks
 
 
@@ -313,7 +295,7 @@ def _with_extras(
     cpu_mode, scsi_models, by_path = extras
     disks = []
     for disk in definition.disks:
-        found = by_path.get(disk.path or "")
+        found = by_path.get(f"target:{disk.target}") or by_path.get(f"path:{disk.path}")
         if found is not None and disk.cache is None and not (disk.readonly or disk.shareable):
             disk = replace(disk, cache=found[0], readonly=found[1], shareable=found[2])
         disks.append(disk)
@@ -321,8 +303,20 @@ def _with_extras(
 
 
 @dataclass(frozen=True)
-class Pool:
+class Pool(_Plain):
     """A storage pool. ``state``: "running" or "inactive"; sizes in bytes."""
+
+    PLAIN = (
+        "uuid",
+        "state",
+        "autostart",
+        "persistent",
+        "type",
+        "path",
+        "capacity",
+        "allocation",
+        "available",
+    )
 
     name: str
     uuid: str | None = None
@@ -338,19 +332,6 @@ class Pool:
     @property
     def active(self) -> bool:
         return self.state == "running"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "uuid": self.uuid,
-            "state": self.state,
-            "autostart": self.autostart,
-            "persistent": self.persistent,
-            "type": self.type,
-            "path": self.path,
-            "capacity": self.capacity,
-            "allocation": self.allocation,
-            "available": self.available,
-        }
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any]) -> Pool:
@@ -369,8 +350,10 @@ class Pool:
 
 
 @dataclass(frozen=True)
-class Volume:
+class Volume(_Plain):
     """A volume of a pool (listed only for active pools). ``backing``: the file right below it."""
+
+    PLAIN = ("path", "format", "capacity", "allocation", "backing")
 
     name: str
     path: str | None = None
@@ -378,15 +361,6 @@ class Volume:
     capacity: int = 0
     allocation: int = 0
     backing: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "format": self.format,
-            "capacity": self.capacity,
-            "allocation": self.allocation,
-            "backing": self.backing,
-        }
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any]) -> Volume:
@@ -401,8 +375,13 @@ class Volume:
 
 
 @dataclass(frozen=True)
-class Capacity:
+class Capacity(_Plain):
     """The node: CPUs, memory, versions, and (from the capabilities XML) what moving VMs compares."""
+
+    PLAIN = (
+        "cpus", "memory_kib", "free_memory_kib", "libvirt_version", "hypervisor_version", "host_uuid", "arch",
+        "cpu_model", "cpu_vendor",
+    )  # fmt: skip
 
     cpus: int = 0
     memory_kib: int = 0
@@ -413,19 +392,6 @@ class Capacity:
     arch: str | None = None
     cpu_model: str | None = None
     cpu_vendor: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "cpus": self.cpus,
-            "memory_kib": self.memory_kib,
-            "free_memory_kib": self.free_memory_kib,
-            "libvirt_version": self.libvirt_version,
-            "hypervisor_version": self.hypervisor_version,
-            "host_uuid": self.host_uuid,
-            "arch": self.arch,
-            "cpu_model": self.cpu_model,
-            "cpu_vendor": self.cpu_vendor,
-        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Capacity:
@@ -448,7 +414,7 @@ class Capacity:
 
 
 @dataclass(frozen=True)
-class FileEntry:
+class FileEntry(_Plain):
     """A file the probe looked at (``lstat``): ``kind`` is file, link, dir, other or missing; ``backing``
     read only from regular files; owner and mode None from older probes; ``sha256`` only for
     cloud-init seeds."""
@@ -486,9 +452,11 @@ MISSING = FileEntry()
 
 
 @dataclass(frozen=True)
-class HostState:
+class HostState(_Plain):
     """Everything the ``Hypervisor`` fact read from one host: pools, volumes by pool, domains, the
     node's capacity and the files of every directory pool and every domain disk's backing chain."""
+
+    PLAIN = ("pools", "volumes", "domains", "capacity", "files")
 
     pools: dict[str, Pool] = field(default_factory=dict)
     volumes: dict[str, dict[str, Volume]] = field(default_factory=dict)
@@ -502,18 +470,6 @@ class HostState:
 
     def all_volumes(self) -> list[Volume]:
         return [volume for volumes in self.volumes.values() for volume in volumes.values()]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "pools": {name: pool.to_dict() for name, pool in self.pools.items()},
-            "volumes": {
-                pool: {name: volume.to_dict() for name, volume in volumes.items()}
-                for pool, volumes in self.volumes.items()
-            },
-            "domains": {name: domain.to_dict() for name, domain in self.domains.items()},
-            "capacity": self.capacity.to_dict(),
-            "files": {path: entry.to_dict() for path, entry in self.files.items()},
-        }
 
     def to_json(self) -> dict[str, Any]:
         """What pyinfra's CLI prints for ``fact facts.libvirt.Hypervisor``."""
