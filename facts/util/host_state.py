@@ -10,6 +10,7 @@ domain's XML again. ``to_dict()`` gives the plain data the narrower facts print 
 
 from __future__ import annotations
 
+import posixpath
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -60,8 +61,8 @@ def _int(value: Any) -> int:
 
 @dataclass(frozen=True)
 class Disk(_Plain):
-    """A ``<disk>`` of a domain definition. ``backing``: the file right below ``path`` (its chain goes on
-    in ``HostState.files``, see ``HostState.backing_chain``). ``cache``: the driver's cache mode, None
+    """A ``<disk>`` of a domain definition. ``backing``: the file right below ``path`` (the whole chain:
+    ``HostState.backing_chain``). ``cache``: the driver's cache mode, None
     when the definition sets none."""
 
     PLAIN = ("target", "device", "path", "format", "bus", "backing")
@@ -470,6 +471,35 @@ class HostState(_Plain):
 
     def all_volumes(self) -> list[Volume]:
         return [volume for volumes in self.volumes.values() for volume in volumes.values()]
+
+    def backing_map(self) -> dict[str, str]:
+        """path -> the file right below it (paths normalised): from the image headers (every pool
+        directory, every domain disk), the volumes, and the domain definitions."""
+        below: dict[str, str] = {}
+        for volume in self.all_volumes():
+            if volume.path and volume.backing:
+                below[posixpath.normpath(volume.path)] = posixpath.normpath(volume.backing)
+        for path, entry in self.files.items():
+            if entry.backing:
+                below[posixpath.normpath(path)] = posixpath.normpath(entry.backing)
+        for domain in self.domains.values():
+            for disk in domain.all_disks:
+                if disk.path and disk.backing:
+                    below.setdefault(posixpath.normpath(disk.path), posixpath.normpath(disk.backing))
+        return below
+
+    def backing_chain(self, disk: Disk, below: Mapping[str, str] | None = None) -> tuple[str, ...]:
+        """The disk's file and every file below it, nearest first (normalised, at most 32; none without
+        a path). ``below``: ``backing_map()``, when the caller already has it."""
+        if not disk.path:
+            return ()
+        below = self.backing_map() if below is None else below
+        chain = [posixpath.normpath(disk.path)]
+        following = below.get(chain[0]) or disk.backing
+        while following and posixpath.normpath(following) not in chain and len(chain) < 32:
+            chain.append(posixpath.normpath(following))
+            following = below.get(chain[-1])
+        return tuple(chain)
 
     def to_json(self) -> dict[str, Any]:
         """What pyinfra's CLI prints for ``fact facts.libvirt.Hypervisor``."""

@@ -28,7 +28,6 @@ from typing import Any
 from facts.util.host_state import Domain, HostState
 from inventories.manifest_model import VmSpec
 from operations.util.storage_ownership import NETWORK_POOLS, in_use, owned_volumes
-from operations.util.storage_ownership import backing_map as backing_map
 from operations.util.vm_compare import compare
 
 # The build names a VM's disks <vm>-vda, <vm>-vdb, ... (with an optional extension).
@@ -120,7 +119,7 @@ def free_here(path: str, host: HostState) -> str | None:
     used = in_use(host)
     if path in used:
         return used[path]
-    backs = sorted(p for p, b in backing_map(host).items() if b == path and p != path)
+    backs = sorted(p for p, b in host.backing_map().items() if b == path and p != path)
     if backs:
         return f"backing file of {backs[0]}"
     kind = _kind(host, path)

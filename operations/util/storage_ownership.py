@@ -14,42 +14,17 @@ NETWORK_POOLS = {"netfs", "gluster", "rbd", "iscsi", "iscsi-direct", "sheepdog"}
 
 
 
-def disks_of(domain: Domain) -> tuple[Disk, ...]:
-    """Every disk of a domain, live and persistent definitions together."""
-    return domain.all_disks
-
-
-def backing_map(host: HostState) -> dict[str, str]:
-    """path -> backing file, from image headers (every pool directory, every domain disk) and volumes."""
-    backing: dict[str, str] = {}
-    for vol in host.all_volumes():
-        if vol.path and vol.backing:
-            backing[posixpath.normpath(vol.path)] = posixpath.normpath(vol.backing)
-    for path, entry in host.files.items():
-        if entry.backing:
-            backing[posixpath.normpath(path)] = posixpath.normpath(entry.backing)
-    for domain in host.domains.values():
-        for disk in domain.all_disks:
-            if disk.path and disk.backing:
-                backing.setdefault(posixpath.normpath(disk.path), posixpath.normpath(disk.backing))
-    return backing
-
-
 def _users(host: HostState, except_domain: str | None = None) -> dict[str, tuple[str, str]]:
     """path -> (domain, why): every disk of every other domain, and each one's whole backing chain."""
-    backing = backing_map(host)
+    below = host.backing_map()
     used: dict[str, tuple[str, str]] = {}
     for name, domain in host.domains.items():
         if name == except_domain:
             continue
         for disk in domain.all_disks:
-            if not disk.path:
+            chain = host.backing_chain(disk, below)
+            if not chain:
                 continue
-            chain = [posixpath.normpath(disk.path)]
-            following = backing.get(chain[0]) or disk.backing
-            while following and posixpath.normpath(following) not in chain and len(chain) < 32:
-                chain.append(posixpath.normpath(following))
-                following = backing.get(chain[-1])
             used.setdefault(chain[0], (name, f"disk of domain {name}"))
             for path in chain[1:]:
                 used.setdefault(path, (name, f"backing file of domain {name}"))
@@ -84,7 +59,7 @@ def needed_by_others(
     """
     users = _users(host, except_domain=vm)
     mine = {posixpath.normpath(p) for p in (*paths, *own)}
-    backs = {b: p for p, b in backing_map(host).items() if p not in mine}
+    backs = {b: p for p, b in host.backing_map().items() if p not in mine}
     needed: dict[str, Need] = {}
     for path in paths:
         normal = posixpath.normpath(path)

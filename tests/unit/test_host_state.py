@@ -49,3 +49,10 @@ def test_plain_data_reads_back_as_the_same_host_state() -> None:
     host = Hypervisor().process(CLUSTER)
     assert HostState.from_dict(host.to_dict()) == host
     assert Domains().process(CLUSTER) == host.to_dict()["domains"]  # what `pyinfra ... fact` prints
+
+
+def test_a_disks_backing_chain_follows_headers_and_volumes_to_the_end() -> None:
+    host = Hypervisor().process(CLUSTER)
+    overlay = host.domains["fx-off"].config.disks[0]
+    assert host.backing_chain(overlay) == ("/data01/primary/fx-off-vda.qcow2", "/secondary/centos7-vda.img")
+    assert host.backing_chain(host.domains["fx-off"].config.disks[2]) == ()  # the empty cdrom
