@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from facts.util.host_state import Domain, HostState
 from inventories.manifest_model import VmSpec
 from operations.util.vm_compare import compare
 
@@ -12,8 +13,8 @@ def _cell(actual: Any, wanted: Any, text: str) -> str:
     return text if actual == wanted else f"{text}!"
 
 
-def status_lines(specs: list[VmSpec], snapshot: dict[str, Any]) -> list[str]:
-    domains = snapshot.get("domains", {})
+def status_lines(specs: list[VmSpec], host_state: HostState) -> list[str]:
+    domains = host_state.domains
     lines = [
         f"{'VM':<20} {'STATE':<10} {'VCPUS':<7} {'MEMORY':<10} {'MAX':<10} {'DISKS':<6} {'MAC':<18} SNAPSHOTS"
     ]
@@ -24,18 +25,18 @@ def status_lines(specs: list[VmSpec], snapshot: dict[str, Any]) -> list[str]:
             continue
         cells = [_cell(c.actual, c.wanted, c.shown) for c in compare(spec, domain)]
         lines.append(
-            f"{spec.name:<20} {domain.get('state', '?'):<10} "
+            f"{spec.name:<20} {domain.state:<10} "
             f"{cells[0]:<7} {cells[1]:<10} {cells[2]:<10} {cells[3]:<6} {cells[4]:<18} "
             f"{snapshot_cell(spec, domain)}"
         )
     return lines
 
 
-def snapshot_cell(spec: VmSpec, domain: dict[str, Any]) -> str:
+def snapshot_cell(spec: VmSpec, domain: Domain) -> str:
     """The domain's snapshots oldest first, ``*`` on the current one; manifest ones missing: ``NAME!``."""
-    have = domain.get("snapshots") or []
-    names = [s["name"] + ("*" if s.get("current") else "") for s in have]
-    names += [f"{n}!" for n in spec.snapshots if n not in {s["name"] for s in have}]
+    have = domain.snapshots
+    names = [(s.name or "") + ("*" if s.current else "") for s in have]
+    names += [f"{n}!" for n in spec.snapshots if n not in {s.name for s in have}]
     return ",".join(names) or "-"
 
 

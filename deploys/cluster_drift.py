@@ -20,6 +20,7 @@ from deploys._settings import flag, is_hypervisor, is_mgmt, seconds, setting, vm
 from deploys.cluster_state import hypervisor_states, hypervisors
 from deploys.vms import dnsmasq_arguments
 from facts.dnsmasq import DnsmasqReservations
+from facts.util.host_state import HostState
 from inventories.manifest_model import VmSpec
 from operations import dnsmasq, orphans
 from operations.util.drift import Finding, PrunePlan, find, prune_plan, report_lines
@@ -29,7 +30,7 @@ from operations.util.run_store import store
 @dataclass
 class ClusterView:
     placement: dict[str, list[VmSpec]]
-    snapshots: dict[str, dict[str, Any] | None]
+    states: dict[str, HostState | None]
     reservations: dict[str, dict[str, str]] | None
     mgmt: str  # the management node's name ("" without one)
     findings: list[Finding]
@@ -53,7 +54,7 @@ def _read_cluster() -> ClusterView:
     active = set(inventory.get_active_hosts())
     members = hypervisors()
     placement = {m.name: vmspecs(m) for m in members}
-    snapshots = hypervisor_states()
+    states = hypervisor_states()
     mgmt_hosts = [m for m in inventory.get_group("mgmt", default=[]) if m in active]
     reservations = None
     owner = ""
@@ -74,12 +75,12 @@ def _read_cluster() -> ClusterView:
             | {setting("kvm_secondary_storage")}
         )
     )
-    findings = find(placement, snapshots, reservations, shared, mgmt=mgmt_name or "mgmt")
+    findings = find(placement, states, reservations, shared, mgmt=mgmt_name or "mgmt")
     if reservations is not None:
         untagged = flag("prune_untagged", member=mgmt_hosts[0])
         findings = owned_findings(findings, placement, reservations, owner, untagged)
     view = ClusterView(
-        placement, snapshots, reservations, mgmt_name, findings, prune_plan(findings, reservations)
+        placement, states, reservations, mgmt_name, findings, prune_plan(findings, reservations)
     )
     return view
 
@@ -155,7 +156,7 @@ def drift_report() -> None:
 def _reporter(view: ClusterView) -> bool:
     if is_mgmt():
         return True
-    names = sorted(view.snapshots)
+    names = sorted(view.states)
     return not view.mgmt and bool(names) and host.name == names[0]
 
 

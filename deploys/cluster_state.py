@@ -15,9 +15,10 @@ import gevent
 from pyinfra import host, logger
 
 from deploys._settings import seconds, setting
+from facts.util.host_state import HostState
 from operations.util.run_store import hypervisor_view, store
 
-HostStates = dict[str, dict[str, Any] | None]
+HostStates = dict[str, HostState | None]
 
 
 def hypervisors() -> list[Any]:
@@ -30,7 +31,7 @@ def hypervisor_states() -> HostStates:
     return store(host.state).once("hypervisor states", _read_all)
 
 
-def _read(member: Any, uri: str, timeout: int) -> dict[str, Any] | None:
+def _read(member: Any, uri: str, timeout: int) -> HostState | None:
     try:
         return hypervisor_view(member, uri, timeout)
     except Exception as exc:  # an unreachable host: no state (it fails on its own)

@@ -125,9 +125,9 @@ def _reservations(state: Any) -> tuple[dict[str, Any] | None, str]:
 
 
 def cluster_view() -> dict[str, Any]:
-    """``{"members", "manifest", "snapshots", "unread", "reservations", "targets"}`` of this run: each
+    """``{"members", "manifest", "states", "unread", "reservations", "targets"}`` of this run: each
     hypervisor's state read once (the run store's, shared with every later step); every hypervisor of
-    the inventory is in ``snapshots``, None when its state was not read (``unread``: why, and how to
+    the inventory is in ``states``, None when its state was not read (``unread``: why, and how to
     proceed)."""
     return store(host.state).once("placement view", _read_cluster)
 
@@ -138,13 +138,13 @@ def _read_cluster() -> dict[str, Any]:
     # nothing moves to or from them, and a VM that may be defined there is neither built nor moved
     # (unless provably new, see plan_placement); they fail on their own.
     everyone = hypervisors()
-    snapshots = hypervisor_states()
-    members = [m for m in everyone if snapshots[m.name] is not None]
-    unread = {m.name: why_unread(state, m) for m in everyone if snapshots[m.name] is None}
+    states = hypervisor_states()
+    members = [m for m in everyone if states[m.name] is not None]
+    unread = {m.name: why_unread(state, m) for m in everyone if states[m.name] is None}
     reservations, note = _reservations(state) if unread else (None, "")
     return {
         "members": members,
-        "snapshots": snapshots,
+        "states": states,
         "unread": unread,
         "reservations": reservations,
         "reservations_note": note,
@@ -165,7 +165,7 @@ def placement() -> Placement:
     return _plan(
         "placement",
         lambda v: plan_placement(
-            v["manifest"], v["snapshots"], shared, vcpu_ratio, memory_ratio,
+            v["manifest"], v["states"], shared, vcpu_ratio, memory_ratio,
             unread_why=v["unread"], reservations=v["reservations"],
             reservations_note=v["reservations_note"] or NO_RESERVATIONS,
         ),  # fmt: skip
@@ -244,7 +244,7 @@ def host_drained(drain: str | None = None) -> None:
     plan = _plan(
         "drain",
         lambda v: plan_drain(
-            drained, v["manifest"], v["snapshots"], shared, vcpu_ratio, memory_ratio, v["unread"]
+            drained, v["manifest"], v["states"], shared, vcpu_ratio, memory_ratio, v["unread"]
         ),
     )
     after = None

@@ -280,13 +280,13 @@ def status(vmspecs: list[VmSpec] | None = None, all_vmspecs: list[VmSpec] | None
     """
     if is_hypervisor():
         timeout = seconds("command_timeout")
-        snapshot = host.get_fact(
+        host_state = host.get_fact(
             Hypervisor, uri=setting("libvirt_uri"), timeout=timeout, _timeout=session_limit(1, timeout + 10)
         )
         # A failed read (libvirtd down or timed out) fails this host with the reason; its empty default
         # would show every VM as absent.
         if host not in host.state.failed_hosts:
-            for line in status_lines(_mine(vmspecs), snapshot):
+            for line in status_lines(_mine(vmspecs), host_state):
                 log(line)
     if is_mgmt():
         reservations = host.get_fact(

@@ -22,6 +22,7 @@ from pyinfra.api import FactBase, QuoteString, StringCommand
 from pyinfra.api.exceptions import FactProcessError
 
 from facts.util.commands import bounded
+from facts.util.host_state import HostState
 from facts.util.libvirt_parse import ParseError, hypervisor_from
 from facts.util.script_files import read_script
 from inventories.defaults import COMMAND_TIMEOUT as DEFAULT_TIMEOUT
@@ -49,7 +50,7 @@ def probe_command(uri: str, timeout: int = DEFAULT_TIMEOUT) -> StringCommand:
 
 class _LibvirtFact(FactBase):
     abstract = True
-    pick: Callable[[dict[str, Any]], Any] = staticmethod(lambda snapshot: snapshot)
+    pick: Callable[[HostState], Any] = staticmethod(lambda host_state: host_state)
 
     @staticmethod
     def default() -> Any:
@@ -69,31 +70,33 @@ class _LibvirtFact(FactBase):
 
 
 class Hypervisor(_LibvirtFact):
-    """``{"pools": Pools, "volumes": Volumes, "domains": Domains, "capacity": HostCapacity, "files": Files}``.
+    """The host's state as typed objects (``facts/util/host_state.HostState``): pools, volumes,
+    domains (with their disks, backing files and libvirt snapshots), capacity and files.
 
-    ``files``: ``{path: {kind, backing}}`` for every entry of every directory pool (active or not) and
-    every domain disk with its backing chain; ``kind`` is file, link, dir, other or missing.
+    ``files``: for every entry of every directory pool (active or not) and every domain disk with its
+    backing chain; ``kind`` is file, link, dir, other or missing. pyinfra's CLI prints it as
+    ``{"pools": Pools, "volumes": Volumes, "domains": Domains, "capacity": HostCapacity, "files": ...}``.
     """
 
     abstract = False
 
     @staticmethod
-    def default() -> dict[str, Any]:
-        return {"pools": {}, "volumes": {}, "domains": {}, "capacity": {}, "files": {}}
+    def default() -> HostState:
+        return HostState()
 
 
 class Pools(_LibvirtFact):
     """``{pool: {uuid, state, autostart, persistent, type, path, capacity, allocation, available}}``."""
 
     abstract = False
-    pick = staticmethod(lambda snapshot: snapshot["pools"])
+    pick = staticmethod(lambda host_state: host_state.to_dict()["pools"])
 
 
 class Volumes(_LibvirtFact):
     """``{pool: {volume: {path, format, capacity, allocation, backing}}}``; pools refreshed first."""
 
     abstract = False
-    pick = staticmethod(lambda snapshot: snapshot["volumes"])
+    pick = staticmethod(lambda host_state: host_state.to_dict()["volumes"])
 
 
 class Domains(_LibvirtFact):
@@ -107,14 +110,14 @@ class Domains(_LibvirtFact):
     """
 
     abstract = False
-    pick = staticmethod(lambda snapshot: snapshot["domains"])
+    pick = staticmethod(lambda host_state: host_state.to_dict()["domains"])
 
 
 class HostCapacity(_LibvirtFact):
     """``{cpus, memory_kib, free_memory_kib, libvirt_version, hypervisor_version}``."""
 
     abstract = False
-    pick = staticmethod(lambda snapshot: snapshot["capacity"])
+    pick = staticmethod(lambda host_state: host_state.capacity.to_dict())
 
 
 __all__ = ["Domains", "HostCapacity", "Hypervisor", "Pools", "Volumes"]

@@ -56,17 +56,17 @@ def seeds(
     except SeedError as exc:
         raise OperationValueError(str(exc)) from None
     wanted = [s for s in specs if s.cloud_init]
-    snapshot = hypervisor_state(uri, command_timeout)
-    if snapshot is None:
+    host_state = hypervisor_state(uri, command_timeout)
+    if host_state is None:
         yield fail(UNREAD)
         return
     prefix = getattr(host, "print_prefix", "")
     for spec in specs:
-        note = None if spec.cloud_init else stray_seed_note(spec, snapshot)
+        note = None if spec.cloud_init else stray_seed_note(spec, host_state)
         if note:
             logger.info(f"{prefix}{spec.name}: note: {note}")
     executing = bool(getattr(host.state, "is_executing", False))
-    plans = [seed_plan(s, snapshot, uri, checked, executing, command_timeout) for s in wanted]
+    plans = [seed_plan(s, host_state, uri, checked, executing, command_timeout) for s in wanted]
     log_plans(plans)
     if not any(p.changes for p in plans):
         host.noop(f"{len(plans)} cloud-init seed(s) up to date")

@@ -39,13 +39,13 @@ def installer_vm(
         )
     """
     spec.check()
-    snapshot = hypervisor_state(uri, command_timeout)
-    if snapshot is None:
+    host_state = hypervisor_state(uri, command_timeout)
+    if host_state is None:
         yield fail(UNREAD)
         return
-    plan = installer_plan(spec, snapshot, uri, command_timeout)
+    plan = installer_plan(spec, host_state, uri, command_timeout)
     if plan is None:
-        state = snapshot["domains"][spec.vm].get("state")
+        state = host_state.domains[spec.vm].state
         host.noop(f"domain {spec.vm} already exists ({state}): left as it is")
         return
     logger.info(f"{getattr(host, 'print_prefix', '')}{plan.summary()}")

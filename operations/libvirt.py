@@ -97,17 +97,17 @@ def pool(
         libvirt.pool(name="Primary storage pool", pool_name="default", path="/data01/primary")
     """
     t = command_timeout
-    snapshot = hypervisor_state(uri, t)
-    if snapshot is None:
+    host_state = hypervisor_state(uri, t)
+    if host_state is None:
         yield fail(UNREAD)
         return
-    pools = snapshot["pools"]
+    pools = host_state.pools
     current = pools.get(pool_name)
     if not present:
         if current is None:
             host.noop(f"pool {pool_name} is absent")
             return
-        steps = [virsh(uri, "pool-destroy", pool_name, timeout=t)] if current["state"] == "running" else []
+        steps = [virsh(uri, "pool-destroy", pool_name, timeout=t)] if current.active else []
         steps.append(virsh(uri, "pool-undefine", pool_name, timeout=t))
         yield StringCommand(all_of(steps), _timeout=session_limit(len(steps), t))
         return
@@ -121,21 +121,21 @@ def pool(
             steps.append(virsh(uri, "pool-autostart", pool_name, timeout=t))
         yield StringCommand(all_of(steps), _timeout=session_limit(len(steps), t))
         return
-    if os.path.normpath(current.get("path") or "") != os.path.normpath(path):
+    if os.path.normpath(current.path or "") != os.path.normpath(path):
         message = (
-            f"pool {pool_name} already exists with path {current.get('path')}, not {path}; "
+            f"pool {pool_name} already exists with path {current.path}, not {path}; "
             "refusing to redefine it (undefine it first, or use another pool name)"
         )
         log(message, "warning")
         yield fail(message)
         return
     steps = []
-    if current["state"] != "running":
+    if not current.active:
         steps += [
             virsh(uri, "pool-build", pool_name, timeout=t),
             virsh(uri, "pool-start", pool_name, timeout=t),
         ]
-    if bool(current.get("autostart")) != autostart:
+    if current.autostart != autostart:
         steps.append(
             virsh(uri, "pool-autostart", *([] if autostart else ["--disable"]), pool_name, timeout=t)
         )
@@ -196,20 +196,20 @@ def vms(
             [spec.name for spec in specs], keep_disks, uri, command_timeout, tuple(shared_dirs or ())
         )
         return
-    snapshot = hypervisor_state(uri, command_timeout)
-    if snapshot is None:
+    host_state = hypervisor_state(uri, command_timeout)
+    if host_state is None:
         yield fail(UNREAD)
         return
     if vcpu_ratio is not None or memory_ratio is not None:
-        refusal = capacity_refusal(specs, snapshot, vcpu_ratio, memory_ratio)
+        refusal = capacity_refusal(specs, host_state, vcpu_ratio, memory_ratio)
         if refusal:
             yield fail(refusal)
             return
     plans = build_plans(
-        specs, snapshot, uri, clone=create, timeout=command_timeout, copy_timeout=copy_timeout
+        specs, host_state, uri, clone=create, timeout=command_timeout, copy_timeout=copy_timeout
     )
     log_plans(plans)
-    show_diff(build_diff(specs, snapshot, {p.vm for p in plans if p.command is not None}))
+    show_diff(build_diff(specs, host_state, {p.vm for p in plans if p.command is not None}))
     if not any(p.changes for p in plans):
         host.noop(f"{len(plans)} domain(s) match the manifest")
         return
@@ -244,11 +244,11 @@ def vms_running(
     """
     domains = [spec.name for spec in _specs(vmspecs)]
     timeout = stop_timeout
-    snapshot = hypervisor_state(uri, command_timeout)
-    if snapshot is None:
+    host_state = hypervisor_state(uri, command_timeout)
+    if host_state is None:
         yield fail(UNREAD)
         return
-    known = snapshot["domains"]
+    known = host_state.domains
     missing = [d for d in domains if d not in known]
     if missing:
         log(f"not defined here: {', '.join(missing)}", "warning")
@@ -278,12 +278,12 @@ def _deleted(
 ) -> Commands:
     """The commands of ``vms(present=False)``."""
     state = host.state
-    snapshot = hypervisor_state(uri, command_timeout)
-    if snapshot is None:  # never take an unread host for one whose domains are all gone
+    host_state = hypervisor_state(uri, command_timeout)
+    if host_state is None:  # never take an unread host for one whose domains are all gone
         yield fail(UNREAD)
         return
-    plans = {d: delete_plan(d, snapshot, uri, keep_disks, command_timeout, shared) for d in domains}
-    absent = [d for d, p in plans.items() if p is None and d not in snapshot.get("domains", {})]
+    plans = {d: delete_plan(d, host_state, uri, keep_disks, command_timeout, shared) for d in domains}
+    absent = [d for d, p in plans.items() if p is None and d not in host_state.domains]
     if getattr(state, "is_executing", False) and absent:
         _record_gone(state, host, absent)
     todo = [p for p in plans.values() if p is not None]
@@ -291,7 +291,7 @@ def _deleted(
         host.noop(f"{len(domains)} domain(s) already absent")
         return
     log_plans(todo)
-    show_diff(delete_diff([p.vm for p in todo], snapshot["domains"]))
+    show_diff(delete_diff([p.vm for p in todo], host_state.domains))
     for plan in todo:
         yield limited(plan)
         yield FunctionCommand(_record_gone, ([plan.vm],), {})
@@ -380,23 +380,23 @@ def domain(xml_file: str, uri: str = DEFAULT_URI, command_timeout: int = DEFAULT
     except (OSError, UnicodeDecodeError, CloneError) as exc:
         raise OperationValueError(f"cannot use domain XML {xml_file}: {exc}") from None
     file_digest = digest(data)
-    snapshot = hypervisor_state(uri, command_timeout)
-    if snapshot is None:
+    host_state = hypervisor_state(uri, command_timeout)
+    if host_state is None:
         yield fail(UNREAD)
         return
-    current = snapshot["domains"].get(vm)
+    current = host_state.domains.get(vm)
     if current is not None:
-        recorded = recorded_digest(current["xml"])
-        if recorded == file_digest or (recorded is None and xml_covers(xml, current["xml"])):
+        recorded = recorded_digest(current.xml)
+        if recorded == file_digest or (recorded is None and xml_covers(xml, current.xml)):
             host.noop(f"domain {vm} matches {xml_file}")
             return
     try:
-        definition = with_source(xml, file_digest, current.get("uuid") if current else None)
+        definition = with_source(xml, file_digest, current.uuid if current else None)
     except CloneError as exc:
         raise OperationValueError(f"cannot redefine {vm} from {xml_file}: {exc}") from None
     log(
         f"{vm}: {'redefine' if current else 'define'} from {xml_file}"
-        + (f" (keeping UUID {current.get('uuid')})" if current else "")
+        + (f" (keeping UUID {current.uuid})" if current else "")
     )
     yield StringCommand(
         virsh(uri, "define", "/dev/stdin", timeout=command_timeout),
@@ -438,18 +438,18 @@ def vm_xml_files(
 
         libvirt.vm_xml_files(name="Save VM XML", domains=["vm01", "centos7"], directory="xml/sm-01")
     """
-    snapshot = hypervisor_state(uri, command_timeout)
-    if snapshot is None:
+    host_state = hypervisor_state(uri, command_timeout)
+    if host_state is None:
         yield fail(UNREAD)
         return
-    known = snapshot["domains"]
+    known = host_state.domains
     changed = False
     for vm in domains:
         if vm not in known:
             log(f"{vm}: not defined here, no XML saved", "warning")
             continue
         path = os.path.join(directory, f"{vm}.xml")
-        xml = known[vm]["xml"]
+        xml = known[vm].xml
         if os.path.exists(path) and Path(path).read_text() == xml:
             continue
         changed = True

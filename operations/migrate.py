@@ -67,17 +67,17 @@ def domains_moved(
             return
         host.noop("no VM to move from this host")
         return
-    snapshot = hypervisor_state(uri, command_timeout)
-    if snapshot is None:
+    host_state = hypervisor_state(uri, command_timeout)
+    if host_state is None:
         yield fail(UNREAD)
         return
     todo = []
     for data in moves:
         move = Move.from_dict(data)
-        domain = snapshot["domains"].get(move.vm)
+        domain = host_state.domains.get(move.vm)
         if domain is None:
             continue
-        live = domain.get("state") not in ("shut off", "crashed", "no state")
+        live = domain.active
         todo.append(Move.from_dict({**data, "live": live}))
     if not todo:
         if stop is not None:

@@ -67,11 +67,11 @@ def orphan_volumes_absent(
             paths=["/data01/primary/old-vm-vdb"],
         )
     """
-    snapshot = hypervisor_state(uri, command_timeout)
-    if snapshot is None:
+    host_state = hypervisor_state(uri, command_timeout)
+    if host_state is None:
         yield fail(UNREAD)
         return
-    free, kept = recheck(list(paths), snapshot)
+    free, kept = recheck(list(paths), host_state)
     prefix = getattr(host, "print_prefix", "")
     for line in kept:
         logger.info(f"{prefix}keeping {line}")
@@ -80,7 +80,7 @@ def orphan_volumes_absent(
         return
     for path in free:
         logger.info(f"{prefix}remove orphan volume {path}")
-    pools = running_pools(free, snapshot)
+    pools = running_pools(free, host_state)
     yield StringCommand(
         removal_command(free, pools, uri, command_timeout),
         _timeout=session_limit(2 + len(pools), command_timeout),

@@ -14,6 +14,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import OperationValueError, operation
 
+from facts.util.host_state import Domain
 from operations.util.plan_commands import UNREAD, hypervisor_state, log_plans, plan_commands
 from operations.util.snapshot_plan import create_plan, delete_plan, revert_plan, valid_name
 from operations.util.virsh import DEFAULT_TIMEOUT, DEFAULT_URI, fail
@@ -58,11 +59,11 @@ def domain_snapshots(
         )
     """
     _check_names([n for names in snapshots.values() for n in names])
-    fact = hypervisor_state(uri, command_timeout)
-    if fact is None:
+    host_state = hypervisor_state(uri, command_timeout)
+    if host_state is None:
         yield fail(UNREAD)
         return
-    domains = fact["domains"]
+    domains = host_state.domains
     plans: list[VmPlan] = []
     for vm, names in snapshots.items():
         if present:
@@ -71,9 +72,10 @@ def domain_snapshots(
                 plans.append(plan)
             continue
         # One snapshot per domain per run: the next one's plan depends on this one's result.
-        existing = [n for n in reversed(_names(domains.get(vm) or {})) if n in names]
+        domain = domains.get(vm)
+        existing = [n for n in reversed(_names(domain)) if n in names] if domain is not None else []
         if existing:
-            plan = delete_plan(vm, existing[0], domains.get(vm), fact, uri, command_timeout)
+            plan = delete_plan(vm, existing[0], domain, host_state, uri, command_timeout)
             if plan is not None:
                 if len(existing) > 1:
                     plan.notes.append(f"{', '.join(existing[1:])} left for the next run")
@@ -86,8 +88,8 @@ def domain_snapshots(
     yield from plan_commands(plans)
 
 
-def _names(domain: dict[str, Any]) -> list[str]:
-    return [s["name"] for s in domain.get("snapshots", [])]
+def _names(domain: Domain) -> list[str]:
+    return [s.name or "" for s in domain.snapshots]
 
 
 @operation(is_idempotent=False)
@@ -115,11 +117,12 @@ def domain_snapshot_reverted(
         )
     """
     _check_names([snapshot_name])
-    fact = hypervisor_state(uri, command_timeout)
-    if fact is None:
+    host_state = hypervisor_state(uri, command_timeout)
+    if host_state is None:
         yield fail(UNREAD)
         return
-    plans = [revert_plan(vm, snapshot_name, fact["domains"].get(vm), uri, command_timeout) for vm in domains]
+    known = host_state.domains
+    plans = [revert_plan(vm, snapshot_name, known.get(vm), uri, command_timeout) for vm in domains]
     log_plans(plans)
     if not plans:
         host.noop("no domain to revert")

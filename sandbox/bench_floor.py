@@ -15,10 +15,11 @@ from facts.libvirt import Hypervisor
 from inventories.defaults import PRIMARY_POOL
 
 if "kvm_hosts" in host.groups:
-    snapshot = host.get_fact(Hypervisor)
-    base = snapshot["domains"].get(host.data.get("bench_srcvm") or "centos7") or {}
-    source = next((d["path"] for d in base.get("disks", []) if d.get("device") == "disk"), None)
-    pool = (snapshot["pools"].get(PRIMARY_POOL) or {}).get("path")
+    host_state = host.get_fact(Hypervisor)
+    base = host_state.domains.get(host.data.get("bench_srcvm") or "centos7")
+    source = next((d.path for d in base.disks if d.is_disk), None) if base is not None else None
+    primary = host_state.pools.get(PRIMARY_POOL)
+    pool = primary.path if primary is not None else None
     if not source or not pool:
         raise SystemExit(f"bench floor: no base disk or primary pool on {host.name}")
     target = f"{pool}/bench-floor-copy.img"

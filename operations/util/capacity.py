@@ -7,8 +7,8 @@ have separate allocation ratios: a host offers ``CPUs x vcpu_ratio`` vCPUs and `
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from facts.util.host_state import HostState
 from inventories.manifest_model import VmSpec
 
 KIB = 1024
@@ -103,7 +103,7 @@ def refusal_message(refused: CapacityRow, others: list[CapacityRow]) -> str:
 def capacity_row(
     host_name: str,
     specs: list[VmSpec],
-    snapshot: dict[str, Any],
+    host: HostState,
     vcpu_ratio: float = DEFAULT_VCPU_RATIO,
     memory_ratio: float = DEFAULT_MEMORY_RATIO,
 ) -> CapacityRow:
@@ -112,33 +112,29 @@ def capacity_row(
     Base VMs used as clone sources are not counted (they are templates, not workloads). Disk need is
     the data a full clone copies (allocation of the source disks); linked clones and data disks are thin.
     """
-    domains = snapshot.get("domains", {})
-    capacity = snapshot.get("capacity", {})
+    domains = host.domains
+    capacity = host.capacity
     sources = {spec.srcvm for spec in specs}
     manifest_names = {spec.name for spec in specs}
     others = [d for name, d in domains.items() if name not in manifest_names and name not in sources]
-    vcpus = sum(spec.vcpus for spec in specs) + sum(int(d.get("vcpus") or 0) for d in others)
-    memory = sum(spec.memory_kib for spec in specs) + sum(int(d.get("memory_kib") or 0) for d in others)
+    vcpus = sum(spec.vcpus for spec in specs) + sum(d.vcpus for d in others)
+    memory = sum(spec.memory_kib for spec in specs) + sum(d.memory_kib for d in others)
 
-    allocation_by_path = {
-        vol.get("path"): int(vol.get("allocation") or 0)
-        for vols in snapshot.get("volumes", {}).values()
-        for vol in vols.values()
-    }
+    allocation_by_path = {vol.path: vol.allocation for vol in host.all_volumes()}
     needs: dict[str, int] = {}
     for spec in specs:
         if spec.name in domains or spec.clone != "full" or spec.srcvm not in domains:
             continue
-        for disk in domains[spec.srcvm].get("disks", []):
-            if disk.get("device") == "disk" and disk.get("path"):
-                needs[spec.pool] = needs.get(spec.pool, 0) + allocation_by_path.get(disk["path"], 0)
-    pool_free = {name: int(p.get("available") or 0) for name, p in snapshot.get("pools", {}).items()}
+        for disk in domains[spec.srcvm].disks:
+            if disk.is_disk and disk.path:
+                needs[spec.pool] = needs.get(spec.pool, 0) + allocation_by_path.get(disk.path, 0)
+    pool_free = {name: p.available for name, p in host.pools.items()}
     return CapacityRow(
         host=host_name,
         vcpus=vcpus,
-        cpus=int(capacity.get("cpus") or 0),
+        cpus=capacity.cpus,
         memory_kib=memory,
-        host_memory_kib=int(capacity.get("memory_kib") or 0),
+        host_memory_kib=capacity.memory_kib,
         vcpu_ratio=vcpu_ratio,
         memory_ratio=memory_ratio,
         pool_free=pool_free,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pyinfra.api import StringCommand
 
+from facts.util.host_state import HostState
 from inventories.manifest_model import VmSpec
 from operations.util.converge_plan import converge_plan
 from operations.util.disk_files import qcow2_overlay, staged, with_cleanup
@@ -21,12 +22,12 @@ from operations.util.virsh import (
     sh,
     virsh,
 )
-from operations.util.vm_plan import Snapshot, VmPlan, is_active
+from operations.util.vm_plan import VmPlan
 
 
 def clone_plan(
     spec: VmSpec,
-    snapshot: Snapshot,
+    host: HostState,
     uri: str,
     timeout: int = DEFAULT_TIMEOUT,
     copy_timeout: int = DEFAULT_COPY_TIMEOUT,
@@ -36,19 +37,19 @@ def clone_plan(
     Every step is bounded by ``timeout`` seconds, a full copy of a base disk by ``copy_timeout``.
     """
     plan = VmPlan(spec.name)
-    source = snapshot.get("domains", {}).get(spec.srcvm)
-    pool = snapshot.get("pools", {}).get(spec.pool)
+    source = host.domains.get(spec.srcvm)
+    pool = host.pools.get(spec.pool)
     if source is None:
         plan.error = f"source domain {spec.srcvm} is not defined on this host (see deploys/base_vm.py)"
         return plan
-    if pool is None or not pool.get("path"):
+    if pool is None or not pool.path:
         plan.error = f"storage pool {spec.pool} is not defined on this host (see deploys/pools.py)"
         return plan
-    if is_active(source):
+    if source.active:
         plan.notes.append(f"source domain {spec.srcvm!r} is running: its disk may be copied mid-write")
     try:
-        disks = plan_disks(spec, source["xml"], pool["path"])
-        xml = clone_xml(spec, source["xml"], disks)
+        disks = plan_disks(spec, source.xml, pool.path)
+        xml = clone_xml(spec, source.xml, disks)
     except CloneError as exc:
         plan.error = f"cannot clone {spec.srcvm}: {exc}"
         return plan
@@ -103,7 +104,7 @@ def clone_plan(
     if spec.autostart:
         plan.actions.append("autostart on")
 
-    plan.command = with_cleanup(paths, pool["path"], all_of(steps), timeout, then=define)
+    plan.command = with_cleanup(paths, pool.path, all_of(steps), timeout, then=define)
     steps.append(define)
     if sysprep:
         plan.command = sh(tool_check(spec.name), plan.command)
@@ -118,7 +119,7 @@ def clone_plan(
 
 def build_plans(
     specs: list[VmSpec],
-    snapshot: Snapshot,
+    host: HostState,
     uri: str,
     clone: bool = True,
     timeout: int = DEFAULT_TIMEOUT,
@@ -126,12 +127,11 @@ def build_plans(
 ) -> list[VmPlan]:
     """Clone what is missing (when ``clone``), converge what exists."""
     plans = []
-    domains = snapshot.get("domains", {})
     for spec in specs:
-        if spec.name in domains:
-            plans.append(converge_plan(spec, snapshot, uri, timeout=timeout))
+        if spec.name in host.domains:
+            plans.append(converge_plan(spec, host, uri, timeout=timeout))
         elif clone:
-            plans.append(clone_plan(spec, snapshot, uri, timeout, copy_timeout))
+            plans.append(clone_plan(spec, host, uri, timeout, copy_timeout))
         else:
             plans.append(VmPlan(spec.name, notes=["not defined on this host (run deploys/build.py)"]))
     return plans

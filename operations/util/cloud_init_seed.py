@@ -20,18 +20,18 @@ import hashlib
 import json
 import posixpath
 import re
-import xml.etree.ElementTree as ET
 from typing import Any
 
 from pyinfra.api import StringCommand
 
+from facts.util.host_state import Domain, FileEntry, HostState
 from inventories.manifest_model import VmSpec
 from operations.util.disk_files import staged
 from operations.util.disk_files import with_cleanup as with_cleanup
 from operations.util.domain_xml import stable_uuid
 from operations.util.iso9660 import build_iso
 from operations.util.virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
-from operations.util.vm_plan import Snapshot, VmPlan, is_active
+from operations.util.vm_plan import VmPlan
 
 SEED_SUFFIX = "-seed.iso"
 VOLUME_ID = "cidata"
@@ -134,25 +134,16 @@ def seed_path(pool_dir: str, vm: str) -> str:
     return posixpath.join(pool_dir, f"{vm}{SEED_SUFFIX}")
 
 
-def _controllers(xml: str) -> list[str]:
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return []
-    return [c.get("model") or "" for c in root.findall("devices/controller") if c.get("type") == "scsi"]
-
-
-def _free_target(domain: dict[str, Any]) -> str:
-    cfg = domain.get("config") or domain
-    used = {d.get("target") for d in list(domain.get("disks", [])) + list(cfg.get("disks", []))}
+def _free_target(domain: Domain | None) -> str:
+    used = {d.target for d in domain.all_disks} if domain is not None else set()
     return next(f"sd{c}" for c in "abcdefghijklmnopqrstuvwxyz" if f"sd{c}" not in used)
 
 
-def _untrusted(entry: dict[str, Any]) -> str | None:
+def _untrusted(entry: FileEntry) -> str | None:
     """Why an existing seed file cannot be kept as it is, or None: this package writes seeds as root,
     0600, so a seed owned by anyone else, or with other permissions, may have been planted or changed
     by someone else (its content could be rewritten before the guest boots)."""
-    uid, mode = entry.get("uid"), entry.get("mode")
+    uid, mode = entry.uid, entry.mode
     if uid is None or mode is None:
         return "owner and mode unknown"
     if uid != 0 or mode != 0o600:
@@ -162,7 +153,7 @@ def _untrusted(entry: dict[str, Any]) -> str | None:
 
 def seed_plan(
     spec: VmSpec,
-    snapshot: Snapshot,
+    host: HostState,
     uri: str,
     users: list[dict[str, Any]],
     executing: bool = True,
@@ -180,27 +171,27 @@ def seed_plan(
     plan assumes the UUID the clone gets (``stable_uuid``).
     """
     plan = VmPlan(spec.name)
-    domain = snapshot.get("domains", {}).get(spec.name)
-    pool = snapshot.get("pools", {}).get(spec.pool)
+    domain = host.domains.get(spec.name)
+    pool = host.pools.get(spec.pool)
     if domain is None and executing:
         plan.notes.append("not defined on this host: no seed (run deploys/build.py)")
         return plan
-    if pool is None or not pool.get("path"):
+    if pool is None or not pool.path:
         plan.error = f"storage pool {spec.pool} is not defined on this host (see deploys/pools.py)"
         return plan
-    instance_id = domain.get("uuid") if domain else stable_uuid(spec.name)
+    instance_id = domain.uuid if domain else stable_uuid(spec.name)
     image = build_iso(VOLUME_ID, seed_files(spec, str(instance_id), users))
     digest = hashlib.sha256(image).hexdigest()
-    path = seed_path(pool["path"], spec.name)
-    entry = snapshot.get("files", {}).get(path, {"kind": "missing"})
-    kind = entry.get("kind", "missing")
+    path = seed_path(pool.path, spec.name)
+    entry = host.file(path)
+    kind = entry.kind
     if kind not in ("file", "missing"):
         plan.error = f"{path} is a {kind}, not a plain file; refusing to replace it"
         return plan
 
     untrusted = _untrusted(entry) if kind == "file" else None
     steps: list[StringCommand] = []
-    if kind != "file" or entry.get("sha256") != digest or untrusted:
+    if kind != "file" or entry.sha256 != digest or untrusted:
         if kind == "file":
             steps.append(
                 sh(
@@ -215,7 +206,7 @@ def seed_plan(
         fill = bounded(
             f"write {path}", timeout, "sh", "-c", q('base64 -d | gzip -dc > "$1"'), "sh", q(staged(path))
         )
-        steps.append(with_cleanup([path], pool["path"], fill, timeout, grouped=True))
+        steps.append(with_cleanup([path], pool.path, fill, timeout, grouped=True))
         what = f"(instance-id {instance_id}, hostname {spec.hostname}, {len(users)} user(s))"
         if untrusted:
             plan.actions.append(f"replace {path}, {untrusted}, with a new seed {what}")
@@ -223,12 +214,11 @@ def seed_plan(
             plan.actions.append(f"{'rewrite' if kind == 'file' else 'write'} {path} {what}")
         plan.stdin = base64.b64encode(gzip.compress(image, mtime=0)).decode("ascii") + "\n"
 
-    cfg = (domain.get("config") or domain) if domain else {}
-    attached = [d for d in cfg.get("disks", []) if d.get("path") == path]
+    attached = [d for d in domain.config.disks if d.path == path] if domain is not None else []
     if not attached:
         # Before the define, the clone will have its base's devices (cdroms, controllers).
-        basis = domain if domain is not None else snapshot.get("domains", {}).get(spec.srcvm) or {}
-        if not _controllers(basis.get("xml", "")):
+        basis = domain if domain is not None else host.domains.get(spec.srcvm)
+        if basis is None or not basis.config.scsi_models:
             steps.append(
                 sh(
                     "printf '%s\\n'",
@@ -263,7 +253,7 @@ def seed_plan(
             )
         )
         plan.actions.append(f"attach {path} as cdrom {target}")
-    if steps and domain is not None and is_active(domain):
+    if steps and domain is not None and domain.active:
         plan.notes.append("running: the guest reads the new seed at its next boot")
     if steps:
         plan.command = all_of(steps)
@@ -271,13 +261,12 @@ def seed_plan(
     return plan
 
 
-def stray_seed_note(spec: VmSpec, snapshot: Snapshot) -> str | None:
+def stray_seed_note(spec: VmSpec, host: HostState) -> str | None:
     """A note when a VM without ``cloudInit`` still has its seed attached (it is left alone)."""
-    domain = snapshot.get("domains", {}).get(spec.name)
+    domain = host.domains.get(spec.name)
     if domain is None:
         return None
-    cfg = domain.get("config") or domain
-    for disk in cfg.get("disks", []):
-        if (disk.get("path") or "").endswith(f"/{spec.name}{SEED_SUFFIX}"):
-            return f"{disk['path']} is still attached although cloudInit is off: left as is"
+    for disk in domain.config.disks:
+        if (disk.path or "").endswith(f"/{spec.name}{SEED_SUFFIX}"):
+            return f"{disk.path} is still attached although cloudInit is off: left as is"
     return None

@@ -7,6 +7,7 @@ import posixpath
 
 from pyinfra.api import StringCommand
 
+from facts.util.host_state import Domain, HostState
 from inventories.manifest_model import VmSpec
 from operations.util.disk_files import staged, with_cleanup
 from operations.util.domain_xml import data_disk_targets
@@ -19,7 +20,7 @@ from operations.util.virsh import (
     virsh,
 )
 from operations.util.vm_compare import configured, gib, wanted
-from operations.util.vm_plan import Domain, Snapshot, VmPlan, is_active
+from operations.util.vm_plan import VmPlan
 
 
 def resource_plan(
@@ -37,7 +38,7 @@ def resource_plan(
     have, want = configured(domain), wanted(spec)
     want_max, want_cur, want_cpu = want.max_memory_kib, want.memory_kib, want.vcpus
 
-    if domain.get("persistent", True):
+    if domain.persistent:
         cfg_max, cfg_cur = have.max_memory_kib, have.memory_kib
         if (cfg_max, cfg_cur) != (want_max, want_cur):
             setmax = (
@@ -73,12 +74,12 @@ def resource_plan(
     else:
         notes.append("transient domain: config changes skipped")
 
-    if is_active(domain):
+    if domain.active:
         # Live values follow the guest: a balloon without a guest driver never reaches its target, so
         # a live change goes with the config change it belongs to instead of chasing live drift forever.
-        cfg_cur = have.memory_kib if domain.get("persistent", True) else domain["memory_kib"]
-        cfg_vcpus = have.vcpus if domain.get("persistent", True) else domain["vcpus"]
-        live_cur, live_max = domain["memory_kib"], domain["max_memory_kib"]
+        cfg_cur = have.memory_kib if domain.persistent else domain.memory_kib
+        cfg_vcpus = have.vcpus if domain.persistent else domain.vcpus
+        live_cur, live_max = domain.memory_kib, domain.max_memory_kib
         if cfg_cur != want_cur:
             if want_cur <= live_max:
                 commands.append(virsh(uri, "setmem", name, want_cur, "--live", timeout=timeout))
@@ -92,7 +93,7 @@ def resource_plan(
             notes.append(f"running with {gib(live_cur)} of memory (balloon), configured {gib(want_cur)}")
         if live_max != want_max:
             notes.append(f"max memory {gib(live_max)} -> {gib(want_max)} takes effect at next boot")
-        live_vcpus, live_maxv = domain["vcpus"], domain["max_vcpus"]
+        live_vcpus, live_maxv = domain.vcpus, domain.max_vcpus
         if live_vcpus != want_cpu:
             if cfg_vcpus != want_cpu and live_vcpus < want_cpu <= live_maxv:
                 commands.append(virsh(uri, "setvcpus", name, want_cpu, "--live", timeout=timeout))
@@ -105,7 +106,7 @@ def resource_plan(
 
 
 def disk_plan(
-    spec: VmSpec, domain: Domain, snapshot: Snapshot, uri: str, timeout: int = DEFAULT_TIMEOUT
+    spec: VmSpec, domain: Domain, host: HostState, uri: str, timeout: int = DEFAULT_TIMEOUT
 ) -> tuple[list[StringCommand], list[str], list[str]]:
     """Add missing data disks; never shrink or remove one (differences become notes).
 
@@ -114,25 +115,20 @@ def disk_plan(
     commands: list[StringCommand] = []
     actions: list[str] = []
     notes: list[str] = []
-    cfg = domain.get("config") or domain
-    disks = [d for d in cfg.get("disks", []) if d.get("device") == "disk"]
+    disks = [d for d in domain.config.disks if d.is_disk]
     if not disks:
         return commands, actions, notes
     boot, data = disks[0], disks[1:]
-    wanted = data_disk_targets([boot["target"]], spec.num_disks)
-    present = {d["target"]: d for d in data}
+    wanted = data_disk_targets([boot.target or ""], spec.num_disks)
+    present = {d.target: d for d in data}
     missing = [t for t in wanted if t not in present]
-    extra = [d["target"] for d in data if d["target"] not in wanted]
+    extra = [d.target or "" for d in data if d.target not in wanted]
     if extra:
         notes.append(f"has data disk(s) {', '.join(extra)} beyond numDisks {spec.num_disks}: not removed")
-    capacities = {
-        vol.get("path"): vol.get("capacity")
-        for vols in snapshot.get("volumes", {}).values()
-        for vol in vols.values()
-    }
+    capacities = {vol.path: vol.capacity for vol in host.all_volumes()}
     for target in wanted:
         disk = present.get(target)
-        capacity = capacities.get(disk.get("path")) if disk else None
+        capacity = capacities.get(disk.path) if disk else None
         if disk and capacity and capacity != spec.disk_size_gb * 1024**3:
             notes.append(
                 f"data disk {target} is {capacity / 1024**3:g} GiB, manifest says "
@@ -140,13 +136,13 @@ def disk_plan(
             )
     if not missing:
         return commands, actions, notes
-    pool = snapshot.get("pools", {}).get(spec.pool)
-    if pool is None or not pool.get("path"):
+    pool = host.pools.get(spec.pool)
+    if pool is None or not pool.path:
         notes.append(f"cannot add data disks: storage pool {spec.pool!r} is not defined")
         return commands, actions, notes
-    live = ["--live"] if is_active(domain) else []
+    live = ["--live"] if domain.active else []
     for target in missing:
-        path = posixpath.join(pool["path"], f"{spec.name}-{target}.img")
+        path = posixpath.join(pool.path, f"{spec.name}-{target}.img")
         create = bounded(
             f"create {path}", timeout, "truncate", "-s", q(f"{spec.disk_size_gb}G"), "--", q(staged(path))
         )
@@ -164,32 +160,32 @@ def disk_plan(
             *live,
             timeout=timeout,
         )
-        commands.append(with_cleanup([path], pool["path"], create, timeout, grouped=True, then=attach))
+        commands.append(with_cleanup([path], pool.path, create, timeout, grouped=True, then=attach))
         actions.append(f"add data disk {target} {spec.disk_size_gb} GiB" + (" (live)" if live else ""))
     return commands, actions, notes
 
 
 def converge_plan(
-    spec: VmSpec, snapshot: Snapshot, uri: str, disks: bool = True, timeout: int = DEFAULT_TIMEOUT
+    spec: VmSpec, host: HostState, uri: str, disks: bool = True, timeout: int = DEFAULT_TIMEOUT
 ) -> VmPlan:
     """Bring an existing domain to its vmspec: resources, data disks, autostart; report the rest."""
-    domain = snapshot["domains"][spec.name]
+    domain = host.domains[spec.name]
     plan = VmPlan(spec.name)
     commands, plan.actions, plan.notes = resource_plan(spec, domain, uri, timeout)
     if disks:
-        more, actions, notes = disk_plan(spec, domain, snapshot, uri, timeout)
+        more, actions, notes = disk_plan(spec, domain, host, uri, timeout)
         commands += more
         plan.actions += actions
         plan.notes += notes
-    if spec.autostart is not None and bool(domain.get("autostart")) != spec.autostart:
+    if spec.autostart is not None and domain.autostart != spec.autostart:
         commands.append(
             virsh(uri, "autostart", *([] if spec.autostart else ["--disable"]), spec.name, timeout=timeout)
         )
         plan.actions.append(f"autostart {'on' if spec.autostart else 'off'}")
-    interfaces = (domain.get("config") or domain).get("interfaces") or []
-    if interfaces and (interfaces[0].get("mac") or "").lower() != spec.mac:
+    interfaces = domain.config.interfaces
+    if interfaces and (interfaces[0].mac or "").lower() != spec.mac:
         plan.notes.append(
-            f"first NIC has MAC {interfaces[0].get('mac')}, manifest says {spec.mac}: "
+            f"first NIC has MAC {interfaces[0].mac}, manifest says {spec.mac}: "
             "its DHCP reservation will not match (rebuild the VM to change it)"
         )
     if commands:

@@ -7,6 +7,7 @@ from typing import Any
 
 from pyinfra.api import StringCommand
 
+from facts.util.host_state import HostState
 from operations.util.storage_ownership import (
     owned_volumes,
 )
@@ -19,12 +20,12 @@ from operations.util.virsh import (
     sh,
     virsh,
 )
-from operations.util.vm_plan import Snapshot, VmPlan, is_active
+from operations.util.vm_plan import VmPlan
 
 
 def delete_plan(
     vm: str,
-    snapshot: Snapshot,
+    host: HostState,
     uri: str,
     keep_disks: bool = False,
     timeout: int = DEFAULT_TIMEOUT,
@@ -37,12 +38,12 @@ def delete_plan(
     pool cannot delete volumes), so a re-run after a failure finishes the job: when the domain is
     already gone, the files it owned that are still in the pool directories are removed.
     """
-    domain = snapshot.get("domains", {}).get(vm)
-    owned, kept = owned_volumes(vm, domain, snapshot, shared_dirs)
+    domain = host.domains.get(vm)
+    owned, kept = owned_volumes(vm, domain, host, shared_dirs)
     if domain is None and (keep_disks or not owned):
         return None
-    pools = snapshot.get("pools", {})
-    paths = [posixpath.join(pools[pool]["path"], base) for pool, base in owned]
+    pools = host.pools
+    paths = [posixpath.join(pools[pool].path or "", base) for pool, base in owned]
     quoted: list[Any] = [q(p) for p in paths]
     plan = VmPlan(vm)
     commands: list[StringCommand] = []
@@ -60,10 +61,10 @@ def delete_plan(
     if domain is None:
         plan.actions.append("domain already undefined")
     else:
-        if is_active(domain):
+        if domain.active:
             commands.append(virsh(uri, "destroy", vm, timeout=timeout))
             plan.actions.append("destroy")
-        if domain.get("persistent", True):
+        if domain.persistent:
             commands.append(
                 sh(
                     virsh(
@@ -86,7 +87,7 @@ def delete_plan(
         commands.append(bounded(f"removal of the disks of {vm}", timeout, "rm", "-f", "--", *quoted))
         plan.actions += [f"delete {path}" for path in paths]
         # Refreshing keeps libvirt's volume lists current; an inactive pool has none to refresh.
-        for pool in sorted({p for p, _ in owned if pools[p].get("state") == "running"}):
+        for pool in sorted({p for p, _ in owned if pools[p].active}):
             commands.append(sh("{", virsh(uri, "pool-refresh", pool, timeout=timeout), ">/dev/null || :; }"))
     plan.notes += [f"kept {k}" for k in kept]
     if not commands:

@@ -8,8 +8,8 @@ plan's own lines (``(live)`` actions and notes).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
+from facts.util.host_state import Domain, HostState
 from inventories.manifest_model import VmSpec
 from operations.util.domain_xml import CloneError, data_disk_targets, source_disks
 from operations.util.vm_compare import configured, definition, gib, wanted
@@ -24,16 +24,16 @@ def _disks(targets: Iterable[str]) -> str:
     return ", ".join(targets) or "none"
 
 
-def domain_view(domain: dict[str, Any]) -> View:
+def domain_view(domain: Domain) -> View:
     """What a defined domain is, as the diff shows it."""
     cfg, have = definition(domain), configured(domain)
     return {
         "vCPUs": str(have.vcpus),
         "memory": gib(have.memory_kib),
         "max memory": gib(have.max_memory_kib),
-        "disks": _disks(d.get("target") or "?" for d in cfg.get("disks", []) if d.get("device") == "disk"),
-        "power state": str(domain.get("state")),
-        "autostart": "on" if domain.get("autostart") else "off",
+        "disks": _disks(d.target or "?" for d in cfg.disks if d.is_disk),
+        "power state": domain.state,
+        "autostart": "on" if domain.autostart else "off",
     }
 
 
@@ -48,7 +48,7 @@ def render(vm: str, before: View | None, after: View | None) -> list[str]:
     return lines
 
 
-def spec_view(spec: VmSpec, domain: dict[str, Any] | None, source: dict[str, Any] | None) -> View | None:
+def spec_view(spec: VmSpec, domain: Domain | None, source: Domain | None) -> View | None:
     """What ``deploys/build.py``/``resize.py`` make of the VM: ``domain`` as it is (None: cloned from
     ``source``). None when the result is unknown (no base to clone)."""
     want = wanted(spec)
@@ -60,7 +60,7 @@ def spec_view(spec: VmSpec, domain: dict[str, Any] | None, source: dict[str, Any
     if domain is not None:
         view = domain_view(domain)
         cfg = definition(domain)
-        disks = [d.get("target") or "?" for d in cfg.get("disks", []) if d.get("device") == "disk"]
+        disks = [d.target or "?" for d in cfg.disks if d.is_disk]
         if disks:
             try:
                 added = data_disk_targets(disks[:1], want.data_disks)
@@ -77,7 +77,8 @@ def spec_view(spec: VmSpec, domain: dict[str, Any] | None, source: dict[str, Any
     if source is None:
         return None
     try:
-        base = [d.target for d in source_disks(source["xml"])]
+        # What the clone would have: its disks as the clone plans them from the XML it rewrites.
+        base = [d.target for d in source_disks(source.xml)]
         disks = base + data_disk_targets(base, want.data_disks)
     except CloneError:
         return None
@@ -89,9 +90,9 @@ def spec_view(spec: VmSpec, domain: dict[str, Any] | None, source: dict[str, Any
     }
 
 
-def build_diff(specs: list[VmSpec], snapshot: dict[str, Any], changed: set[str] | None = None) -> list[str]:
+def build_diff(specs: list[VmSpec], host: HostState, changed: set[str] | None = None) -> list[str]:
     """Before -> after of every VM the build or resize changes (``changed``: names with a command)."""
-    domains = snapshot.get("domains", {})
+    domains = host.domains
     lines: list[str] = []
     for spec in specs:
         if changed is not None and spec.name not in changed:
@@ -103,16 +104,16 @@ def build_diff(specs: list[VmSpec], snapshot: dict[str, Any], changed: set[str] 
     return lines
 
 
-def power_diff(names: list[str], domains: dict[str, Any], to_state: str) -> list[str]:
+def power_diff(names: list[str], domains: dict[str, Domain], to_state: str) -> list[str]:
     """Power state before -> ``to_state`` for the domains whose state differs."""
     return [
-        f"{vm}: power state {domains[vm].get('state')} -> {to_state}"
+        f"{vm}: power state {domains[vm].state} -> {to_state}"
         for vm in names
-        if vm in domains and domains[vm].get("state") != to_state
+        if vm in domains and domains[vm].state != to_state
     ]
 
 
-def delete_diff(names: list[str], domains: dict[str, Any]) -> list[str]:
+def delete_diff(names: list[str], domains: dict[str, Domain]) -> list[str]:
     """Every field of each defined domain -> absent."""
     lines: list[str] = []
     for vm in names:

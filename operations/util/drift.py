@@ -25,12 +25,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from facts.util.host_state import Domain, HostState
 from inventories.manifest_model import VmSpec
 from operations.util.storage_ownership import NETWORK_POOLS, in_use, owned_volumes
-from operations.util.storage_ownership import backing_map as backing_map
 from operations.util.vm_compare import compare
-
-Snapshot = dict[str, Any]
 
 # The build names a VM's disks <vm>-vda, <vm>-vdb, ... (with an optional extension).
 VOLUME_NAME = re.compile(r"^(?P<vm>.+)-vd[a-z]+(\.[A-Za-z0-9]+)?$")
@@ -78,27 +76,21 @@ class PrunePlan:
         return not self.reservations and not any(self.volumes.values())
 
 
-def drift(spec: VmSpec, domain: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+def drift(spec: VmSpec, domain: Domain) -> list[tuple[str, Any, Any]]:
     """(field, actual, wanted) for each configured value that differs from the manifest."""
     return [(c.field, c.actual, c.wanted) for c in compare(spec, domain) if c.differs]
 
 
-def _shared(snapshot: Snapshot, shared_dirs: tuple[str, ...]) -> set[str]:
+def _shared(host: HostState, shared_dirs: tuple[str, ...]) -> set[str]:
     return {posixpath.normpath(d) for d in shared_dirs} | {
-        posixpath.normpath(p["path"])
-        for p in snapshot.get("pools", {}).values()
-        if p.get("path") and p.get("type") in NETWORK_POOLS
+        posixpath.normpath(p.path) for p in host.pools.values() if p.path and p.type in NETWORK_POOLS
     }
 
 
-def _pool_files(snapshot: Snapshot) -> dict[str, str]:
+def _pool_files(host: HostState) -> dict[str, str]:
     """path -> pool name, for every file the fact saw in a pool directory."""
-    pools_by_dir = {
-        posixpath.normpath(p["path"]): name for name, p in snapshot.get("pools", {}).items() if p.get("path")
-    }
-    paths = list(snapshot.get("files", {})) + [
-        v["path"] for vols in snapshot.get("volumes", {}).values() for v in vols.values() if v.get("path")
-    ]
+    pools_by_dir = {posixpath.normpath(p.path): name for name, p in host.pools.items() if p.path}
+    paths = list(host.files) + [v.path for v in host.all_volumes() if v.path]
     found: dict[str, str] = {}
     for path in paths:
         path = posixpath.normpath(path)
@@ -108,12 +100,13 @@ def _pool_files(snapshot: Snapshot) -> dict[str, str]:
     return found
 
 
-def _kind(snapshot: Snapshot, path: str) -> str:
-    files = {posixpath.normpath(p): e for p, e in snapshot.get("files", {}).items()}
-    return files.get(path, {}).get("kind", "file")
+def _kind(host: HostState, path: str) -> str:
+    files = {posixpath.normpath(p): e for p, e in host.files.items()}
+    entry = files.get(path)
+    return entry.kind if entry is not None else "file"
 
 
-def free_here(path: str, snapshot: Snapshot) -> str | None:
+def free_here(path: str, host: HostState) -> str | None:
     """None when nothing on this host keeps ``path``, else why: the delete workflow's in-use rules
     (a disk or backing file of any domain, the backing file of another file, not a plain file) and a
     domain named after the file."""
@@ -121,22 +114,22 @@ def free_here(path: str, snapshot: Snapshot) -> str | None:
     match = VOLUME_NAME.match(posixpath.basename(path))
     if match is None:
         return "not named <vm>-vd*"
-    if match["vm"] in snapshot.get("domains", {}):
+    if match["vm"] in host.domains:
         return f"domain {match['vm']} is defined"
-    used = in_use(snapshot)
+    used = in_use(host)
     if path in used:
         return used[path]
-    backs = sorted(p for p, b in backing_map(snapshot).items() if b == path and p != path)
+    backs = sorted(p for p, b in host.backing_map().items() if b == path and p != path)
     if backs:
         return f"backing file of {backs[0]}"
-    kind = _kind(snapshot, path)
+    kind = _kind(host, path)
     if kind != "file":
         return f"a {kind}, not a plain file"
     return None
 
 
 def orphan_volumes(
-    snapshots: dict[str, Snapshot | None],
+    states: dict[str, HostState | None],
     shared_dirs: tuple[str, ...] = (),
     manifest_vms: frozenset[str] = frozenset(),
     bases: frozenset[str] = frozenset(),
@@ -147,21 +140,21 @@ def orphan_volumes(
     manifest) and not a VM the manifest names (the delete or build workflow decides about those), and
     in shared storage only when every hypervisor was read and none uses the file.
     """
-    read = {h: s for h, s in snapshots.items() if s is not None}
-    unread = sorted(set(snapshots) - set(read))
+    read = {h: s for h, s in states.items() if s is not None}
+    unread = sorted(set(states) - set(read))
     found: list[tuple[str, str, str, str]] = []  # path, host, vm, where
     shared_seen: dict[str, list[str]] = {}
     for host_name in sorted(read):
-        snapshot = read[host_name]
-        shared = _shared(snapshot, shared_dirs)
-        for path, pool in sorted(_pool_files(snapshot).items()):
+        host = read[host_name]
+        shared = _shared(host, shared_dirs)
+        for path, pool in sorted(_pool_files(host).items()):
             match = VOLUME_NAME.match(posixpath.basename(path))
-            if match is None or match["vm"] in snapshot.get("domains", {}):
+            if match is None or match["vm"] in host.domains:
                 continue
             if posixpath.dirname(path) in shared:
                 shared_seen.setdefault(path, []).append(host_name)
                 continue
-            owned, _ = owned_volumes(match["vm"], None, snapshot, ())
+            owned, _ = owned_volumes(match["vm"], None, host, ())
             if (pool, posixpath.basename(path)) in owned:
                 found.append((path, host_name, match["vm"], f"pool {pool}"))
     for path, seen_on in sorted(shared_seen.items()):
@@ -194,31 +187,26 @@ def orphan_volumes(
     return findings
 
 
-def _macs(domain: dict[str, Any]) -> set[str]:
-    config = domain.get("config") or {}
-    return {
-        str(i.get("mac", "")).lower()
-        for i in list(domain.get("interfaces", [])) + list(config.get("interfaces", []))
-        if i.get("mac")
-    }
+def _macs(domain: Domain) -> set[str]:
+    return {i.mac.lower() for i in domain.interfaces + domain.config.interfaces if i.mac}
 
 
 def find(
     placement: dict[str, list[VmSpec]],
-    snapshots: dict[str, Snapshot | None],
+    states: dict[str, HostState | None],
     reservations: dict[str, dict[str, str]] | None,
     shared_dirs: tuple[str, ...] = (),
     mgmt: str = "mgmt",
 ) -> list[Finding]:
     """Every drift of the cluster, in a fixed order (by kind, then subject).
 
-    ``placement``: hypervisor -> the manifest's VMs on it; ``snapshots``: hypervisor -> its
+    ``placement``: hypervisor -> the manifest's VMs on it; ``states``: hypervisor -> its
     ``Hypervisor`` fact, None when it could not be read (nothing is concluded from its absence);
     ``reservations``: the ``DnsmasqReservations`` fact of ``mgmt``, None when not read.
     """
     findings: list[Finding] = []
-    read = {h: s for h, s in snapshots.items() if s is not None}
-    unread = sorted(set(snapshots) - set(read))
+    read = {h: s for h, s in states.items() if s is not None}
+    unread = sorted(set(states) - set(read))
     everyone_read = not unread
     findings += [
         Finding(
@@ -234,34 +222,35 @@ def find(
     bases = {spec.srcvm for _, spec in specs.values()}
     defined_on: dict[str, list[str]] = {}
     for host_name in sorted(read):
-        for domain in read[host_name].get("domains", {}):
-            defined_on.setdefault(domain, []).append(host_name)
+        for name in read[host_name].domains:
+            defined_on.setdefault(name, []).append(host_name)
 
-    for domain, hosts in sorted(defined_on.items()):
-        if domain in specs:
-            wanted = specs[domain][0]
+    for name, hosts in sorted(defined_on.items()):
+        if name in specs:
+            wanted = specs[name][0]
             if len(hosts) > 1:
                 findings.append(
                     Finding(
                         "duplicate",
-                        domain,
+                        name,
                         "",
                         f"defined on {', '.join(hosts)}; the manifest places it on {wanted}",
                     )
                 )
             elif hosts[0] != wanted:
                 findings.append(
-                    Finding("wrong-host", domain, hosts[0], f"the manifest places it on {wanted}")
+                    Finding("wrong-host", name, hosts[0], f"the manifest places it on {wanted}")
                 )
-        elif domain not in bases:
-            findings += [Finding("unmanaged-domain", domain, h, "no manifest entry names it") for h in hosts]
+        elif name not in bases:
+            findings += [Finding("unmanaged-domain", name, h, "no manifest entry names it") for h in hosts]
 
     for vm, (wanted, spec) in sorted(specs.items()):
         if vm not in defined_on:
             if wanted in read:
                 findings.append(Finding("absent", vm, wanted, "defined on no host read"))
             continue
-        domain = read.get(wanted, {}).get("domains", {}).get(vm)
+        here = read.get(wanted)
+        domain = here.domains.get(vm) if here is not None else None
         if domain is None:
             continue
         differs = drift(spec, domain)
@@ -275,7 +264,7 @@ def find(
                 )
             )
 
-    findings += orphan_volumes(snapshots, shared_dirs, frozenset(specs), frozenset(bases))
+    findings += orphan_volumes(states, shared_dirs, frozenset(specs), frozenset(bases))
 
     if reservations is not None:
         by_mac = {spec.mac.lower(): spec for _, spec in specs.values()}
@@ -294,8 +283,8 @@ def find(
                     )
                 )
         carried: dict[str, str] = {}
-        for host_name, snapshot in sorted(read.items()):
-            for name, domain in snapshot.get("domains", {}).items():
+        for host_name, host in sorted(read.items()):
+            for name, domain in host.domains.items():
                 for mac in _macs(domain):
                     carried.setdefault(mac, f"domain {name} on {host_name}")
         for mac, entry in sorted(reservations.items()):
@@ -361,14 +350,14 @@ def report_lines(findings: list[Finding]) -> list[str]:
     return [f"drift: {summary}"] + [f"  {f.line()}" for f in findings]
 
 
-def recheck(paths: list[str], snapshot: Snapshot) -> tuple[list[str], list[str]]:
+def recheck(paths: list[str], host: HostState) -> tuple[list[str], list[str]]:
     """At removal time on the host itself: (paths still free here, ``path (why)`` kept)."""
-    known = _pool_files(snapshot)
+    known = _pool_files(host)
     free: list[str] = []
     kept: list[str] = []
     for path in paths:
         path = posixpath.normpath(path)
-        why = "not in a storage pool directory" if path not in known else free_here(path, snapshot)
+        why = "not in a storage pool directory" if path not in known else free_here(path, host)
         if why is None:
             free.append(path)
         else:
@@ -376,12 +365,10 @@ def recheck(paths: list[str], snapshot: Snapshot) -> tuple[list[str], list[str]]
     return free, kept
 
 
-def running_pools(paths: list[str], snapshot: Snapshot) -> list[str]:
-    known = _pool_files(snapshot)
-    pools = snapshot.get("pools", {})
-    return sorted(
-        {known[p] for p in paths if p in known and pools.get(known[p], {}).get("state") == "running"}
-    )
+def running_pools(paths: list[str], host: HostState) -> list[str]:
+    known = _pool_files(host)
+    active = {name for name, pool in host.pools.items() if pool.active}
+    return sorted({known[p] for p in paths if p in known and known[p] in active})
 
 
 __all__ = [

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from pyinfra.api import QuoteString, StringCommand
 
+from facts.util.host_state import HostState
 from operations.util.disk_files import staged
 from operations.util.disk_files import with_cleanup as with_cleanup
 from operations.util.virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
@@ -143,30 +144,30 @@ def installer_xml(spec: InstallerSpec, disk_path: str, iso_path: str) -> str:
 
 
 def installer_plan(
-    spec: InstallerSpec, snapshot: dict, uri: str, timeout: int = DEFAULT_TIMEOUT
+    spec: InstallerSpec, host: HostState, uri: str, timeout: int = DEFAULT_TIMEOUT
 ) -> VmPlan | None:
     """None when the domain exists (an installer is made once; a running or finished install is
     never touched), else the plan: create the boot disk, define, start."""
-    if spec.vm in snapshot.get("domains", {}):
+    if spec.vm in host.domains:
         return None
     plan = VmPlan(spec.vm)
-    pools = snapshot.get("pools", {})
+    pools = host.pools
     pool = pools.get(spec.pool)
-    if pool is None or not pool.get("path"):
+    if pool is None or not pool.path:
         plan.error = f"storage pool {spec.pool} is not defined on this host (see deploys/pools.py)"
         return plan
     if pools.get(spec.iso_pool) is None:
         plan.error = f"storage pool {spec.iso_pool} (installer_iso_pool) is not defined on this host"
         return plan
-    volume = snapshot.get("volumes", {}).get(spec.iso_pool, {}).get(spec.iso)
-    if volume is None or not volume.get("path"):
+    volume = host.volumes.get(spec.iso_pool, {}).get(spec.iso)
+    if volume is None or not volume.path:
         plan.error = (
             f"ISO {spec.iso} is not a volume of pool {spec.iso_pool} on this host "
-            f"(copy it into {pools[spec.iso_pool].get('path')})"
+            f"(copy it into {pools[spec.iso_pool].path})"
         )
         return plan
-    disk_path = posixpath.join(pool["path"], spec.disk_name)
-    xml = installer_xml(spec, disk_path, volume["path"])
+    disk_path = posixpath.join(pool.path, spec.disk_name)
+    xml = installer_xml(spec, disk_path, volume.path)
     size = q(f"{spec.boot_size_gib}G")
     create = bounded(f"create {disk_path}", timeout, "truncate", "-s", size, "--", q(staged(disk_path)))
     define = sh(virsh(uri, "define", "/dev/stdin", timeout=timeout), ">/dev/null")
@@ -177,12 +178,12 @@ def installer_plan(
         virsh(uri, "undefine", "--nvram", spec.vm, timeout=timeout),
         ">/dev/null; false; }; }",
     )
-    plan.command = with_cleanup([disk_path], pool["path"], create, timeout, then=all_of([define, start]))
+    plan.command = with_cleanup([disk_path], pool.path, create, timeout, then=all_of([define, start]))
     plan.stdin = xml
     plan.limit = session_limit(5, timeout)
     plan.actions = [
         f"boot disk {disk_path} {spec.boot_size_gib} GiB",
-        f"cdrom {volume['path']}",
+        f"cdrom {volume.path}",
         "UEFI (OVMF, own NVRAM)" if spec.uefi else "BIOS",
         f"{spec.vcpus} vCPU(s), {spec.memory_mib} MiB",
         "define and start",

@@ -9,7 +9,6 @@ every move passes a preflight; any refusal stops every move of the run.
 from __future__ import annotations
 
 import os
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,6 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from pyinfra.api import QuoteString, StringCommand
 
+from facts.util.host_state import Disk, Domain, HostState
 from inventories import defaults
 from inventories.manifest_model import VmSpec
 from operations.util.capacity import CapacityRow, capacity_row
@@ -106,71 +106,49 @@ def _under(path: str, directories: tuple[str, ...]) -> bool:
     return any(path.startswith(os.path.normpath(d).rstrip("/") + "/") for d in directories if d)
 
 
-def _disks(domain: dict[str, Any]) -> list[dict[str, Any]]:
-    return [d for d in domain.get("disks", []) if d.get("device") == "disk" and d.get("path")]
+def _disks(domain: Domain) -> list[Disk]:
+    return [d for d in domain.disks if d.is_disk and d.path]
 
 
-def _cache_modes(xml: str) -> dict[str, tuple[str, bool]]:
-    """``{path: (cache mode or 'default', readonly or shareable)}`` from a domain's XML."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return {}
-    modes = {}
-    for disk in root.findall("devices/disk"):
-        source = disk.find("source")
-        path = source.get("file") or source.get("dev") if source is not None else None
-        if not path:
-            continue
-        driver = disk.find("driver")
-        cache = (driver.get("cache") if driver is not None else None) or "default"
-        modes[path] = (cache, disk.find("readonly") is not None or disk.find("shareable") is not None)
-    return modes
+def _cache_modes(domain: Domain) -> dict[str, tuple[str, bool]]:
+    """``{path: (cache mode or 'default', readonly or shareable)}`` of the persistent definition."""
+    return {
+        d.path: (d.cache or "default", d.readonly or d.shareable) for d in domain.config.disks if d.path
+    }
 
 
-def _cpu_mode(xml: str) -> str:
-    try:
-        cpu = ET.fromstring(xml).find("cpu")
-    except ET.ParseError:
-        return "custom"
-    if cpu is None:
-        return "none"
-    return cpu.get("mode") or "custom"
-
-
-def _pool_dirs(snapshot: dict[str, Any]) -> set[str]:
-    return {os.path.normpath(p["path"]) for p in snapshot.get("pools", {}).values() if p.get("path")}
+def _pool_dirs(host: HostState) -> set[str]:
+    return {os.path.normpath(p.path) for p in host.pools.values() if p.path}
 
 
 def move_problems(
     move: Move,
     spec: VmSpec | None,
-    source: dict[str, Any],
-    destination: dict[str, Any],
+    source: HostState,
+    destination: HostState,
     capacity: CapacityRow | None,
 ) -> list[str]:
     """Why ``move`` may not happen (empty: it may), checked on the two hosts' facts."""
     problems: list[str] = []
-    domain = source["domains"][move.vm]
+    domain = source.domains[move.vm]
     dest_name = move.destination
-    src_caps, dst_caps = source.get("capacity", {}), destination.get("capacity", {})
-    if src_caps.get("host_uuid") and src_caps.get("host_uuid") == dst_caps.get("host_uuid"):
+    src_caps, dst_caps = source.capacity, destination.capacity
+    if src_caps.host_uuid and src_caps.host_uuid == dst_caps.host_uuid:
         problems.append(
-            f"{move.source} and {dest_name} report the same host UUID {src_caps['host_uuid']} "
+            f"{move.source} and {dest_name} report the same host UUID {src_caps.host_uuid} "
             "(libvirt refuses to migrate between them; set host_uuid in libvirtd.conf)"
         )
     # Storage: the pool directories exist on the destination, shared disks are visible there, local
     # disks are not there yet, and backing files (the base) are there.
     dirs = _pool_dirs(destination)
-    files = destination.get("files", {})
     for path in (*move.shared_disks, *move.local_disks):
         if os.path.dirname(os.path.normpath(path)) not in dirs:
             problems.append(f"{dest_name} has no storage pool at {os.path.dirname(path)} (for {path})")
     for path in move.shared_disks:
-        if files.get(path, {}).get("kind", "missing") == "missing":
+        if destination.file(path).kind == "missing":
             problems.append(f"shared disk {path} is not visible on {dest_name}")
     for path in move.local_disks:
-        if files.get(path, {}).get("kind", "missing") != "missing":
+        if destination.file(path).kind != "missing":
             problems.append(f"{dest_name} already has {path}")
     # The move removes the source's copy of every local disk: none may be a disk or lie anywhere in the
     # backing chain of another domain (its snapshot overlays, linked clones of clones), by the same rule
@@ -180,14 +158,14 @@ def move_problems(
             f"{path} is still needed by {why.owner} on {move.source} ({why.reason}); the move would remove it"
         )
     for disk in _disks(domain):
-        backing = disk.get("backing") or source.get("files", {}).get(disk["path"], {}).get("backing")
-        if backing and files.get(backing, {}).get("kind", "missing") == "missing":
-            problems.append(f"backing file {backing} of {disk['path']} is not on {dest_name}")
-    if spec is not None and spec.srcvm not in destination.get("domains", {}):
+        backing = disk.backing or source.file(disk.path or "").backing
+        if backing and destination.file(backing).kind == "missing":
+            problems.append(f"backing file {backing} of {disk.path} is not on {dest_name}")
+    if spec is not None and spec.srcvm not in destination.domains:
         problems.append(f"base VM {spec.srcvm} is not defined on {dest_name}")
     # Cache mode of disks both hosts open during a live move.
     if move.live:
-        modes = _cache_modes(domain.get("xml", ""))
+        modes = _cache_modes(domain)
         for path in move.shared_disks:
             cache, shared_ok = modes.get(path, ("default", False))
             if cache not in SAFE_CACHE_MODES and not shared_ok:
@@ -196,22 +174,20 @@ def move_problems(
                     f"cache={' or '.join(SAFE_CACHE_MODES)}"
                 )
     # CPU.
-    if src_caps.get("arch") and dst_caps.get("arch") and src_caps["arch"] != dst_caps["arch"]:
-        problems.append(
-            f"CPU architecture {src_caps['arch']} on {move.source}, {dst_caps['arch']} on {dest_name}"
-        )
-    mode = _cpu_mode(domain.get("xml", ""))
-    src_cpu = (src_caps.get("cpu_vendor"), src_caps.get("cpu_model"))
-    dst_cpu = (dst_caps.get("cpu_vendor"), dst_caps.get("cpu_model"))
+    if src_caps.arch and dst_caps.arch and src_caps.arch != dst_caps.arch:
+        problems.append(f"CPU architecture {src_caps.arch} on {move.source}, {dst_caps.arch} on {dest_name}")
+    mode = domain.config.cpu_mode
+    src_cpu = (src_caps.cpu_vendor, src_caps.cpu_model)
+    dst_cpu = (dst_caps.cpu_vendor, dst_caps.cpu_model)
     if mode in HOST_CPU_MODES and move.live and src_cpu != dst_cpu:
         problems.append(
             f"CPU mode {mode} needs the same host CPU: {' '.join(filter(None, src_cpu)) or 'unknown'} "
             f"on {move.source}, {' '.join(filter(None, dst_cpu)) or 'unknown'} on {dest_name}"
         )
-    if mode == "host-model" and src_caps.get("cpu_vendor") != dst_caps.get("cpu_vendor"):
+    if mode == "host-model" and src_caps.cpu_vendor != dst_caps.cpu_vendor:
         problems.append(
-            f"CPU mode host-model across vendors: {src_caps.get('cpu_vendor')} on {move.source}, "
-            f"{dst_caps.get('cpu_vendor')} on {dest_name}"
+            f"CPU mode host-model across vendors: {src_caps.cpu_vendor} on {move.source}, "
+            f"{dst_caps.cpu_vendor} on {dest_name}"
         )
     if capacity is not None:
         problems.extend(f"capacity of {dest_name}: {p}" for p in capacity.problems)
@@ -219,26 +195,26 @@ def move_problems(
 
 
 def _move_for(
-    vm: str, source: str, destination: str, snapshot: dict[str, Any], shared_dirs: tuple[str, ...]
+    vm: str, source: str, destination: str, host: HostState, shared_dirs: tuple[str, ...]
 ) -> Move:
-    domain = snapshot["domains"][vm]
-    paths = [d["path"] for d in _disks(domain)]
+    domain = host.domains[vm]
+    paths = [d.path or "" for d in _disks(domain)]
     return Move(
         vm=vm,
         source=source,
         destination=destination,
-        live=domain.get("state") not in ("shut off", "crashed", "no state"),
+        live=domain.active,
         shared_disks=tuple(p for p in paths if _under(p, shared_dirs)),
         local_disks=tuple(p for p in paths if not _under(p, shared_dirs)),
-        autostart=bool(domain.get("autostart")),
+        autostart=domain.autostart,
     )
 
 
 def _arrival_row(
     destination: str,
     staying: list[VmSpec],
-    arriving: list[tuple[VmSpec | None, Move, dict[str, Any]]],
-    snapshot: dict[str, Any],
+    arriving: list[tuple[VmSpec | None, Move, Domain]],
+    host: HostState,
     vcpu_ratio: float,
     memory_ratio: float,
     allocation: dict[str, int],
@@ -246,14 +222,14 @@ def _arrival_row(
     """The destination as it would be with its own VMs and the arriving ones (their live resources)."""
     # Base VMs of the arriving VMs are templates there, as for the VMs built there.
     bases = {spec.srcvm for spec, _move, _domain in arriving if spec is not None}
-    domains = {k: v for k, v in snapshot.get("domains", {}).items() if k not in bases}
-    row = capacity_row(destination, staying, {**snapshot, "domains": domains}, vcpu_ratio, memory_ratio)
+    domains = {k: v for k, v in host.domains.items() if k not in bases}
+    row = capacity_row(destination, staying, replace(host, domains=domains), vcpu_ratio, memory_ratio)
     vcpus, memory = row.vcpus, row.memory_kib
     needs = dict(row.disk_needs)
-    pools = {os.path.normpath(p.get("path") or ""): name for name, p in snapshot.get("pools", {}).items()}
+    pools = {os.path.normpath(p.path or ""): name for name, p in host.pools.items()}
     for _spec, move, domain in arriving:
-        vcpus += int(domain.get("vcpus") or 0)
-        memory += int(domain.get("memory_kib") or 0)
+        vcpus += domain.vcpus
+        memory += domain.memory_kib
         for path in move.local_disks:
             pool = pools.get(os.path.dirname(os.path.normpath(path)))
             if pool:
@@ -261,18 +237,14 @@ def _arrival_row(
     return replace(row, vcpus=vcpus, memory_kib=memory, disk_needs=needs)
 
 
-def _allocations(snapshot: dict[str, Any]) -> dict[str, int]:
-    return {
-        v.get("path"): int(v.get("allocation") or 0)
-        for vols in snapshot.get("volumes", {}).values()
-        for v in vols.values()
-    }
+def _allocations(host: HostState) -> dict[str, int]:
+    return {v.path or "": v.allocation for v in host.all_volumes()}
 
 
 def _check(
     moves: list[Move],
     manifest: dict[str, list[VmSpec]],
-    snapshots: dict[str, dict[str, Any] | None],
+    states: dict[str, HostState | None],
     vcpu_ratio: float,
     memory_ratio: float,
 ) -> list[str]:
@@ -282,16 +254,16 @@ def _check(
     for move in moves:
         by_destination.setdefault(move.destination, []).append(move)
     for destination, arriving in sorted(by_destination.items()):
-        dest = snapshots[destination] or {}
+        dest = states[destination] or HostState()
         moving = {m.vm for m in arriving}
         staying = [s for s in manifest.get(destination, []) if s.name not in moving]
-        entries = [(specs.get(m.vm), m, (snapshots[m.source] or {})["domains"][m.vm]) for m in arriving]
+        entries = [(specs.get(m.vm), m, (states[m.source] or HostState()).domains[m.vm]) for m in arriving]
         allocation: dict[str, int] = {}
         for m in arriving:
-            allocation.update(_allocations(snapshots[m.source] or {}))
+            allocation.update(_allocations(states[m.source] or HostState()))
         row = _arrival_row(destination, staying, entries, dest, vcpu_ratio, memory_ratio, allocation)
         for move in arriving:
-            problems = move_problems(move, specs.get(move.vm), snapshots[move.source] or {}, dest, row)
+            problems = move_problems(move, specs.get(move.vm), states[move.source] or HostState(), dest, row)
             refusals.extend(f"{move.vm} ({move.source} -> {destination}): {p}" for p in problems)
     return refusals
 
@@ -314,7 +286,7 @@ def _record(spec: VmSpec, reservations: Mapping[str, Mapping[str, str]]) -> str 
 
 def plan_placement(
     manifest: dict[str, list[VmSpec]],
-    snapshots: dict[str, dict[str, Any] | None],
+    states: dict[str, HostState | None],
     shared_dirs: tuple[str, ...] = (),
     vcpu_ratio: float = 4.0,
     memory_ratio: float = 1.0,
@@ -324,7 +296,7 @@ def plan_placement(
 ) -> Placement:
     """Moves that bring every manifest VM defined on another host to its manifest host, with refusals.
 
-    ``snapshots``: host -> Hypervisor fact value, None for a host whose state was not read in this run
+    ``states``: host -> Hypervisor fact value, None for a host whose state was not read in this run
     (outside --limit, unreachable, libvirt unread; ``unread_why`` says which and how to proceed).
     Never create a VM that may exist on such a host: a VM defined on no host read is built only when
     it is provably new, i.e. the management node's ``reservations`` were read and hold no record of it;
@@ -333,17 +305,17 @@ def plan_placement(
     """
     placement = Placement()
     why = dict(unread_why or {})
-    unread = sorted(h for h, s in snapshots.items() if s is None)
+    unread = sorted(h for h, s in states.items() if s is None)
     for destination, specs in sorted(manifest.items()):
-        dest = snapshots.get(destination)
-        here = (dest or {}).get("domains", {})
+        dest = states.get(destination)
+        here = dest.domains if dest is not None else {}
         for spec in specs:
             if spec.name in here:
                 continue
             elsewhere = sorted(
                 h
-                for h, s in snapshots.items()
-                if h != destination and s and spec.name in s.get("domains", {})
+                for h, s in states.items()
+                if h != destination and s and spec.name in s.domains
             )
             if len(elsewhere) > 1:
                 placement.refusals.append(
@@ -357,7 +329,7 @@ def plan_placement(
             elif elsewhere:
                 source = elsewhere[0]
                 placement.moves.append(
-                    _move_for(spec.name, source, destination, snapshots[source] or {}, shared_dirs)
+                    _move_for(spec.name, source, destination, states[source] or HostState(), shared_dirs)
                 )
             elif dest is None or not unread:
                 continue  # not in this run (nothing is built there), or provably new: built
@@ -378,14 +350,14 @@ def plan_placement(
                 placement.elsewhere.setdefault(destination, set()).add(spec.name)
             if elsewhere:
                 placement.elsewhere.setdefault(destination, set()).add(spec.name)
-    placement.refusals.extend(_check(placement.moves, manifest, snapshots, vcpu_ratio, memory_ratio))
+    placement.refusals.extend(_check(placement.moves, manifest, states, vcpu_ratio, memory_ratio))
     return placement
 
 
 def plan_drain(
     drained: str,
     manifest: dict[str, list[VmSpec]],
-    snapshots: dict[str, dict[str, Any] | None],
+    states: dict[str, HostState | None],
     shared_dirs: tuple[str, ...] = (),
     vcpu_ratio: float = 4.0,
     memory_ratio: float = 1.0,
@@ -399,22 +371,22 @@ def plan_drain(
     if drained not in manifest:
         placement.refusals.append(f"{drained} is not a hypervisor of the manifest")
         return placement
-    source = snapshots.get(drained)
+    source = states.get(drained)
     if source is None:
         placement.refusals.append(f"{drained} {dict(unread_why or {}).get(drained, UNREAD)}")
         return placement
     others = sorted(h for h in manifest if h != drained)
-    unread = [h for h in others if snapshots.get(h) is None]
+    unread = [h for h in others if states.get(h) is None]
     if unread:
         why = dict(unread_why or {})
         placement.refusals.extend(f"{h} {why.get(h, UNREAD)}" for h in unread)
         return placement
-    domains = source.get("domains", {})
+    domains = source.domains
     leaving = [s for s in manifest[drained] if s.name in domains]
 
     def size(spec: VmSpec) -> tuple[int, int, str]:
         d = domains[spec.name]
-        return (-int(d.get("memory_kib") or 0), -int(d.get("vcpus") or 0), spec.name)
+        return (-d.memory_kib, -d.vcpus, spec.name)
 
     assigned: dict[str, list[Move]] = {h: [] for h in others}
     allocation = _allocations(source)
@@ -426,10 +398,10 @@ def plan_drain(
             trial = [*assigned[host_name], move]
             entries = [(specs.get(m.vm), m, domains[m.vm]) for m in trial]
             row = _arrival_row(
-                host_name, manifest[host_name], entries, snapshots[host_name] or {}, vcpu_ratio, memory_ratio,
-                allocation,
+                host_name, manifest[host_name], entries, states[host_name] or HostState(), vcpu_ratio,
+                memory_ratio, allocation,
             )  # fmt: skip
-            if move_problems(move, spec, source, snapshots[host_name] or {}, row):
+            if move_problems(move, spec, source, states[host_name] or HostState(), row):
                 continue
             room = row.memory_limit_kib - row.memory_kib
             if best_room is None or room > best_room:
@@ -440,10 +412,10 @@ def plan_drain(
                 move = _move_for(spec.name, drained, host_name, source, shared_dirs)
                 entries = [(specs.get(m.vm), m, domains[m.vm]) for m in [*assigned[host_name], move]]
                 row = _arrival_row(
-                    host_name, manifest[host_name], entries, snapshots[host_name] or {}, vcpu_ratio,
+                    host_name, manifest[host_name], entries, states[host_name] or HostState(), vcpu_ratio,
                     memory_ratio, allocation,
                 )  # fmt: skip
-                reasons.extend(move_problems(move, spec, source, snapshots[host_name] or {}, row))
+                reasons.extend(move_problems(move, spec, source, states[host_name] or HostState(), row))
             placement.refusals.append(
                 f"{spec.name}: fits on no other host: {'; '.join(reasons) or 'no other host'}"
             )

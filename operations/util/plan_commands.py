@@ -10,6 +10,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import StringCommand
 
+from facts.util.host_state import HostState
 from operations.util.output import log
 from operations.util.run_store import hypervisor_view
 from operations.util.virsh import fail
@@ -47,7 +48,7 @@ def plan_commands(plans: list[VmPlan]) -> Commands:
 UNREAD = "the libvirt state of this host could not be read (see the error above); nothing was changed"
 
 
-def hypervisor_state(uri: str, timeout: int) -> dict[str, Any] | None:
+def hypervisor_state(uri: str, timeout: int) -> HostState | None:
     """This host's Hypervisor fact as this run last read it (``run_store.hypervisor_view``), or None
     when reading it failed."""
     return hypervisor_view(host, uri, timeout)

@@ -6,6 +6,7 @@ from typing import Any
 
 from pyinfra.api import StringCommand
 
+from facts.util.host_state import Domain
 from operations.util.virsh import (
     DEFAULT_TIMEOUT,
     KILL_AFTER,
@@ -15,7 +16,7 @@ from operations.util.virsh import (
     sh,
     virsh,
 )
-from operations.util.vm_plan import ACTIVE_STATES, Domain, VmPlan, is_active
+from operations.util.vm_plan import VmPlan
 
 
 def each_of(steps: list[tuple[str, StringCommand]]) -> StringCommand:
@@ -62,8 +63,8 @@ def power_plan(
     """
     present = [n for n in names if n in domains]
     if running:
-        to_start = [n for n in present if domains[n].get("state") not in ACTIVE_STATES]
-        to_resume = [n for n in present if domains[n].get("state") == "paused"]
+        to_start = [n for n in present if not domains[n].active]
+        to_resume = [n for n in present if domains[n].state == "paused"]
         if not to_start and not to_resume:
             return None
         plan = VmPlan(", ".join(to_start + to_resume))
@@ -85,7 +86,7 @@ def power_plan(
         # A start may take two tries a second apart.
         plan.limit = session_limit(len(steps) + len(to_start), step_timeout, len(to_start))
         return plan
-    to_stop = [n for n in present if is_active(domains[n])]
+    to_stop = [n for n in present if domains[n].active]
     if not to_stop:
         return None
     plan = VmPlan(", ".join(to_stop))

@@ -8,11 +8,11 @@ verdict itself is pure (``operations/util/capacity.py``).
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import gevent
 from pyinfra import host
 
+from facts.util.host_state import HostState
 from inventories.manifest_model import VmSpec
 from operations.util.capacity import (
     DEFAULT_MEMORY_RATIO,
@@ -28,13 +28,13 @@ PEER_WAIT_SECONDS = 15.0
 
 
 def capacity_refusal(
-    specs: list[VmSpec], snapshot: dict[str, Any], vcpu_ratio: float | None, memory_ratio: float | None
+    specs: list[VmSpec], host_state: HostState, vcpu_ratio: float | None, memory_ratio: float | None
 ) -> str | None:
     """None when this host's VMs fit, else the refusal message with every known host's row."""
     row = capacity_row(
         host.name,
         specs,
-        snapshot,
+        host_state,
         DEFAULT_VCPU_RATIO if vcpu_ratio is None else vcpu_ratio,
         DEFAULT_MEMORY_RATIO if memory_ratio is None else memory_ratio,
     )

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from gevent.lock import Semaphore
 
 from facts.libvirt import Hypervisor
+from facts.util.host_state import HostState
 from operations.util.pyinfra_adapter import executed_operations
 from operations.util.virsh import session_limit
 
@@ -33,7 +34,7 @@ T = TypeVar("T")
 @dataclass
 class _View:
     uri: str
-    value: dict[str, Any] | None
+    value: HostState | None
     version: tuple[int, int] | None  # the host's change counters when read (None: unknown)
 
 
@@ -84,7 +85,7 @@ def changed(state: Any, host_name: str) -> None:
     run.moved_in[host_name] = run.moved_in.get(host_name, 0) + 1
 
 
-def hypervisor_view(member: Any, uri: str, timeout: int) -> dict[str, Any] | None:
+def hypervisor_view(member: Any, uri: str, timeout: int) -> HostState | None:
     """``member``'s ``Hypervisor`` fact, or None when reading it failed (pyinfra then marks the host
     failed and hands back an empty default, which would take every domain for absent).
 

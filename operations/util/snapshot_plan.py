@@ -28,16 +28,15 @@ from typing import Any
 
 from pyinfra.api import StringCommand
 
+from facts.util.host_state import Disk, Domain, DomainSnapshot, HostState
 from operations.util.disk_files import qcow2_overlay, staged
 from operations.util.disk_files import with_cleanup as with_cleanup
 from operations.util.storage_ownership import in_use
 from operations.util.virsh import DEFAULT_TIMEOUT, all_of, bounded, q, session_limit, sh, virsh
-from operations.util.vm_plan import VmPlan, is_active
+from operations.util.vm_plan import VmPlan
 
 SNAPSHOT_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
 ACTIONS = ("create", "revert", "delete")
-
-Domain = dict[str, Any]
 
 
 def valid_name(snapshot_name: str) -> bool:
@@ -50,26 +49,25 @@ def overlay_path(disk_path: str, vm: str, target: str, snapshot_name: str) -> st
 
 
 def _names(domain: Domain) -> list[str]:
-    return [s["name"] for s in domain.get("snapshots", [])]
+    return [s.name or "" for s in domain.snapshots]
 
 
-def _find(domain: Domain, snapshot_name: str) -> dict[str, Any] | None:
-    return next((s for s in domain.get("snapshots", []) if s["name"] == snapshot_name), None)
+def _find(domain: Domain, snapshot_name: str) -> DomainSnapshot | None:
+    return next((s for s in domain.snapshots if s.name == snapshot_name), None)
 
 
 def _later(domain: Domain, snapshot_name: str) -> list[str]:
-    return [s["name"] for s in domain.get("snapshots", []) if s.get("parent") == snapshot_name]
+    return [s.name or "" for s in domain.snapshots if s.parent == snapshot_name]
 
 
-def _disks(domain: Domain) -> list[dict[str, Any]]:
-    config = domain.get("config") or domain
-    return [d for d in config.get("disks", []) if d.get("device", "disk") == "disk"]
+def _disks(domain: Domain) -> list[Disk]:
+    return [d for d in domain.config.disks if d.is_disk]
 
 
 def _offline(plan: VmPlan, domain: Domain, what: str) -> bool:
-    if is_active(domain):
+    if domain.active:
         plan.error = (
-            f"is {domain.get('state')}: snapshots are {what} offline only; stop it first (deploys/stop.py)"
+            f"is {domain.state}: snapshots are {what} offline only; stop it first (deploys/stop.py)"
         )
         return False
     return True
@@ -98,15 +96,15 @@ def create_plan(
     if not _offline(plan, domain, "taken"):
         return plan
     disks = _disks(domain)
-    if not disks or any(not d.get("path") or not d.get("target") for d in disks):
+    if not disks or any(not d.path or not d.target for d in disks):
         plan.error = "has a disk without a file source: only file-backed disks can be snapshotted here"
         return plan
-    directories = sorted({posixpath.dirname(d["path"]) for d in disks})
+    directories = sorted({posixpath.dirname(d.path or "") for d in disks})
     if len(directories) != 1:
         plan.error = f"has disks in several directories ({', '.join(directories)}); cannot snapshot it"
         return plan
-    others = [d for d in (domain.get("config") or domain).get("disks", []) if d not in disks]
-    current = {d["target"]: (d["path"], d.get("format") or "raw") for d in disks}
+    others = [d for d in domain.config.disks if d not in disks]
+    current = {d.target or "": (d.path or "", d.format or "raw") for d in disks}
     groups: list[StringCommand] = []
     for snapshot_name in missing:
         # One snapshot at a time: its overlays are filled in private, linked into place, recorded;
@@ -123,8 +121,8 @@ def create_plan(
         specs += [
             x
             for d in others
-            if d.get("target")
-            for x in ("--diskspec", _diskspec(d["target"], "snapshot=no"))
+            if d.target
+            for x in ("--diskspec", _diskspec(d.target, "snapshot=no"))
         ]
         record = sh(
             virsh(
@@ -163,14 +161,14 @@ def _layers(
             f"snapshot {snapshot_name} has later snapshot(s) {', '.join(later)}: only the newest one can be "
             "reverted to or deleted (delete the later ones first, newest first)"
         )
-    external = [d for d in snapshot["disks"] if d.get("snapshot") == "external"]
-    if not external or any(d.get("snapshot") == "internal" for d in snapshot["disks"]):
+    external = [d for d in snapshot.disks if d.snapshot == "external"]
+    if not external or any(d.snapshot == "internal" for d in snapshot.disks):
         return [], f"snapshot {snapshot_name} is not an external disk-only snapshot; use virsh for it"
-    now = {d["target"]: d.get("path") for d in _disks(domain)}
-    before = {d["target"]: d for d in snapshot.get("domain_disks", [])}
+    now = {d.target: d.path for d in _disks(domain)}
+    before = {d.target: d for d in snapshot.domain_disks}
     layers = []
     for disk in external:
-        target, overlay = disk["target"], disk.get("path")
+        target, overlay = disk.target or "", disk.path
         if overlay != overlay_path(overlay or "/", vm, target, snapshot_name):
             return [], f"snapshot {snapshot_name}: {target} overlay {overlay} was not made by kvm-qemu"
         if now.get(target) != overlay:
@@ -178,10 +176,10 @@ def _layers(
                 f"snapshot {snapshot_name}: disk {target} is now {now.get(target)}, not the snapshot's "
                 f"overlay {overlay}; refusing to touch it"
             )
-        below = before.get(target) or {}
-        if not below.get("path"):
+        below = before.get(target)
+        if below is None or not below.path:
             return [], f"snapshot {snapshot_name}: the file below {overlay} is not recorded"
-        layers.append((target, overlay, below["path"], below.get("format") or "raw"))
+        layers.append((target, overlay, below.path, below.format or "raw"))
     return layers, None
 
 
@@ -254,18 +252,18 @@ def _back_below(vm: str, domain: Domain, snapshot_name: str) -> list[str]:
     snapshot = _find(domain, snapshot_name)
     if snapshot is None or _later(domain, snapshot_name):
         return []
-    external = [d for d in snapshot["disks"] if d.get("snapshot") == "external"]
-    now = {d["target"]: d.get("path") for d in _disks(domain)}
-    before = {d["target"]: d.get("path") for d in snapshot.get("domain_disks", [])}
-    overlays = [d.get("path") or "" for d in external]
+    external = [d for d in snapshot.disks if d.snapshot == "external"]
+    now = {d.target: d.path for d in _disks(domain)}
+    before = {d.target: d.path for d in snapshot.domain_disks}
+    overlays = [d.path or "" for d in external]
     mine = all(
-        o == overlay_path(o or "/", vm, d["target"], snapshot_name)
+        o == overlay_path(o or "/", vm, d.target or "", snapshot_name)
         for o, d in zip(overlays, external, strict=True)
     )
     if (
         external
         and mine
-        and all(before.get(d["target"]) and now.get(d["target"]) == before[d["target"]] for d in external)
+        and all(before.get(d.target) and now.get(d.target) == before[d.target] for d in external)
     ):
         return overlays
     return []
@@ -331,7 +329,7 @@ def delete_plan(
     vm: str,
     snapshot_name: str,
     domain: Domain | None,
-    fact: dict[str, Any],
+    host: HostState,
     uri: str,
     timeout: int = DEFAULT_TIMEOUT,
 ) -> VmPlan | None:
@@ -340,7 +338,7 @@ def delete_plan(
     The overlays are committed into the files below them, the domain is defined on those files, the
     overlays are removed and the snapshot's metadata is deleted, in that order, so a failure at any
     step leaves a consistent VM, and a re-run finishes the job (when the domain is already back on
-    the files below, only the removal and the metadata are left). ``fact``: the Hypervisor fact, to
+    the files below, only the removal and the metadata are left). ``host``: the Hypervisor fact, to
     refuse committing into a file another domain uses.
     """
     if domain is None or _find(domain, snapshot_name) is None:
@@ -359,7 +357,7 @@ def delete_plan(
     if error:
         plan.error = error
         return plan
-    used = in_use(fact, except_domain=vm)
+    used = in_use(host, except_domain=vm)
     shared = [
         f"{below} ({used[posixpath.normpath(below)]})"
         for _, _, below, _ in layers
@@ -376,6 +374,6 @@ def delete_plan(
     steps.append(sh(virsh(uri, "define", "/dev/stdin", timeout=timeout), ">/dev/null"))
     steps += _forget(vm, snapshot_name, overlays, uri, timeout)
     plan.command = all_of(steps)
-    plan.stdin = _pointed_below(domain["xml"], layers)
+    plan.stdin = _pointed_below(domain.xml, layers)
     plan.limit = session_limit(len(steps), timeout)
     return plan

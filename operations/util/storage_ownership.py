@@ -6,65 +6,38 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import Any
 
-from operations.util.vm_plan import Domain, Snapshot
+from facts.util.host_state import Disk, Domain, HostState
 
 NETWORK_POOLS = {"netfs", "gluster", "rbd", "iscsi", "iscsi-direct", "sheepdog"}
 
 
 
 
-def disks_of(domain: Domain) -> list[dict[str, Any]]:
-    """Every disk of a domain, live and persistent definitions together."""
-    return list(domain.get("disks", [])) + list((domain.get("config") or {}).get("disks", []))
-
-
-def backing_map(snapshot: Snapshot) -> dict[str, str]:
-    """path -> backing file, from image headers (every pool directory, every domain disk) and volumes."""
-    backing: dict[str, str] = {}
-    for vols in snapshot.get("volumes", {}).values():
-        for vol in vols.values():
-            if vol.get("path") and vol.get("backing"):
-                backing[posixpath.normpath(vol["path"])] = posixpath.normpath(vol["backing"])
-    for path, entry in snapshot.get("files", {}).items():
-        if entry.get("backing"):
-            backing[posixpath.normpath(path)] = posixpath.normpath(entry["backing"])
-    for domain in snapshot.get("domains", {}).values():
-        for disk in disks_of(domain):
-            if disk.get("path") and disk.get("backing"):
-                backing.setdefault(posixpath.normpath(disk["path"]), posixpath.normpath(disk["backing"]))
-    return backing
-
-
-def _users(snapshot: Snapshot, except_domain: str | None = None) -> dict[str, tuple[str, str]]:
+def _users(host: HostState, except_domain: str | None = None) -> dict[str, tuple[str, str]]:
     """path -> (domain, why): every disk of every other domain, and each one's whole backing chain."""
-    backing = backing_map(snapshot)
+    below = host.backing_map()
     used: dict[str, tuple[str, str]] = {}
-    for name, domain in snapshot.get("domains", {}).items():
+    for name, domain in host.domains.items():
         if name == except_domain:
             continue
-        for disk in disks_of(domain):
-            if not disk.get("path"):
+        for disk in domain.all_disks:
+            chain = host.backing_chain(disk, below)
+            if not chain:
                 continue
-            chain = [posixpath.normpath(disk["path"])]
-            following = backing.get(chain[0]) or disk.get("backing")
-            while following and posixpath.normpath(following) not in chain and len(chain) < 32:
-                chain.append(posixpath.normpath(following))
-                following = backing.get(chain[-1])
             used.setdefault(chain[0], (name, f"disk of domain {name}"))
             for path in chain[1:]:
                 used.setdefault(path, (name, f"backing file of domain {name}"))
     return used
 
 
-def in_use(snapshot: Snapshot, except_domain: str | None = None) -> dict[str, str]:
+def in_use(host: HostState, except_domain: str | None = None) -> dict[str, str]:
     """path -> why it is in use: every disk of every other domain, and each one's whole backing chain.
 
     Read from the domain definitions (defined and running domains alike) and the image headers, so a
     base whose linked clones sit in an inactive pool is in use even though no pool lists them.
     """
-    return {path: why for path, (_domain, why) in _users(snapshot, except_domain).items()}
+    return {path: why for path, (_domain, why) in _users(host, except_domain).items()}
 
 
 @dataclass(frozen=True)
@@ -76,7 +49,7 @@ class Need:
 
 
 def needed_by_others(
-    snapshot: Snapshot, vm: str, paths: list[str] | tuple[str, ...], own: tuple[str, ...] = ()
+    host: HostState, vm: str, paths: list[str] | tuple[str, ...], own: tuple[str, ...] = ()
 ) -> dict[str, Need]:
     """Which of ``paths`` (files of ``vm`` about to be removed) something else still needs, and who.
 
@@ -84,9 +57,9 @@ def needed_by_others(
     anywhere in the backing chain of one (``in_use``), or when it is the backing file of another file
     (not one of ``paths`` or ``own``, the VM's own files). Keys are the paths as given.
     """
-    users = _users(snapshot, except_domain=vm)
+    users = _users(host, except_domain=vm)
     mine = {posixpath.normpath(p) for p in (*paths, *own)}
-    backs = {b: p for p, b in backing_map(snapshot).items() if p not in mine}
+    backs = {b: p for p, b in host.backing_map().items() if p not in mine}
     needed: dict[str, Need] = {}
     for path in paths:
         normal = posixpath.normpath(path)
@@ -98,7 +71,7 @@ def needed_by_others(
 
 
 def owned_volumes(
-    vm: str, domain: Domain | None, snapshot: Snapshot, shared_dirs: tuple[str, ...] = ()
+    vm: str, domain: Domain | None, host: HostState, shared_dirs: tuple[str, ...] = ()
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """The (pool, file name) pairs a delete may remove, and the disk paths it keeps (with why).
 
@@ -119,21 +92,15 @@ def owned_volumes(
         rf"^{re.escape(vm)}-(vd[a-z]+((\.[A-Za-z0-9]+)?|@[A-Za-z0-9][A-Za-z0-9._-]*\.qcow2)|seed\.iso)$"
     )
     seed = f"{vm}-seed.iso"  # its cloud-init seed, attached as a cdrom
-    pools_by_dir = {
-        posixpath.normpath(p["path"]): name for name, p in snapshot.get("pools", {}).items() if p.get("path")
-    }
-    files = snapshot.get("files", {})
-    candidates: dict[str, dict[str, Any]] = {}
-    for disk in disks_of(domain or {}):
-        if disk.get("path"):
-            candidates.setdefault(posixpath.normpath(disk["path"]), disk)
-    known = list(files) + [
-        v["path"] for vols in snapshot.get("volumes", {}).values() for v in vols.values() if v.get("path")
-    ]
+    pools_by_dir = {posixpath.normpath(p.path): name for name, p in host.pools.items() if p.path}
+    files = host.files
+    candidates: dict[str, Disk] = {}
+    for disk in domain.all_disks if domain is not None else ():
+        if disk.path:
+            candidates.setdefault(posixpath.normpath(disk.path), disk)
+    known = list(files) + [v.path for v in host.all_volumes() if v.path]
     shared = {posixpath.normpath(d) for d in shared_dirs} | {
-        posixpath.normpath(p["path"])
-        for p in snapshot.get("pools", {}).values()
-        if p.get("path") and p.get("type") in NETWORK_POOLS
+        posixpath.normpath(p.path) for p in host.pools.values() if p.path and p.type in NETWORK_POOLS
     }
     elsewhere: list[str] = []
     for path in known:
@@ -142,16 +109,17 @@ def owned_volumes(
             if directory in shared:
                 elsewhere.append(posixpath.normpath(path))
             else:
-                candidates[posixpath.normpath(path)] = {"device": "disk", "path": path}
-    needs = needed_by_others(snapshot, vm, list(candidates))
+                candidates[posixpath.normpath(path)] = Disk(device="disk", path=path)
+    needs = needed_by_others(host, vm, list(candidates))
     owned: list[tuple[str, str]] = []
     kept: list[str] = []
     for path, disk in candidates.items():
         directory, base = posixpath.split(path)
         pool = pools_by_dir.get(directory)
-        kind = files.get(path, {}).get("kind", "file")
-        if disk.get("device", "disk") != "disk" and base != seed:
-            kept.append(f"{path} ({disk.get('device')})")
+        entry = files.get(path)
+        kind = entry.kind if entry is not None else "file"
+        if not disk.is_disk and base != seed:
+            kept.append(f"{path} ({disk.device})")
         elif pool is None:
             kept.append(f"{path} (not in a storage pool)")
         elif not pattern.match(base):

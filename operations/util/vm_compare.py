@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from facts.util.host_state import Definition, Domain
 from inventories.manifest_model import VmSpec
 
 GIB_KIB = 1024 * 1024
@@ -38,22 +39,22 @@ def wanted(spec: VmSpec) -> Resources:
     )
 
 
-def definition(domain: dict[str, Any]) -> dict[str, Any]:
+def definition(domain: Domain) -> Definition:
     """The persistent definition of a domain (the live one for a transient domain)."""
-    return domain.get("config") or domain
+    return domain.config
 
 
-def configured(domain: dict[str, Any]) -> Resources:
+def configured(domain: Domain) -> Resources:
     """What the domain's persistent definition holds."""
     config = definition(domain)
-    disks = [d for d in config.get("disks", []) if d.get("device") == "disk"]
-    macs = [str(i.get("mac")) for i in config.get("interfaces", [])]
-    vcpus = int(config.get("vcpus") or 0)
+    disks = [d for d in config.disks if d.is_disk]
+    macs = [str(i.mac) for i in config.interfaces]
+    vcpus = config.vcpus
     return Resources(
         vcpus=vcpus,
-        max_vcpus=int(config.get("max_vcpus") or vcpus),
-        memory_kib=int(config.get("memory_kib") or 0),
-        max_memory_kib=int(config.get("max_memory_kib") or 0),
+        max_vcpus=config.max_vcpus or vcpus,
+        memory_kib=config.memory_kib,
+        max_memory_kib=config.max_memory_kib,
         data_disks=len(disks) - 1,
         macs=tuple(macs[:1]),
     )
@@ -71,7 +72,7 @@ class Compared:
         return bool(self.actual != self.wanted)
 
 
-def compare(spec: VmSpec, domain: dict[str, Any]) -> list[Compared]:
+def compare(spec: VmSpec, domain: Domain) -> list[Compared]:
     """Each compared value of the domain's persistent definition against the vmspec."""
     have, want = configured(domain), wanted(spec)
     return [

@@ -1,4 +1,4 @@
-"""A VM's plan (readable actions, notes and at most one command) and what a domain's state means.
+"""A VM's plan: readable actions, notes and at most one command.
 
 Every plan holds at most one command, so a VM costs one round trip. The planners (``clone_plan``,
 ``converge_plan``, ``power_plan``, ``delete_plan``, ...) are pure: the host's ``Hypervisor`` fact and
@@ -8,14 +8,8 @@ the vmspecs in, plans out; the operations in ``operations/libvirt.py`` yield the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from pyinfra.api import StringCommand
-
-ACTIVE_STATES = {"running", "idle", "paused", "in shutdown", "pmsuspended"}
-
-Domain = dict[str, Any]
-Snapshot = dict[str, Any]  # the Hypervisor fact: pools, volumes, domains, capacity
 
 
 @dataclass
@@ -41,6 +35,3 @@ class VmPlan:
             parts.insert(0, f"error: {self.error}")
         return f"{self.vm}: " + ("; ".join(parts) if parts else "up to date")
 
-
-def is_active(domain: Domain) -> bool:
-    return domain.get("state") in ACTIVE_STATES

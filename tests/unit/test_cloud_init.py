@@ -30,7 +30,8 @@ from operations.util.cloud_init_seed import (
 from operations.util.delete_plan import delete_plan
 from operations.util.domain_xml import clone_xml, plan_disks, stable_uuid
 from operations.util.storage_ownership import owned_volumes
-from tests.unit.test_domain_plan import BASE_XML, built_domain, rendered, snapshot
+from tests.unit.fact_builders import BASE_XML, built_domain_data, host_data, typed
+from tests.unit.test_domain_plan import rendered
 from tests.unit.vmspec_builders import kvmhost01_with_cloud_init as spec
 
 URI = "qemu:///system"
@@ -41,7 +42,7 @@ USERS = [{"name": "ops", "ssh_authorized_keys": [KEY], "sudo": True}]
 
 
 def domain(state: str = "shut off", seed: bool = False, controller: bool = False) -> dict[str, Any]:
-    d = built_domain(state, uuid=UUID)
+    d = built_domain_data(state, uuid=UUID)
     if seed:
         cdrom = {"target": "sda", "device": "cdrom", "path": SEED, "bus": "scsi"}
         d["config"]["disks"].append(cdrom)
@@ -177,7 +178,7 @@ ATTACH = (
 
 
 def test_new_domain_at_dry_run_uses_the_uuid_the_clone_gets() -> None:
-    plan = seed_plan(spec(), snapshot(), URI, validate_users(USERS), executing=False)
+    plan = seed_plan(spec(), typed(host_data()), URI, validate_users(USERS), executing=False)
     text = rendered(plan.command)
     assert text.startswith(WRITE)
     assert FILL in text
@@ -192,18 +193,18 @@ def test_new_domain_at_dry_run_uses_the_uuid_the_clone_gets() -> None:
 
 
 def test_dry_run_target_and_controller_follow_the_base() -> None:
-    snap = snapshot()
+    snap = host_data()
     base = snap["domains"]["centos7"]
     base["disks"].append({"target": "sda", "device": "cdrom", "path": "/secondary/other.iso"})
     base["xml"] = (
         "<domain><devices><controller type='scsi' index='0' model='virtio-scsi'/></devices></domain>"
     )
-    text = rendered(seed_plan(spec(), snap, URI, [], executing=False).command)
+    text = rendered(seed_plan(spec(), typed(snap), URI, [], executing=False).command)
     assert "attach-device" not in text and text.endswith(" && " + ATTACH.format(target="sdb"))
 
 
 def test_missing_domain_at_execute_is_only_a_note() -> None:
-    plan = seed_plan(spec(), snapshot(), URI, [], executing=True)
+    plan = seed_plan(spec(), typed(host_data()), URI, [], executing=True)
     assert plan.command is None and not plan.changes
     assert plan.notes == ["not defined on this host: no seed (run deploys/build.py)"]
 
@@ -211,7 +212,7 @@ def test_missing_domain_at_execute_is_only_a_note() -> None:
 def test_existing_domain_gets_its_own_uuid_and_a_free_scsi_target() -> None:
     d = domain(controller=True)
     d["config"]["disks"].append({"target": "sda", "device": "disk", "path": "/data01/primary/x.img"})
-    plan = seed_plan(spec(), snapshot({"kvmhost01": d}), URI, [])
+    plan = seed_plan(spec(), typed(host_data({"kvmhost01": d})), URI, [])
     text = rendered(plan.command)
     assert "attach-device" not in text  # it has a SCSI controller already
     assert text.endswith(" && " + ATTACH.format(target="sdb"))
@@ -220,16 +221,16 @@ def test_existing_domain_gets_its_own_uuid_and_a_free_scsi_target() -> None:
 
 
 def test_up_to_date_and_attached_seed_is_a_no_op() -> None:
-    current = image_of(seed_plan(spec(), snapshot({"kvmhost01": domain()}), URI, []))
-    snap = with_seed_file(snapshot({"kvmhost01": domain(seed=True)}), current)
-    plan = seed_plan(spec(), snap, URI, [])
+    current = image_of(seed_plan(spec(), typed(host_data({"kvmhost01": domain()})), URI, []))
+    snap = with_seed_file(host_data({"kvmhost01": domain(seed=True)}), current)
+    plan = seed_plan(spec(), typed(snap), URI, [])
     assert plan.command is None and plan.stdin is None and not plan.changes
 
 
 def test_changed_content_rewrites_the_file_only() -> None:
-    old = image_of(seed_plan(spec(), snapshot({"kvmhost01": domain()}), URI, []))
-    snap = with_seed_file(snapshot({"kvmhost01": domain("running", seed=True)}), old)
-    plan = seed_plan(spec(), snap, URI, validate_users(USERS))
+    old = image_of(seed_plan(spec(), typed(host_data({"kvmhost01": domain()})), URI, []))
+    snap = with_seed_file(host_data({"kvmhost01": domain("running", seed=True)}), old)
+    plan = seed_plan(spec(), typed(snap), URI, validate_users(USERS))
     text = rendered(plan.command)
     assert text.startswith(
         '{ for f in /data01/primary/kvmhost01-seed.iso ; do if [ -L "$f" ] || { [ -e "$f" ] && [ ! -f "$f" ]; }; then'
@@ -242,7 +243,7 @@ def test_changed_content_rewrites_the_file_only() -> None:
 
 
 def _pool_at(directory: Path, seed_content: bytes | None) -> dict[str, Any]:
-    snap = snapshot({"kvmhost01": domain(seed=True)})
+    snap = host_data({"kvmhost01": domain(seed=True)})
     snap["pools"]["default"]["path"] = str(directory)
     for disk in snap["domains"]["kvmhost01"]["config"]["disks"]:
         if disk["path"] == SEED:
@@ -271,11 +272,11 @@ def _run(plan: Any) -> subprocess.CompletedProcess[str]:
 def test_write_and_rewrite_commands_run_in_a_real_shell(tmp_path: Path) -> None:
     """The rendered commands (no virsh step: the seed is attached already) write the image, 0600."""
     seed = tmp_path / "kvmhost01-seed.iso"
-    first = seed_plan(spec(), _pool_at(tmp_path, None), URI, [])
+    first = seed_plan(spec(), typed(_pool_at(tmp_path, None)), URI, [])
     result = _run(first)
     assert result.returncode == 0, result.stderr
     assert seed.read_bytes() == image_of(first) and stat.S_IMODE(seed.stat().st_mode) == 0o600
-    second = seed_plan(spec(), _pool_at(tmp_path, seed.read_bytes()), URI, validate_users(USERS))
+    second = seed_plan(spec(), typed(_pool_at(tmp_path, seed.read_bytes())), URI, validate_users(USERS))
     assert second.actions[0].startswith("rewrite")
     result = _run(second)
     assert result.returncode == 0, result.stderr
@@ -285,7 +286,7 @@ def test_write_and_rewrite_commands_run_in_a_real_shell(tmp_path: Path) -> None:
     target.write_bytes(b"keep")
     seed.unlink()
     seed.symlink_to(target)
-    third = seed_plan(spec(), _pool_at(tmp_path, b"old"), URI, [])
+    third = seed_plan(spec(), typed(_pool_at(tmp_path, b"old")), URI, [])
     result = _run(third)
     assert result.returncode != 0 and "is not a plain file any more; refusing to replace it" in result.stderr
     assert seed.is_symlink() and target.read_bytes() == b"keep"
@@ -306,22 +307,24 @@ def _probed_files(pool: Path) -> dict[str, Any]:
         [HOST_PYTHON, "-c", PROBE, f"test://{node}", "20"], capture_output=True, text=True, timeout=40
     )
     assert result.returncode == 0, result.stderr
-    files: dict[str, Any] = Hypervisor().process(result.stdout.splitlines())["files"]
+    files: dict[str, Any] = Hypervisor().process(result.stdout.splitlines()).to_dict()["files"]
     return files
 
 
 @pytest.mark.parametrize("owner, mode", [(65534, 0o666), (0, 0o644), (65534, 0o600)])
-def test_a_seed_chowned_or_opened_up_after_the_build_is_replaced(tmp_path: Path, owner: int, mode: int) -> None:
+def test_a_seed_chowned_or_opened_up_after_the_build_is_replaced(
+    tmp_path: Path, owner: int, mode: int
+) -> None:
     pool = tmp_path / "pool"
     pool.mkdir()
     seed = pool / "kvmhost01-seed.iso"
-    first = seed_plan(spec(), _pool_at(pool, None), URI, [])
+    first = seed_plan(spec(), typed(_pool_at(pool, None)), URI, [])
     assert _run(first).returncode == 0
     os.chown(seed, owner, owner)
     seed.chmod(mode)  # same content: only the owner or mode differs
     snap = _pool_at(pool, None)
     snap["files"] = _probed_files(pool)
-    second = seed_plan(spec(), snap, URI, [])
+    second = seed_plan(spec(), typed(snap), URI, [])
     assert second.command is not None, "a seed someone else owns or can write was kept"
     assert second.actions[0].startswith(
         f"replace {seed}, owned by uid {owner} with mode {mode:04o}, not root 0600, with a new seed"
@@ -333,29 +336,29 @@ def test_a_seed_chowned_or_opened_up_after_the_build_is_replaced(tmp_path: Path,
     assert seed.read_bytes() == image_of(second)
     # Now root's and 0600 with the same content: kept.
     snap["files"] = _probed_files(pool)
-    assert seed_plan(spec(), snap, URI, []).command is None
+    assert seed_plan(spec(), typed(snap), URI, []).command is None
 
 
 @pytest.mark.parametrize("kind", ["link", "dir", "other"])
 def test_a_seed_path_that_is_not_a_plain_file_is_refused(kind: str) -> None:
-    snap = snapshot({"kvmhost01": domain()})
+    snap = host_data({"kvmhost01": domain()})
     snap["files"] = {SEED: {"kind": kind, "backing": None}}
-    plan = seed_plan(spec(), snap, URI, [])
+    plan = seed_plan(spec(), typed(snap), URI, [])
     assert plan.command is None
     assert plan.error == f"{SEED} is a {kind}, not a plain file; refusing to replace it"
 
 
 def test_missing_pool_is_an_error() -> None:
-    plan = seed_plan(spec(pool="nope"), snapshot({"kvmhost01": domain()}), URI, [])
+    plan = seed_plan(spec(pool="nope"), typed(host_data({"kvmhost01": domain()})), URI, [])
     assert plan.error == "storage pool nope is not defined on this host (see deploys/pools.py)"
 
 
 def test_seed_left_attached_when_cloud_init_is_turned_off_is_reported() -> None:
-    snap = snapshot({"kvmhost01": domain(seed=True)})
-    assert stray_seed_note(spec(cloud_init=False), snap) == (
+    snap = host_data({"kvmhost01": domain(seed=True)})
+    assert stray_seed_note(spec(cloud_init=False), typed(snap)) == (
         f"{SEED} is still attached although cloudInit is off: left as is"
     )
-    assert stray_seed_note(spec(cloud_init=False), snapshot({"kvmhost01": domain()})) is None
+    assert stray_seed_note(spec(cloud_init=False), typed(host_data({"kvmhost01": domain()}))) is None
 
 
 # --- clone UUID and delete -------------------------------------------------------------------------
@@ -371,24 +374,24 @@ def test_clone_with_cloud_init_gets_the_stable_uuid() -> None:
 
 
 def test_delete_removes_the_seed_it_owns() -> None:
-    snap = snapshot({"kvmhost01": domain(seed=True)})
-    owned, kept = owned_volumes("kvmhost01", snap["domains"]["kvmhost01"], snap)
+    snap = host_data({"kvmhost01": domain(seed=True)})
+    owned, kept = owned_volumes("kvmhost01", typed(snap).domains["kvmhost01"], typed(snap))
     assert ("default", "kvmhost01-seed.iso") in owned
     assert not any("seed" in k for k in kept)
-    plan = delete_plan("kvmhost01", snap, URI)
+    plan = delete_plan("kvmhost01", typed(snap), URI)
     assert plan is not None and f"delete {SEED}" in plan.actions
 
 
 def test_delete_finishes_a_leftover_seed_and_keeps_one_another_domain_uses() -> None:
-    snap = snapshot()
+    snap = host_data()
     snap["files"] = {SEED: {"kind": "file", "backing": None}}
-    plan = delete_plan("kvmhost01", snap, URI)
+    plan = delete_plan("kvmhost01", typed(snap), URI)
     assert plan is not None and plan.actions == ["domain already undefined", f"delete {SEED}"]
-    other = built_domain()
+    other = built_domain_data()
     other["config"]["disks"].append({"target": "sda", "device": "cdrom", "path": SEED})
     other["disks"].append({"target": "sda", "device": "cdrom", "path": SEED})
-    snap = snapshot({"kvmhost01": domain(seed=True), "other": other})
-    owned, kept = owned_volumes("kvmhost01", snap["domains"]["kvmhost01"], snap)
+    snap = host_data({"kvmhost01": domain(seed=True), "other": other})
+    owned, kept = owned_volumes("kvmhost01", typed(snap).domains["kvmhost01"], typed(snap))
     assert ("default", "kvmhost01-seed.iso") not in owned
     assert f"{SEED} (disk of domain other)" in kept
 
@@ -413,8 +416,9 @@ def test_seed_users_from_host_data_or_json_and_errors_name_the_key() -> None:
 def test_the_fact_passes_each_seeds_digest_on() -> None:
     from facts.util.libvirt_parse import files_from
 
-    files = files_from(
+    found = files_from(
         {"files": {SEED: {"kind": "file", "backing": None, "sha256": "ab" * 32}, "/x.img": {"kind": "file"}}}
     )
+    files = {path: entry.to_dict() for path, entry in found.items()}
     assert files[SEED] == {"kind": "file", "backing": None, "sha256": "ab" * 32}
     assert files["/x.img"] == {"kind": "file", "backing": None}

@@ -15,10 +15,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from facts.util.host_state import HostState
 from operations.util.clone_plan import clone_plan
 from operations.util.cloud_init_seed import seed_plan
 from operations.util.converge_plan import converge_plan
-from tests.unit.test_domain_plan import BASE_XML, built_domain, snapshot
+from tests.unit.fact_builders import BASE_XML, built_domain_data, host_data, typed
 from tests.unit.vmspec_builders import kvmhost01 as spec
 from tests.unit.vmspec_builders import kvmhost01_with_cloud_init as seed_spec
 
@@ -60,20 +61,20 @@ def pool_and_victim(tmp_path: Path) -> tuple[Path, Path]:
     return pool, victim
 
 
-def clone_snapshot(tmp_path: Path, pool: Path) -> dict[str, Any]:
+def clone_host(tmp_path: Path, pool: Path) -> HostState:
     base = tmp_path / "base.img"
     base.write_bytes(b"b" * 4096)
-    snap = snapshot()
+    snap = host_data()
     snap["pools"]["default"]["path"] = str(pool)
     snap["domains"]["centos7"]["xml"] = BASE_XML.replace("/secondary/centos7-vda.img", str(base))
-    return snap
+    return typed(snap)
 
 
 def test_a_full_copy_never_writes_through_a_link_swapped_in_before_the_copy(tmp_path: Path) -> None:
     pool, victim = pool_and_victim(tmp_path)
     final = pool / "kvmhost01-vda.img"
     swapper(tmp_path / "bin", "cp", final, victim)
-    plan = clone_plan(spec(num_disks=0), clone_snapshot(tmp_path, pool), TEST_URI)
+    plan = clone_plan(spec(num_disks=0), clone_host(tmp_path, pool), TEST_URI)
     result = run(plan.command, tmp_path / "bin", plan.stdin)
     assert victim.read_bytes() == b"precious", "root wrote through the swapped link"
     assert stat.S_IMODE(victim.stat().st_mode) == 0o644
@@ -87,9 +88,9 @@ def test_a_data_disk_is_not_truncated_through_a_swapped_link(tmp_path: Path) -> 
     pool, victim = pool_and_victim(tmp_path)
     final = pool / "kvmhost01-vdc.img"
     swapper(tmp_path / "bin", "truncate", final, victim)
-    snap = snapshot({"kvmhost01": built_domain()})
+    snap = host_data({"kvmhost01": built_domain_data()})
     snap["pools"]["default"]["path"] = str(pool)
-    plan = converge_plan(spec(num_disks=2, disk_size_gb=1), snap, TEST_URI)
+    plan = converge_plan(spec(num_disks=2, disk_size_gb=1), typed(snap), TEST_URI)
     result = run(plan.command, tmp_path / "bin")
     assert victim.read_bytes() == b"precious" and victim.stat().st_size == 8
     assert result.returncode != 0
@@ -99,7 +100,7 @@ def test_a_linked_clone_overlay_is_not_created_through_a_swapped_link(tmp_path: 
     pool, victim = pool_and_victim(tmp_path)
     final = pool / "kvmhost01-vda.qcow2"
     swapper(tmp_path / "bin", "qemu-img", final, victim)
-    plan = clone_plan(spec(num_disks=0, clone="linked"), clone_snapshot(tmp_path, pool), TEST_URI)
+    plan = clone_plan(spec(num_disks=0, clone="linked"), clone_host(tmp_path, pool), TEST_URI)
     result = run(plan.command, tmp_path / "bin", plan.stdin)
     assert victim.read_bytes() == b"precious"
     assert result.returncode != 0
@@ -110,9 +111,9 @@ def test_a_seed_is_not_written_through_a_swapped_link(tmp_path: Path) -> None:
     final = pool / "kvmhost01-seed.iso"
     # A fake ``timeout`` (every step runs under it) swaps the file once it is there, as in the report.
     swapper(tmp_path / "bin", "timeout", final, victim, only_a_file=True)
-    snap = snapshot({"kvmhost01": built_domain()})
+    snap = host_data({"kvmhost01": built_domain_data()})
     snap["pools"]["default"]["path"] = str(pool)
-    plan = seed_plan(seed_spec(), snap, TEST_URI, [])
+    plan = seed_plan(seed_spec(), typed(snap), TEST_URI, [])
     result = run(plan.command, tmp_path / "bin", plan.stdin)
     assert victim.read_bytes() == b"precious"
     assert result.returncode != 0
@@ -120,7 +121,7 @@ def test_a_seed_is_not_written_through_a_swapped_link(tmp_path: Path) -> None:
 
 def test_without_a_race_the_files_land_in_the_pool_0600_and_nothing_else_is_left(tmp_path: Path) -> None:
     pool, _ = pool_and_victim(tmp_path)
-    plan = clone_plan(spec(num_disks=1, disk_size_gb=1), clone_snapshot(tmp_path, pool), TEST_URI)
+    plan = clone_plan(spec(num_disks=1, disk_size_gb=1), clone_host(tmp_path, pool), TEST_URI)
     result = run(plan.command, tmp_path / "empty-bin", plan.stdin)
     assert result.returncode == 0, result.stderr
     entries = {p.name: (stat.S_IMODE(p.lstat().st_mode), p.lstat().st_nlink) for p in pool.iterdir()}
@@ -142,7 +143,7 @@ def test_a_full_copy_creates_its_file_itself(tmp_path: Path) -> None:
         f" > '{seen}'\nexec '{real}' \"$@\"\n"
     )
     fake.chmod(0o755)
-    plan = clone_plan(spec(num_disks=0), clone_snapshot(tmp_path, pool), TEST_URI)
+    plan = clone_plan(spec(num_disks=0), clone_host(tmp_path, pool), TEST_URI)
     result = run(plan.command, bin_dir, plan.stdin)
     assert result.returncode == 0, result.stderr
     assert seen.read_text() == "new\n"

@@ -18,13 +18,13 @@ from operations.util.domain_diff import build_diff, delete_diff, power_diff
 from tests.unit.vmspec_builders import fx_off as spec
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SNAPSHOT = Hypervisor().process((FIXTURES / "libvirt" / "cluster.json").read_text().splitlines())
+HOST_STATE = Hypervisor().process((FIXTURES / "libvirt" / "cluster.json").read_text().splitlines())
 URI_KEY = "timeout=60, uri=qemu:///system"
 
 
 def test_build_diff_of_a_new_vm_is_absent_to_the_vmspec() -> None:
     new = spec(name="fx-new", vcpus=2, memory_gb=1, max_memory_gb=2, num_disks=2, mac=mac_for("fx-new"))
-    assert build_diff([new], SNAPSHOT) == [
+    assert build_diff([new], HOST_STATE) == [
         "fx-new: vCPUs absent -> 2",
         "fx-new: memory absent -> 1 GiB",
         "fx-new: max memory absent -> 2 GiB",
@@ -35,9 +35,9 @@ def test_build_diff_of_a_new_vm_is_absent_to_the_vmspec() -> None:
 
 
 def test_build_diff_of_an_existing_vm_shows_only_what_changes() -> None:
-    assert build_diff([spec()], SNAPSHOT) == []
+    assert build_diff([spec()], HOST_STATE) == []
     grown = spec(vcpus=2, memory_gb=2, max_memory_gb=4, num_disks=2, autostart=True)
-    assert build_diff([grown], SNAPSHOT) == [
+    assert build_diff([grown], HOST_STATE) == [
         "fx-off: vCPUs 1 -> 2",
         "fx-off: memory 1 GiB -> 2 GiB",
         "fx-off: max memory 1 GiB -> 4 GiB",
@@ -47,7 +47,7 @@ def test_build_diff_of_an_existing_vm_shows_only_what_changes() -> None:
 
 
 def test_power_and_delete_diffs() -> None:
-    domains = SNAPSHOT["domains"]
+    domains = HOST_STATE.domains
     assert power_diff(["fx-off", "fx-run", "gone"], domains, "running") == [
         "fx-off: power state shut off -> running"
     ]
@@ -67,7 +67,7 @@ def test_power_and_delete_diffs() -> None:
 def logged(caplog: pytest.LogCaptureFixture, op: Any, diff: bool, **kwargs: Any) -> list[str]:
     state = FakeState()
     state.config.DIFF = diff
-    host = create_host(state, name="sm-01", facts={"libvirt.Hypervisor": {URI_KEY: copy.deepcopy(SNAPSHOT)}})
+    host = create_host(state, name="sm-01", facts={"libvirt.Hypervisor": {URI_KEY: copy.deepcopy(HOST_STATE)}})
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="pyinfra"), ctx_state.use(state), ctx_host.use(host):
         list(op._inner(**kwargs))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import subprocess
@@ -12,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from inventories.manifest_model import mac_for
 from operations.util.capacity import capacity_row, refusal_message
 from operations.util.clone_plan import build_plans, clone_plan
 from operations.util.converge_plan import converge_plan
@@ -21,77 +19,20 @@ from operations.util.domain_source import recorded_digest, with_source
 from operations.util.domain_xml import CloneError, clone_xml, plan_disks, xml_covers
 from operations.util.power_plan import power_plan
 from operations.util.storage_ownership import owned_volumes
+from tests.unit.fact_builders import (
+    BASE_XML,
+    GIB,
+    built_domain,
+    built_domain_data,
+    host_data,
+    host_state,
+    typed,
+    typed_domain,
+    typed_domains,
+)
 from tests.unit.vmspec_builders import kvmhost01 as spec
 
-FIXTURES = Path(__file__).parent / "fixtures" / "domains"
-BASE_XML = (FIXTURES / "centos7.xml").read_text()
 URI = "qemu:///system"
-GIB = 1024 * 1024
-
-
-def snapshot(domains: dict[str, Any] | None = None, volumes: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "pools": {
-            "default": {
-                "state": "running",
-                "autostart": True,
-                "path": "/data01/primary",
-                "available": 50 * 1024**3,
-            },
-            "secondary": {
-                "state": "running",
-                "autostart": False,
-                "path": "/secondary",
-                "available": 10 * 1024**3,
-            },
-        },
-        "volumes": volumes or {},
-        "domains": {"centos7": base_domain(), **(domains or {})},
-        "capacity": {"cpus": 2, "memory_kib": 24 * GIB},
-    }
-
-
-def base_domain() -> dict[str, Any]:
-    return {
-        "state": "shut off",
-        "persistent": True,
-        "autostart": False,
-        "memory_kib": GIB,
-        "max_memory_kib": GIB,
-        "vcpus": 1,
-        "max_vcpus": 1,
-        "disks": [
-            {"target": "vda", "device": "disk", "path": "/secondary/centos7-vda.img", "format": "raw"},
-            {"target": "hdc", "device": "cdrom", "path": "/secondary/CentOS-7-x86_64-Minimal-1908.iso"},
-        ],
-        "interfaces": [{"mac": "52:54:00:00:00:01", "type": "user"}],
-        "xml": BASE_XML,
-    }
-
-
-def built_domain(state: str = "shut off", **overrides: Any) -> dict[str, Any]:
-    cfg = {
-        "memory_kib": 2 * GIB,
-        "max_memory_kib": 4 * GIB,
-        "vcpus": 2,
-        "max_vcpus": 2,
-        "disks": [
-            {"target": "vda", "device": "disk", "path": "/data01/primary/kvmhost01-vda.img", "format": "raw"},
-            {"target": "hdc", "device": "cdrom", "path": "/secondary/CentOS-7-x86_64-Minimal-1908.iso"},
-            {"target": "vdb", "device": "disk", "path": "/data01/primary/kvmhost01-vdb.img", "format": "raw"},
-        ],
-        "interfaces": [{"mac": mac_for("kvmhost01"), "type": "user"}],
-    }
-    domain = {
-        "state": state,
-        "persistent": True,
-        "autostart": False,
-        **copy.deepcopy(cfg),
-        "config": cfg,
-        "xml": "",
-    }
-    domain.update(overrides)
-    return domain
 
 
 BOUND = re.compile(r"\{ timeout -k 5 \d+ (.*?) \|\| \{ rc=\$\?; .*?\(exit \$rc\); \}; \}")
@@ -183,7 +124,7 @@ def test_clone_refuses_unknown_formats_and_missing_disks() -> None:
 
 
 def test_clone_plan_is_one_command_with_xml_on_stdin() -> None:
-    plan = clone_plan(spec(), snapshot(), URI)
+    plan = clone_plan(spec(), host_state(), URI)
     command = rendered(plan.command)
     assert plan.stdin is not None and "<name>kvmhost01</name>" in plan.stdin
     assert "cp --sparse=always -- /secondary/centos7-vda.img ./kvmhost01-vda.img" in command
@@ -198,46 +139,46 @@ def test_clone_plan_is_one_command_with_xml_on_stdin() -> None:
 
 
 def test_clone_plan_linked_uses_qemu_img_overlay() -> None:
-    command = rendered(clone_plan(spec(clone="linked", num_disks=0), snapshot(), URI).command)
+    command = rendered(clone_plan(spec(clone="linked", num_disks=0), host_state(), URI).command)
     assert (
         "qemu-img create -q -f qcow2 -F raw -b /secondary/centos7-vda.img ./kvmhost01-vda.qcow2"
     ) in command
 
 
 def test_clone_plan_quotes_every_value() -> None:
-    plan = clone_plan(spec(name="vm;rm"), snapshot(), "qemu:///system?x=$(id)")
+    plan = clone_plan(spec(name="vm;rm"), host_state(), "qemu:///system?x=$(id)")
     command = rendered(plan.command)
     assert "'/data01/primary/vm;rm-vda.img'" in command
     assert "'qemu:///system?x=$(id)'" in command
 
 
 def test_clone_plan_reports_missing_base_or_pool_without_raising() -> None:
-    assert "source domain rocky9 is not defined" in clone_plan(spec(srcvm="rocky9"), snapshot(), URI).error
-    assert "storage pool fast is not defined" in clone_plan(spec(pool="fast"), snapshot(), URI).error
+    assert "source domain rocky9 is not defined" in clone_plan(spec(srcvm="rocky9"), host_state(), URI).error
+    assert "storage pool fast is not defined" in clone_plan(spec(pool="fast"), host_state(), URI).error
 
 
 def test_clone_of_a_running_base_is_noted() -> None:
-    snap = snapshot()
+    snap = host_data()
     snap["domains"]["centos7"]["state"] = "running"
-    assert "copied mid-write" in clone_plan(spec(), snap, URI).notes[0]
+    assert "copied mid-write" in clone_plan(spec(), typed(snap), URI).notes[0]
 
 
 def test_autostart_on_clone() -> None:
-    assert "autostart kvmhost01" in rendered(clone_plan(spec(autostart=True), snapshot(), URI).command)
+    assert "autostart kvmhost01" in rendered(clone_plan(spec(autostart=True), host_state(), URI).command)
 
 
 # --- converge -------------------------------------------------------------------------------------
 
 
 def test_matching_domain_is_up_to_date() -> None:
-    plans = build_plans([spec()], snapshot({"kvmhost01": built_domain()}), URI)
+    plans = build_plans([spec()], host_state({"kvmhost01": built_domain()}), URI)
     assert [p.changes for p in plans] == [False]
     assert plans[0].summary() == "kvmhost01: up to date"
 
 
 def test_shut_off_domain_changes_config_only() -> None:
     plan = converge_plan(
-        spec(memory_gb=3, max_memory_gb=6, vcpus=4), snapshot({"kvmhost01": built_domain()}), URI
+        spec(memory_gb=3, max_memory_gb=6, vcpus=4), host_state({"kvmhost01": built_domain()}), URI
     )
     command = rendered(plan.command)
     assert command == (
@@ -251,7 +192,7 @@ def test_shut_off_domain_changes_config_only() -> None:
 
 def test_shrinking_sets_current_before_max() -> None:
     plan = converge_plan(
-        spec(memory_gb=1, max_memory_gb=1, vcpus=1), snapshot({"kvmhost01": built_domain()}), URI
+        spec(memory_gb=1, max_memory_gb=1, vcpus=1), host_state({"kvmhost01": built_domain()}), URI
     )
     command = rendered(plan.command)
     assert command.index("setmem kvmhost01 1048576 --config") < command.index("setmaxmem kvmhost01 1048576")
@@ -259,7 +200,7 @@ def test_shrinking_sets_current_before_max() -> None:
 
 
 def test_running_domain_live_memory_increase_up_to_max() -> None:
-    plan = converge_plan(spec(memory_gb=3), snapshot({"kvmhost01": built_domain("running")}), URI)
+    plan = converge_plan(spec(memory_gb=3), host_state({"kvmhost01": built_domain("running")}), URI)
     command = rendered(plan.command)
     assert "setmem kvmhost01 3145728 --config" in command
     assert "setmem kvmhost01 3145728 --live" in command
@@ -268,7 +209,7 @@ def test_running_domain_live_memory_increase_up_to_max() -> None:
 
 def test_running_domain_max_memory_takes_effect_at_next_boot() -> None:
     plan = converge_plan(
-        spec(memory_gb=6, max_memory_gb=8), snapshot({"kvmhost01": built_domain("running")}), URI
+        spec(memory_gb=6, max_memory_gb=8), host_state({"kvmhost01": built_domain("running")}), URI
     )
     command = rendered(plan.command)
     assert "setmaxmem kvmhost01 8388608 --config" in command
@@ -279,19 +220,19 @@ def test_running_domain_max_memory_takes_effect_at_next_boot() -> None:
 def test_live_balloon_drift_is_reported_not_chased() -> None:
     # Without a guest balloon driver the live value never reaches the target: re-runs must not repeat setmem.
     domain = built_domain("running", memory_kib=4 * GIB)
-    plan = converge_plan(spec(), snapshot({"kvmhost01": domain}), URI)
+    plan = converge_plan(spec(), host_state({"kvmhost01": domain}), URI)
     assert plan.command is None
     assert plan.notes == ["running with 4 GiB of memory (balloon), configured 2 GiB"]
 
 
 def test_vcpu_decrease_on_running_domain_waits_for_reboot() -> None:
-    plan = converge_plan(spec(vcpus=1), snapshot({"kvmhost01": built_domain("running")}), URI)
+    plan = converge_plan(spec(vcpus=1), host_state({"kvmhost01": built_domain("running")}), URI)
     assert "--live" not in rendered(plan.command)
     assert any("vCPUs 2 -> 1 takes effect at next boot" in n for n in plan.notes)
 
 
 def test_missing_data_disk_is_added_live_and_extra_is_reported() -> None:
-    plan = converge_plan(spec(num_disks=2), snapshot({"kvmhost01": built_domain("running")}), URI)
+    plan = converge_plan(spec(num_disks=2), host_state({"kvmhost01": built_domain("running")}), URI)
     command = rendered(plan.command)
     assert "truncate -s 10G -- ./kvmhost01-vdc.img" in command
     assert (
@@ -299,7 +240,7 @@ def test_missing_data_disk_is_added_live_and_extra_is_reported() -> None:
         "--subdriver raw --config --live"
     ) in command
     assert command.startswith("( umask 077;") and "else cleanup;" in command  # no half-added disk
-    fewer = converge_plan(spec(num_disks=0), snapshot({"kvmhost01": built_domain()}), URI)
+    fewer = converge_plan(spec(num_disks=0), host_state({"kvmhost01": built_domain()}), URI)
     assert fewer.command is None
     assert fewer.notes == ["has data disk(s) vdb beyond numDisks 0: not removed"]
 
@@ -310,21 +251,21 @@ def test_disk_size_difference_is_reported_not_resized() -> None:
             "kvmhost01-vdb.img": {"path": "/data01/primary/kvmhost01-vdb.img", "capacity": 5 * 1024**3}
         }
     }
-    plan = converge_plan(spec(), snapshot({"kvmhost01": built_domain()}, volumes), URI)
+    plan = converge_plan(spec(), host_state({"kvmhost01": built_domain()}, volumes), URI)
     assert plan.command is None
     assert plan.notes == ["data disk vdb is 5 GiB, manifest says 10 GiB: not resized"]
 
 
 def test_autostart_and_mac_drift() -> None:
-    domain = built_domain(interfaces=[{"mac": "52:54:00:aa:bb:cc"}])
+    domain = built_domain_data(interfaces=[{"mac": "52:54:00:aa:bb:cc"}])
     domain["config"]["interfaces"] = [{"mac": "52:54:00:aa:bb:cc"}]
-    plan = converge_plan(spec(autostart=True), snapshot({"kvmhost01": domain}), URI)
+    plan = converge_plan(spec(autostart=True), host_state({"kvmhost01": domain}), URI)
     assert rendered(plan.command) == "virsh -q -c qemu:///system autostart kvmhost01"
     assert "DHCP reservation will not match" in plan.notes[0]
 
 
 def test_resize_only_reports_missing_domains() -> None:
-    (plan,) = build_plans([spec()], snapshot(), URI, clone=False)
+    (plan,) = build_plans([spec()], host_state(), URI, clone=False)
     assert plan.command is None and "not defined on this host" in plan.notes[0]
 
 
@@ -332,7 +273,7 @@ def test_resize_only_reports_missing_domains() -> None:
 
 
 def test_power_start_and_noop() -> None:
-    domains = {"a": {"state": "shut off"}, "b": {"state": "running"}, "c": {"state": "paused"}}
+    domains = typed_domains({"a": {"state": "shut off"}, "b": {"state": "running"}, "c": {"state": "paused"}})
     plan = power_plan(["a", "b", "c", "gone"], domains, True, URI)
     assert rendered(plan.command) == (
         "failed=0; for try in 1 2; do if virsh -q -c qemu:///system start a ; then st=0; break; "
@@ -348,7 +289,7 @@ def test_power_start_and_noop() -> None:
 
 
 def test_power_start_of_one_vm_is_one_plain_call() -> None:
-    plan = power_plan(["a"], {"a": {"state": "shut off"}}, True, URI, step_timeout=7)
+    plan = power_plan(["a"], typed_domains({"a": {"state": "shut off"}}), True, URI, step_timeout=7)
     assert rendered(plan.command) == (
         "for try in 1 2; do if virsh -q -c qemu:///system start a ; then st=0; break; "
         'else st=$?; fi; [ "$try" = 2 ] || sleep 1; done; (exit "$st")'
@@ -358,7 +299,9 @@ def test_power_start_of_one_vm_is_one_plain_call() -> None:
 
 def test_power_start_runs_each_vm_bounded_one_after_another() -> None:
     names = ["a", "b", "c", "d"]
-    plan = power_plan(names, {n: {"state": "shut off"} for n in names}, True, URI, step_timeout=7)
+    plan = power_plan(
+        names, typed_domains({n: {"state": "shut off"} for n in names}), True, URI, step_timeout=7
+    )
     raw = plan.command.get_raw_value()
     assert raw.count("timeout -k 5 7 virsh -q -c") == raw.count("virsh -q -c") == 4
     starts = [raw.index(f"start {n} ") for n in names]
@@ -370,7 +313,7 @@ def test_power_start_runs_each_vm_bounded_one_after_another() -> None:
 
 def test_power_start_quotes_every_vm_name() -> None:
     names = ["a b", "x'y"]
-    plan = power_plan(names, {n: {"state": "shut off"} for n in names}, True, URI)
+    plan = power_plan(names, typed_domains({n: {"state": "shut off"} for n in names}), True, URI)
     raw = plan.command.get_raw_value()
     assert "start 'a b' " in raw and "start 'x'\"'\"'y' " in raw
     assert "'kvm-qemu: start of a b failed'" in raw and "'kvm-qemu: start of x'\"'\"'y failed'" in raw
@@ -384,7 +327,9 @@ def test_power_start_one_failure_fails_the_host_naming_it_and_the_others_start(t
     )
     (tmp_path / "virsh").chmod(0o755)
     names = ["a", "b", "c", "d"]
-    plan = power_plan(names, {n: {"state": "shut off"} for n in names}, True, URI, step_timeout=7)
+    plan = power_plan(
+        names, typed_domains({n: {"state": "shut off"} for n in names}), True, URI, step_timeout=7
+    )
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
     result = subprocess.run(
         ["sh", "-c", plan.command.get_raw_value()], env=env, capture_output=True, text=True, timeout=30
@@ -402,7 +347,7 @@ def test_power_start_takes_a_second_try_when_the_tap_name_was_taken(tmp_path: Pa
         'echo "error: Unable to create tap device vnet0: Device or resource busy" >&2; exit 1; fi\nexit 0\n'
     )
     (tmp_path / "virsh").chmod(0o755)
-    plan = power_plan(["a"], {"a": {"state": "shut off"}}, True, URI, step_timeout=7)
+    plan = power_plan(["a"], typed_domains({"a": {"state": "shut off"}}), True, URI, step_timeout=7)
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
     result = subprocess.run(
         ["sh", "-c", plan.command.get_raw_value()], env=env, capture_output=True, text=True, timeout=30
@@ -411,7 +356,7 @@ def test_power_start_takes_a_second_try_when_the_tap_name_was_taken(tmp_path: Pa
 
 
 def test_power_stop_is_graceful_with_timeout_or_forced() -> None:
-    domains = {"a": {"state": "running"}, "b": {"state": "running"}}
+    domains = typed_domains({"a": {"state": "running"}, "b": {"state": "running"}})
     graceful = rendered(power_plan(["a", "b"], domains, False, URI, timeout=7).command)
     assert 'shutdown -- "$n"' in graceful and "+ 7 ))" in graceful and 'destroy -- "$n"' in graceful
     assert "for n in a b ;" in graceful
@@ -423,10 +368,10 @@ def test_power_stop_is_graceful_with_timeout_or_forced() -> None:
 
 
 def test_delete_removes_only_owned_volumes() -> None:
-    domain = built_domain("running")
+    domain = built_domain_data("running")
     domain["disks"].append({"target": "vdd", "device": "disk", "path": "/srv/elsewhere/kvmhost01-vdd.img"})
     domain["disks"].append({"target": "vde", "device": "disk", "path": "/data01/primary/shared-data.img"})
-    plan = delete_plan("kvmhost01", snapshot({"kvmhost01": domain}), URI)
+    plan = delete_plan("kvmhost01", host_state({"kvmhost01": domain}), URI)
     command = rendered(plan.command)
     assert "&& virsh -q -c qemu:///system destroy kvmhost01 && " in command
     assert "undefine --nvram --managed-save --snapshots-metadata --checkpoints-metadata kvmhost01" in command
@@ -440,7 +385,7 @@ def test_delete_removes_only_owned_volumes() -> None:
 
 
 def test_delete_linked_clone_keeps_the_base() -> None:
-    domain = built_domain()
+    domain = built_domain_data()
     overlay = {
         "target": "vda",
         "device": "disk",
@@ -448,7 +393,9 @@ def test_delete_linked_clone_keeps_the_base() -> None:
         "backing": "/secondary/centos7-vda.img",
     }
     domain["disks"] = domain["config"]["disks"] = [overlay]
-    owned, _ = owned_volumes("kvmhost01", domain, snapshot({"kvmhost01": domain}))
+    owned, _ = owned_volumes(
+        "kvmhost01", typed_domain(domain, "kvmhost01"), host_state({"kvmhost01": domain})
+    )
     assert owned == [("default", "kvmhost01-vda.qcow2")]
 
 
@@ -461,25 +408,27 @@ def test_delete_never_removes_a_backing_file_of_another_volume() -> None:
             }
         }
     }
-    owned, kept = owned_volumes("kvmhost01", built_domain(), snapshot({"kvmhost01": built_domain()}, volumes))
+    owned, kept = owned_volumes(
+        "kvmhost01", built_domain(), host_state({"kvmhost01": built_domain()}, volumes)
+    )
     assert ("default", "kvmhost01-vda.img") not in owned
     assert any("backing file of another volume" in k for k in kept)
 
 
 def test_delete_keep_disks_and_absent_domain() -> None:
-    plan = delete_plan("kvmhost01", snapshot({"kvmhost01": built_domain()}), URI, keep_disks=True)
+    plan = delete_plan("kvmhost01", host_state({"kvmhost01": built_domain()}), URI, keep_disks=True)
     command = rendered(plan.command)
     assert "rm -f" not in command and "undefine" in command
-    assert delete_plan("kvmhost99", snapshot(), URI) is None
+    assert delete_plan("kvmhost99", host_state(), URI) is None
 
 
 def test_delete_name_prefix_is_not_a_match() -> None:
     # kvmhost01 must not claim kvmhost010's files (the original grep matched substrings).
-    domain = built_domain()
+    domain = built_domain_data()
     domain["config"]["disks"] = domain["disks"] = [
         {"target": "vda", "device": "disk", "path": "/data01/primary/kvmhost010-vda.img"}
     ]
-    owned, _ = owned_volumes("kvmhost01", domain, snapshot())
+    owned, _ = owned_volumes("kvmhost01", typed_domain(domain, "kvmhost01"), host_state())
     assert owned == []
 
 
@@ -497,10 +446,11 @@ def test_xml_covers_ignores_libvirt_defaults() -> None:
 
 
 def test_capacity_counts_manifest_and_other_domains_but_not_bases() -> None:
-    snap = snapshot({"other": {"vcpus": 2, "memory_kib": 4 * GIB, "disks": []}})
-    snap["volumes"] = {
+    data = host_data({"other": {"vcpus": 2, "memory_kib": 4 * GIB, "disks": []}})
+    data["volumes"] = {
         "secondary": {"centos7-vda.img": {"path": "/secondary/centos7-vda.img", "allocation": 1024**3}}
     }
+    snap = typed(data)
     row = capacity_row(
         "sm-01", [spec(), spec(name="b", clone="linked")], snap, vcpu_ratio=2.0, memory_ratio=2.0
     )
@@ -511,7 +461,7 @@ def test_capacity_counts_manifest_and_other_domains_but_not_bases() -> None:
 
 
 def test_vcpu_and_memory_have_separate_ratios_with_documented_defaults() -> None:
-    snap = {**snapshot({}), "capacity": {"cpus": 2, "memory_kib": 8 * GIB}}
+    snap = typed({**host_data({}), "capacity": {"cpus": 2, "memory_kib": 8 * GIB}})
     eight = [spec(name=f"v{i}", vcpus=1, memory_gb=1) for i in range(8)]
     row = capacity_row("sm-01", eight, snap)  # defaults: vCPU 4.0, memory 1.0
     assert (row.vcpu_ratio, row.memory_ratio) == (4.0, 1.0) and row.problems == []
@@ -524,7 +474,7 @@ def test_vcpu_and_memory_have_separate_ratios_with_documented_defaults() -> None
 
 
 def test_refusal_table_lists_every_host_and_where_each_vm_would_fit() -> None:
-    snap = {**snapshot({}), "capacity": {"cpus": 2, "memory_kib": 8 * GIB}}
+    snap = typed({**host_data({}), "capacity": {"cpus": 2, "memory_kib": 8 * GIB}})
     refused = capacity_row("sm-01", [spec(name="big", vcpus=9, memory_gb=1), spec(name="small")], snap)
     roomy = capacity_row("sm-02", [spec(name="other", vcpus=1, memory_gb=1)], snap)
     full = capacity_row("sm-03", [spec(name="x", vcpus=8, memory_gb=1)], snap)

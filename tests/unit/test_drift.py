@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from deploys._status import status_lines
@@ -18,60 +17,16 @@ from operations.util.drift import (
     report_lines,
     running_pools,
 )
+from tests.unit.fact_builders import BASE_DISK, GIB, states, typed, typed_domain
+from tests.unit.fact_builders import drift_domain_data as domain
+from tests.unit.fact_builders import drift_host_data as host_data
+from tests.unit.fact_builders import drift_vm_data as vm
 from tests.unit.vmspec_builders import vmspec as spec
 
-GIB = 1024 * 1024
 SHARED = ("/secondary",)
-BASE_DISK = "/secondary/centos7-vda.img"
 
 
 PLACEMENT = {"sm-01": [spec("vm01", "10.10.5.11")], "sm-02": [spec("vm02", "10.10.5.12")]}
-
-
-def domain(
-    vm: str, disks: list[str], vcpus: int = 2, mac: str | None = None, backing: str = ""
-) -> dict[str, Any]:
-    entries = [{"target": f"vd{chr(97 + i)}", "device": "disk", "path": p} for i, p in enumerate(disks)]
-    if backing:
-        entries[0]["backing"] = backing
-    config = {
-        "vcpus": vcpus,
-        "max_vcpus": vcpus,
-        "memory_kib": GIB,
-        "max_memory_kib": 2 * GIB,
-        "disks": entries,
-        "interfaces": [{"mac": mac or mac_for(vm)}],
-    }
-    return {"state": "shut off", "persistent": True, **copy.deepcopy(config), "config": config}
-
-
-def base() -> dict[str, Any]:
-    return domain("centos7", [BASE_DISK], vcpus=1, mac="52:54:00:00:00:01")
-
-
-def host_snapshot(domains: dict[str, Any], extra_files: dict[str, Any] | None = None) -> dict[str, Any]:
-    domains = {"centos7": base(), **domains}
-    files: dict[str, Any] = {BASE_DISK: {"kind": "file"}}
-    for d in domains.values():
-        for disk in d["config"]["disks"]:
-            files[disk["path"]] = {
-                "kind": "file",
-                **({"backing": disk["backing"]} if "backing" in disk else {}),
-            }
-    files.update(extra_files or {})
-    return {
-        "pools": {
-            "default": {"state": "running", "path": "/data01/primary", "type": "dir"},
-            "secondary": {"state": "running", "path": "/secondary", "type": "dir"},
-        },
-        "volumes": {},
-        "domains": domains,
-        "files": files,
-    }
-
-
-def vm(name: str, **kw: Any) -> dict[str, Any]:
-    return domain(name, [f"/data01/primary/{name}-vda.img", f"/data01/primary/{name}-vdb.img"], **kw)
 
 
 def reservation(vm_name: str, ip: str, mac: str | None = None) -> dict[str, dict[str, str]]:
@@ -87,7 +42,7 @@ def reservations(*extra: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]
 
 
 def clean() -> dict[str, Any]:
-    return {"sm-01": host_snapshot({"vm01": vm("vm01")}), "sm-02": host_snapshot({"vm02": vm("vm02")})}
+    return {"sm-01": host_data({"vm01": vm("vm01")}), "sm-02": host_data({"vm02": vm("vm02")})}
 
 
 STALE_MAC = "52:54:00:aa:bb:cc"
@@ -95,24 +50,24 @@ NAMED = "pool default: no domain {0} here; the manifest names {0}"
 
 
 def test_a_converged_cluster_has_no_drift() -> None:
-    findings = find(PLACEMENT, clean(), reservations(), SHARED, mgmt="mgmt01")
+    findings = find(PLACEMENT, states(clean()), reservations(), SHARED, mgmt="mgmt01")
     assert findings == []
     assert report_lines(findings) == ["no drift: every domain, volume and reservation matches the manifest"]
     assert prune_plan(findings, reservations()).empty()
 
 
 def test_every_kind_of_drift_is_found_and_only_own_orphans_are_prunable() -> None:
-    snapshots = clean()
+    hosts = clean()
     # resize drift on sm-01, a foreign domain and a VM on the wrong host on sm-02
-    snapshots["sm-01"]["domains"]["vm01"] = vm("vm01", vcpus=1)
-    snapshots["sm-01"]["files"].update(
+    hosts["sm-01"]["domains"]["vm01"] = vm("vm01", vcpus=1)
+    hosts["sm-01"]["files"].update(
         {
             "/data01/primary/old-vdb.img": {"kind": "file"},  # orphan owned volume
             "/data01/primary/notes.txt": {"kind": "file"},  # foreign file
             "/data01/primary/iso-vdb": {"kind": "directory"},  # named like a disk, not a plain file
         }
     )
-    snapshots["sm-02"] = host_snapshot(
+    hosts["sm-02"] = host_data(
         {
             "foreign": domain("foreign", ["/data01/primary/foreign-vda.img"], mac="52:54:00:12:34:56"),
             "vm02": vm("vm02"),
@@ -123,7 +78,7 @@ def test_every_kind_of_drift_is_found_and_only_own_orphans_are_prunable() -> Non
     stale = reservation("gone", "10.10.5.99", STALE_MAC)
     held = reservation("foreign", "10.10.5.98", "52:54:00:12:34:56")
     leases = reservations(stale, held, reservation("vm03", "10.10.5.13"))
-    findings = find(placement, snapshots, leases, SHARED, mgmt="mgmt01")
+    findings = find(placement, states(hosts), leases, SHARED, mgmt="mgmt01")
     assert findings == [
         Finding("wrong-host", "vm03", "sm-02", "the manifest places it on sm-01"),
         Finding("unmanaged-domain", "foreign", "sm-02", "no manifest entry names it"),
@@ -166,16 +121,16 @@ def test_every_kind_of_drift_is_found_and_only_own_orphans_are_prunable() -> Non
 
 
 def test_a_vm_on_two_hosts_and_a_vm_defined_nowhere() -> None:
-    snapshots = clean()
-    snapshots["sm-01"]["domains"]["vm02"] = vm("vm02")
-    del snapshots["sm-02"]["domains"]["vm02"]
-    snapshots["sm-02"]["domains"]["vm01"] = vm("vm01")
-    del snapshots["sm-01"]["domains"]["vm01"]
+    hosts = clean()
+    hosts["sm-01"]["domains"]["vm02"] = vm("vm02")
+    del hosts["sm-02"]["domains"]["vm02"]
+    hosts["sm-02"]["domains"]["vm01"] = vm("vm01")
+    del hosts["sm-01"]["domains"]["vm01"]
     placement = {**PLACEMENT, "sm-02": [*PLACEMENT["sm-02"], spec("vm04", "10.10.5.14")]}
-    snapshots["sm-01"]["domains"]["vm04"] = vm("vm04")
-    snapshots["sm-02"]["domains"]["vm04"] = vm("vm04", vcpus=4)
+    hosts["sm-01"]["domains"]["vm04"] = vm("vm04")
+    hosts["sm-02"]["domains"]["vm04"] = vm("vm04", vcpus=4)
     leases = reservations(reservation("vm04", "10.10.5.14"))
-    findings = find(placement, snapshots, leases, SHARED, mgmt="mgmt01")
+    findings = find(placement, states(hosts), leases, SHARED, mgmt="mgmt01")
     assert findings == [
         Finding("duplicate", "vm04", "", "defined on sm-01, sm-02; the manifest places it on sm-02"),
         Finding("wrong-host", "vm01", "sm-02", "the manifest places it on sm-01"),
@@ -188,20 +143,20 @@ def test_a_vm_on_two_hosts_and_a_vm_defined_nowhere() -> None:
         Finding("orphan-volume", "/data01/primary/vm02-vdb.img", "sm-02", NAMED.format("vm02")),
     ]
     assert prune_plan(findings, leases).empty()
-    del snapshots["sm-01"]["domains"]["vm02"]
+    del hosts["sm-01"]["domains"]["vm02"]
     assert Finding("absent", "vm02", "sm-02", "defined on no host read") in find(
-        placement, snapshots, leases, SHARED, mgmt="mgmt01"
+        placement, states(hosts), leases, SHARED, mgmt="mgmt01"
     )
 
 
 def test_resources_report_memory_disks_and_mac() -> None:
-    snapshots = clean()
+    hosts = clean()
     changed = vm("vm01", mac="52:54:00:01:02:03")
     changed["config"]["memory_kib"] = 2 * GIB
     changed["config"]["max_memory_kib"] = 3 * GIB
     changed["config"]["disks"] = changed["config"]["disks"][:1]
-    snapshots["sm-01"]["domains"]["vm01"] = changed
-    findings = find(PLACEMENT, snapshots, None, SHARED)
+    hosts["sm-01"]["domains"]["vm01"] = changed
+    findings = find(PLACEMENT, states(hosts), None, SHARED)
     assert findings == [
         Finding(
             "resources",
@@ -214,11 +169,11 @@ def test_resources_report_memory_disks_and_mac() -> None:
 
 
 def test_an_unread_host_proves_nothing() -> None:
-    snapshots: dict[str, Any] = clean()
-    snapshots["sm-01"]["files"]["/secondary/old-vda.img"] = {"kind": "file"}
-    snapshots["sm-02"] = None
+    hosts: dict[str, Any] = clean()
+    hosts["sm-01"]["files"]["/secondary/old-vda.img"] = {"kind": "file"}
+    hosts["sm-02"] = None
     leases = reservations(reservation("gone", "10.10.5.99", STALE_MAC))
-    findings = find(PLACEMENT, snapshots, leases, SHARED, mgmt="mgmt01")
+    findings = find(PLACEMENT, states(hosts), leases, SHARED, mgmt="mgmt01")
     assert findings == [
         Finding(
             "unread-host",
@@ -243,17 +198,17 @@ def test_an_unread_host_proves_nothing() -> None:
 
 
 def test_shared_storage_orphans_need_every_host() -> None:
-    snapshots = clean()
-    for s in snapshots.values():
+    hosts = clean()
+    for s in hosts.values():
         s["files"]["/secondary/old-vda.img"] = {"kind": "file"}
         s["files"]["/secondary/kept-vda.img"] = {"kind": "file"}
     # a linked clone on sm-02 whose overlay sits on kept-vda.img: in use, on that host only
-    snapshots["sm-02"]["domains"]["vm02"] = domain(
+    hosts["sm-02"]["domains"]["vm02"] = domain(
         "vm02",
         ["/data01/primary/vm02-vda.qcow2", "/data01/primary/vm02-vdb.img"],
         backing="/secondary/kept-vda.img",
     )
-    findings = find(PLACEMENT, snapshots, None, SHARED)
+    findings = find(PLACEMENT, states(hosts), None, SHARED)
     assert findings == [
         Finding(
             "orphan-volume",
@@ -264,15 +219,15 @@ def test_shared_storage_orphans_need_every_host() -> None:
         ),
     ]
     # a domain named old on one host keeps the file on the share
-    snapshots["sm-02"]["domains"]["old"] = domain("old", ["/data01/primary/other.img"])
-    assert [f for f in find(PLACEMENT, snapshots, None, SHARED) if f.kind == "orphan-volume"] == []
+    hosts["sm-02"]["domains"]["old"] = domain("old", ["/data01/primary/other.img"])
+    assert [f for f in find(PLACEMENT, states(hosts), None, SHARED) if f.kind == "orphan-volume"] == []
 
 
 def test_base_images_manifest_vms_and_in_use_files_are_never_prunable() -> None:
-    snapshots = clean()
-    for s in snapshots.values():
+    hosts = clean()
+    for s in hosts.values():
         del s["domains"]["centos7"]  # the base image then has no domain
-    snapshots["sm-01"]["files"].update(
+    hosts["sm-01"]["files"].update(
         {
             "/data01/primary/vm02-vdb.img": {"kind": "file"},  # vm02 runs on sm-02; the manifest names it
             "/data01/primary/chain-vda.img": {"kind": "file"},  # backs another file
@@ -280,7 +235,7 @@ def test_base_images_manifest_vms_and_in_use_files_are_never_prunable() -> None:
             "/data01/primary/link-vda.img": {"kind": "symlink"},
         }
     )
-    findings = find(PLACEMENT, snapshots, None, SHARED)
+    findings = find(PLACEMENT, states(hosts), None, SHARED)
     assert findings == [
         Finding(
             "orphan-volume",
@@ -299,21 +254,21 @@ def test_base_images_manifest_vms_and_in_use_files_are_never_prunable() -> None:
 
 
 def test_recheck_keeps_what_became_used_and_the_command_refuses_links() -> None:
-    snapshot = host_snapshot({"vm01": vm("vm01")}, {"/data01/primary/old-vdb.img": {"kind": "file"}})
-    assert recheck(["/data01/primary/old-vdb.img"], snapshot) == (["/data01/primary/old-vdb.img"], [])
-    snapshot["domains"]["thief"] = domain("thief", ["/data01/primary/old-vdb.img"])
-    assert recheck(["/data01/primary/old-vdb.img", "/etc/passwd"], snapshot) == (
+    data = host_data({"vm01": vm("vm01")}, {"/data01/primary/old-vdb.img": {"kind": "file"}})
+    assert recheck(["/data01/primary/old-vdb.img"], typed(data)) == (["/data01/primary/old-vdb.img"], [])
+    data["domains"]["thief"] = domain("thief", ["/data01/primary/old-vdb.img"])
+    assert recheck(["/data01/primary/old-vdb.img", "/etc/passwd"], typed(data)) == (
         [],
         [
             "/data01/primary/old-vdb.img (disk of domain thief)",
             "/etc/passwd (not in a storage pool directory)",
         ],
     )
-    snapshot["domains"]["old"] = snapshot["domains"].pop("thief")
-    assert recheck(["/data01/primary/old-vdb.img"], snapshot)[1] == [
+    data["domains"]["old"] = data["domains"].pop("thief")
+    assert recheck(["/data01/primary/old-vdb.img"], typed(data))[1] == [
         "/data01/primary/old-vdb.img (domain old is defined)"
     ]
-    assert running_pools(["/data01/primary/old-vdb.img"], snapshot) == ["default"]
+    assert running_pools(["/data01/primary/old-vdb.img"], typed(data)) == ["default"]
     text = removal_command(
         ["/data01/primary/o'ld-vdb.img"], ["default"], "qemu:///system", 60
     ).get_raw_value()
@@ -325,9 +280,9 @@ def test_recheck_keeps_what_became_used_and_the_command_refuses_links() -> None:
 def test_status_lines_and_drift_share_one_comparison() -> None:
     vm01 = spec("vm01", "10.10.5.11")
     changed = vm("vm01", vcpus=3)
-    assert drift(vm01, changed) == [("vcpus", 3, 2)]
-    assert drift(vm01, vm("vm01")) == []
-    lines = status_lines([vm01, spec("vm09", "10.10.5.19")], {"domains": {"vm01": changed}})
+    assert drift(vm01, typed_domain(changed)) == [("vcpus", 3, 2)]
+    assert drift(vm01, typed_domain(vm("vm01"))) == []
+    lines = status_lines([vm01, spec("vm09", "10.10.5.19")], typed({"domains": {"vm01": changed}}))
     assert lines[1:] == [
         f"vm01                 shut off   3!      1 GiB      2 GiB      1      {mac_for('vm01')}  -",
         "vm09                 absent!   ",

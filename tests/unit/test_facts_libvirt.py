@@ -14,6 +14,7 @@ import pytest
 from pyinfra.api.exceptions import FactProcessError
 
 from facts.libvirt import PROBE, Domains, HostCapacity, Hypervisor, Pools, Volumes
+from facts.util.host_state import HostState
 
 FIXTURES = Path(__file__).parent / "fixtures" / "libvirt"
 
@@ -36,7 +37,7 @@ def test_command_is_one_probe_with_the_uri_quoted() -> None:
     "view, key", [(Pools, "pools"), (Volumes, "volumes"), (Domains, "domains"), (HostCapacity, "capacity")]
 )
 def test_views_are_parts_of_the_one_snapshot(view: type, key: str) -> None:
-    assert view().process(lines("cluster.json")) == Hypervisor().process(lines("cluster.json"))[key]
+    assert view().process(lines("cluster.json")) == Hypervisor().process(lines("cluster.json")).to_dict()[key]
 
 
 def test_probe_is_valid_python_for_old_hosts() -> None:
@@ -133,9 +134,9 @@ def test_capacity() -> None:
 
 
 def test_empty_host() -> None:
-    assert Hypervisor().process(lines("empty.json"))["domains"] == {}
+    assert Hypervisor().process(lines("empty.json")).domains == {}
     assert Pools().process(lines("empty.json")) == {}
-    assert Hypervisor.default() == {"pools": {}, "volumes": {}, "domains": {}, "capacity": {}, "files": {}}
+    assert Hypervisor.default() == HostState()  # typed now: no pools, volumes, domains or files
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from operations.util.delete_plan import delete_plan
 from operations.util.disk_files import with_cleanup as with_cleanup
 from operations.util.power_plan import power_plan
 from operations.util.virsh import q, sh
-from tests.unit.test_domain_plan import BASE_XML, base_domain, built_domain, snapshot
+from tests.unit.fact_builders import BASE_XML, base_domain_data, built_domain_data, host_data, typed
 from tests.unit.vmspec_builders import kvmhost01 as spec
 
 TEST_URI = "test:///default"
@@ -48,11 +48,11 @@ def clone_in(tmp_path: Path, **overrides: Any) -> tuple[Any, Path]:
     pool.mkdir(exist_ok=True)
     base = tmp_path / "base.img"
     base.write_bytes(b"b" * 4096)
-    snap = snapshot()
+    snap = host_data()
     snap["pools"]["default"]["path"] = str(pool)
     snap["domains"]["centos7"]["xml"] = BASE_XML.replace("/secondary/centos7-vda.img", str(base))
     values = {"num_disks": 1, "disk_size_gb": 1, **overrides}
-    return clone_plan(spec(**values), snap, TEST_URI), pool
+    return clone_plan(spec(**values), typed(snap), TEST_URI), pool
 
 
 # --- 1. links are never followed when creating disks ----------------------------------------------
@@ -110,7 +110,7 @@ def test_a_failed_clone_removes_only_what_it_made(tmp_path: Path) -> None:
 
 
 def test_converge_adds_data_disks_with_the_same_protection() -> None:
-    plan = converge_plan(spec(num_disks=2), snapshot({"kvmhost01": built_domain()}), TEST_URI)
+    plan = converge_plan(spec(num_disks=2), typed(host_data({"kvmhost01": built_domain_data()})), TEST_URI)
     command = plan.command.get_raw_value()
     assert "set -C" in command and '[ -L "$f" ]' in command and "umask 077" in command
 
@@ -141,11 +141,13 @@ def rendered(plan: Any) -> str:
 
 
 def test_delete_keeps_a_data_disk_another_domain_uses() -> None:
-    other = built_domain(
+    other = built_domain_data(
         disks=[{"target": "vdb", "device": "disk", "path": "/data01/primary/kvmhost01-vdb.img"}]
     )
     other["config"]["disks"] = other["disks"]
-    plan = delete_plan("kvmhost01", snapshot({"kvmhost01": built_domain(), "other": other}), TEST_URI)
+    plan = delete_plan(
+        "kvmhost01", typed(host_data({"kvmhost01": built_domain_data(), "other": other})), TEST_URI
+    )
     command = rendered(plan)
     assert "kvmhost01-vda.img" in command and "kvmhost01-vdb.img" not in command
     assert any("kvmhost01-vdb.img (disk of domain other)" in n for n in plan.notes)
@@ -153,11 +155,11 @@ def test_delete_keeps_a_data_disk_another_domain_uses() -> None:
 
 def inactive_pool_with_a_linked_clone() -> dict[str, Any]:
     """The base's linked clone lives in an inactive pool: no volume list shows it, its XML has no chain."""
-    clone = built_domain(
+    clone = built_domain_data(
         disks=[{"target": "vda", "device": "disk", "path": "/data02/parked/web-vda.qcow2", "format": "qcow2"}]
     )
     clone["config"]["disks"] = clone["disks"]
-    snap = snapshot({"web": clone})
+    snap = host_data({"web": clone})
     snap["pools"]["parked"] = {"state": "inactive", "path": "/data02/parked"}
     snap["files"] = {
         "/data02/parked/web-vda.qcow2": {"kind": "file", "backing": "/secondary/centos7-vda.img"},
@@ -167,7 +169,7 @@ def inactive_pool_with_a_linked_clone() -> dict[str, Any]:
 
 
 def test_delete_of_a_base_keeps_its_disk_while_a_linked_clone_in_an_inactive_pool_uses_it() -> None:
-    plan = delete_plan("centos7", inactive_pool_with_a_linked_clone(), TEST_URI)
+    plan = delete_plan("centos7", typed(inactive_pool_with_a_linked_clone()), TEST_URI)
     assert "centos7-vda.img" not in rendered(plan).replace("kept", "")
     assert "rm -f" not in rendered(plan)
     assert any("centos7-vda.img (backing file of domain web)" in n for n in plan.notes)
@@ -176,7 +178,7 @@ def test_delete_of_a_base_keeps_its_disk_while_a_linked_clone_in_an_inactive_poo
 def test_delete_keeps_the_backing_file_of_a_leftover_overlay() -> None:
     snap = inactive_pool_with_a_linked_clone()
     del snap["domains"]["web"]  # undefined, but its overlay is still in the (inactive) pool
-    plan = delete_plan("centos7", snap, TEST_URI)
+    plan = delete_plan("centos7", typed(snap), TEST_URI)
     assert "rm -f" not in rendered(plan)
     assert any("backing file of another volume" in n for n in plan.notes)
 
@@ -185,16 +187,16 @@ def test_delete_keeps_the_backing_file_of_a_leftover_overlay() -> None:
 
 
 def test_files_are_checked_before_the_undefine_and_removed_without_a_pool() -> None:
-    snap = snapshot({"kvmhost01": built_domain()})
+    snap = host_data({"kvmhost01": built_domain_data()})
     snap["pools"]["default"]["state"] = "inactive"
-    command = rendered(delete_plan("kvmhost01", snap, TEST_URI))
+    command = rendered(delete_plan("kvmhost01", typed(snap), TEST_URI))
     assert command.index("is not a plain file any more") < command.index("undefine")
     assert "vol-delete" not in command and "pool-refresh" not in command  # an inactive pool cannot
     assert "rm -f -- /data01/primary/kvmhost01-vda.img /data01/primary/kvmhost01-vdb.img" in command
 
 
 def test_a_rerun_removes_what_is_left_when_the_domain_is_already_gone() -> None:
-    snap = snapshot()
+    snap = host_data()
     snap["files"] = {
         "/data01/primary/kvmhost01-vda.img": {"kind": "file", "backing": None},
         "/data01/primary/kvmhost01-vdb.img": {"kind": "file", "backing": None},
@@ -202,19 +204,19 @@ def test_a_rerun_removes_what_is_left_when_the_domain_is_already_gone() -> None:
         "/data01/primary/kvmhost01-notes.txt": {"kind": "file", "backing": None},
         "/srv/kvmhost01-vdc.img": {"kind": "file", "backing": None},
     }
-    plan = delete_plan("kvmhost01", snap, TEST_URI)
+    plan = delete_plan("kvmhost01", typed(snap), TEST_URI)
     command = rendered(plan)
     assert "undefine" not in command and "destroy" not in command
     assert "rm -f -- /data01/primary/kvmhost01-vda.img /data01/primary/kvmhost01-vdb.img" in command
     assert "kvmhost010" not in command and "notes" not in command and "/srv/" not in command
-    assert delete_plan("kvmhost01", snap, TEST_URI, keep_disks=True) is None
+    assert delete_plan("kvmhost01", typed(snap), TEST_URI, keep_disks=True) is None
     # ...but never a file another domain uses.
-    other = built_domain(
+    other = built_domain_data(
         disks=[{"target": "vdb", "device": "disk", "path": "/data01/primary/kvmhost01-vdb.img"}]
     )
     other["config"]["disks"] = other["disks"]
     snap["domains"]["other"] = other
-    assert "kvmhost01-vdb.img" not in rendered(delete_plan("kvmhost01", snap, TEST_URI))
+    assert "kvmhost01-vdb.img" not in rendered(delete_plan("kvmhost01", typed(snap), TEST_URI))
 
 
 def test_a_link_in_place_of_a_disk_stops_the_delete_before_the_undefine(tmp_path: Path) -> None:
@@ -222,12 +224,12 @@ def test_a_link_in_place_of_a_disk_stops_the_delete_before_the_undefine(tmp_path
     pool.mkdir()
     disk = pool / "test-vda.img"
     disk.write_text("disk")
-    snap = snapshot(
-        {"test": built_domain("running", disks=[{"target": "vda", "device": "disk", "path": str(disk)}])}
+    snap = host_data(
+        {"test": built_domain_data("running", disks=[{"target": "vda", "device": "disk", "path": str(disk)}])}
     )
     snap["pools"]["default"]["path"] = str(pool)
     snap["files"] = {str(disk): {"kind": "file", "backing": None}}
-    plan = delete_plan("test", snap, TEST_URI)
+    plan = delete_plan("test", typed(snap), TEST_URI)
     victim = tmp_path / "victim"
     victim.write_text("keep")
     disk.unlink()
@@ -262,7 +264,8 @@ def run_reservations(executing: bool, gone: dict[str, list[str]]) -> list[str]:
     for on, vms in gone.items():
         libvirt._record_gone(state, type("H", (), {"name": on})(), vms)
     vmspecs = [
-        spec(name=e["short"], hostname=e["hostname"], ipaddress=e["ip"], mac=e["mac"]) for e in current.values()
+        spec(name=e["short"], hostname=e["hostname"], ipaddress=e["ip"], mac=e["mac"])
+        for e in current.values()
     ]
     with ctx_state.use(state), ctx_host.use(host):
         commands = list(
@@ -291,8 +294,8 @@ def test_reservations_of_vms_not_deleted_stay() -> None:
 def test_delete_records_a_vm_only_after_its_command() -> None:
     state = FakeState()
     state.is_executing = True
-    snap = snapshot({"kvmhost01": built_domain()})
-    host = create_host(state, facts={"libvirt.Hypervisor": {"timeout=60, uri=qemu:///system": snap}})
+    snap = host_data({"kvmhost01": built_domain_data()})
+    host = create_host(state, facts={"libvirt.Hypervisor": {"timeout=60, uri=qemu:///system": typed(snap)}})
     with ctx_state.use(state), ctx_host.use(host):
         commands = list(libvirt.vms._inner(vmspecs=[spec(), spec(name="gone")], present=False))
     assert libvirt.gone_in_this_run(state, host.name) == {"gone"}  # absent at execute time
@@ -310,13 +313,13 @@ def every_virsh_is_bounded(command: str, seconds: int) -> bool:
 
 
 def test_every_virsh_call_is_bounded_and_named() -> None:
-    snap = snapshot({"kvmhost01": built_domain("running")})
+    snap = host_data({"kvmhost01": built_domain_data("running")})
     commands = [
-        rendered(clone_plan(spec(name="new"), snap, TEST_URI, timeout=7)),
-        rendered(converge_plan(spec(num_disks=2, vcpus=3, memory_gb=3), snap, TEST_URI, timeout=7)),
-        rendered(delete_plan("kvmhost01", snap, TEST_URI, timeout=7)),
-        rendered(power_plan(["kvmhost01"], snap["domains"], False, TEST_URI, step_timeout=7)),
-        rendered(power_plan(["kvmhost01"], snap["domains"], False, TEST_URI, force=True, step_timeout=7)),
+        rendered(clone_plan(spec(name="new"), typed(snap), TEST_URI, timeout=7)),
+        rendered(converge_plan(spec(num_disks=2, vcpus=3, memory_gb=3), typed(snap), TEST_URI, timeout=7)),
+        rendered(delete_plan("kvmhost01", typed(snap), TEST_URI, timeout=7)),
+        rendered(power_plan(["kvmhost01"], typed(snap).domains, False, TEST_URI, step_timeout=7)),
+        rendered(power_plan(["kvmhost01"], typed(snap).domains, False, TEST_URI, force=True, step_timeout=7)),
     ]
     for command in commands:
         assert every_virsh_is_bounded(command, 7), command
@@ -326,11 +329,11 @@ def test_every_virsh_call_is_bounded_and_named() -> None:
 
 def test_command_timeout_reaches_the_fact_and_the_commands() -> None:
     state = FakeState()
-    host = create_host(state, facts={"libvirt.Hypervisor": {"timeout=9, uri=qemu:///system": snapshot()}})
+    host = create_host(
+        state, facts={"libvirt.Hypervisor": {"timeout=9, uri=qemu:///system": typed(host_data())}}
+    )
     with ctx_state.use(state), ctx_host.use(host):
-        (command,) = list(
-            libvirt.vms._inner(vmspecs=[spec(name="new")], command_timeout=9)
-        )
+        (command,) = list(libvirt.vms._inner(vmspecs=[spec(name="new")], command_timeout=9))
     assert every_virsh_is_bounded(command.get_raw_value(), 9)
     assert "timeout -k 5 19" in Hypervisor().command(timeout=9).get_raw_value()
 
@@ -386,11 +389,11 @@ def test_the_probe_reads_definitions_with_console_passwords(tmp_path: Path) -> N
         [HOST_PYTHON, "-c", PROBE, f"test://{node}", "20"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    domain = Hypervisor().process(result.stdout.splitlines())["domains"]["based"]
+    domain = Hypervisor().process(result.stdout.splitlines()).to_dict()["domains"]["based"]
     assert "passwd='s3cret-pw'" in domain["xml"]
-    base = {**base_domain(), "xml": domain["xml"].replace("type='test'", "type='kvm'")}
-    snap = snapshot({"based": base})
-    clone = clone_plan(spec(srcvm="based", num_disks=0), snap, TEST_URI)
+    base = {**base_domain_data(), "xml": domain["xml"].replace("type='test'", "type='kvm'")}
+    snap = host_data({"based": base})
+    clone = clone_plan(spec(srcvm="based", num_disks=0), typed(snap), TEST_URI)
     assert 'passwd="s3cret-pw"' in clone.stdin or "passwd='s3cret-pw'" in clone.stdin
 
 
@@ -404,7 +407,9 @@ def test_a_host_whose_fact_failed_at_execution_records_nothing() -> None:
     # pyinfra returns the empty default and marks the host failed: that must not read as "all absent".
     state = FakeState()
     state.is_executing = True
-    host = create_host(state, facts={"libvirt.Hypervisor": {"timeout=60, uri=qemu:///system": snapshot()}})
+    host = create_host(
+        state, facts={"libvirt.Hypervisor": {"timeout=60, uri=qemu:///system": typed(host_data())}}
+    )
     state.failed_hosts = {host}
     with ctx_state.use(state), ctx_host.use(host):
         (command,) = list(libvirt.vms._inner(vmspecs=[spec()], present=False))
@@ -415,21 +420,23 @@ def test_a_host_whose_fact_failed_at_execution_records_nothing() -> None:
 def test_leftovers_in_shared_storage_are_kept() -> None:
     # /secondary is shared by every hypervisor: a kvmhost01 disk there may be the disk of a VM of the
     # same name on another host, which this host's domain list cannot show.
-    snap = snapshot()
+    snap = host_data()
     snap["files"] = {
         "/secondary/kvmhost01-vda.img": {"kind": "file", "backing": None},
         "/data01/primary/kvmhost01-vdb.img": {"kind": "file", "backing": None},
     }
-    plan = delete_plan("kvmhost01", snap, TEST_URI, shared_dirs=("/secondary",))
+    plan = delete_plan("kvmhost01", typed(snap), TEST_URI, shared_dirs=("/secondary",))
     command = rendered(plan)
     assert "/data01/primary/kvmhost01-vdb.img" in command and "/secondary/kvmhost01-vda.img" not in command
     assert any("may belong to a VM on another host" in n for n in plan.notes)
     # A disk the domain here really has is still its own, shared storage or not.
-    domain = built_domain(disks=[{"target": "vda", "device": "disk", "path": "/secondary/kvmhost01-vda.img"}])
+    domain = built_domain_data(
+        disks=[{"target": "vda", "device": "disk", "path": "/secondary/kvmhost01-vda.img"}]
+    )
     domain["config"]["disks"] = domain["disks"]
     snap["domains"]["kvmhost01"] = domain
     assert "/secondary/kvmhost01-vda.img" in rendered(
-        delete_plan("kvmhost01", snap, TEST_URI, shared_dirs=("/secondary",))
+        delete_plan("kvmhost01", typed(snap), TEST_URI, shared_dirs=("/secondary",))
     )
 
 
@@ -460,8 +467,8 @@ def test_every_command_also_has_a_controller_side_limit() -> None:
     # A host whose sshd stops answering mid-command never reports the remote timeout: pyinfra stops
     # waiting after the sum of the command's step limits plus slack.
     state = FakeState()
-    snap = snapshot({"kvmhost01": built_domain("running")})
-    host = create_host(state, facts={"libvirt.Hypervisor": {"timeout=7, uri=qemu:///system": snap}})
+    snap = host_data({"kvmhost01": built_domain_data("running")})
+    host = create_host(state, facts={"libvirt.Hypervisor": {"timeout=7, uri=qemu:///system": typed(snap)}})
     with ctx_state.use(state), ctx_host.use(host):
         built = list(libvirt.vms._inner(vmspecs=[spec(name="new")], command_timeout=7))
         stopped = list(

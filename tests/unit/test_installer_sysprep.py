@@ -14,7 +14,8 @@ import pytest
 from inventories.manifest_model import ManifestError, parse
 from operations.util.clone_plan import clone_plan
 from operations.util.installer_plan import InstallerError, InstallerSpec, installer_plan, installer_xml
-from tests.unit.test_domain_plan import URI, rendered, snapshot
+from tests.unit.fact_builders import host_state
+from tests.unit.test_domain_plan import URI, rendered
 from tests.unit.vmspec_builders import kvmhost01 as spec
 
 ISO = {"secondary": {"CentOS 7.iso": {"path": "/secondary/CentOS 7.iso", "format": "iso"}}}
@@ -61,7 +62,7 @@ def test_bios_installer_without_graphics_console_or_nic() -> None:
 
 
 def test_installer_plan_creates_the_disk_exclusively_then_defines_and_starts() -> None:
-    plan = installer_plan(installer(boot_size_gib=80), snapshot(volumes=ISO), URI)
+    plan = installer_plan(installer(boot_size_gib=80), host_state(volumes=ISO), URI)
     assert plan is not None and plan.error is None and plan.stdin
     text = rendered(plan.command)
     assert "umask 077" in text and "set -C" in text  # a new 0600 file, no link followed
@@ -75,14 +76,14 @@ def test_installer_plan_creates_the_disk_exclusively_then_defines_and_starts() -
 
 
 def test_installer_is_made_once_and_refuses_missing_pool_or_iso() -> None:
-    existing = snapshot(domains={"centos7b": {"state": "shut off"}}, volumes=ISO)
+    existing = host_state(domains={"centos7b": {"state": "shut off"}}, volumes=ISO)
     assert installer_plan(installer(), existing, URI) is None
-    plan = installer_plan(installer(iso="nope.iso"), snapshot(volumes=ISO), URI)
+    plan = installer_plan(installer(iso="nope.iso"), host_state(volumes=ISO), URI)
     assert plan is not None and plan.command is None
     assert (
         plan.error == "ISO nope.iso is not a volume of pool secondary on this host (copy it into /secondary)"
     )
-    plan = installer_plan(installer(pool="fast"), snapshot(volumes=ISO), URI)
+    plan = installer_plan(installer(pool="fast"), host_state(volumes=ISO), URI)
     assert plan is not None and plan.error and "storage pool fast is not defined" in plan.error
 
 
@@ -108,7 +109,7 @@ def test_installer_settings_are_checked_naming_the_key(overrides: dict[str, Any]
 
 
 def test_sysprep_checks_the_tool_first_then_runs_after_the_copy_and_before_the_define() -> None:
-    plan = clone_plan(spec(sysprep=True, hostname="kvm host'01.chnet.internal"), snapshot(), URI)
+    plan = clone_plan(spec(sysprep=True, hostname="kvm host'01.chnet.internal"), host_state(), URI)
     assert plan.error is None and plan.command is not None
     raw = plan.command.get_raw_value()
     text = rendered(plan.command)
@@ -127,13 +128,13 @@ def test_sysprep_checks_the_tool_first_then_runs_after_the_copy_and_before_the_d
 
 def test_without_sysprep_no_virt_sysprep() -> None:
     for value in (None, False):
-        plan = clone_plan(spec(sysprep=value), snapshot(), URI)
+        plan = clone_plan(spec(sysprep=value), host_state(), URI)
         assert "virt-sysprep" not in plan.command.get_raw_value()  # type: ignore[union-attr]
 
 
 def test_missing_tool_fails_before_any_file_is_made(tmp_path: Any) -> None:
     """The rendered check, run by a real shell with no virt-sysprep on PATH: exit 1, nothing created."""
-    plan = clone_plan(spec(sysprep=True), snapshot(), URI)
+    plan = clone_plan(spec(sysprep=True), host_state(), URI)
     raw = plan.command.get_raw_value()  # type: ignore[union-attr]
     check = raw.split("exit 1; };", 1)[0] + "exit 1; }; : > made"
     result = subprocess.run(

@@ -15,7 +15,8 @@ from pyinfra.api import Config, Inventory, State
 
 import deploys.placement as placement_deploy
 from operations.util.placement import Move, Target, _ssh_words, move_command, plan_placement
-from tests.unit.test_placement import SHARED, cluster, domain, host
+from tests.unit.fact_builders import cluster_data, placed_domain_data, placed_host_data, states
+from tests.unit.test_placement import SHARED
 from tests.unit.vmspec_builders import placed as spec
 
 PRIMARY = "/data01/primary"
@@ -26,23 +27,23 @@ PRIMARY = "/data01/primary"
 
 def _golden_and_web() -> dict[str, Any]:
     """sm-01: golden (shut off), web = snapshot overlay -> linked clone -> golden's disk."""
-    golden = domain([(f"{PRIMARY}/golden-vda.qcow2", None)], state="shut off")
-    web = domain([(f"{PRIMARY}/web-vda@s1.qcow2", None)], state="shut off")
+    golden = placed_domain_data([(f"{PRIMARY}/golden-vda.qcow2", None)], state="shut off")
+    web = placed_domain_data([(f"{PRIMARY}/web-vda@s1.qcow2", None)], state="shut off")
     web["disks"][0]["backing"] = f"{PRIMARY}/web-vda.qcow2"
-    snapshots = cluster(domain([("/secondary/other.qcow2", None)]), on="sm-02")
-    del snapshots["sm-02"]["domains"]["vm1"]
-    snapshots["sm-01"]["domains"].update(golden=golden, web=web)
-    snapshots["sm-01"]["files"].update({
+    hosts = cluster_data(placed_domain_data([("/secondary/other.qcow2", None)]), on="sm-02")
+    del hosts["sm-02"]["domains"]["vm1"]
+    hosts["sm-01"]["domains"].update(golden=golden, web=web)
+    hosts["sm-01"]["files"].update({
         f"{PRIMARY}/web-vda@s1.qcow2": {"kind": "file", "backing": f"{PRIMARY}/web-vda.qcow2"},
         f"{PRIMARY}/web-vda.qcow2": {"kind": "file", "backing": f"{PRIMARY}/golden-vda.qcow2"},
         f"{PRIMARY}/golden-vda.qcow2": {"kind": "file", "backing": None},
     })  # fmt: skip
-    return snapshots
+    return hosts
 
 
 def test_moving_a_base_that_a_snapshot_of_its_linked_clone_needs_is_refused_naming_that_domain() -> None:
-    snapshots = _golden_and_web()
-    plan = plan_placement({"sm-01": [spec("web")], "sm-02": [spec("golden")]}, snapshots, SHARED)
+    hosts = _golden_and_web()
+    plan = plan_placement({"sm-01": [spec("web")], "sm-02": [spec("golden")]}, states(hosts), SHARED)
     assert [m.vm for m in plan.moves] == ["golden"]
     assert (
         f"golden (sm-01 -> sm-02): {PRIMARY}/golden-vda.qcow2 is still needed by web on sm-01 "
@@ -51,21 +52,21 @@ def test_moving_a_base_that_a_snapshot_of_its_linked_clone_needs_is_refused_nami
 
 
 def test_the_persistent_definition_of_another_domain_counts_too() -> None:
-    snapshots = _golden_and_web()
-    web = snapshots["sm-01"]["domains"]["web"]
+    hosts = _golden_and_web()
+    web = hosts["sm-01"]["domains"]["web"]
     web["config"] = {"disks": web.pop("disks")}  # running with another disk; the definition keeps golden
     web["disks"] = [{"device": "disk", "path": "/secondary/web-tmp.qcow2", "backing": None}]
-    plan = plan_placement({"sm-01": [spec("web")], "sm-02": [spec("golden")]}, snapshots, SHARED)
+    plan = plan_placement({"sm-01": [spec("web")], "sm-02": [spec("golden")]}, states(hosts), SHARED)
     assert any("still needed by web" in r for r in plan.refusals), plan.refusals
 
 
 def test_a_linked_clone_moves_although_its_base_is_shared_with_others() -> None:
     # web's own disk is used by nobody else: only the disk the move removes counts.
-    snapshots = _golden_and_web()
-    snapshots["sm-01"]["domains"]["web"]["disks"] = [
+    hosts = _golden_and_web()
+    hosts["sm-01"]["domains"]["web"]["disks"] = [
         {"device": "disk", "path": "/secondary/web2-vda.qcow2", "backing": f"{PRIMARY}/golden-vda.qcow2"}
     ]
-    plan = plan_placement({"sm-01": [spec("web"), spec("golden")], "sm-02": []}, snapshots, SHARED)
+    plan = plan_placement({"sm-01": [spec("web"), spec("golden")], "sm-02": []}, states(hosts), SHARED)
     assert plan.moves == [] and plan.refusals == []
 
 
@@ -75,9 +76,9 @@ OUTSIDE = {"sm-02": "is outside --limit: run without --limit, or include sm-02 i
 
 
 def test_a_vm_built_on_a_host_outside_limit_is_not_built_again_without_proof() -> None:
-    snapshots: dict[str, Any] = {"sm-01": host({}, uuid="u1"), "sm-02": None}
+    hosts: dict[str, Any] = {"sm-01": placed_host_data({}, uuid="u1"), "sm-02": None}
     plan = plan_placement(
-        {"sm-01": [spec("vm1")], "sm-02": []}, snapshots, SHARED, unread_why=OUTSIDE, reservations=None,
+        {"sm-01": [spec("vm1")], "sm-02": []}, states(hosts), SHARED, unread_why=OUTSIDE, reservations=None,
         reservations_note="the DHCP reservations on mgmt were not read (mgmt is outside --limit)",
     )  # fmt: skip
     assert plan.refusals == [] and plan.moves == []
@@ -92,32 +93,32 @@ def test_a_vm_built_on_a_host_outside_limit_is_not_built_again_without_proof() -
 
 
 def test_a_reservation_on_the_management_node_is_a_record_of_the_vm() -> None:
-    snapshots: dict[str, Any] = {"sm-01": host({}, uuid="u1"), "sm-02": None}
+    hosts: dict[str, Any] = {"sm-01": placed_host_data({}, uuid="u1"), "sm-02": None}
     vm = spec("vm1")
     record = {vm.mac: {"mac": vm.mac, "ip": vm.ipaddress, "hostname": vm.hostname, "short": "vm1"}}
     plan = plan_placement(
-        {"sm-01": [vm], "sm-02": []}, snapshots, SHARED, unread_why=OUTSIDE, reservations=record
+        {"sm-01": [vm], "sm-02": []}, states(hosts), SHARED, unread_why=OUTSIDE, reservations=record
     )
     assert plan.not_cloned("sm-01") == {"vm1"}
     assert "the management node holds a reservation for it (" in plan.held["sm-01"][0]
 
 
 def test_a_provably_new_vm_is_built_although_a_host_is_not_read() -> None:
-    snapshots: dict[str, Any] = {"sm-01": host({}, uuid="u1"), "sm-02": None}
+    hosts: dict[str, Any] = {"sm-01": placed_host_data({}, uuid="u1"), "sm-02": None}
     other = spec("vm9")
     record = {other.mac: {"mac": other.mac, "ip": "10.10.5.99", "hostname": other.hostname, "short": "vm9"}}
     plan = plan_placement(
-        {"sm-01": [spec("vm1")], "sm-02": []}, snapshots, SHARED, unread_why=OUTSIDE, reservations=record
+        {"sm-01": [spec("vm1")], "sm-02": []}, states(hosts), SHARED, unread_why=OUTSIDE, reservations=record
     )
     assert plan.held == {} and plan.refusals == [] and plan.not_cloned("sm-01") == set()
 
 
 def test_a_move_to_a_host_not_read_is_held_on_the_source_not_refused_for_everyone() -> None:
-    snapshots = cluster(domain([("/secondary/vm1-vda.qcow2", "none")]), on="sm-02")
-    snapshots["sm-01"] = None
+    hosts = cluster_data(placed_domain_data([("/secondary/vm1-vda.qcow2", "none")]), on="sm-02")
+    hosts["sm-01"] = None
     plan = plan_placement(
         {"sm-01": [spec("vm1")], "sm-02": []},
-        snapshots,
+        states(hosts),
         SHARED,
         unread_why={"sm-01": "is outside --limit: run without --limit, or include sm-01 in it"},
     )
@@ -137,8 +138,13 @@ def test_why_unread_tells_outside_limit_from_unreachable_from_unreadable() -> No
     state.activate_host(sm01)
     state.activate_host(sm03)
     state.failed_hosts.add(sm02)
-    assert placement_deploy.why_unread(state, mgmt) == "is outside --limit: run without --limit, or include mgmt in it"
-    assert placement_deploy.why_unread(state, sm02) == "could not be reached: bring sm-02 back, then run again"
+    assert (
+        placement_deploy.why_unread(state, mgmt)
+        == "is outside --limit: run without --limit, or include mgmt in it"
+    )
+    assert (
+        placement_deploy.why_unread(state, sm02) == "could not be reached: bring sm-02 back, then run again"
+    )
     assert placement_deploy.why_unread(state, sm03) == (
         "did not answer for its libvirt state: bring libvirtd on sm-03 back, then run again"
     )
@@ -231,7 +237,9 @@ def _member(name: str, **data: Any) -> Any:
 
 
 def test_a_default_migration_uri_brackets_an_ipv6_ssh_hostname() -> None:
-    targets = placement_deploy._targets([_member("sm-02", ssh_hostname="fd00::2"), _member("sm-03", ssh_hostname="[fd00::3]")])
+    targets = placement_deploy._targets(
+        [_member("sm-02", ssh_hostname="fd00::2"), _member("sm-03", ssh_hostname="[fd00::3]")]
+    )
     assert targets["sm-02"]["uri"] == "qemu+ssh://root@[fd00::2]/system"
     assert targets["sm-03"]["uri"] == "qemu+ssh://root@[fd00::3]/system"
     assert _ssh_words(targets["sm-02"]["uri"])[-2:] == ["--", "root@fd00::2"]

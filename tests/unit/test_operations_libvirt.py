@@ -15,20 +15,21 @@ from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.util import FakeState, create_host
 
 from facts.libvirt import Hypervisor
+from facts.util.host_state import HostState
 from operations import libvirt
 from tests.unit.vmspec_builders import fx_new as vmspec
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SNAPSHOT = Hypervisor().process((FIXTURES / "libvirt" / "cluster.json").read_text().splitlines())
+HOST_STATE = Hypervisor().process((FIXTURES / "libvirt" / "cluster.json").read_text().splitlines())
 URI_KEY = "timeout=60, uri=qemu:///system"
 
 
 BOUND = re.compile(r"\{ timeout -k 5 \d+ (.*?) \|\| \{ rc=\$\?; .*?\(exit \$rc\); \}; \}")
 
 
-def run(op: Any, snapshot: dict[str, Any] | None = None, **kwargs: Any) -> tuple[list[str], Any]:
+def run(op: Any, host_state: HostState | None = None, **kwargs: Any) -> tuple[list[str], Any]:
     state = FakeState()
-    host = create_host(state, facts={"libvirt.Hypervisor": {URI_KEY: snapshot or SNAPSHOT}})
+    host = create_host(state, facts={"libvirt.Hypervisor": {URI_KEY: host_state or HOST_STATE}})
     with ctx_state.use(state), ctx_host.use(host):
         # Without the time-limit wrappers, so the tests compare what runs.
         commands = [
@@ -101,14 +102,14 @@ def test_delete_of_the_overlay_vm_keeps_its_base_and_the_empty_cdrom() -> None:
 
 
 def test_define_from_xml(tmp_path: Path) -> None:
-    base = SNAPSHOT["domains"]["centos7"]["xml"]
+    base = HOST_STATE.domains["centos7"].xml
     path = tmp_path / "centos7.xml"
     path.write_text(base)
     commands, host = run(libvirt.domain, xml_file=str(path))
     assert commands == [] and host.noop_description == f"domain centos7 matches {path}"
-    changed = copy.deepcopy(SNAPSHOT)
-    del changed["domains"]["centos7"]
-    (command,), _ = run(libvirt.domain, snapshot=changed, xml_file=str(path))
+    changed = copy.deepcopy(HOST_STATE)
+    del changed.domains["centos7"]
+    (command,), _ = run(libvirt.domain, host_state=changed, xml_file=str(path))
     assert command == "virsh -q -c qemu:///system define /dev/stdin >/dev/null"
     with pytest.raises(OperationValueError, match="cannot use domain XML"):
         run(libvirt.domain, xml_file=str(tmp_path / "missing.xml"))
@@ -129,9 +130,9 @@ HAND_WRITTEN = """<domain type='kvm'>
 """
 
 
-def run_commands(op: Any, snapshot: dict[str, Any], **kwargs: Any) -> tuple[list[Any], Any]:
+def run_commands(op: Any, host_state: HostState, **kwargs: Any) -> tuple[list[Any], Any]:
     state = FakeState()
-    host = create_host(state, facts={"libvirt.Hypervisor": {URI_KEY: snapshot}})
+    host = create_host(state, facts={"libvirt.Hypervisor": {URI_KEY: host_state}})
     with ctx_state.use(state), ctx_host.use(host):
         return list(op._inner(**kwargs)), host
 
@@ -150,16 +151,16 @@ def as_libvirt_defines_it(xml: str, uuid: str) -> str:
     return out
 
 
-def with_domain(xml: str, uuid: str = "5a1f0c6e-0000-4000-8000-000000000001") -> dict[str, Any]:
-    snapshot = copy.deepcopy(SNAPSHOT)
-    snapshot["domains"]["hand"] = {**snapshot["domains"]["centos7"], "uuid": uuid, "xml": xml}
-    return snapshot
+def with_domain(xml: str, uuid: str = "5a1f0c6e-0000-4000-8000-000000000001") -> HostState:
+    host_state = copy.deepcopy(HOST_STATE)
+    host_state.domains["hand"] = replace(host_state.domains["centos7"], name="hand", uuid=uuid, xml=xml)
+    return host_state
 
 
 def test_hand_written_xml_defined_once_then_a_noop(tmp_path: Path) -> None:
     path = tmp_path / "hand.xml"
     path.write_text(HAND_WRITTEN)
-    (define,), _ = run_commands(libvirt.domain, SNAPSHOT, xml_file=str(path))
+    (define,), _ = run_commands(libvirt.domain, HOST_STATE, xml_file=str(path))
     sent = define.connector_arguments["_stdin"]
     assert (
         "<uuid>" not in sent and "digest=" in sent and "s3cret" in sent
@@ -205,4 +206,4 @@ def test_build_reads_the_fact_itself() -> None:
     with ctx_state.use(state), ctx_host.use(host), pytest.raises(Exception, match="Missing test fact"):
         list(libvirt.vms._inner(vmspecs=[vmspec()]))
     with pytest.raises(TypeError):
-        list(libvirt.vms._inner(vmspecs=[vmspec()], prepared_snapshot=SNAPSHOT))
+        list(libvirt.vms._inner(vmspecs=[vmspec()], prepared_snapshot=HOST_STATE))

@@ -13,54 +13,13 @@ from operations.util.placement import (
     plan_drain,
     plan_placement,
 )
+from tests.unit.fact_builders import GIB_KIB, states
+from tests.unit.fact_builders import cluster_data as cluster
+from tests.unit.fact_builders import placed_domain_data as domain
+from tests.unit.fact_builders import placed_host_data as host
 from tests.unit.vmspec_builders import placed as spec
 
-GIB_KIB = 1 << 20
 SHARED = ("/secondary",)
-
-
-def _cache(mode: str | None) -> str:
-    return f" cache='{mode}'" if mode else ""
-
-
-def domain(
-    disks: list[tuple[str, str | None]], state: str = "running", cpu: str = "", vcpus: int = 1
-) -> dict:
-    xml_disks = "".join(
-        f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'{_cache(cache)}/>"
-        f"<source file='{path}'/><target dev='vd{chr(97 + i)}'/></disk>"
-        for i, (path, cache) in enumerate(disks)
-    )  # fmt: skip
-    return {
-        "state": state,
-        "autostart": False,
-        "vcpus": vcpus,
-        "memory_kib": GIB_KIB,
-        "disks": [{"device": "disk", "path": p, "backing": None} for p, _ in disks],
-        "xml": f"<domain><name>x</name>{cpu}<devices>{xml_disks}</devices></domain>",
-    }
-
-
-def host(
-    domains: dict[str, dict], files: list[str] = (), uuid: str = "u1", cpus: int = 4, memory: int = 8
-) -> dict:
-    base = {"centos7": domain([("/secondary/centos7-vda.img", None)], state="shut off")}
-    return {
-        "pools": {"default": {"path": "/data01/primary", "available": 100 << 30},
-                  "secondary": {"path": "/secondary", "available": 100 << 30}},
-        "volumes": {},
-        "domains": {**base, **domains},
-        "capacity": {"cpus": cpus, "memory_kib": memory * GIB_KIB, "host_uuid": uuid, "arch": "x86_64",
-                     "cpu_model": "qemu64", "cpu_vendor": "AMD"},
-        "files": {"/secondary/centos7-vda.img": {"kind": "file"}, **{f: {"kind": "file"} for f in files}},
-    }  # fmt: skip
-
-
-def cluster(vm: dict, on: str = "sm-01", shared_files: list[str] = ()) -> dict[str, dict]:
-    return {
-        "sm-01": host({"vm1": vm} if on == "sm-01" else {}, shared_files, uuid="u1"),
-        "sm-02": host({"vm1": vm} if on == "sm-02" else {}, shared_files, uuid="u2"),
-    }
 
 
 SHARED_VM = domain([("/secondary/vm1-vda.qcow2", "none")])
@@ -70,7 +29,7 @@ LOCAL_VM = domain([("/data01/primary/vm1-vda.img", None)])
 def test_a_vm_the_manifest_moved_to_another_host_moves_live_with_its_shared_disk_by_reference() -> None:
     plan = plan_placement(
         {"sm-01": [], "sm-02": [spec("vm1")]},
-        cluster(SHARED_VM, shared_files=["/secondary/vm1-vda.qcow2"]),
+        states(cluster(SHARED_VM, shared_files=["/secondary/vm1-vda.qcow2"])),
         SHARED,
     )
     assert plan.refusals == []
@@ -82,7 +41,7 @@ def test_a_vm_the_manifest_moved_to_another_host_moves_live_with_its_shared_disk
 
 
 def test_a_vm_on_its_manifest_host_does_not_move() -> None:
-    plan = plan_placement({"sm-01": [spec("vm1")], "sm-02": []}, cluster(SHARED_VM), SHARED)
+    plan = plan_placement({"sm-01": [spec("vm1")], "sm-02": []}, states(cluster(SHARED_VM)), SHARED)
     assert plan.moves == [] and plan.refusals == []
 
 
@@ -138,7 +97,9 @@ def test_manifest_values_reach_the_shell_quoted() -> None:
 def test_a_shut_off_vm_moves_offline() -> None:
     vm = domain([("/secondary/vm1-vda.qcow2", None)], state="shut off")
     plan = plan_placement(
-        {"sm-01": [], "sm-02": [spec("vm1")]}, cluster(vm, shared_files=["/secondary/vm1-vda.qcow2"]), SHARED
+        {"sm-01": [], "sm-02": [spec("vm1")]},
+        states(cluster(vm, shared_files=["/secondary/vm1-vda.qcow2"])),
+        SHARED,
     )
     assert plan.refusals == [] and plan.moves[0].live is False  # the cache mode matters only live
 
@@ -146,7 +107,9 @@ def test_a_shut_off_vm_moves_offline() -> None:
 def test_refusal_shared_disk_with_unsafe_cache_mode() -> None:
     vm = domain([("/secondary/vm1-vda.qcow2", "writeback")])
     plan = plan_placement(
-        {"sm-01": [], "sm-02": [spec("vm1")]}, cluster(vm, shared_files=["/secondary/vm1-vda.qcow2"]), SHARED
+        {"sm-01": [], "sm-02": [spec("vm1")]},
+        states(cluster(vm, shared_files=["/secondary/vm1-vda.qcow2"])),
+        SHARED,
     )
     assert plan.refusals == [
         "vm1 (sm-01 -> sm-02): disk /secondary/vm1-vda.qcow2 in shared storage uses cache=writeback: "
@@ -155,11 +118,11 @@ def test_refusal_shared_disk_with_unsafe_cache_mode() -> None:
 
 
 def test_refusal_names_every_reason() -> None:
-    snapshots = cluster(domain([("/secondary/vm1-vda.qcow2", None), ("/data02/vm1-vdb.img", None)],
+    hosts = cluster(domain([("/secondary/vm1-vda.qcow2", None), ("/data02/vm1-vdb.img", None)],
                                cpu="<cpu mode='host-passthrough'/>"))  # fmt: skip
-    snapshots["sm-02"]["capacity"].update(host_uuid="u1", cpu_model="EPYC", cpus=1, memory_kib=GIB_KIB // 2)
-    del snapshots["sm-02"]["domains"]["centos7"]
-    plan = plan_placement({"sm-01": [], "sm-02": [spec("vm1", vcpus=8)]}, snapshots, SHARED)
+    hosts["sm-02"]["capacity"].update(host_uuid="u1", cpu_model="EPYC", cpus=1, memory_kib=GIB_KIB // 2)
+    del hosts["sm-02"]["domains"]["centos7"]
+    plan = plan_placement({"sm-01": [], "sm-02": [spec("vm1", vcpus=8)]}, states(hosts), SHARED)
     reasons = "\n".join(plan.refusals)
     assert "sm-01 and sm-02 report the same host UUID u1" in reasons
     assert "sm-02 has no storage pool at /data02 (for /data02/vm1-vdb.img)" in reasons
@@ -175,22 +138,22 @@ def test_refusal_names_every_reason() -> None:
 
 
 def test_refusal_local_disk_already_on_the_destination() -> None:
-    snapshots = cluster(LOCAL_VM)
-    snapshots["sm-02"]["files"]["/data01/primary/vm1-vda.img"] = {"kind": "file"}
-    plan = plan_placement({"sm-01": [], "sm-02": [spec("vm1")]}, snapshots, SHARED)
+    hosts = cluster(LOCAL_VM)
+    hosts["sm-02"]["files"]["/data01/primary/vm1-vda.img"] = {"kind": "file"}
+    plan = plan_placement({"sm-01": [], "sm-02": [spec("vm1")]}, states(hosts), SHARED)
     assert plan.refusals == ["vm1 (sm-01 -> sm-02): sm-02 already has /data01/primary/vm1-vda.img"]
 
 
 def test_a_vm_defined_on_two_other_hosts_is_refused_and_not_moved() -> None:
-    snapshots = cluster(SHARED_VM)
-    snapshots["sm-03"] = copy.deepcopy(snapshots["sm-01"])
-    plan = plan_placement({"sm-01": [], "sm-02": [spec("vm1")], "sm-03": []}, snapshots, SHARED)
+    hosts = cluster(SHARED_VM)
+    hosts["sm-03"] = copy.deepcopy(hosts["sm-01"])
+    plan = plan_placement({"sm-01": [], "sm-02": [spec("vm1")], "sm-03": []}, states(hosts), SHARED)
     assert plan.moves == [] and plan.refusals == ["vm1: defined on sm-01 and sm-03; resolve by hand"]
 
 
 def test_an_unread_host_holds_a_missing_vm_back_on_its_host_not_a_clone() -> None:
-    snapshots: dict[str, Any] = {"sm-01": None, "sm-02": host({}, uuid="u2")}
-    plan = plan_placement({"sm-01": [], "sm-02": [spec("vm1")]}, snapshots, SHARED)
+    hosts: dict[str, Any] = {"sm-01": None, "sm-02": host({}, uuid="u2")}
+    plan = plan_placement({"sm-01": [], "sm-02": [spec("vm1")]}, states(hosts), SHARED)
     assert plan.refusals == [] and plan.not_cloned("sm-02") == {"vm1"}
     assert plan.held == {
         "sm-02": [
@@ -203,13 +166,13 @@ def test_an_unread_host_holds_a_missing_vm_back_on_its_host_not_a_clone() -> Non
 def test_drain_spreads_the_vms_within_capacity() -> None:
     vms = {f"vm{i}": domain([(f"/secondary/vm{i}-vda.qcow2", "none")], vcpus=1) for i in range(1, 4)}
     files = [f"/secondary/vm{i}-vda.qcow2" for i in range(1, 4)]
-    snapshots = {
+    hosts = {
         "sm-01": host({}, files, uuid="u1", memory=2),
         "sm-02": host(vms, files, uuid="u2"),
         "sm-03": host({}, files, uuid="u3", memory=2),
     }
     manifest = {"sm-01": [], "sm-02": [spec(f"vm{i}") for i in range(1, 4)], "sm-03": []}
-    plan = plan_drain("sm-02", manifest, snapshots, SHARED)
+    plan = plan_drain("sm-02", manifest, states(hosts), SHARED)
     assert plan.refusals == []
     assert sorted((m.vm, m.destination) for m in plan.moves) == [
         ("vm1", "sm-01"), ("vm2", "sm-03"), ("vm3", "sm-01"),
@@ -219,16 +182,16 @@ def test_drain_spreads_the_vms_within_capacity() -> None:
 def test_drain_refuses_when_a_vm_fits_nowhere() -> None:
     vms = {f"vm{i}": domain([(f"/secondary/vm{i}-vda.qcow2", "none")]) for i in range(1, 4)}
     files = [f"/secondary/vm{i}-vda.qcow2" for i in range(1, 4)]
-    snapshots = {"sm-01": host({}, files, uuid="u1", memory=2), "sm-02": host(vms, files, uuid="u2")}
+    hosts = {"sm-01": host({}, files, uuid="u1", memory=2), "sm-02": host(vms, files, uuid="u2")}
     plan = plan_drain(
-        "sm-02", {"sm-01": [], "sm-02": [spec(f"vm{i}") for i in range(1, 4)]}, snapshots, SHARED
+        "sm-02", {"sm-01": [], "sm-02": [spec(f"vm{i}") for i in range(1, 4)]}, states(hosts), SHARED
     )
     assert [m.vm for m in plan.moves] == ["vm1", "vm2"]
     assert plan.refusals == ["vm3: fits on no other host: capacity of sm-01: 3.0 GiB memory > 2.0 GiB x 1"]
 
 
 def test_drain_of_an_unknown_host_is_refused() -> None:
-    assert plan_drain("sm-09", {"sm-01": []}, {"sm-01": host({})}).refusals == [
+    assert plan_drain("sm-09", {"sm-01": []}, states({"sm-01": host({})})).refusals == [
         "sm-09 is not a hypervisor of the manifest"
     ]
 

@@ -42,7 +42,7 @@ def probe(uri: str, limit: int = 20) -> tuple[subprocess.CompletedProcess[str], 
 
 def files_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
-    files: dict[str, Any] = Hypervisor().process(result.stdout.splitlines())["files"]
+    files: dict[str, Any] = Hypervisor().process(result.stdout.splitlines()).to_dict()["files"]
     return files
 
 

@@ -6,7 +6,8 @@ gives the fact's arguments, the command, the host's output and the parsed result
 captured probe output instead of spelling it out: ``{"$fixture": "libvirt/cluster"}`` stands for
 ``tests/unit/fixtures/libvirt/cluster.json``, as the processed ``Hypervisor`` snapshot in a facts
 section and as the raw output lines in a fact case's ``output``. That is the only expansion; every
-expected value is written in the case file.
+expected value is written in the case file. A ``libvirt.Hypervisor`` value in a facts section is plain
+data (JSON); the fake host hands it to the operation as the fact's typed ``HostState``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import json
 import tempfile
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
+import pyinfra_testing.operations
 from pyinfra_testing.facts import make_fact_tests
 from pyinfra_testing.operations import make_operation_tests
 
 from facts.libvirt import Hypervisor
+from facts.util.host_state import HostState
 
 CASES = Path(__file__).with_name("cases")
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -33,7 +37,7 @@ def _expand(value: Any, raw: bool) -> Any:
     if isinstance(value, dict):
         if set(value) == {"$fixture"}:
             lines = _fixture_lines(value["$fixture"])
-            return lines if raw else Hypervisor().process(lines)
+            return lines if raw else Hypervisor().process(lines).to_dict()
         return {key: _expand(item, raw) for key, item in value.items()}
     if isinstance(value, list):
         return [_expand(item, raw) for item in value]
@@ -61,8 +65,26 @@ def _facts() -> list[str]:
     return sorted(path.name for path in (CASES / "facts").iterdir() if path.is_dir())
 
 
+_create_host = pyinfra_testing.operations.create_host
+
+
+def _typed_host(state: Any, name: Any = None, facts: Any = None, data: Any = None) -> Any:
+    """pyinfra-testing's fake host, with each ``libvirt.Hypervisor`` value as the fact returns it."""
+    typed = {
+        fact: (
+            {args: HostState.from_dict(value) for args, value in values.items()}
+            if fact == "libvirt.Hypervisor"
+            else values
+        )
+        for fact, values in (facts or {}).items()
+    }
+    return _create_host(state, name=name, facts=typed, data=data)
+
+
 for _name in _operations():
-    _class = make_operation_tests("operations", _name, _expanded("operations", _name))
+    _class = patch("pyinfra_testing.operations.create_host", _typed_host)(
+        make_operation_tests("operations", _name, _expanded("operations", _name))
+    )
     globals()[f"TestOperation_{_name.replace('.', '_')}"] = _class
 
 for _name in _facts():

@@ -21,7 +21,7 @@ from inventories.manifest_model import mac_for
 from operations.dnsmasq import apply_command
 from operations.util.dnsmasq_entries import plan, request_lines
 from operations.util.drift import find, prune_plan
-from tests.unit.test_drift import host_snapshot, vm
+from tests.unit.fact_builders import drift_host_data, drift_vm_data, states
 from tests.unit.vmspec_builders import vmspec as spec
 
 needs_dnsmasq = pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed")
@@ -101,7 +101,9 @@ def test_prune_with_one_manifest_keeps_the_other_manifests_reservation_and_lease
     assert run(command(node, request_lines([gone], present=True)), str(node["bin"])).returncode == 0
     fact = reservations(node)
     placement = {"sm-01": [A1]}
-    findings = find(placement, {"sm-01": host_snapshot({"a1": vm("a1")})}, fact, mgmt="mgmt01")
+    findings = find(
+        placement, states({"sm-01": drift_host_data({"a1": drift_vm_data("a1")})}), fact, mgmt="mgmt01"
+    )
     # What prune planned before owner tags: B's reservation with A's own stale one.
     assert {e["mac"] for e in prune_plan(findings, fact).reservations} == {B1.mac, gone.mac}
 
@@ -158,7 +160,9 @@ def test_tagged_and_untagged_lines_parse() -> None:
     with pytest.raises(EntryError, match="owner tag 'Bad_Tag'"):
         parse_reservations(f"{EA.dhcp_line()}\n", f"{EA.ip} {EA.hostname} {EA.short} # kvmq-owner Bad_Tag\n")
     # Lines written with the owner as a dnsmasq set: tag are still read.
-    older = parse_reservations(f"{EA.mac},id:*,set:kvmq-{OWNER_A},{EA.ip},{EA.short}\n", f"{EA.ip} {EA.hostname} {EA.short}\n")
+    older = parse_reservations(
+        f"{EA.mac},id:*,set:kvmq-{OWNER_A},{EA.ip},{EA.short}\n", f"{EA.ip} {EA.hostname} {EA.short}\n"
+    )
     assert older[EA.mac].owner == OWNER_A
 
 

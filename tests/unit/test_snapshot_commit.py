@@ -19,6 +19,7 @@ import pytest
 
 from facts.util.libvirt_parse import snapshots_from
 from operations.util.snapshot_plan import delete_plan
+from tests.unit.fact_builders import typed, typed_domain
 
 pytestmark = pytest.mark.skipif(
     shutil.which("qemu-img") is None or shutil.which("qemu-io") is None, reason="needs qemu-img and qemu-io"
@@ -69,7 +70,7 @@ def lab(tmp_path: Path) -> tuple[Path, Path, Path, Path, dict[str, Any]]:
 
 
 def run_delete(domain: dict[str, Any], bin_dir: Path) -> subprocess.CompletedProcess[str]:
-    plan = delete_plan("vm1", "s1", domain, {"domains": {"vm1": domain}}, URI, timeout=30)
+    plan = delete_plan("vm1", "s1", typed_domain(domain, "vm1"), typed({"domains": {"vm1": domain}}), URI, timeout=30)
     assert plan is not None and plan.error is None and plan.command is not None
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     return subprocess.run(

@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 
 from deploys._status import snapshot_cell
+from facts.util.host_state import Domain
 from facts.util.libvirt_parse import snapshots_from
 from inventories.manifest_model import parse, validate
 from operations.util.snapshot_plan import create_plan, delete_plan, overlay_path, revert_plan
 from operations.util.storage_ownership import owned_volumes
+from tests.unit.fact_builders import typed, typed_domain
 from tests.unit.vmspec_builders import vm1_diskless as spec
 
 URI = "qemu:///system"
@@ -42,7 +44,7 @@ SECOND_XML = (
 )
 
 
-def domain(on_overlay: bool = False, state: str = "shut off") -> dict[str, Any]:
+def domain_data(on_overlay: bool = False, state: str = "shut off") -> dict[str, Any]:
     path, fmt = (OVL, "qcow2") if on_overlay else (IMG, "raw")
     return {
         "state": state,
@@ -60,10 +62,17 @@ def domain(on_overlay: bool = False, state: str = "shut off") -> dict[str, Any]:
     }
 
 
+def domain(on_overlay: bool = False, state: str = "shut off") -> Domain:
+    return typed_domain(domain_data(on_overlay, state), "vm1")
+
+
 def test_fact_lists_snapshots_oldest_first_with_the_files_below_their_overlays() -> None:
-    found = snapshots_from(
-        {"name": "vm1", "snapshots": [{"xml": SECOND_XML, "current": True}, {"xml": SNAPSHOT_XML}]}
-    )
+    found = [
+        s.to_dict()
+        for s in snapshots_from(
+            {"name": "vm1", "snapshots": [{"xml": SECOND_XML, "current": True}, {"xml": SNAPSHOT_XML}]}
+        )
+    ]
     assert [(s["name"], s["parent"], s["current"]) for s in found] == [
         ("before-upgrade", None, False),
         ("second", "before-upgrade", True),
@@ -80,9 +89,13 @@ def test_create_makes_a_private_overlay_then_records_the_snapshot() -> None:
     plan = create_plan("vm1", ["before-upgrade"], domain(), URI)
     assert plan is not None and plan.error is None
     command = plan.command.get_raw_value()
-    assert command.startswith(f'( umask 077; out=0; in=; t=; cleanup() {{ if [ -n "$in" ]; then for f in {OVL} ;')
+    assert command.startswith(
+        f'( umask 077; out=0; in=; t=; cleanup() {{ if [ -n "$in" ]; then for f in {OVL} ;'
+    )
     # Filled in the private directory (./<name>), linked into place, then recorded.
-    create = step(f"create {OVL}", f"qemu-img create -q -f qcow2 -F raw -b {IMG} ./vm1-vda@before-upgrade.qcow2")
+    create = step(
+        f"create {OVL}", f"qemu-img create -q -f qcow2 -F raw -b {IMG} ./vm1-vda@before-upgrade.qcow2"
+    )
     record = step(
         "virsh snapshot-create-as vm1",
         "virsh -q -c qemu:///system snapshot-create-as vm1 before-upgrade --disk-only --atomic --reuse-external "
@@ -102,7 +115,7 @@ def test_create_stacks_several_missing_snapshots_in_order_and_quotes_names() -> 
     # The second overlay is made on the first one's final path, once that is in place and recorded.
     assert f"qemu-img create -q -f qcow2 -F qcow2 -b {first} './vm1-vda@b;x.qcow2' ||" in command
     assert (
-        command.index("ln -T -- \"./${f##*/}\"")
+        command.index('ln -T -- "./${f##*/}"')
         < command.index("snapshot-create-as vm1 a ")
         < command.index("./vm1-vda@b;x.qcow2")
         < command.index("snapshot-create-as vm1 'b;x' ")
@@ -141,21 +154,23 @@ def test_revert_of_an_unknown_snapshot_names_the_ones_there() -> None:
 
 
 def test_only_the_newest_snapshot_can_be_reverted_to_or_deleted() -> None:
-    dom = domain(on_overlay=True)
-    dom["snapshots"] = snapshots_from(
+    data = domain_data(on_overlay=True)
+    data["snapshots"] = snapshots_from(
         {"name": "vm1", "snapshots": [{"xml": SNAPSHOT_XML}, {"xml": SECOND_XML}]}
     )
+    dom = typed_domain(data, "vm1")
     message = (
         "snapshot before-upgrade has later snapshot(s) second: only the newest one can be reverted to or "
         "deleted (delete the later ones first, newest first)"
     )
     assert revert_plan("vm1", "before-upgrade", dom, URI).error == message
-    assert delete_plan("vm1", "before-upgrade", dom, {"domains": {"vm1": dom}}, URI).error == message
+    assert delete_plan("vm1", "before-upgrade", dom, typed({"domains": {"vm1": dom}}), URI).error == message
 
 
 def test_revert_refuses_a_disk_that_moved_off_the_overlay() -> None:
-    dom = domain(on_overlay=True)
-    dom["disks"][0]["path"] = "/elsewhere/x.qcow2"
+    data = domain_data(on_overlay=True)
+    data["disks"][0]["path"] = "/elsewhere/x.qcow2"
+    dom = typed_domain(data, "vm1")
     assert (
         "disk vda is now /elsewhere/x.qcow2, not the snapshot's overlay"
         in revert_plan("vm1", "before-upgrade", dom, URI).error
@@ -164,14 +179,14 @@ def test_revert_refuses_a_disk_that_moved_off_the_overlay() -> None:
 
 def test_delete_commits_then_points_the_domain_below_then_removes_metadata_and_overlay() -> None:
     dom = domain(on_overlay=True)
-    plan = delete_plan("vm1", "before-upgrade", dom, {"domains": {"vm1": dom}}, URI)
+    plan = delete_plan("vm1", "before-upgrade", dom, typed({"domains": {"vm1": dom}}), URI)
     command = plan.command.get_raw_value()
     plain = (
         f'{{ for f in {OVL} ; do if [ -L "$f" ] || [ ! -f "$f" ]; then echo "kvm-qemu: $f is not a plain '
         'file; refusing to change the snapshots of vm1 " >&2; exit 1; fi; done; } && '
     )
     # The header check (tests/unit/test_snapshot_commit.py runs it) comes right before the commit.
-    check = "{ timeout -k 5 60 sh -c 'qemu-img info -U --output=json -f qcow2 -- \"$1\" | python3 -c"
+    check = '{ timeout -k 5 60 sh -c \'qemu-img info -U --output=json -f qcow2 -- "$1" | python3 -c'
     commit = step(f"commit of {OVL}", f"qemu-img commit -q -f qcow2 -b {IMG} {OVL}")
     rest = " && ".join(
         [
@@ -202,9 +217,10 @@ FORGET = [
 
 
 def test_a_delete_that_stopped_after_its_define_is_finished_by_a_re_run() -> None:
-    dom = domain(on_overlay=True)
-    dom["disks"][0].update(path=IMG, format="raw")  # back on the file below; overlay and metadata left
-    plan = delete_plan("vm1", "before-upgrade", dom, {"domains": {"vm1": dom}}, URI)
+    data = domain_data(on_overlay=True)
+    data["disks"][0].update(path=IMG, format="raw")  # back on the file below; overlay and metadata left
+    dom = typed_domain(data, "vm1")
+    plan = delete_plan("vm1", "before-upgrade", dom, typed({"domains": {"vm1": dom}}), URI)
     assert plan.error is None and plan.stdin is None
     assert plan.command.get_raw_value() == " && ".join(FORGET)
     assert plan.actions == [f"finish deleting snapshot before-upgrade: remove {OVL}"]
@@ -213,14 +229,14 @@ def test_a_delete_that_stopped_after_its_define_is_finished_by_a_re_run() -> Non
 def test_delete_never_commits_into_a_file_another_domain_uses() -> None:
     dom = domain(on_overlay=True)
     other = {"state": "shut off", "disks": [{"target": "vda", "device": "disk", "path": IMG}]}
-    plan = delete_plan("vm1", "before-upgrade", dom, {"domains": {"vm1": dom, "vm2": other}}, URI)
+    plan = delete_plan("vm1", "before-upgrade", dom, typed({"domains": {"vm1": dom, "vm2": other}}), URI)
     assert plan.command is None
     assert plan.error == f"snapshot before-upgrade: refusing to commit into {IMG} (disk of domain vm2)"
 
 
 def test_delete_of_an_absent_snapshot_or_domain_is_a_no_op() -> None:
-    assert delete_plan("vm1", "nope", domain(on_overlay=True), {}, URI) is None
-    assert delete_plan("vm1", "before-upgrade", None, {}, URI) is None
+    assert delete_plan("vm1", "nope", domain(on_overlay=True), typed({}), URI) is None
+    assert delete_plan("vm1", "before-upgrade", None, typed({}), URI) is None
 
 
 def test_overlays_are_owned_by_their_vm_only() -> None:
@@ -231,9 +247,9 @@ def test_overlays_are_owned_by_their_vm_only() -> None:
         "domains": {},
         "files": files,
     }
-    owned, _ = owned_volumes("vm1", None, fact)
+    owned, _ = owned_volumes("vm1", None, typed(fact))
     assert owned == [("default", "vm1-vda.img"), ("default", "vm1-vda@before-upgrade.qcow2")]
-    assert owned_volumes("vm", None, fact)[0] == []
+    assert owned_volumes("vm", None, typed(fact))[0] == []
     assert overlay_path(IMG, "vm1", "vda", "s1") == "/data01/primary/vm1-vda@s1.qcow2"
 
 
