@@ -19,6 +19,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 BASE_XML = (FIXTURES / "domains" / "centos7.xml").read_text()
 GIB = 1024 * 1024  # KiB in a GiB
 BASE_DISK = "/secondary/centos7-vda.img"
+URI = "qemu:///system"
+SHARED = ("/secondary",)  # the shared directories of the placement tests
 
 
 # --- plain data -> typed ------------------------------------------------------------------------------
@@ -155,7 +157,9 @@ def drift_base_data() -> dict[str, Any]:
 
 
 def drift_vm_data(name: str, **kw: Any) -> dict[str, Any]:
-    return drift_domain_data(name, [f"/data01/primary/{name}-vda.img", f"/data01/primary/{name}-vdb.img"], **kw)
+    return drift_domain_data(
+        name, [f"/data01/primary/{name}-vda.img", f"/data01/primary/{name}-vdb.img"], **kw
+    )
 
 
 def drift_host_data(domains: dict[str, Any], extra_files: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -30,8 +30,8 @@ from operations.util.cloud_init_seed import (
 from operations.util.delete_plan import delete_plan
 from operations.util.domain_xml import clone_xml, plan_disks, stable_uuid
 from operations.util.storage_ownership import owned_volumes
+from tests.unit.command_text import rendered
 from tests.unit.fact_builders import BASE_XML, built_domain_data, host_data, typed
-from tests.unit.test_domain_plan import rendered
 from tests.unit.vmspec_builders import kvmhost01_with_cloud_init as spec
 
 URI = "qemu:///system"

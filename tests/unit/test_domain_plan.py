@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,9 +17,11 @@ from operations.util.domain_source import recorded_digest, with_source
 from operations.util.domain_xml import CloneError, clone_xml, plan_disks, xml_covers
 from operations.util.power_plan import power_plan
 from operations.util.storage_ownership import owned_volumes
+from tests.unit.command_text import rendered
 from tests.unit.fact_builders import (
     BASE_XML,
     GIB,
+    URI,
     built_domain,
     built_domain_data,
     host_data,
@@ -31,21 +31,6 @@ from tests.unit.fact_builders import (
     typed_domains,
 )
 from tests.unit.vmspec_builders import kvmhost01 as spec
-
-URI = "qemu:///system"
-
-
-BOUND = re.compile(r"\{ timeout -k 5 \d+ (.*?) \|\| \{ rc=\$\?; .*?\(exit \$rc\); \}; \}")
-
-
-def unbounded(text: str) -> str:
-    """A rendered command without the time-limit wrappers, for comparing what it runs."""
-    return BOUND.sub(r"\1", text)
-
-
-def rendered(command: Any) -> str:
-    return unbounded(command.get_raw_value())
-
 
 # --- clone XML ------------------------------------------------------------------------------------
 

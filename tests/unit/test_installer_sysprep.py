@@ -14,8 +14,8 @@ import pytest
 from inventories.manifest_model import ManifestError, parse
 from operations.util.clone_plan import clone_plan
 from operations.util.installer_plan import InstallerError, InstallerSpec, installer_plan, installer_xml
-from tests.unit.fact_builders import host_state
-from tests.unit.test_domain_plan import URI, rendered
+from tests.unit.command_text import rendered
+from tests.unit.fact_builders import URI, host_state
 from tests.unit.vmspec_builders import kvmhost01 as spec
 
 ISO = {"secondary": {"CentOS 7.iso": {"path": "/secondary/CentOS 7.iso", "format": "iso"}}}

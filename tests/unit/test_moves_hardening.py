@@ -15,8 +15,7 @@ from pyinfra.api import Config, Inventory, State
 
 import deploys.placement as placement_deploy
 from operations.util.placement import Move, Target, _ssh_words, move_command, plan_placement
-from tests.unit.fact_builders import cluster_data, placed_domain_data, placed_host_data, states
-from tests.unit.test_placement import SHARED
+from tests.unit.fact_builders import SHARED, cluster_data, placed_domain_data, placed_host_data, states
 from tests.unit.vmspec_builders import placed as spec
 
 PRIMARY = "/data01/primary"

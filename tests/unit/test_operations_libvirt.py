@@ -4,7 +4,6 @@ output captured on the sandbox (``fixtures/libvirt/cluster.json``): rendered com
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from pyinfra_testing.util import FakeState, create_host
 from facts.libvirt import Hypervisor
 from facts.util.host_state import HostState
 from operations import libvirt
+from tests.unit.command_text import unbounded
 from tests.unit.vmspec_builders import fx_new as vmspec
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -24,17 +24,12 @@ HOST_STATE = Hypervisor().process((FIXTURES / "libvirt" / "cluster.json").read_t
 URI_KEY = "timeout=60, uri=qemu:///system"
 
 
-BOUND = re.compile(r"\{ timeout -k 5 \d+ (.*?) \|\| \{ rc=\$\?; .*?\(exit \$rc\); \}; \}")
-
-
 def run(op: Any, host_state: HostState | None = None, **kwargs: Any) -> tuple[list[str], Any]:
     state = FakeState()
     host = create_host(state, facts={"libvirt.Hypervisor": {URI_KEY: host_state or HOST_STATE}})
     with ctx_state.use(state), ctx_host.use(host):
         # Without the time-limit wrappers, so the tests compare what runs.
-        commands = [
-            BOUND.sub(r"\1", c.get_raw_value()) for c in op._inner(**kwargs) if hasattr(c, "get_raw_value")
-        ]
+        commands = [unbounded(c.get_raw_value()) for c in op._inner(**kwargs) if hasattr(c, "get_raw_value")]
     return commands, host
 
 

@@ -13,14 +13,11 @@ from operations.util.placement import (
     plan_drain,
     plan_placement,
 )
-from tests.unit.fact_builders import GIB_KIB, states
+from tests.unit.fact_builders import GIB_KIB, SHARED, states
 from tests.unit.fact_builders import cluster_data as cluster
 from tests.unit.fact_builders import placed_domain_data as domain
 from tests.unit.fact_builders import placed_host_data as host
 from tests.unit.vmspec_builders import placed as spec
-
-SHARED = ("/secondary",)
-
 
 SHARED_VM = domain([("/secondary/vm1-vda.qcow2", "none")])
 LOCAL_VM = domain([("/data01/primary/vm1-vda.img", None)])
