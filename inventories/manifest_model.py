@@ -71,10 +71,10 @@ class VmSpec:
     hostname: str
     ipaddress: str
     vcpus: int
-    memory_gb: int
-    max_memory_gb: int
+    memory_gib: int
+    max_memory_gib: int
     num_disks: int
-    disk_size_gb: int
+    disk_size_gib: int
     mac: str
     srcvm: str = DEFAULT_SRCVM
     pool: str = DEFAULT_POOL
@@ -95,11 +95,11 @@ class VmSpec:
 
     @property
     def memory_kib(self) -> int:
-        return self.memory_gb * 1024 * 1024
+        return self.memory_gib * 1024 * 1024
 
     @property
     def max_memory_kib(self) -> int:
-        return self.max_memory_gb * 1024 * 1024
+        return self.max_memory_gib * 1024 * 1024
 
     def to_json(self) -> dict[str, Any]:
         """For pyinfra's JSON output of host data (``debug-inventory``, ``--debug-data``)."""
@@ -309,10 +309,10 @@ def _vmspec(spec: dict[str, Any]) -> VmSpec:
         hostname=spec["hostname"],
         ipaddress=spec["ipaddress"],
         vcpus=spec["vcpus"],
-        memory_gb=spec["memoryGb"],
-        max_memory_gb=spec["maxMemoryGb"],
+        memory_gib=spec["memoryGb"],
+        max_memory_gib=spec["maxMemoryGb"],
         num_disks=spec["numDisks"],
-        disk_size_gb=spec["diskSize"],
+        disk_size_gib=spec["diskSize"],
         mac=spec.get("macaddress", "").lower() or mac_for(spec["name"]),
         srcvm=spec.get("srcvm", DEFAULT_SRCVM),
         pool=spec.get("pool", DEFAULT_POOL),

@@ -98,8 +98,8 @@ def clone_plan(
     define = sh(virsh(uri, "define", "/dev/stdin", timeout=timeout), ">/dev/null")
     plan.actions.insert(
         0,
-        f"define from {spec.srcvm} with {spec.vcpus} vCPU(s), memory {spec.memory_gb} GiB "
-        f"(max {spec.max_memory_gb} GiB), MAC {spec.mac}",
+        f"define from {spec.srcvm} with {spec.vcpus} vCPU(s), memory {spec.memory_gib} GiB "
+        f"(max {spec.max_memory_gib} GiB), MAC {spec.mac}",
     )
     if spec.autostart:
         plan.actions.append("autostart on")

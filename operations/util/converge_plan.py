@@ -129,10 +129,10 @@ def disk_plan(
     for target in wanted:
         disk = present.get(target)
         capacity = capacities.get(disk.path) if disk else None
-        if disk and capacity and capacity != spec.disk_size_gb * 1024**3:
+        if disk and capacity and capacity != spec.disk_size_gib * 1024**3:
             notes.append(
                 f"data disk {target} is {capacity / 1024**3:g} GiB, manifest says "
-                f"{spec.disk_size_gb} GiB: not resized"
+                f"{spec.disk_size_gib} GiB: not resized"
             )
     if not missing:
         return commands, actions, notes
@@ -144,7 +144,7 @@ def disk_plan(
     for target in missing:
         path = posixpath.join(pool.path, f"{spec.name}-{target}.img")
         create = bounded(
-            f"create {path}", timeout, "truncate", "-s", q(f"{spec.disk_size_gb}G"), "--", q(staged(path))
+            f"create {path}", timeout, "truncate", "-s", q(f"{spec.disk_size_gib}G"), "--", q(staged(path))
         )
         attach = virsh(
             uri,
@@ -161,7 +161,7 @@ def disk_plan(
             timeout=timeout,
         )
         commands.append(with_cleanup([path], pool.path, create, timeout, grouped=True, then=attach))
-        actions.append(f"add data disk {target} {spec.disk_size_gb} GiB" + (" (live)" if live else ""))
+        actions.append(f"add data disk {target} {spec.disk_size_gib} GiB" + (" (live)" if live else ""))
     return commands, actions, notes
 
 

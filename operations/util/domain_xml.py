@@ -88,7 +88,7 @@ def plan_disks(spec: VmSpec, source_xml: str, pool_path: str) -> list[ClonedDisk
     for target in targets:
         path = f"{pool_path.rstrip('/')}/{spec.name}-{target}.img"
         disks.append(
-            ClonedDisk(target=target, path=path, format="raw", source=None, size_gib=spec.disk_size_gb)
+            ClonedDisk(target=target, path=path, format="raw", source=None, size_gib=spec.disk_size_gib)
         )
     return disks
 

@@ -90,7 +90,7 @@ def test_a_data_disk_is_not_truncated_through_a_swapped_link(tmp_path: Path) -> 
     swapper(tmp_path / "bin", "truncate", final, victim)
     snap = host_data({"kvmhost01": built_domain_data()})
     snap["pools"]["default"]["path"] = str(pool)
-    plan = converge_plan(spec(num_disks=2, disk_size_gb=1), typed(snap), TEST_URI)
+    plan = converge_plan(spec(num_disks=2, disk_size_gib=1), typed(snap), TEST_URI)
     result = run(plan.command, tmp_path / "bin")
     assert victim.read_bytes() == b"precious" and victim.stat().st_size == 8
     assert result.returncode != 0
@@ -121,7 +121,7 @@ def test_a_seed_is_not_written_through_a_swapped_link(tmp_path: Path) -> None:
 
 def test_without_a_race_the_files_land_in_the_pool_0600_and_nothing_else_is_left(tmp_path: Path) -> None:
     pool, _ = pool_and_victim(tmp_path)
-    plan = clone_plan(spec(num_disks=1, disk_size_gb=1), clone_host(tmp_path, pool), TEST_URI)
+    plan = clone_plan(spec(num_disks=1, disk_size_gib=1), clone_host(tmp_path, pool), TEST_URI)
     result = run(plan.command, tmp_path / "empty-bin", plan.stdin)
     assert result.returncode == 0, result.stderr
     entries = {p.name: (stat.S_IMODE(p.lstat().st_mode), p.lstat().st_nlink) for p in pool.iterdir()}

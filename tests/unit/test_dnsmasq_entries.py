@@ -88,10 +88,10 @@ def test_entries_from_accepts_plain_dicts_and_vmspecs_but_not_vmspec_dicts() -> 
         hostname="vm130.example.internal",
         ipaddress="10.10.5.130",
         vcpus=1,
-        memory_gb=1,
-        max_memory_gb=1,
+        memory_gib=1,
+        max_memory_gib=1,
         num_disks=0,
-        disk_size_gb=0,
+        disk_size_gib=0,
         mac="52:54:00:00:01:30",
     )
     assert entries_from([E13.to_dict(), spec, spec]) == [E13, E130]

@@ -23,7 +23,7 @@ URI_KEY = "timeout=60, uri=qemu:///system"
 
 
 def test_build_diff_of_a_new_vm_is_absent_to_the_vmspec() -> None:
-    new = spec(name="fx-new", vcpus=2, memory_gb=1, max_memory_gb=2, num_disks=2, mac=mac_for("fx-new"))
+    new = spec(name="fx-new", vcpus=2, memory_gib=1, max_memory_gib=2, num_disks=2, mac=mac_for("fx-new"))
     assert build_diff([new], HOST_STATE) == [
         "fx-new: vCPUs absent -> 2",
         "fx-new: memory absent -> 1 GiB",
@@ -36,7 +36,7 @@ def test_build_diff_of_a_new_vm_is_absent_to_the_vmspec() -> None:
 
 def test_build_diff_of_an_existing_vm_shows_only_what_changes() -> None:
     assert build_diff([spec()], HOST_STATE) == []
-    grown = spec(vcpus=2, memory_gb=2, max_memory_gb=4, num_disks=2, autostart=True)
+    grown = spec(vcpus=2, memory_gib=2, max_memory_gib=4, num_disks=2, autostart=True)
     assert build_diff([grown], HOST_STATE) == [
         "fx-off: vCPUs 1 -> 2",
         "fx-off: memory 1 GiB -> 2 GiB",
@@ -67,7 +67,9 @@ def test_power_and_delete_diffs() -> None:
 def logged(caplog: pytest.LogCaptureFixture, op: Any, diff: bool, **kwargs: Any) -> list[str]:
     state = FakeState()
     state.config.DIFF = diff
-    host = create_host(state, name="sm-01", facts={"libvirt.Hypervisor": {URI_KEY: copy.deepcopy(HOST_STATE)}})
+    host = create_host(
+        state, name="sm-01", facts={"libvirt.Hypervisor": {URI_KEY: copy.deepcopy(HOST_STATE)}}
+    )
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="pyinfra"), ctx_state.use(state), ctx_host.use(host):
         list(op._inner(**kwargs))

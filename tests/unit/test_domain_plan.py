@@ -163,7 +163,7 @@ def test_matching_domain_is_up_to_date() -> None:
 
 def test_shut_off_domain_changes_config_only() -> None:
     plan = converge_plan(
-        spec(memory_gb=3, max_memory_gb=6, vcpus=4), host_state({"kvmhost01": built_domain()}), URI
+        spec(memory_gib=3, max_memory_gib=6, vcpus=4), host_state({"kvmhost01": built_domain()}), URI
     )
     command = rendered(plan.command)
     assert command == (
@@ -177,7 +177,7 @@ def test_shut_off_domain_changes_config_only() -> None:
 
 def test_shrinking_sets_current_before_max() -> None:
     plan = converge_plan(
-        spec(memory_gb=1, max_memory_gb=1, vcpus=1), host_state({"kvmhost01": built_domain()}), URI
+        spec(memory_gib=1, max_memory_gib=1, vcpus=1), host_state({"kvmhost01": built_domain()}), URI
     )
     command = rendered(plan.command)
     assert command.index("setmem kvmhost01 1048576 --config") < command.index("setmaxmem kvmhost01 1048576")
@@ -185,7 +185,7 @@ def test_shrinking_sets_current_before_max() -> None:
 
 
 def test_running_domain_live_memory_increase_up_to_max() -> None:
-    plan = converge_plan(spec(memory_gb=3), host_state({"kvmhost01": built_domain("running")}), URI)
+    plan = converge_plan(spec(memory_gib=3), host_state({"kvmhost01": built_domain("running")}), URI)
     command = rendered(plan.command)
     assert "setmem kvmhost01 3145728 --config" in command
     assert "setmem kvmhost01 3145728 --live" in command
@@ -194,7 +194,7 @@ def test_running_domain_live_memory_increase_up_to_max() -> None:
 
 def test_running_domain_max_memory_takes_effect_at_next_boot() -> None:
     plan = converge_plan(
-        spec(memory_gb=6, max_memory_gb=8), host_state({"kvmhost01": built_domain("running")}), URI
+        spec(memory_gib=6, max_memory_gib=8), host_state({"kvmhost01": built_domain("running")}), URI
     )
     command = rendered(plan.command)
     assert "setmaxmem kvmhost01 8388608 --config" in command
@@ -447,10 +447,10 @@ def test_capacity_counts_manifest_and_other_domains_but_not_bases() -> None:
 
 def test_vcpu_and_memory_have_separate_ratios_with_documented_defaults() -> None:
     snap = typed({**host_data({}), "capacity": {"cpus": 2, "memory_kib": 8 * GIB}})
-    eight = [spec(name=f"v{i}", vcpus=1, memory_gb=1) for i in range(8)]
+    eight = [spec(name=f"v{i}", vcpus=1, memory_gib=1) for i in range(8)]
     row = capacity_row("sm-01", eight, snap)  # defaults: vCPU 4.0, memory 1.0
     assert (row.vcpu_ratio, row.memory_ratio) == (4.0, 1.0) and row.problems == []
-    nine = eight + [spec(name="v9", vcpus=1, memory_gb=1)]
+    nine = eight + [spec(name="v9", vcpus=1, memory_gib=1)]
     assert capacity_row("sm-01", nine, snap).problems == [
         "9 vCPUs > 2 CPUs x 4",
         "9.0 GiB memory > 8.0 GiB x 1",
@@ -460,9 +460,9 @@ def test_vcpu_and_memory_have_separate_ratios_with_documented_defaults() -> None
 
 def test_refusal_table_lists_every_host_and_where_each_vm_would_fit() -> None:
     snap = typed({**host_data({}), "capacity": {"cpus": 2, "memory_kib": 8 * GIB}})
-    refused = capacity_row("sm-01", [spec(name="big", vcpus=9, memory_gb=1), spec(name="small")], snap)
-    roomy = capacity_row("sm-02", [spec(name="other", vcpus=1, memory_gb=1)], snap)
-    full = capacity_row("sm-03", [spec(name="x", vcpus=8, memory_gb=1)], snap)
+    refused = capacity_row("sm-01", [spec(name="big", vcpus=9, memory_gib=1), spec(name="small")], snap)
+    roomy = capacity_row("sm-02", [spec(name="other", vcpus=1, memory_gib=1)], snap)
+    full = capacity_row("sm-03", [spec(name="x", vcpus=8, memory_gib=1)], snap)
     message = refusal_message(refused, [full, roomy])
     lines = message.splitlines()
     assert lines[0] == "capacity preflight refused the build on sm-01 (nothing was changed on it):"

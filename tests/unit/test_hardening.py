@@ -51,7 +51,7 @@ def clone_in(tmp_path: Path, **overrides: Any) -> tuple[Any, Path]:
     snap = host_data()
     snap["pools"]["default"]["path"] = str(pool)
     snap["domains"]["centos7"]["xml"] = BASE_XML.replace("/secondary/centos7-vda.img", str(base))
-    values = {"num_disks": 1, "disk_size_gb": 1, **overrides}
+    values = {"num_disks": 1, "disk_size_gib": 1, **overrides}
     return clone_plan(spec(**values), typed(snap), TEST_URI), pool
 
 
@@ -103,7 +103,7 @@ def test_disk_files_are_created_exclusively_inside_the_pool_directory(tmp_path: 
 
 
 def test_a_failed_clone_removes_only_what_it_made(tmp_path: Path) -> None:
-    plan, pool = clone_in(tmp_path, disk_size_gb=1)
+    plan, pool = clone_in(tmp_path, disk_size_gib=1)
     command = plan.command.get_raw_value().replace("define /dev/stdin", "no-such-command")
     result = sh_run(command, plan.stdin)
     assert result.returncode != 0 and list(pool.iterdir()) == []
@@ -316,7 +316,7 @@ def test_every_virsh_call_is_bounded_and_named() -> None:
     snap = host_data({"kvmhost01": built_domain_data("running")})
     commands = [
         rendered(clone_plan(spec(name="new"), typed(snap), TEST_URI, timeout=7)),
-        rendered(converge_plan(spec(num_disks=2, vcpus=3, memory_gb=3), typed(snap), TEST_URI, timeout=7)),
+        rendered(converge_plan(spec(num_disks=2, vcpus=3, memory_gib=3), typed(snap), TEST_URI, timeout=7)),
         rendered(delete_plan("kvmhost01", typed(snap), TEST_URI, timeout=7)),
         rendered(power_plan(["kvmhost01"], typed(snap).domains, False, TEST_URI, step_timeout=7)),
         rendered(power_plan(["kvmhost01"], typed(snap).domains, False, TEST_URI, force=True, step_timeout=7)),

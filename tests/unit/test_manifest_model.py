@@ -53,10 +53,10 @@ def test_original_example_is_accepted_unchanged() -> None:
         hostname="kvmhost01.chnet.internal",
         ipaddress="10.10.5.11",
         vcpus=2,
-        memory_gb=4,
-        max_memory_gb=8,
+        memory_gib=4,
+        max_memory_gib=8,
         num_disks=0,
-        disk_size_gb=0,
+        disk_size_gib=0,
         mac=mac_for("kvmhost01"),
         ssh_host="10.10.5.11",
     )

@@ -94,8 +94,8 @@ def test_adding_an_entry_is_one_locked_command() -> None:
 
 def test_vmspecs_are_accepted_and_vmspec_dicts_refused() -> None:
     spec = VmSpec(
-        name="vm14", hostname=E14.hostname, ipaddress=E14.ip, mac=E14.mac, vcpus=1, memory_gb=1,
-        max_memory_gb=1, num_disks=0, disk_size_gb=0,
+        name="vm14", hostname=E14.hostname, ipaddress=E14.ip, mac=E14.mac, vcpus=1, memory_gib=1,
+        max_memory_gib=1, num_disks=0, disk_size_gib=0,
     )  # fmt: skip
     (command,), _ = run_op({}, entries=[spec])
     assert stdin_lines(command) == [f"add {E14.mac} {E14.ip} {E14.hostname} vm14"]

@@ -71,7 +71,9 @@ def test_build_clones_from_the_real_base_definition() -> None:
 
 def test_build_of_existing_domains_converges_or_noops() -> None:
     # fx-off in the fixture: 1 vCPU, 1 GiB, overlay disk + vdb data disk, shut off.
-    spec = vmspec(name="fx-off", vcpus=1, memory_gb=1, max_memory_gb=1, num_disks=1, mac="52:54:00:00:0f:02")
+    spec = vmspec(
+        name="fx-off", vcpus=1, memory_gib=1, max_memory_gib=1, num_disks=1, mac="52:54:00:00:0f:02"
+    )
     commands, host = run(libvirt.vms, vmspecs=[spec])
     assert commands == [] and host.noop_description == "1 domain(s) match the manifest"
     (command,), _ = run(libvirt.vms, vmspecs=[replace(spec, vcpus=2)])

@@ -26,7 +26,7 @@ from deploys._readiness import (
 from tests.unit.vmspec_builders import vmspec
 
 SPECS = [
-    vmspec(name, ipaddress, mac=mac, vcpus=1, memory_gb=1, max_memory_gb=1, disk_size_gb=1)
+    vmspec(name, ipaddress, mac=mac, vcpus=1, memory_gib=1, max_memory_gib=1, disk_size_gib=1)
     for name, mac, ipaddress in (
         ("vm-a", "52:54:00:AA:00:01", "127.0.0.1"),
         ("vm-b", "52:54:00:aa:00:02", "127.0.0.2"),

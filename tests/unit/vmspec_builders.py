@@ -18,10 +18,10 @@ def vmspec(
     *,
     domain: str = "example.internal",
     vcpus: int = 2,
-    memory_gb: int = 1,
-    max_memory_gb: int = 2,
+    memory_gib: int = 1,
+    max_memory_gib: int = 2,
     num_disks: int = 1,
-    disk_size_gb: int = 5,
+    disk_size_gib: int = 5,
     **fields: Any,
 ) -> VmSpec:
     """A VM of the manifest: 2 vCPUs, 1 GiB (at most 2), one 5 GiB disk unless told otherwise."""
@@ -31,10 +31,10 @@ def vmspec(
         name=name,
         ipaddress=ipaddress,
         vcpus=vcpus,
-        memory_gb=memory_gb,
-        max_memory_gb=max_memory_gb,
+        memory_gib=memory_gib,
+        max_memory_gib=max_memory_gib,
         num_disks=num_disks,
-        disk_size_gb=disk_size_gb,
+        disk_size_gib=disk_size_gib,
         **fields,
     )
 
@@ -42,7 +42,7 @@ def vmspec(
 def kvmhost01(**overrides: Any) -> VmSpec:
     """``kvmhost01.chnet.internal`` (10.10.5.11): 2 vCPUs, 2 GiB (at most 4), one 10 GiB disk."""
     identity = {"name": "kvmhost01", "hostname": "kvmhost01.chnet.internal", "mac": mac_for("kvmhost01")}
-    return vmspec(**(identity | {"memory_gb": 2, "max_memory_gb": 4, "disk_size_gb": 10} | overrides))
+    return vmspec(**(identity | {"memory_gib": 2, "max_memory_gib": 4, "disk_size_gib": 10} | overrides))
 
 
 def kvmhost01_with_cloud_init(**overrides: Any) -> VmSpec:
@@ -53,26 +53,26 @@ def kvmhost01_with_cloud_init(**overrides: Any) -> VmSpec:
 def fx_off(**overrides: Any) -> VmSpec:
     """``fx-off.example.internal`` (10.0.0.5, MAC 52:54:00:00:0f:02): 1 vCPU, 1 GiB, one 2 GiB disk."""
     identity = {"name": "fx-off", "hostname": "fx-off.example.internal", "mac": "52:54:00:00:0f:02"}
-    sizes = {"vcpus": 1, "memory_gb": 1, "max_memory_gb": 1, "disk_size_gb": 2}
+    sizes = {"vcpus": 1, "memory_gib": 1, "max_memory_gib": 1, "disk_size_gib": 2}
     return vmspec(**(identity | {"ipaddress": "10.0.0.5"} | sizes | overrides))
 
 
 def vm1_diskless(**overrides: Any) -> VmSpec:
     """``vm1.x.internal`` (10.10.5.11): 1 vCPU, 1 GiB, no disks."""
     identity = {"name": "vm1", "hostname": "vm1.x.internal", "mac": mac_for("vm1")}
-    sizes = {"vcpus": 1, "memory_gb": 1, "max_memory_gb": 1, "num_disks": 0, "disk_size_gb": 0}
+    sizes = {"vcpus": 1, "memory_gib": 1, "max_memory_gib": 1, "num_disks": 0, "disk_size_gib": 0}
     return vmspec(**(identity | sizes | overrides))
 
 
 def placed(name: str, vcpus: int = 1, memory: int = 1, **fields: Any) -> VmSpec:
     """A diskless VM of the placement tests: ``<name>.example.org`` at 10.10.5.9, ``memory`` GiB fixed."""
     return vmspec(
-        name, "10.10.5.9", domain="example.org", vcpus=vcpus, memory_gb=memory, max_memory_gb=memory,
-        num_disks=0, disk_size_gb=0, **fields,
+        name, "10.10.5.9", domain="example.org", vcpus=vcpus, memory_gib=memory, max_memory_gib=memory,
+        num_disks=0, disk_size_gib=0, **fields,
     )  # fmt: skip
 
 
 def fx_new(**overrides: Any) -> VmSpec:
     """``fx-new.example.internal`` (10.0.0.5): 2 vCPUs, 1 GiB (at most 2), one 2 GiB disk."""
     identity = {"name": "fx-new", "hostname": "fx-new.example.internal", "mac": mac_for("fx-new")}
-    return vmspec(**(identity | {"ipaddress": "10.0.0.5", "disk_size_gb": 2} | overrides))
+    return vmspec(**(identity | {"ipaddress": "10.0.0.5", "disk_size_gib": 2} | overrides))
