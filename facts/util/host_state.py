@@ -233,12 +233,26 @@ class Domain(_Plain):
         extras = xml_extras(xml)
         if extras is not None:
             live, config = _with_extras(live, extras), _with_extras(config, extras)
-        return cls(
-            name=name,
+        return cls.of_definitions(
+            name,
+            live,
+            config,
             uuid=_opt_str(data.get("uuid")),
             state=str(data.get("state") or "no state"),
             persistent=bool(data.get("persistent", True)),
             autostart=bool(data.get("autostart")),
+            xml=xml,
+            snapshots=tuple(
+                s if isinstance(s, DomainSnapshot) else DomainSnapshot.from_dict(s)
+                for s in data.get("snapshots") or ()
+            ),
+        )
+
+    @classmethod
+    def of_definitions(cls, name: str, live: Definition, config: Definition, **fields: Any) -> Domain:
+        """A domain whose top-level resources and devices are ``live``'s, with ``config`` and ``fields``."""
+        return cls(
+            name=name,
             memory_kib=live.memory_kib,
             max_memory_kib=live.max_memory_kib,
             vcpus=live.vcpus,
@@ -246,11 +260,7 @@ class Domain(_Plain):
             disks=live.disks,
             interfaces=live.interfaces,
             config=config,
-            xml=xml,
-            snapshots=tuple(
-                s if isinstance(s, DomainSnapshot) else DomainSnapshot.from_dict(s)
-                for s in data.get("snapshots") or ()
-            ),
+            **fields,
         )
 
 

@@ -186,19 +186,14 @@ def domains_from(
             config = definition(config_root, backing_by_path)
         except (TypeError, ValueError) as exc:
             raise ParseError(f"domain {name}: {exc}") from None
-        domains[name] = Domain(
-            name=str(name),
+        domains[name] = Domain.of_definitions(
+            str(name),
+            live,
+            config,
             uuid=dom.get("uuid") or live_root.findtext("uuid"),
             state=DOMAIN_STATES.get(dom.get("state"), "unknown"),
             persistent=bool(dom.get("persistent")),
             autostart=bool(dom.get("autostart")),
-            memory_kib=live.memory_kib,
-            max_memory_kib=live.max_memory_kib,
-            vcpus=live.vcpus,
-            max_vcpus=live.max_vcpus,
-            disks=live.disks,
-            interfaces=live.interfaces,
-            config=config,
             xml=config_xml,
             snapshots=tuple(snapshots_from(dom)),
         )
