@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from gevent.lock import Semaphore
+from pyinfra import logger
 
 from facts.libvirt import Hypervisor
 from facts.util.host_state import HostState
@@ -85,6 +86,20 @@ def changed(state: Any, host_name: str) -> None:
     run.moved_in[host_name] = run.moved_in.get(host_name, 0) + 1
 
 
+def _why_again(kept: _View, uri: str, version: tuple[int, int] | None) -> str:
+    if kept.uri != uri:
+        return f"asked for {uri}, read for {kept.uri}"
+    if version is None or kept.version is None:
+        return "this run's changes to the host cannot be counted"
+    ran, moved = version[0] - kept.version[0], version[1] - kept.version[1]
+    reasons = []
+    if ran:
+        reasons.append(f"{ran} operation(s) ran commands on it")
+    if moved:
+        reasons.append(f"{moved} move(s) brought VMs to it")
+    return "since the last read " + " and ".join(reasons)
+
+
 def hypervisor_view(member: Any, uri: str, timeout: int) -> HostState | None:
     """``member``'s ``Hypervisor`` fact, or None when reading it failed (pyinfra then marks the host
     failed and hands back an empty default, which would take every domain for absent).
@@ -102,11 +117,11 @@ def hypervisor_view(member: Any, uri: str, timeout: int) -> HostState | None:
         kept = run.views.get(member.name)
         if kept is not None and version is not None and (kept.uri, kept.version) == (uri, version):
             return kept.value
+        if kept is not None:
+            logger.debug(f"{member.name}: libvirt state read again: {_why_again(kept, uri, version)}")
         # The probe's watchdog ends it after ``timeout``; coreutils timeout 10 s later; this bounds the
         # session.
-        value = member.get_fact(
-            Hypervisor, uri=uri, timeout=timeout, _timeout=session_limit(1, timeout + 10)
-        )
+        value = member.get_fact(Hypervisor, uri=uri, timeout=timeout, _timeout=session_limit(1, timeout + 10))
         if member in getattr(state, "failed_hosts", ()):
             value = None
         run.views[member.name] = _View(uri, value, version)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -59,6 +60,7 @@ class Seeds:
     def __init__(self, inventory: dict[str, Any], workdir: Path) -> None:
         self.inventory = inventory
         self.workdir = workdir
+        self.build_output = ""
 
     def host(self, command: str, check: bool = True) -> str:
         return client.ssh(client.node_data(self.inventory, "sm-01"), command, check=check)
@@ -66,14 +68,15 @@ class Seeds:
     def guest(self, command: str) -> str:
         return client.ssh(client.guest_data(self.inventory, "10.10.5.51"), command)
 
-    def pyinfra(self, deploy: str, *data: str, dry: bool = False) -> str:
+    def pyinfra(self, deploy: str, *data: str, dry: bool = False, flags: tuple[str, ...] = ()) -> str:
         path = self.workdir / "manifest.json"
         path.write_text(json.dumps(MANIFEST))
         (self.workdir / "inventory.json").write_text(json.dumps(self.inventory))
         env = client.workflow_env(path, self.workdir / "inventory.json", self.inventory["mgmt"]["name"])
         extra = [x for d in data for x in ("--data", d)]
         result = subprocess.run(
-            [PYINFRA, *(["--dry"] if dry else ["-y"]), "inventories/manifest.py", f"deploys/{deploy}.py", *extra],
+            [PYINFRA, *(["--dry"] if dry else ["-y"]), *flags, "inventories/manifest.py", f"deploys/{deploy}.py",
+             *extra],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -98,7 +101,7 @@ def seeds(sandbox_cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFact
     s = Seeds(sandbox_cluster, tmp_path_factory.mktemp("seeds"))
     before = s.host("virsh -q pool-list --all --name").split()
     s.pyinfra("pools")
-    s.pyinfra("build", f"cloud_init_users={USERS}")
+    s.build_output = s.pyinfra("build", f"cloud_init_users={USERS}", flags=("-v", "--debug"))
     yield s
     s.host(f"virsh -q destroy {VM}; virsh -q undefine {VM}; rm -f /data01/primary/{VM}-*", check=False)
     for pool in ("default", "secondary"):
@@ -125,6 +128,15 @@ def test_build_writes_and_attaches_the_seed(seeds: Seeds) -> None:
         f'"{KEY}"'.encode() in files["user-data"] and b'sudo: "ALL=(ALL) NOPASSWD:ALL"' in files["user-data"]
     )
     assert b'macaddress: "52:54:00:' in files["network-config"] and b"dhcp4: true" in files["network-config"]
+
+
+def test_the_seed_step_reads_the_state_again_after_the_clone_and_says_why(seeds: Seeds) -> None:
+    # The seed is attached to the domain the clone has just defined: that needs the state after it.
+    reads = re.findall(r"\[sm-01\]\s+Loaded fact facts\.libvirt\.Hypervisor\b", seeds.build_output)
+    assert len(reads) == 2, seeds.build_output[-4000:]
+    assert "sm-01: libvirt state read again: since the last read 1 operation(s) ran commands on it" in (
+        seeds.build_output
+    )
 
 
 def test_second_build_and_dry_run_change_nothing(seeds: Seeds) -> None:
