@@ -1,88 +1,58 @@
 """Cluster-wide drift report and prune: ``drift_report()`` (read-only) and ``orphans_pruned()``.
 
 Both need the whole cluster at once, while pyinfra loads a deploy separately for each host. So the first
-host to load reads the cluster once for the run (``cluster_view``): every hypervisor's ``Hypervisor``
-fact (one round trip per host, all hosts at the same time) and the management node's reservations;
-the other hosts wait for that and use the same view. The findings and the prune plan are pure
-(``operations/util/drift.py``).
+host to load finds the drift once for the run (``drift()``) from the run's one view of the cluster
+(``deploys.cluster_state``: every hypervisor's ``Hypervisor`` fact, one round trip per host, all hosts
+at the same time) and the management node's reservations; the other hosts wait for that and use the
+same findings. The findings and the prune plan are pure (``operations/util/drift.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
 
 from deploys._owner import reservation_owner
-from deploys._settings import flag, is_hypervisor, is_mgmt, seconds, setting, vmspecs
-from deploys.cluster_state import hypervisor_states, hypervisors
+from deploys._settings import flag, is_hypervisor, is_mgmt, seconds, setting
+from deploys.cluster_state import cluster_reservations, cluster_view
 from deploys.vms import dnsmasq_arguments
-from facts.dnsmasq import DnsmasqReservations
-from facts.util.host_state import HostState
 from inventories.manifest_model import VmSpec
 from operations import dnsmasq, orphans
 from operations.util.drift import Finding, PrunePlan, find, prune_plan, report_lines
 from operations.util.run_store import store
 
 
-@dataclass
-class ClusterView:
-    placement: dict[str, list[VmSpec]]
-    states: dict[str, HostState | None]
-    reservations: dict[str, dict[str, str]] | None
-    mgmt: str  # the management node's name ("" without one)
+@dataclass(frozen=True)
+class Drift:
+    """The cluster's drift in this run, derived from the one cluster view (the same for every host)."""
+
     findings: list[Finding]
-    plan: PrunePlan
+    plan: PrunePlan  # what prune removes
 
 
+def drift() -> Drift:
+    """The findings and the prune plan of this run (the first host to ask finds them, the others wait)."""
+    return store(host.state).once("drift findings", _find)
 
 
-def _data(member: Any, key: str) -> Any:
-    return setting(key, member=member)
-
-
-def cluster_view() -> ClusterView:
-    """The cluster as read once for this run (the first host to ask reads it, the others wait)."""
-    return store(host.state).once("drift view", _read_cluster)
-
-
-def _read_cluster() -> ClusterView:
-    state = host.state
-    inventory = state.inventory
-    active = set(inventory.get_active_hosts())
-    members = hypervisors()
-    placement = {m.name: vmspecs(m) for m in members}
-    states = hypervisor_states()
-    mgmt_hosts = [m for m in inventory.get_group("mgmt", default=[]) if m in active]
-    reservations = None
-    owner = ""
-    mgmt_name = mgmt_hosts[0].name if mgmt_hosts else ""
-    if mgmt_hosts:
-        member = mgmt_hosts[0]
-        read = member.get_fact(
-            DnsmasqReservations,
-            hostsfile=_data(member, "dhcp_hostsfile"),
-            addn_hosts=_data(member, "dns_addn_hosts"),
-            _sudo=flag("mgmt_sudo", member=member),
-        )
-        reservations = None if member in state.failed_hosts else read
-        owner = reservation_owner(member)
+def _find() -> Drift:
+    view = cluster_view()
+    node = view.mgmt_node
+    owner = reservation_owner(node) if view.mgmt else ""
+    reservations = cluster_reservations().entries if view.mgmt else None
     shared = tuple(
         sorted(
-            {str(_data(m, "kvm_secondary_storage")) for m in members}
+            {str(setting("kvm_secondary_storage", member=m)) for m in view.hypervisors}
             | {setting("kvm_secondary_storage")}
         )
     )
-    findings = find(placement, states, reservations, shared, mgmt=mgmt_name or "mgmt")
+    findings = find(view.manifest, view.states, reservations, shared, mgmt=view.mgmt or "mgmt")
     if reservations is not None:
-        untagged = flag("prune_untagged", member=mgmt_hosts[0])
-        findings = owned_findings(findings, placement, reservations, owner, untagged)
-    view = ClusterView(
-        placement, states, reservations, mgmt_name, findings, prune_plan(findings, reservations)
-    )
-    return view
+        untagged = flag("prune_untagged", member=node)
+        findings = owned_findings(findings, view.manifest, reservations, owner, untagged)
+    return Drift(findings, prune_plan(findings, reservations))
 
 
 def owned_findings(
@@ -148,14 +118,14 @@ def drift_report() -> None:
     defined nowhere, configured resources that differ from the manifest, owned-pattern volumes with no
     domain, reservations missing or differing, and reservations for VMs that do not exist.
     """
-    view = cluster_view()
-    if _reporter(view):
-        _print(report_lines(view.findings))
+    if _reporter():
+        _print(report_lines(drift().findings))
 
 
-def _reporter(view: ClusterView) -> bool:
+def _reporter() -> bool:
     if is_mgmt():
         return True
+    view = cluster_view()
     names = sorted(view.states)
     return not view.mgmt and bool(names) and host.name == names[0]
 
@@ -171,8 +141,8 @@ def orphans_pruned() -> None:
     also releases their leases). With any hypervisor unread, no reservation and no shared volume is
     removed. Everything else is reported only.
     """
-    view = cluster_view()
-    if _reporter(view):
+    view = drift()
+    if _reporter():
         _print(report_lines(view.findings))
         if view.plan.empty():
             _print(["prune: nothing to remove"])

@@ -1,8 +1,9 @@
 """Placement by manifest and drain: move VMs between hypervisors with a view of the whole cluster.
 
-Every hypervisor's ``Hypervisor`` fact is read once per run (one round trip per host, shared by every
-host's deploy code through the run's ``State``); the moves are decided from those facts and the manifest
-by ``operations.util.placement``; each source host runs ``operations.migrate.domains_moved`` for its moves.
+The moves are decided from the run's one view of the cluster (``deploys.cluster_state.cluster_view``:
+every hypervisor's ``Hypervisor`` fact, read once per run) and the manifest by
+``operations.util.placement``, once per run; each source host runs ``operations.migrate.domains_moved``
+for its moves.
 
 - ``vms_placed()`` (called by ``deploys/build.py`` before cloning): a manifest VM defined on another
   host moves to its manifest host instead of being cloned a second time.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +33,8 @@ from deploys._settings import (
     is_hypervisor,
     seconds,
     setting,
-    vmspecs,
 )
-from deploys.cluster_state import hypervisor_states, hypervisors
-from facts.dnsmasq import DnsmasqReservations
+from deploys.cluster_state import ClusterView, MgmtReservations, cluster_reservations, cluster_view
 from inventories.loader import manifest_path
 from operations import migrate
 from operations.util.placement import (
@@ -45,7 +45,6 @@ from operations.util.placement import (
     plan_placement,
 )
 from operations.util.run_store import store
-from operations.util.virsh import session_limit
 
 
 def _migrate_timeout() -> int:
@@ -89,87 +88,40 @@ def _targets(members: list[Any]) -> dict[str, dict[str, Any]]:
     return targets
 
 
-def why_unread(state: Any, member: Any) -> str:
-    """Why this run has no state of ``member``, and how to proceed (completes "<member> ...")."""
-    name = member.name
-    if not state.is_host_in_limit(member):
-        return f"is outside --limit: run without --limit, or include {name} in it"
-    if member not in state.activated_hosts:
-        return f"could not be reached: bring {name} back, then run again"
-    return f"did not answer for its libvirt state: bring libvirtd on {name} back, then run again"
+def _reservations_note(read: MgmtReservations) -> str:
+    """Why the management node's reservations cannot prove a VM new (they were not read)."""
+    if not read.node:
+        return "there is no management node whose DHCP reservations could prove it new"
+    note = f"the DHCP reservations on {read.node}, which could prove it new, were not read"
+    return f"{note} ({read.node} {read.why})" if read.why else note
 
 
-def _reservations(state: Any) -> tuple[dict[str, Any] | None, str]:
-    """The management node's DHCP reservations (None when not read) and, when not read, why."""
-    nodes = list(state.inventory.get_group("mgmt", default=[]))
-    if not nodes:
-        return None, "there is no management node whose DHCP reservations could prove it new"
-    member = nodes[0]
-    note = f"the DHCP reservations on {member.name}, which could prove it new, were not read"
-    if member not in state.active_hosts:
-        return None, f"{note} ({member.name} {why_unread(state, member)})"
-    try:
-        read = member.get_fact(
-            DnsmasqReservations,
-            hostsfile=_member_setting(member, "dhcp_hostsfile"),
-            addn_hosts=_member_setting(member, "dns_addn_hosts"),
-            _sudo=flag("mgmt_sudo", member=member),
-            _timeout=session_limit(1, seconds("command_timeout")),
-        )
-    except Exception as exc:  # unreachable now: no proof
-        logger.warning(f"[{member.name}] DHCP reservations not read: {exc}")
-        return None, note
-    if member in state.failed_hosts or not isinstance(read, dict):
-        return None, note
-    return read, ""
+def migration_targets() -> dict[str, dict[str, Any]]:
+    """Each hypervisor read in this run as a move's destination: ``{"uri", "address", "unsafe"}``."""
+    return store(host.state).once("migration targets", lambda: _targets(cluster_view().members))
 
 
-def cluster_view() -> dict[str, Any]:
-    """``{"members", "manifest", "states", "unread", "reservations", "targets"}`` of this run: each
-    hypervisor's state read once (the run store's, shared with every later step); every hypervisor of
-    the inventory is in ``states``, None when its state was not read (``unread``: why, and how to
-    proceed)."""
-    return store(host.state).once("placement view", _read_cluster)
+def _plan(kind: str, make: Callable[[ClusterView], Placement]) -> Placement:
+    return store(host.state).once(f"placement plan {kind}", lambda: make(cluster_view()))
 
 
-def _read_cluster() -> dict[str, Any]:
-    state = host.state
-    # Hosts outside --limit, unreachable ones and ones whose libvirt state cannot be read are not read:
-    # nothing moves to or from them, and a VM that may be defined there is neither built nor moved
-    # (unless provably new, see plan_placement); they fail on their own.
-    everyone = hypervisors()
-    states = hypervisor_states()
-    members = [m for m in everyone if states[m.name] is not None]
-    unread = {m.name: why_unread(state, m) for m in everyone if states[m.name] is None}
-    reservations, note = _reservations(state) if unread else (None, "")
-    return {
-        "members": members,
-        "states": states,
-        "unread": unread,
-        "reservations": reservations,
-        "reservations_note": note,
-        "manifest": {m.name: vmspecs(m) for m in everyone},
-        "targets": _targets(members),
-    }
-
-
-def _plan(kind: str, make: Any) -> Placement:
-    view = cluster_view()
-    return store(host.state).once(f"placement plan {kind}", lambda: make(view))
+def _placement(view: ClusterView, shared: tuple[Any, ...], ratios: tuple[float, float]) -> Placement:
+    # Only when a hypervisor was not read can the management node's reservations prove a VM new: only
+    # then are they read.
+    read = cluster_reservations() if view.unread else None
+    entries = read.entries if read else None
+    note = _reservations_note(read) if read and entries is None else NO_RESERVATIONS
+    return plan_placement(
+        view.manifest, view.states, shared, *ratios,
+        unread_why=view.unread, reservations=entries, reservations_note=note,
+    )  # fmt: skip
 
 
 def placement() -> Placement:
     """The moves the manifest asks for (the same object for every host of the run)."""
-    vcpu_ratio, memory_ratio = allocation_ratios()
+    ratios = allocation_ratios()
     shared = (setting("kvm_secondary_storage"),)
-    return _plan(
-        "placement",
-        lambda v: plan_placement(
-            v["manifest"], v["states"], shared, vcpu_ratio, memory_ratio,
-            unread_why=v["unread"], reservations=v["reservations"],
-            reservations_note=v["reservations_note"] or NO_RESERVATIONS,
-        ),  # fmt: skip
-    )
+    return _plan("placement", lambda view: _placement(view, shared, ratios))
 
 
 def defined_elsewhere() -> set[str]:
@@ -190,7 +142,7 @@ def _moved(plan: Placement, after: Any = None, label: str = "Move VMs to their m
     migrate.domains_moved(
         name=label,
         moves=[m.to_dict() for m in plan.leaving(host.name)],
-        targets=cluster_view()["targets"],
+        targets=migration_targets(),
         refusals=plan.refusals,
         held=plan.held.get(host.name, []),
         uri=setting("libvirt_uri"),
@@ -233,9 +185,9 @@ def host_drained(drain: str | None = None) -> None:
     if not drained:
         raise SettingError("drain: name the hypervisor to drain (--data drain=<host>)")
     view = cluster_view()
-    if drained not in view["manifest"]:
+    if drained not in view.manifest:
         raise SettingError(
-            f"drain={drained!r}: not a hypervisor of the manifest ({', '.join(view['manifest'])})"
+            f"drain={drained!r}: not a hypervisor of the manifest ({', '.join(view.manifest)})"
         )
     if not is_hypervisor():
         return
@@ -243,9 +195,7 @@ def host_drained(drain: str | None = None) -> None:
     shared = (setting("kvm_secondary_storage"),)
     plan = _plan(
         "drain",
-        lambda v: plan_drain(
-            drained, v["manifest"], v["states"], shared, vcpu_ratio, memory_ratio, v["unread"]
-        ),
+        lambda v: plan_drain(drained, v.manifest, v.states, shared, vcpu_ratio, memory_ratio, v.unread),
     )
     after = None
     if host.name == drained:

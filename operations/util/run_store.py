@@ -11,7 +11,8 @@ the ``RunStore`` of the run's pyinfra ``State`` (held by a weak reference, so no
   host since it was read: an operation ran commands on it, or a move brought a VM to it (``changed``).
 - ``gone``: the VMs each hypervisor deleted (or found absent) at execute time.
 - ``capacity_rows``: each hypervisor's capacity row, for a refusal that shows the whole cluster.
-- ``once``: a value computed once per run under the store's lock (a cluster plan, a drift view).
+- ``once``: a value computed once per run under the store's lock (the cluster view, a placement plan,
+  the drift findings).
 """
 
 from __future__ import annotations

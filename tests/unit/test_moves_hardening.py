@@ -14,6 +14,7 @@ from typing import Any
 from pyinfra.api import Config, Inventory, State
 
 import deploys.placement as placement_deploy
+from deploys.cluster_state import why_unread
 from operations.util.placement import Move, Target, _ssh_words, move_command, plan_placement
 from tests.unit.fact_builders import SHARED, cluster_data, placed_domain_data, placed_host_data, states
 from tests.unit.vmspec_builders import placed as spec
@@ -137,14 +138,9 @@ def test_why_unread_tells_outside_limit_from_unreachable_from_unreadable() -> No
     state.activate_host(sm01)
     state.activate_host(sm03)
     state.failed_hosts.add(sm02)
-    assert (
-        placement_deploy.why_unread(state, mgmt)
-        == "is outside --limit: run without --limit, or include mgmt in it"
-    )
-    assert (
-        placement_deploy.why_unread(state, sm02) == "could not be reached: bring sm-02 back, then run again"
-    )
-    assert placement_deploy.why_unread(state, sm03) == (
+    assert why_unread(state, mgmt) == "is outside --limit: run without --limit, or include mgmt in it"
+    assert why_unread(state, sm02) == "could not be reached: bring sm-02 back, then run again"
+    assert why_unread(state, sm03) == (
         "did not answer for its libvirt state: bring libvirtd on sm-03 back, then run again"
     )
 
