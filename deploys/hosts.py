@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from pyinfra import host
 from pyinfra.api import StringCommand
 from pyinfra.api.command import QuoteString
 from pyinfra.api.deploy import deploy
+from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import Directory
 from pyinfra.facts.server import LinuxDistribution
@@ -291,28 +293,47 @@ def kvm_host(
         _kvm_host()
 
 
-def _kvm_host() -> None:
-    family = host_family()
-    if family is None:
-        return
+@dataclass(frozen=True)
+class KvmSetup:
+    """A hypervisor's settings, all read and checked before anything on the host changes."""
 
-    # All data first: a mistake stops the run before any host is touched.
-    users = str_list("kvm_users")
-    primary = safe_path("kvm_primary_storage")
-    primary_mode = storage_mode()
-    secondary = safe_path("kvm_secondary_storage")
-    listen = graphics_listen_address()
-    tls = flag("libvirt_listen_tls")
-    tls_files = tls_sources() if tls else {}
-    sysctls = sysctl_settings()
-    service = unit_name("libvirt_service")
+    users: list[str]
+    primary: str
+    primary_mode: str
+    secondary: str
+    graphics_listen: str
+    tls: bool
+    tls_files: dict[str, str]
+    sysctls: dict[str, str]
+    service: str
+    packages: list[str]
+    has_systemd: bool
+
+
+def kvm_packages(family: str) -> list[str]:
     packages = KVM_PACKAGES[family] + (GUESTFS_PACKAGES[family] if flag("kvm_guestfs_tools") else [])
-    packages += str_list("kvm_extra_packages")
-    has_systemd = systemd_running()
+    return packages + str_list("kvm_extra_packages")
 
-    install(family, packages, "KVM/libvirt")
 
-    groups = KVM_GROUPS[family]
+def kvm_setup(family: str) -> KvmSetup:
+    """Read every setting of the KVM host deploy; a mistake stops the run before any host is touched."""
+    # Read in this order (the first mistake is the one reported).
+    return KvmSetup(
+        users=str_list("kvm_users"),
+        primary=safe_path("kvm_primary_storage"),
+        primary_mode=storage_mode(),
+        secondary=safe_path("kvm_secondary_storage"),
+        graphics_listen=graphics_listen_address(),
+        tls=(tls := flag("libvirt_listen_tls")),
+        tls_files=tls_sources() if tls else {},
+        sysctls=sysctl_settings(),
+        service=unit_name("libvirt_service"),
+        packages=kvm_packages(family),
+        has_systemd=systemd_running(),
+    )
+
+
+def add_users_to_groups(users: list[str], groups: list[str]) -> None:
     for user in host.loop(users):
         server.user(
             name=f"Add {user} to {', '.join(groups)}",
@@ -324,35 +345,58 @@ def _kvm_host() -> None:
             ensure_home=False,
         )
 
+
+def primary_storage_directory(setup: KvmSetup) -> None:
     files.directory(
-        name="Primary storage directory", path=primary, user="root", group="kvm", mode=primary_mode
+        name="Primary storage directory",
+        path=setup.primary,
+        user="root",
+        group="kvm",
+        mode=setup.primary_mode,
     )
 
-    libvirtd_changes = []
-    for key in host.loop(sorted(tls_files)):
+
+def tls_files(sources: dict[str, str]) -> list[OperationMeta]:
+    """Upload the TLS listener's certificate files (none when TLS is off)."""
+    uploads = []
+    for key in host.loop(sorted(sources)):
         dest, mode = TLS_FILES[key]
-        libvirtd_changes.append(
+        uploads.append(
             files.put(
-                name=f"TLS file {dest}", src=tls_files[key], dest=dest, user="root", group="root", mode=mode
+                name=f"TLS file {dest}", src=sources[key], dest=dest, user="root", group="root", mode=mode
             )
         )
-    for key, value in host.loop(libvirtd_settings(tls).items()):
-        libvirtd_changes.append(config_line(LIBVIRTD_CONF, key, value))
+    return uploads
+
+
+def libvirt_configuration(setup: KvmSetup) -> list[OperationMeta]:
+    """TLS files, libvirtd.conf, qemu.conf and libvirt.conf; returns the changes that need a restart."""
+    changes = tls_files(setup.tls_files)
+    for key, value in host.loop(libvirtd_settings(setup.tls).items()):
+        changes.append(config_line(LIBVIRTD_CONF, key, value))
     # The stock qemu.conf is long and distro-specific: change only the lines we own.
-    libvirtd_changes.append(config_line(QEMU_CONF, "vnc_listen", f'"{listen}"'))
-    libvirtd_changes.append(config_line(QEMU_CONF, "spice_listen", f'"{listen}"'))
+    changes.append(config_line(QEMU_CONF, "vnc_listen", f'"{setup.graphics_listen}"'))
+    changes.append(config_line(QEMU_CONF, "spice_listen", f'"{setup.graphics_listen}"'))
     # Client default (virsh without -c); read by each client, so no restart.
     config_line(LIBVIRT_CONF, "uri_default", f'"{LIBVIRT_URI}"')
+    return changes
 
-    bridge_sysctls = any(key.startswith("net.bridge.") for key in sysctls)
-    if bridge_sysctls:
-        files.template(
-            name=f"Load br_netfilter at boot ({MODULES_LOAD_CONF})",
-            src=str(TEMPLATES / "modules-load-kvm-qemu.conf.j2"),
-            dest=MODULES_LOAD_CONF,
-            mode="0644",
-        )
-        server.modprobe(name="Load br_netfilter (net.bridge.* sysctls)", module="br_netfilter")
+
+def load_br_netfilter() -> None:
+    """The net.bridge.* sysctls exist only once br_netfilter is loaded: now and at every boot."""
+    files.template(
+        name=f"Load br_netfilter at boot ({MODULES_LOAD_CONF})",
+        src=str(TEMPLATES / "modules-load-kvm-qemu.conf.j2"),
+        dest=MODULES_LOAD_CONF,
+        mode="0644",
+    )
+    server.modprobe(name="Load br_netfilter (net.bridge.* sysctls)", module="br_netfilter")
+
+
+def sysctl_configuration(sysctls: dict[str, str]) -> None:
+    """Write and apply the sysctl drop-in, or remove it when there are no settings."""
+    if any(key.startswith("net.bridge.") for key in sysctls):
+        load_br_netfilter()
     if sysctls:
         sysctl_file = files.template(
             name=f"sysctl settings {SYSCTL_CONF}",
@@ -370,32 +414,39 @@ def _kvm_host() -> None:
     else:
         files.file(name=f"No sysctl settings: remove {SYSCTL_CONF}", path=SYSCTL_CONF, present=False)
 
+
+def apparmor_storage_paths(family: str, setup: KvmSetup) -> OperationMeta | None:
+    """Let qemu use the storage paths under AppArmor; None where AppArmor is not configured."""
     # AppArmor is a Debian/Ubuntu matter (the original scripts configured it on RHEL too).
-    apparmor = (
+    if not (
         family == "debian" and flag("kvm_apparmor") and bool(host.get_fact(Directory, path="/etc/apparmor.d"))
+    ):
+        return None
+    return files.template(
+        name=f"AppArmor: qemu may use the storage paths ({APPARMOR_LOCAL})",
+        src=str(TEMPLATES / "apparmor-libvirt-qemu.j2"),
+        dest=APPARMOR_LOCAL,
+        mode="0644",
+        jinja_env_kwargs=dict(JINJA),
+        paths=sorted({setup.primary, setup.secondary}),
     )
-    if apparmor:
-        apparmor_file = files.template(
-            name=f"AppArmor: qemu may use the storage paths ({APPARMOR_LOCAL})",
-            src=str(TEMPLATES / "apparmor-libvirt-qemu.j2"),
-            dest=APPARMOR_LOCAL,
-            mode="0644",
-            jinja_env_kwargs=dict(JINJA),
-            paths=sorted({primary, secondary}),
-        )
 
-    if not has_systemd:
-        skipped_services(f"{service} (and apparmor)")
-        return
 
-    if tls:
-        tls_socket = f"{service}-tls.socket"
-        # systemd refuses to start a socket whose service is already running.
-        if not host.get_fact(SystemdStatus, services=[tls_socket]).get(tls_socket):
-            systemd.service(name=f"Stop {service} to start {tls_socket}", service=service, running=False)
-        systemd.service(
-            name=f"{tls_socket} enabled and listening", service=tls_socket, running=True, enabled=True
-        )
+def tls_socket_listening(service: str) -> None:
+    tls_socket = f"{service}-tls.socket"
+    # systemd refuses to start a socket whose service is already running.
+    if not host.get_fact(SystemdStatus, services=[tls_socket]).get(tls_socket):
+        systemd.service(name=f"Stop {service} to start {tls_socket}", service=service, running=False)
+    systemd.service(
+        name=f"{tls_socket} enabled and listening", service=tls_socket, running=True, enabled=True
+    )
+
+
+def libvirt_services(setup: KvmSetup, libvirtd_changes: list[OperationMeta]) -> None:
+    """libvirtd (and its TLS socket) enabled and running, restarted when its configuration changed."""
+    service = setup.service
+    if setup.tls:
+        tls_socket_listening(service)
     systemd.service(name=f"{service} enabled and running", service=service, running=True, enabled=True)
     systemd.service(
         name=f"Restart {service} (configuration changed)",
@@ -403,14 +454,36 @@ def _kvm_host() -> None:
         restarted=True,
         _if=any_changed(*libvirtd_changes),
     )
+
+
+def reload_apparmor(apparmor_file: OperationMeta | None) -> None:
     # Only when the kernel has AppArmor on: the reload re-reads the VM profiles including our paths.
-    if apparmor and host.get_fact(Directory, path="/sys/kernel/security/apparmor"):
+    if apparmor_file is not None and host.get_fact(Directory, path="/sys/kernel/security/apparmor"):
         systemd.service(
             name="Reload AppArmor (storage paths changed)",
             service="apparmor",
             reloaded=True,
             _if=any_changed(apparmor_file),
         )
+
+
+def _kvm_host() -> None:
+    family = host_family()
+    if family is None:
+        return
+    setup = kvm_setup(family)
+
+    install(family, setup.packages, "KVM/libvirt")
+    add_users_to_groups(setup.users, KVM_GROUPS[family])
+    primary_storage_directory(setup)
+    libvirtd_changes = libvirt_configuration(setup)
+    sysctl_configuration(setup.sysctls)
+    apparmor_file = apparmor_storage_paths(family, setup)
+    if not setup.has_systemd:
+        skipped_services(f"{setup.service} (and apparmor)")
+        return
+    libvirt_services(setup, libvirtd_changes)
+    reload_apparmor(apparmor_file)
 
 
 # --- NFS ----------------------------------------------------------------------------------------
@@ -503,9 +576,7 @@ def nfs_server_address() -> str:
 
 
 @deploy("NFS client")
-def nfs_client(
-    server: str | None = None, export: str | None = None, mountpoint: str | None = None
-) -> None:
+def nfs_client(server: str | None = None, export: str | None = None, mountpoint: str | None = None) -> None:
     """Mount the NFS share at the secondary pool's path: server (``nfs_server``; default: the NFS
     server host's address), export (``nfs_export``), mountpoint (``kvm_secondary_storage``)."""
     with given({"nfs_server": server, "nfs_export": export, "kvm_secondary_storage": mountpoint}):
@@ -590,16 +661,8 @@ def mgmt_server(
         _mgmt_server()
 
 
-def _mgmt_server() -> None:
-    family = host_family()
-    if family is None:
-        return
-
-    values = dnsmasq_values()
-    conf = safe_path("dnsmasq_conf")
-    has_systemd = systemd_running()
-
-    install(family, DNSMASQ_PACKAGES[family], "dnsmasq")
+def dnsmasq_files(family: str, values: dict[str, Any]) -> None:
+    """The directories and files dnsmasq reads or writes, created but never overwritten."""
     files.directory(name="/etc/dnsmasq.d", path="/etc/dnsmasq.d", mode="0755")
     # The tool-owned directory: the dhcp_reservations operation rewrites these files and HUPs
     # dnsmasq. Only create them; their content is never touched here.
@@ -621,6 +684,9 @@ def _mgmt_server() -> None:
         )
         files.directory(name=f"Directory {pid_dir}", path=pid_dir, mode="0755")
 
+
+def dnsmasq_configuration(conf: str, values: dict[str, Any]) -> OperationMeta:
+    """Write dnsmasq's configuration and test it when it changed; returns the write."""
     dnsmasq_conf = files.template(
         name=f"dnsmasq configuration {conf}",
         src=str(TEMPLATES / "dnsmasq.conf.j2"),
@@ -641,10 +707,11 @@ def _mgmt_server() -> None:
         ],
         _if=any_changed(dnsmasq_conf),
     )
+    return dnsmasq_conf
 
-    if not has_systemd:
-        skipped_services("dnsmasq")
-        return
+
+def dnsmasq_service(dnsmasq_conf: OperationMeta) -> None:
+    """dnsmasq enabled and running, restarted when its configuration changed."""
     systemd.service(name="dnsmasq enabled and running", service="dnsmasq", running=True, enabled=True)
     systemd.service(
         name="Restart dnsmasq (configuration changed)",
@@ -652,3 +719,21 @@ def _mgmt_server() -> None:
         restarted=True,
         _if=any_changed(dnsmasq_conf),
     )
+
+
+def _mgmt_server() -> None:
+    family = host_family()
+    if family is None:
+        return
+
+    values = dnsmasq_values()
+    conf = safe_path("dnsmasq_conf")
+    has_systemd = systemd_running()
+
+    install(family, DNSMASQ_PACKAGES[family], "dnsmasq")
+    dnsmasq_files(family, values)
+    dnsmasq_conf = dnsmasq_configuration(conf, values)
+    if not has_systemd:
+        skipped_services("dnsmasq")
+        return
+    dnsmasq_service(dnsmasq_conf)
