@@ -191,6 +191,135 @@ def _macs(domain: Domain) -> set[str]:
     return {i.mac.lower() for i in domain.interfaces + domain.config.interfaces if i.mac}
 
 
+@dataclass(frozen=True)
+class _Survey:
+    """What ``find`` compares: the manifest's VMs by name (with their hypervisor), the base VMs they
+    clone from, the hypervisors read and not read, and where each domain read is defined."""
+
+    specs: dict[str, tuple[str, VmSpec]]  # vm -> (hypervisor the manifest places it on, spec)
+    bases: set[str]
+    read: dict[str, HostState]
+    unread: list[str]
+    defined_on: dict[str, list[str]]  # domain -> hypervisors defining it, in name order
+
+
+def _survey(placement: dict[str, list[VmSpec]], states: dict[str, HostState | None]) -> _Survey:
+    read = {h: s for h, s in states.items() if s is not None}
+    specs = {spec.name: (h, spec) for h, vms in placement.items() for spec in vms}
+    defined_on: dict[str, list[str]] = {}
+    for host_name in sorted(read):
+        for name in read[host_name].domains:
+            defined_on.setdefault(name, []).append(host_name)
+    return _Survey(
+        specs=specs,
+        bases={spec.srcvm for _, spec in specs.values()},
+        read=read,
+        unread=sorted(set(states) - set(read)),
+        defined_on=defined_on,
+    )
+
+
+def _unread_hosts(survey: _Survey) -> list[Finding]:
+    """Hypervisors whose fact could not be read."""
+    detail = "not read (unreachable, failed or outside --limit); nothing is concluded about it"
+    return [Finding("unread-host", h, "", detail) for h in survey.unread]
+
+
+def _misplaced_domains(survey: _Survey) -> list[Finding]:
+    """Domains defined on several hosts, on another host than the manifest's, or named by no manifest
+    entry (base VMs excepted)."""
+    findings: list[Finding] = []
+    for name, hosts in sorted(survey.defined_on.items()):
+        if name in survey.specs:
+            wanted = survey.specs[name][0]
+            if len(hosts) > 1:
+                detail = f"defined on {', '.join(hosts)}; the manifest places it on {wanted}"
+                findings.append(Finding("duplicate", name, "", detail))
+            elif hosts[0] != wanted:
+                findings.append(Finding("wrong-host", name, hosts[0], f"the manifest places it on {wanted}"))
+        elif name not in survey.bases:
+            findings += [Finding("unmanaged-domain", name, h, "no manifest entry names it") for h in hosts]
+    return findings
+
+
+def _absent_or_differing(survey: _Survey) -> list[Finding]:
+    """Manifest VMs defined nowhere (when their host was read), and those on their host whose configured
+    values differ from the manifest."""
+    findings: list[Finding] = []
+    for vm, (wanted, spec) in sorted(survey.specs.items()):
+        if vm not in survey.defined_on:
+            if wanted in survey.read:
+                findings.append(Finding("absent", vm, wanted, "defined on no host read"))
+            continue
+        here = survey.read.get(wanted)
+        domain = here.domains.get(vm) if here is not None else None
+        differs = drift(spec, domain) if domain is not None else []
+        if differs:
+            detail = "; ".join(f"{f} {_show(a)}, manifest {_show(w)}" for f, a, w in differs)
+            findings.append(Finding("resources", vm, wanted, detail))
+    return findings
+
+
+def _reservations_missing_or_wrong(
+    survey: _Survey, reservations: dict[str, dict[str, str]], mgmt: str
+) -> list[Finding]:
+    """Manifest VMs with no reservation for their MAC, or one with another IP or hostname."""
+    findings: list[Finding] = []
+    for vm, (_, spec) in sorted(survey.specs.items()):
+        entry = reservations.get(spec.mac) or reservations.get(spec.mac.lower())
+        if entry is None:
+            findings.append(Finding("reservation", vm, mgmt, f"no reservation for {spec.mac}"))
+        elif entry.get("ip") != spec.ipaddress or entry.get("hostname") != spec.hostname:
+            reserved = f"{entry.get('ip')} {entry.get('hostname')}"
+            detail = f"reserved {reserved}, manifest {spec.ipaddress} {spec.hostname}"
+            findings.append(Finding("reservation", vm, mgmt, detail))
+    return findings
+
+
+def _mac_holders(survey: _Survey) -> dict[str, str]:
+    """MAC (lower case) -> ``domain <name> on <host>``, the first domain read that carries it."""
+    carried: dict[str, str] = {}
+    for host_name, host in sorted(survey.read.items()):
+        for name, domain in host.domains.items():
+            for mac in _macs(domain):
+                carried.setdefault(mac, f"domain {name} on {host_name}")
+    return carried
+
+
+def _foreign_reservations(
+    survey: _Survey, reservations: dict[str, dict[str, str]], mgmt: str
+) -> list[Finding]:
+    """Reservations whose MAC no manifest VM has: kept when a domain uses the MAC or the name, not
+    provable when a hypervisor was not read, else stale (prunable)."""
+    manifest_macs = {spec.mac.lower() for _, spec in survey.specs.values()}
+    carried = _mac_holders(survey)
+    findings: list[Finding] = []
+    for mac, entry in sorted(reservations.items()):
+        if mac.lower() in manifest_macs:
+            continue
+        what = f"{entry.get('ip')} {entry.get('hostname')}"
+        short = entry.get("short") or str(entry.get("hostname", "")).split(".")[0]
+        holder = carried.get(mac.lower()) or (
+            f"domain {short} on {', '.join(survey.defined_on[short])}" if short in survey.defined_on else None
+        )
+        if holder:
+            detail = f"{what}: no manifest VM has this MAC ({holder} uses it)"
+            findings.append(Finding("reservation", mac, mgmt, detail))
+        elif survey.unread:
+            detail = f"{what}: no manifest VM; not provable: {', '.join(survey.unread)} not read"
+            findings.append(Finding("stale-reservation", mac, mgmt, detail))
+        else:
+            detail = f"{what}: no manifest VM, no domain on any host"
+            findings.append(Finding("stale-reservation", mac, mgmt, detail, True))
+    return findings
+
+
+def _in_report_order(findings: list[Finding]) -> list[Finding]:
+    """By kind (in ``KINDS`` order), then subject, then host."""
+    order = {k: i for i, k in enumerate(KINDS)}
+    return sorted(findings, key=lambda f: (order[f.kind], f.subject, f.host))
+
+
 def find(
     placement: dict[str, list[VmSpec]],
     states: dict[str, HostState | None],
@@ -204,121 +333,13 @@ def find(
     ``Hypervisor`` fact, None when it could not be read (nothing is concluded from its absence);
     ``reservations``: the ``DnsmasqReservations`` fact of ``mgmt``, None when not read.
     """
-    findings: list[Finding] = []
-    read = {h: s for h, s in states.items() if s is not None}
-    unread = sorted(set(states) - set(read))
-    everyone_read = not unread
-    findings += [
-        Finding(
-            "unread-host",
-            h,
-            "",
-            "not read (unreachable, failed or outside --limit); nothing is concluded about it",
-        )
-        for h in unread
-    ]
-
-    specs = {spec.name: (h, spec) for h, vms in placement.items() for spec in vms}
-    bases = {spec.srcvm for _, spec in specs.values()}
-    defined_on: dict[str, list[str]] = {}
-    for host_name in sorted(read):
-        for name in read[host_name].domains:
-            defined_on.setdefault(name, []).append(host_name)
-
-    for name, hosts in sorted(defined_on.items()):
-        if name in specs:
-            wanted = specs[name][0]
-            if len(hosts) > 1:
-                findings.append(
-                    Finding(
-                        "duplicate",
-                        name,
-                        "",
-                        f"defined on {', '.join(hosts)}; the manifest places it on {wanted}",
-                    )
-                )
-            elif hosts[0] != wanted:
-                findings.append(
-                    Finding("wrong-host", name, hosts[0], f"the manifest places it on {wanted}")
-                )
-        elif name not in bases:
-            findings += [Finding("unmanaged-domain", name, h, "no manifest entry names it") for h in hosts]
-
-    for vm, (wanted, spec) in sorted(specs.items()):
-        if vm not in defined_on:
-            if wanted in read:
-                findings.append(Finding("absent", vm, wanted, "defined on no host read"))
-            continue
-        here = read.get(wanted)
-        domain = here.domains.get(vm) if here is not None else None
-        if domain is None:
-            continue
-        differs = drift(spec, domain)
-        if differs:
-            findings.append(
-                Finding(
-                    "resources",
-                    vm,
-                    wanted,
-                    "; ".join(f"{f} {_show(a)}, manifest {_show(w)}" for f, a, w in differs),
-                )
-            )
-
-    findings += orphan_volumes(states, shared_dirs, frozenset(specs), frozenset(bases))
-
+    survey = _survey(placement, states)
+    findings = _unread_hosts(survey) + _misplaced_domains(survey) + _absent_or_differing(survey)
+    findings += orphan_volumes(states, shared_dirs, frozenset(survey.specs), frozenset(survey.bases))
     if reservations is not None:
-        by_mac = {spec.mac.lower(): spec for _, spec in specs.values()}
-        for vm, (_, spec) in sorted(specs.items()):
-            entry = reservations.get(spec.mac) or reservations.get(spec.mac.lower())
-            if entry is None:
-                findings.append(Finding("reservation", vm, mgmt, f"no reservation for {spec.mac}"))
-            elif entry.get("ip") != spec.ipaddress or entry.get("hostname") != spec.hostname:
-                findings.append(
-                    Finding(
-                        "reservation",
-                        vm,
-                        mgmt,
-                        f"reserved {entry.get('ip')} {entry.get('hostname')}, "
-                        f"manifest {spec.ipaddress} {spec.hostname}",
-                    )
-                )
-        carried: dict[str, str] = {}
-        for host_name, host in sorted(read.items()):
-            for name, domain in host.domains.items():
-                for mac in _macs(domain):
-                    carried.setdefault(mac, f"domain {name} on {host_name}")
-        for mac, entry in sorted(reservations.items()):
-            if mac.lower() in by_mac:
-                continue
-            what = f"{entry.get('ip')} {entry.get('hostname')}"
-            short = entry.get("short") or str(entry.get("hostname", "")).split(".")[0]
-            holder = carried.get(mac.lower()) or (
-                f"domain {short} on {', '.join(defined_on[short])}" if short in defined_on else None
-            )
-            if holder:
-                findings.append(
-                    Finding(
-                        "reservation", mac, mgmt, f"{what}: no manifest VM has this MAC ({holder} uses it)"
-                    )
-                )
-            elif not everyone_read:
-                findings.append(
-                    Finding(
-                        "stale-reservation",
-                        mac,
-                        mgmt,
-                        f"{what}: no manifest VM; not provable: {', '.join(unread)} not read",
-                    )
-                )
-            else:
-                findings.append(
-                    Finding(
-                        "stale-reservation", mac, mgmt, f"{what}: no manifest VM, no domain on any host", True
-                    )
-                )
-
-    order = {k: i for i, k in enumerate(KINDS)}
-    return sorted(findings, key=lambda f: (order[f.kind], f.subject, f.host))
+        findings += _reservations_missing_or_wrong(survey, reservations, mgmt)
+        findings += _foreign_reservations(survey, reservations, mgmt)
+    return _in_report_order(findings)
 
 
 def _show(value: Any) -> str:
