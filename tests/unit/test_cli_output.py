@@ -89,3 +89,37 @@ def test_a_host_that_never_answers_fails_without_a_traceback(silent_port: int) -
 def test_the_detail_is_shown_with_debug(silent_port: int) -> None:
     result = run_pyinfra(silent_port, "--debug")
     assert "Error reading SSH protocol banner" in result.stdout + result.stderr
+
+
+def test_a_run_keeps_the_projects_compiled_modules(tmp_path: Path) -> None:
+    # The modules a workflow imports are compiled once, not on every run (the config.py module docstring).
+    deploy = tmp_path / "imports.py"
+    deploy.write_text("import operations.util.shell_quote  # noqa: F401\n")
+    cache = tmp_path / "pycache"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(PYINFRA_PROGRESS="off", PYTHONPYCACHEPREFIX=str(cache))
+    result = subprocess.run(
+        [str(PYINFRA), "-y", "@local", str(deploy)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    compiled = cache / str(REPO).lstrip("/") / "operations" / "util"
+    assert sorted(p.name for p in compiled.glob("shell_quote.*.pyc")), list(cache.rglob("*.pyc"))[:5]
+
+
+def test_a_run_with_pythondontwritebytecode_writes_no_compiled_modules(tmp_path: Path) -> None:
+    deploy = tmp_path / "imports.py"
+    deploy.write_text("import operations.util.shell_quote  # noqa: F401\n")
+    cache = tmp_path / "pycache"
+    env = {
+        **os.environ,
+        "PYINFRA_PROGRESS": "off",
+        "PYTHONPYCACHEPREFIX": str(cache),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    result = subprocess.run(
+        [str(PYINFRA), "-y", "@local", str(deploy)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not list(cache.rglob("*.pyc"))
