@@ -69,6 +69,8 @@ RELEASE_AS_CONFIGURED = "configured"
 DEFAULT_LOCK_WAIT = 120
 
 Commands = Generator[StringCommand, None, None]
+# The entries to add, or the MACs to remove.
+Wanted = list[Entry] | list[str]
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,159 @@ def _log_diff(writes: Sequence[FileWrite]) -> None:
             log(f"    {line}")
 
 
+@dataclass(frozen=True)
+class _Arguments:
+    """The checked arguments: the entries (or MACs) asked for, and where leases are released."""
+
+    wanted: Wanted
+    # release_leases_on="configured" on removal: the address comes from the node's dnsmasq_conf.
+    configured: bool
+    release_address: str | None
+
+
+@dataclass(frozen=True)
+class _NodeFiles:
+    """What the prepare-time fact read on the node: the reservations, and the address to release on."""
+
+    current: dict[str, Entry]
+    release_address: str | None
+    # dnsmasq_conf serves DHCP but names no usable listen-address: removed leases are not released.
+    unreleasable: bool
+
+
+def _checked_arguments(
+    entries: Sequence[Entry | VmSpec | dict[str, str]],
+    present: bool,
+    paths: Sequence[str],
+    release_leases_on: str | None,
+    lock_wait: object,
+    owner: str | None,
+) -> _Arguments:
+    """The operation's arguments checked in order; a bad one is an OperationValueError naming it."""
+    if len({os.path.normpath(path) for path in paths}) != len(paths):
+        raise OperationValueError(f"dhcp_reservations: the files must differ: {', '.join(paths)}")
+    configured = release_leases_on == RELEASE_AS_CONFIGURED and not present
+    release_address = None if release_leases_on == RELEASE_AS_CONFIGURED else release_leases_on
+    if release_address is not None:
+        try:
+            release_address = str(ipaddress.ip_address(release_address))
+        except ValueError:
+            raise OperationValueError(
+                f"dhcp_reservations: release_leases_on={release_address!r} is not an IP address"
+            ) from None
+    if not isinstance(lock_wait, int) or isinstance(lock_wait, bool) or not 1 <= lock_wait <= 3600:
+        raise OperationValueError(f"dhcp_reservations: lock_wait={lock_wait!r}: expected 1 to 3600 seconds")
+    try:
+        if owner is not None:
+            check_owner(owner)
+        wanted: Wanted = entries_from(entries) if present else macs_from(entries)
+        if present and owner is not None:
+            wanted = [replace(entry, owner=owner) for entry in wanted if isinstance(entry, Entry)]
+    except EntryError as exc:
+        raise OperationValueError(f"dhcp_reservations: invalid entries:\n{exc}") from None
+    return _Arguments(wanted, configured, release_address)
+
+
+def _read_node(
+    hostsfile: str, addn_hosts: str, dnsmasq_conf: str | None, arguments: _Arguments
+) -> _NodeFiles:
+    """One fact read: the reservations, with the DHCP listen-address of dnsmasq_conf when it is asked for."""
+    if arguments.configured and dnsmasq_conf:
+        node = host.get_fact(DnsmasqNode, hostsfile=hostsfile, addn_hosts=addn_hosts, conf=dnsmasq_conf)
+        release = _release_address(node.get("listen_address"), dnsmasq_conf) if node["dhcp"] else None
+        current = {mac: Entry(**value) for mac, value in node["reservations"].items()}
+        return _NodeFiles(current, release, bool(node["dhcp"]) and release is None)
+    fact = host.get_fact(DnsmasqReservations, hostsfile=hostsfile, addn_hosts=addn_hosts)
+    current = {mac: Entry(**value) for mac, value in fact.items()}
+    return _NodeFiles(current, arguments.release_address, False)
+
+
+def _planned(
+    current: dict[str, Entry],
+    wanted: Wanted,
+    present: bool,
+    dhcp_range: str | None,
+    source: str,
+    owner: str | None,
+    remove_untagged: bool,
+) -> dict[str, Entry]:
+    """The reservations after the change; on removal, other owners' entries that stay are named."""
+    try:
+        result = plan(
+            current, wanted, present, dhcp_range, source=source, owner=owner, untagged=remove_untagged
+        )
+    except EntryError as exc:
+        raise OperationValueError(f"dhcp_reservations: conflicting reservations:\n{exc}") from None
+    if not present:
+        for entry in foreign(current, [str(mac) for mac in wanted], owner, remove_untagged):
+            why = "another manifest's" if entry.owner else "untagged (written before owner tags)"
+            log(
+                f"keeping the reservation of {entry.owned_label()}: {why}, not this manifest's ({owner})",
+                "warning",
+            )
+    return result
+
+
+def _file_writes(
+    current: dict[str, Entry],
+    result: dict[str, Entry],
+    hostsfile: str,
+    addn_hosts: str,
+    etc_hosts_path: str | None,
+) -> list[FileWrite]:
+    """The files whose contents change (reading /etc/hosts, one fact, when its block is kept)."""
+    writes: list[FileWrite] = []
+    for path, render in ((hostsfile, render_dhcp_hosts), (addn_hosts, render_addn_hosts)):
+        old, new = render(current.values()), render(result.values())
+        if old != new:
+            writes.append(FileWrite(path, old, new))
+    if etc_hosts_path is not None:
+        text = host.get_fact(HostsFileText, path=etc_hosts_path)
+        try:
+            new_text = splice_hosts_block(text, [e.hosts_line() for e in sorted_entries(result.values())])
+        except EntryError as exc:
+            raise OperationValueError(f"dhcp_reservations: {etc_hosts_path}: {exc}") from None
+        if new_text is not None and new_text != text:
+            writes.append(FileWrite(etc_hosts_path, text, new_text))
+    return writes
+
+
+def _removed(wanted: Wanted, current: dict[str, Entry], result: dict[str, Entry]) -> list[str]:
+    """The MACs asked for that are reserved now and not after the change."""
+    return [mac for mac in wanted if isinstance(mac, str) and mac in current and mac not in result]
+
+
+def _warn_unreleased(current: dict[str, Entry], removed: Sequence[str], dnsmasq_conf: str | None) -> None:
+    for mac in removed:
+        log(
+            f"the DHCP lease of {current[mac].hostname} ({current[mac].ip}, MAC {mac}) is not "
+            f"released: {dnsmasq_conf} serves DHCP but names no usable listen-address; the "
+            "address stays taken until the lease expires",
+            "warning",
+        )
+
+
+def _log_diff_once(writes: Sequence[FileWrite]) -> None:
+    """With --diff: at prepare (before the confirmation), or at execute when there was no prepare (-y)."""
+    state = host.state
+    if state.config.DIFF and (not state.is_executing or not getattr(state, "check_for_changes", True)):
+        _log_diff(writes)
+
+
+def _requests(
+    wanted: Wanted,
+    removed: list[str],
+    present: bool,
+    owner: str | None,
+    remove_untagged: bool,
+) -> list[str]:
+    if present:
+        return request_lines([entry for entry in wanted if isinstance(entry, Entry)], present=True)
+    # Only what is reserved now and ours: the node removes (and releases) exactly these under the
+    # lock, checking the owner tag again there.
+    return request_lines(removed, present=False, owner=owner, untagged=remove_untagged)
+
+
 @operation()
 def dhcp_reservations(
     entries: Sequence[Entry | VmSpec | dict[str, str]],
@@ -226,107 +381,28 @@ def dhcp_reservations(
     duplicates within ``entries`` or an address outside ``dhcp_range`` are errors before anything is
     written; the same checks run again on the node under the lock, against the files as they are then.
     """
-    paths = [hostsfile, addn_hosts] + ([etc_hosts_path] if etc_hosts else [])
-    if len({os.path.normpath(path) for path in paths}) != len(paths):
-        raise OperationValueError(f"dhcp_reservations: the files must differ: {', '.join(paths)}")
-    configured = release_leases_on == RELEASE_AS_CONFIGURED and not present
-    if release_leases_on == RELEASE_AS_CONFIGURED:
-        release_leases_on = None
-    if release_leases_on is not None:
-        try:
-            release_leases_on = str(ipaddress.ip_address(release_leases_on))
-        except ValueError:
-            raise OperationValueError(
-                f"dhcp_reservations: release_leases_on={release_leases_on!r} is not an IP address"
-            ) from None
-    if not isinstance(lock_wait, int) or isinstance(lock_wait, bool) or not 1 <= lock_wait <= 3600:
-        raise OperationValueError(f"dhcp_reservations: lock_wait={lock_wait!r}: expected 1 to 3600 seconds")
-    try:
-        if owner is not None:
-            check_owner(owner)
-        wanted: list[Entry] | list[str] = entries_from(entries) if present else macs_from(entries)
-        if present and owner is not None:
-            wanted = [replace(entry, owner=owner) for entry in wanted if isinstance(entry, Entry)]
-    except EntryError as exc:
-        raise OperationValueError(f"dhcp_reservations: invalid entries:\n{exc}") from None
-
+    etc_path = etc_hosts_path if etc_hosts else None
+    paths = [path for path in (hostsfile, addn_hosts, etc_path) if path is not None]
+    arguments = _checked_arguments(entries, present, paths, release_leases_on, lock_wait, owner)
     # The fact serves the preview (no-op, --diff) and early errors; the command decides again under the lock.
-    if configured and dnsmasq_conf:
-        node = host.get_fact(DnsmasqNode, hostsfile=hostsfile, addn_hosts=addn_hosts, conf=dnsmasq_conf)
-        fact = node["reservations"]
-        if node["dhcp"]:
-            release_leases_on = _release_address(node.get("listen_address"), dnsmasq_conf)
-    else:
-        fact = host.get_fact(DnsmasqReservations, hostsfile=hostsfile, addn_hosts=addn_hosts)
-    current = {mac: Entry(**value) for mac, value in fact.items()}
-    try:
-        result = plan(
-            current,
-            wanted,
-            present,
-            dhcp_range,
-            source=f"{hostsfile} / {addn_hosts}",
-            owner=owner,
-            untagged=remove_untagged,
-        )
-    except EntryError as exc:
-        raise OperationValueError(f"dhcp_reservations: conflicting reservations:\n{exc}") from None
-    if not present:
-        for entry in foreign(current, [str(mac) for mac in wanted], owner, remove_untagged):
-            why = "another manifest's" if entry.owner else "untagged (written before owner tags)"
-            log(
-                f"keeping the reservation of {entry.owned_label()}: {why}, not this manifest's ({owner})",
-                "warning",
-            )
-
-    writes: list[FileWrite] = []
-    for path, render in ((hostsfile, render_dhcp_hosts), (addn_hosts, render_addn_hosts)):
-        old, new = render(current.values()), render(result.values())
-        if old != new:
-            writes.append(FileWrite(path, old, new))
-    if etc_hosts:
-        text = host.get_fact(HostsFileText, path=etc_hosts_path)
-        try:
-            new_text = splice_hosts_block(text, [e.hosts_line() for e in sorted_entries(result.values())])
-        except EntryError as exc:
-            raise OperationValueError(f"dhcp_reservations: {etc_hosts_path}: {exc}") from None
-        if new_text is not None and new_text != text:
-            writes.append(FileWrite(etc_hosts_path, text, new_text))
-
+    node = _read_node(hostsfile, addn_hosts, dnsmasq_conf, arguments)
+    source = f"{hostsfile} / {addn_hosts}"
+    result = _planned(node.current, arguments.wanted, present, dhcp_range, source, owner, remove_untagged)
+    writes = _file_writes(node.current, result, hostsfile, addn_hosts, etc_path)
     if not writes:
         host.noop("dnsmasq reservations are up to date")
         return
-    if configured and dnsmasq_conf and release_leases_on is None and node["dhcp"]:
-        for mac in wanted:
-            if isinstance(mac, str) and mac in current and mac not in result:
-                log(
-                    f"the DHCP lease of {current[mac].hostname} ({current[mac].ip}, MAC {mac}) is not "
-                    f"released: {dnsmasq_conf} serves DHCP but names no usable listen-address; the "
-                    "address stays taken until the lease expires",
-                    "warning",
-                )
-    state = host.state
-    # Logged once: at prepare (before the confirmation), or at execute when there was no prepare (-y).
-    if state.config.DIFF and (not state.is_executing or not getattr(state, "check_for_changes", True)):
-        _log_diff(writes)
-    if present:
-        requests = request_lines([entry for entry in wanted if isinstance(entry, Entry)], present=True)
-    else:
-        # Only what is reserved now and ours: the node removes (and releases) exactly these under the
-        # lock, checking the owner tag again there.
-        requests = request_lines(
-            [str(mac) for mac in wanted if mac in current and mac not in result],
-            present=False,
-            owner=owner,
-            untagged=remove_untagged,
-        )
+    removed = _removed(arguments.wanted, node.current, result)
+    if node.unreleasable:
+        _warn_unreleased(node.current, removed, dnsmasq_conf)
+    _log_diff_once(writes)
     yield apply_command(
-        requests,
+        _requests(arguments.wanted, removed, present, owner, remove_untagged),
         hostsfile,
         addn_hosts,
         dnsmasq_conf,
         pid_file,
-        etc_hosts_path if etc_hosts else None,
-        release_leases_on,
+        etc_path,
+        node.release_address,
         lock_wait,
     )
