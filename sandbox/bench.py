@@ -26,8 +26,9 @@ HEAD, HEAD, baseline, ... on the same sandbox (ABBA: neither tree always runs fi
 this venv when its runtime dependencies (pyproject.toml ``[project] dependencies``) are the same as
 HEAD's, else with a venv of its own made in its worktree. Per scenario: the median of each tree, and
 the median of the pairwise ratios HEAD/baseline (run i of HEAD over run i of the baseline).
-Each run starts after a ``sync`` (no run pays for the previous run's write-back) and keeps Python's
-compiled modules between runs, as an operator's checkout does (under the bench's work directory).
+Each run starts after a ``sync`` (no run pays for the previous run's write-back), in the environment of
+an operator's shell as far as Python's compiled modules go (``PYTHONDONTWRITEBYTECODE`` and
+``PYTHONPYCACHEPREFIX`` unset): a tree keeps them if its own ``config.py`` lets pyinfra write them.
 A compared scenario first runs once unmeasured (``warms_up``).
 
 Scenarios other than ``ready`` never start their VMs and use addresses outside the sandbox's DHCP
@@ -216,9 +217,9 @@ class Runner:
         path.write_text(json.dumps(spec))
         env = workflow_env(path, self.inventory_data, self.mgmt)
         env["PYTHONPATH"] = str(tree.root)  # the tree's own deploys, operations and facts
-        # Compiled modules are kept between runs, as in an operator's checkout, but outside the trees.
+        # Python writes compiled modules where an operator's Python would (__pycache__ beside them).
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = str(self.workdir / "pycache")
+        env.pop("PYTHONPYCACHEPREFIX", None)
         deploy_files = [d if "/" in d else f"deploys/{d}.py" for d in deploy.split("+")]
         deploy_file = " ".join(deploy_files)
         args = [
