@@ -181,84 +181,120 @@ def seed_plan(
         return plan
     instance_id = domain.uuid if domain else stable_uuid(spec.name)
     image = build_iso(VOLUME_ID, seed_files(spec, str(instance_id), users))
-    digest = hashlib.sha256(image).hexdigest()
     path = seed_path(pool.path, spec.name)
     entry = host.file(path)
-    kind = entry.kind
-    if kind not in ("file", "missing"):
-        plan.error = f"{path} is a {kind}, not a plain file; refusing to replace it"
+    if entry.kind not in ("file", "missing"):
+        plan.error = f"{path} is a {entry.kind}, not a plain file; refusing to replace it"
         return plan
-
-    untrusted = _untrusted(entry) if kind == "file" else None
-    steps: list[StringCommand] = []
-    if kind != "file" or entry.sha256 != digest or untrusted:
-        if kind == "file":
-            steps.append(
-                sh(
-                    "{ for f in",
-                    q(path),
-                    '; do if [ -L "$f" ] || { [ -e "$f" ] && [ ! -f "$f" ]; }; then',
-                    'echo "kvm-qemu: $f is not a plain file any more; refusing to replace it" >&2;',
-                    "exit 1; fi;",
-                    'rm -f -- "$f"; done; }',
-                )
-            )
-        fill = bounded(
-            f"write {path}", timeout, "sh", "-c", q('base64 -d | gzip -dc > "$1"'), "sh", q(staged(path))
-        )
-        steps.append(with_cleanup([path], pool.path, fill, timeout, grouped=True))
-        what = f"(instance-id {instance_id}, hostname {spec.hostname}, {len(users)} user(s))"
-        if untrusted:
-            plan.actions.append(f"replace {path}, {untrusted}, with a new seed {what}")
-        else:
-            plan.actions.append(f"{'rewrite' if kind == 'file' else 'write'} {path} {what}")
-        plan.stdin = base64.b64encode(gzip.compress(image, mtime=0)).decode("ascii") + "\n"
-
-    attached = [d for d in domain.config.disks if d.path == path] if domain is not None else []
-    if not attached:
-        # Before the define, the clone will have its base's devices (cdroms, controllers).
-        basis = domain if domain is not None else host.domains.get(spec.srcvm)
-        if basis is None or not basis.config.scsi_models:
-            steps.append(
-                sh(
-                    "printf '%s\\n'",
-                    q(SCSI_CONTROLLER),
-                    "|",
-                    virsh(uri, "attach-device", spec.name, "/dev/stdin", "--config", timeout=timeout),
-                    ">/dev/null",
-                )
-            )
-            plan.actions.append("add a virtio-scsi controller")
-        target = _free_target(basis)
-        steps.append(
-            sh(
-                virsh(
-                    uri,
-                    "attach-disk",
-                    spec.name,
-                    path,
-                    target,
-                    "--type",
-                    "cdrom",
-                    "--targetbus",
-                    "scsi",
-                    "--subdriver",
-                    "raw",
-                    "--mode",
-                    "readonly",
-                    "--config",
-                    timeout=timeout,
-                ),
-                ">/dev/null",
-            )
-        )
-        plan.actions.append(f"attach {path} as cdrom {target}")
-    if steps and domain is not None and domain.active:
-        plan.notes.append("running: the guest reads the new seed at its next boot")
-    if steps:
-        plan.command = all_of(steps)
-        plan.limit = session_limit(len(steps) + 3, timeout)
+    what = f"(instance-id {instance_id}, hostname {spec.hostname}, {len(users)} user(s))"
+    steps = _write_seed_when_stale(plan, entry, path, pool.path, image, what, timeout)
+    steps += _attach_seed_when_detached(plan, spec, host, domain, path, uri, timeout)
+    _run_steps_as_one_command(plan, steps, domain, timeout)
     return plan
+
+
+def _write_seed_when_stale(
+    plan: VmPlan, entry: FileEntry, path: str, pool_dir: str, image: bytes, what: str, timeout: int
+) -> list[StringCommand]:
+    """The steps that (re)write the seed unless the file on the host is this image, root's and 0600;
+    the action and the stdin (gzip + base64 of the image) go on ``plan``."""
+    exists = entry.kind == "file"
+    untrusted = _untrusted(entry) if exists else None
+    if exists and entry.sha256 == hashlib.sha256(image).hexdigest() and not untrusted:
+        return []
+    steps = [_remove_plain_file(path)] if exists else []
+    fill = bounded(
+        f"write {path}", timeout, "sh", "-c", q('base64 -d | gzip -dc > "$1"'), "sh", q(staged(path))
+    )
+    steps.append(with_cleanup([path], pool_dir, fill, timeout, grouped=True))
+    if untrusted:
+        plan.actions.append(f"replace {path}, {untrusted}, with a new seed {what}")
+    else:
+        plan.actions.append(f"{'rewrite' if exists else 'write'} {path} {what}")
+    plan.stdin = base64.b64encode(gzip.compress(image, mtime=0)).decode("ascii") + "\n"
+    return steps
+
+
+def _remove_plain_file(path: str) -> StringCommand:
+    """Remove ``path``, failing instead when it has become a link or anything but a plain file."""
+    return sh(
+        "{ for f in",
+        q(path),
+        '; do if [ -L "$f" ] || { [ -e "$f" ] && [ ! -f "$f" ]; }; then',
+        'echo "kvm-qemu: $f is not a plain file any more; refusing to replace it" >&2;',
+        "exit 1; fi;",
+        'rm -f -- "$f"; done; }',
+    )
+
+
+def _attach_seed_when_detached(
+    plan: VmPlan,
+    spec: VmSpec,
+    host: HostState,
+    domain: Domain | None,
+    path: str,
+    uri: str,
+    timeout: int,
+) -> list[StringCommand]:
+    """The steps that attach the seed as a read-only SCSI cdrom (with a virtio-scsi controller when
+    there is none) unless the domain has it already; the actions go on ``plan``."""
+    if domain is not None and any(d.path == path for d in domain.config.disks):
+        return []
+    # Before the define, the clone will have its base's devices (cdroms, controllers).
+    basis = domain if domain is not None else host.domains.get(spec.srcvm)
+    steps: list[StringCommand] = []
+    if basis is None or not basis.config.scsi_models:
+        steps.append(_add_scsi_controller(uri, spec.name, timeout))
+        plan.actions.append("add a virtio-scsi controller")
+    target = _free_target(basis)
+    steps.append(_attach_cdrom(uri, spec.name, path, target, timeout))
+    plan.actions.append(f"attach {path} as cdrom {target}")
+    return steps
+
+
+def _add_scsi_controller(uri: str, vm: str, timeout: int) -> StringCommand:
+    return sh(
+        "printf '%s\\n'",
+        q(SCSI_CONTROLLER),
+        "|",
+        virsh(uri, "attach-device", vm, "/dev/stdin", "--config", timeout=timeout),
+        ">/dev/null",
+    )
+
+
+def _attach_cdrom(uri: str, vm: str, path: str, target: str, timeout: int) -> StringCommand:
+    return sh(
+        virsh(
+            uri,
+            "attach-disk",
+            vm,
+            path,
+            target,
+            "--type",
+            "cdrom",
+            "--targetbus",
+            "scsi",
+            "--subdriver",
+            "raw",
+            "--mode",
+            "readonly",
+            "--config",
+            timeout=timeout,
+        ),
+        ">/dev/null",
+    )
+
+
+def _run_steps_as_one_command(
+    plan: VmPlan, steps: list[StringCommand], domain: Domain | None, timeout: int
+) -> None:
+    """All ``steps`` as the plan's one command with its time limit (a running guest: a note)."""
+    if not steps:
+        return
+    if domain is not None and domain.active:
+        plan.notes.append("running: the guest reads the new seed at its next boot")
+    plan.command = all_of(steps)
+    plan.limit = session_limit(len(steps) + 3, timeout)
 
 
 def stray_seed_note(spec: VmSpec, host: HostState) -> str | None:
