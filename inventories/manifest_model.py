@@ -13,7 +13,7 @@ import ipaddress
 import json
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -214,93 +214,158 @@ def validate(data: Any) -> list[str]:
 
 
 def _cross_field_problems(data: list[Any], bad_paths: set[str]) -> list[str]:
-    problems: list[str] = []
-    seen: dict[str, dict[str, str]] = {
-        "host": {},
-        "name": {},
-        "ipaddress": {},
-        "hostname": {},
-        "short": {},
-        "mac": {},
-    }
-
-    def unique(kind: str, value: str, path: str, label: str) -> None:
-        key = value.lower()
-        if key in seen[kind]:
-            problems.append(f"{path}: {label} {value!r} is already used at {seen[kind][key]}")
-        else:
-            seen[kind][key] = path
-
+    """The rules that span fields or entries, in manifest order: per host, then per VM spec."""
+    uses = _FirstUses()
     for h, entry in enumerate(data):
         if not isinstance(entry, dict):
             continue
         if isinstance(entry.get("host"), str):
-            unique("host", entry["host"], f"[{h}].host", "host")
+            uses.require_unique("host", entry["host"], f"[{h}].host", "host")
         vmspecs = entry.get("vmspecs")
         if not isinstance(vmspecs, list):
             continue
-        for v, spec in enumerate(vmspecs):
-            if not isinstance(spec, dict):
-                continue
-            base = f"[{h}].vmspecs[{v}]"
+        for v, values in enumerate(vmspecs):
+            if isinstance(values, dict):
+                spec = _CheckedSpec(f"[{h}].vmspecs[{v}]", values, bad_paths)
+                for rule in _VMSPEC_RULES:
+                    rule(spec, uses)
+    return uses.problems
 
-            def ok(key: str, kind: type = int, _spec: dict = spec, _base: str = base) -> bool:
-                value = _spec.get(key)
-                return (
-                    isinstance(value, kind)
-                    and not isinstance(value, bool)
-                    and f"{_base}.{key}" not in bad_paths
-                )
 
-            if ok("memoryGb") and ok("maxMemoryGb") and spec["memoryGb"] > spec["maxMemoryGb"]:
-                problems.append(
-                    f"{base}.memoryGb: {spec['memoryGb']} is greater than maxMemoryGb {spec['maxMemoryGb']}"
-                )
-            if ok("numDisks") and ok("diskSize") and spec["numDisks"] > 0 and spec["diskSize"] <= 0:
-                problems.append(
-                    f"{base}.diskSize: must be at least 1 (GiB) when numDisks is {spec['numDisks']}"
-                )
-            if ok("ipaddress", str):
-                reason = address_problem(spec["ipaddress"])
-                if reason:
-                    problems.append(
-                        f"{base}.ipaddress: {spec['ipaddress']!r} cannot be given to a VM: it {reason}"
-                    )
-                unique("ipaddress", spec["ipaddress"], f"{base}.ipaddress", "ipaddress")
-            if ok("hostname", str):
-                unique("hostname", spec["hostname"], f"{base}.hostname", "hostname")
-                short = spec["hostname"].split(".", 1)[0]
-                if short.lower() in seen["short"]:
-                    problems.append(
-                        f"{base}.hostname: short name {short!r} of {spec['hostname']!r} is already used at "
-                        f"{seen['short'][short.lower()]} (both would answer to {short!r})"
-                    )
-                else:
-                    seen["short"][short.lower()] = f"{base}.hostname"
-            if ok("name", str):
-                unique("name", spec["name"], f"{base}.name", "VM name")
-                if "srcvm" not in spec and spec["name"] == DEFAULT_SRCVM:
-                    problems.append(
-                        f"{base}.name: {spec['name']!r} is the VM's own base (srcvm defaults to "
-                        f"{DEFAULT_SRCVM!r}): a VM cannot be cloned from itself; set srcvm to another VM"
-                    )
-                elif ok("srcvm", str) and spec["srcvm"] == spec["name"]:
-                    problems.append(
-                        f"{base}.srcvm: {spec['srcvm']!r} is the VM's own name: a VM cannot be cloned from "
-                        "itself (deleting it would delete its base image)"
-                    )
-                if ok("macaddress", str):
-                    unique("mac", spec["macaddress"], f"{base}.macaddress", "macaddress")
-                elif "macaddress" not in spec:
-                    mac = mac_for(spec["name"])
-                    if mac in seen["mac"]:
-                        problems.append(
-                            f"{base}.name: the MAC derived from {spec['name']!r} ({mac}) collides with "
-                            f"{seen['mac'][mac]}; set macaddress explicitly"
-                        )
-                    else:
-                        seen["mac"][mac] = f"{base} (derived)"
-    return problems
+@dataclass
+class _FirstUses:
+    """Where each value that must be unique was first used, by kind, and the problems found so far."""
+
+    problems: list[str] = field(default_factory=list)
+    first: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def claim(self, kind: str, key: str, path: str) -> str | None:
+        """Record ``key`` as used at ``path``, or return where it was already used."""
+        earlier = self.first.setdefault(kind, {}).get(key)
+        if earlier is None:
+            self.first[kind][key] = path
+        return earlier
+
+    def require_unique(self, kind: str, value: str, path: str, label: str) -> None:
+        earlier = self.claim(kind, value.lower(), path)
+        if earlier is not None:
+            self.problems.append(f"{path}: {label} {value!r} is already used at {earlier}")
+
+
+_VmSpecRule = Callable[["_CheckedSpec", "_FirstUses"], None]
+
+
+@dataclass(frozen=True)
+class _CheckedSpec:
+    """One VM spec under the cross-field rules; a field the schema refused takes part in none."""
+
+    base: str
+    values: dict[str, Any]
+    bad_paths: set[str]
+
+    def usable(self, key: str, kind: type = int) -> bool:
+        value = self.values.get(key)
+        refused = self.path(key) in self.bad_paths
+        return isinstance(value, kind) and not isinstance(value, bool) and not refused
+
+    def path(self, key: str) -> str:
+        return f"{self.base}.{key}"
+
+
+def _memory_within_max(spec: _CheckedSpec, uses: _FirstUses) -> None:
+    if not (spec.usable("memoryGb") and spec.usable("maxMemoryGb")):
+        return
+    memory, max_memory = spec.values["memoryGb"], spec.values["maxMemoryGb"]
+    if memory > max_memory:
+        uses.problems.append(f"{spec.path('memoryGb')}: {memory} is greater than maxMemoryGb {max_memory}")
+
+
+def _disk_size_set_for_disks(spec: _CheckedSpec, uses: _FirstUses) -> None:
+    if not (spec.usable("numDisks") and spec.usable("diskSize")):
+        return
+    disks, size = spec.values["numDisks"], spec.values["diskSize"]
+    if disks > 0 and size <= 0:
+        uses.problems.append(f"{spec.path('diskSize')}: must be at least 1 (GiB) when numDisks is {disks}")
+
+
+def _ipaddress_assignable(spec: _CheckedSpec, uses: _FirstUses) -> None:
+    if spec.usable("ipaddress", str):
+        address = spec.values["ipaddress"]
+        reason = address_problem(address)
+        if reason:
+            uses.problems.append(
+                f"{spec.path('ipaddress')}: {address!r} cannot be given to a VM: it {reason}"
+            )
+
+
+def _short_hostname_unique(spec: _CheckedSpec, uses: _FirstUses) -> None:
+    if not spec.usable("hostname", str):
+        return
+    hostname = spec.values["hostname"]
+    short = hostname.split(".", 1)[0]
+    earlier = uses.claim("short", short.lower(), spec.path("hostname"))
+    if earlier is not None:
+        uses.problems.append(
+            f"{spec.path('hostname')}: short name {short!r} of {hostname!r} is already used at "
+            f"{earlier} (both would answer to {short!r})"
+        )
+
+
+def _unique(key: str, label: str = "") -> _VmSpecRule:
+    """The rule that a usable string field ``key`` holds a value no earlier VM spec used."""
+
+    def rule(spec: _CheckedSpec, uses: _FirstUses) -> None:
+        if spec.usable(key, str):
+            uses.require_unique(key, spec.values[key], spec.path(key), label or key)
+
+    rule.__name__ = rule.__qualname__ = f"_{key}_unique"
+    return rule
+
+
+def _not_cloned_from_itself(spec: _CheckedSpec, uses: _FirstUses) -> None:
+    if not spec.usable("name", str):
+        return
+    name = spec.values["name"]
+    if "srcvm" not in spec.values and name == DEFAULT_SRCVM:
+        uses.problems.append(
+            f"{spec.path('name')}: {name!r} is the VM's own base (srcvm defaults to "
+            f"{DEFAULT_SRCVM!r}): a VM cannot be cloned from itself; set srcvm to another VM"
+        )
+    elif spec.usable("srcvm", str) and spec.values["srcvm"] == name:
+        uses.problems.append(
+            f"{spec.path('srcvm')}: {name!r} is the VM's own name: a VM cannot be cloned from "
+            "itself (deleting it would delete its base image)"
+        )
+
+
+def _mac_unique(spec: _CheckedSpec, uses: _FirstUses) -> None:
+    """An explicit macaddress, or else the one derived from the name, is used once only."""
+    if not spec.usable("name", str):
+        return
+    if spec.usable("macaddress", str):
+        uses.require_unique("mac", spec.values["macaddress"], spec.path("macaddress"), "macaddress")
+    elif "macaddress" not in spec.values:
+        name = spec.values["name"]
+        mac = mac_for(name)
+        earlier = uses.claim("mac", mac, f"{spec.base} (derived)")
+        if earlier is not None:
+            uses.problems.append(
+                f"{spec.path('name')}: the MAC derived from {name!r} ({mac}) collides with "
+                f"{earlier}; set macaddress explicitly"
+            )
+
+
+_VMSPEC_RULES = (
+    _memory_within_max,
+    _disk_size_set_for_disks,
+    _ipaddress_assignable,
+    _unique("ipaddress"),
+    _unique("hostname"),
+    _short_hostname_unique,
+    _unique("name", label="VM name"),
+    _not_cloned_from_itself,
+    _mac_unique,
+)
 
 
 def _vmspec(spec: dict[str, Any]) -> VmSpec:
