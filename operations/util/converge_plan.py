@@ -19,95 +19,125 @@ from operations.util.virsh import (
     session_limit,
     virsh,
 )
-from operations.util.vm_compare import configured, gib, wanted
+from operations.util.vm_compare import Resources, configured, gib, wanted
 from operations.util.vm_plan import VmPlan
 
+# commands, actions and notes: of a whole plan, or of one step of it
+Steps = tuple[list[StringCommand], list[str], list[str]]
 
-def resource_plan(
-    spec: VmSpec, domain: Domain, uri: str, timeout: int = DEFAULT_TIMEOUT
-) -> tuple[list[StringCommand], list[str], list[str]]:
+
+def resource_plan(spec: VmSpec, domain: Domain, uri: str, timeout: int = DEFAULT_TIMEOUT) -> Steps:
     """Commands, actions and notes that bring vCPUs and memory to the vmspec.
 
     Persistent config always; the running domain too where libvirt allows it (memory up to its max
     memory, vCPUs up to its max vCPUs). Max memory / max vCPUs of a running domain change at next boot.
     """
-    commands: list[StringCommand] = []
-    actions: list[str] = []
-    notes: list[str] = []
-    name = spec.name
-    have, want = configured(domain), wanted(spec)
-    want_max, want_cur, want_cpu = want.max_memory_kib, want.memory_kib, want.vcpus
-
+    name, have, want = spec.name, configured(domain), wanted(spec)
+    steps: list[Steps] = []
     if domain.persistent:
-        cfg_max, cfg_cur = have.max_memory_kib, have.memory_kib
-        if (cfg_max, cfg_cur) != (want_max, want_cur):
-            setmax = (
-                [virsh(uri, "setmaxmem", name, want_max, "--config", timeout=timeout)]
-                if cfg_max != want_max
-                else []
-            )
-            setcur = (
-                [virsh(uri, "setmem", name, want_cur, "--config", timeout=timeout)]
-                if cfg_cur != want_cur
-                else []
-            )
-            # Lowering max below the current value would be refused, so shrink current first.
-            commands += setcur + setmax if want_max < cfg_cur else setmax + setcur
-            if cfg_max != want_max:
-                actions.append(f"max memory {gib(cfg_max)} -> {gib(want_max)} (config)")
-            if cfg_cur != want_cur:
-                actions.append(f"memory {gib(cfg_cur)} -> {gib(want_cur)} (config)")
-        cfg_vcpus, cfg_maxv = have.vcpus, have.max_vcpus
-        if (cfg_vcpus, cfg_maxv) != (want_cpu, want_cpu):
-            setmaxv = (
-                [virsh(uri, "setvcpus", name, want_cpu, "--maximum", "--config", timeout=timeout)]
-                if cfg_maxv != want_cpu
-                else []
-            )
-            setv = (
-                [virsh(uri, "setvcpus", name, want_cpu, "--config", timeout=timeout)]
-                if cfg_vcpus != want_cpu
-                else []
-            )
-            commands += setmaxv + setv if want_cpu > cfg_vcpus else setv + setmaxv
-            actions.append(f"vCPUs {cfg_vcpus} (max {cfg_maxv}) -> {want_cpu} (config)")
+        steps += [
+            _config_memory(name, have, want, uri, timeout),
+            _config_vcpus(name, have, want, uri, timeout),
+        ]
     else:
-        notes.append("transient domain: config changes skipped")
-
+        steps.append(([], [], ["transient domain: config changes skipped"]))
     if domain.active:
         # Live values follow the guest: a balloon without a guest driver never reaches its target, so
         # a live change goes with the config change it belongs to instead of chasing live drift forever.
         cfg_cur = have.memory_kib if domain.persistent else domain.memory_kib
         cfg_vcpus = have.vcpus if domain.persistent else domain.vcpus
-        live_cur, live_max = domain.memory_kib, domain.max_memory_kib
-        if cfg_cur != want_cur:
-            if want_cur <= live_max:
-                commands.append(virsh(uri, "setmem", name, want_cur, "--live", timeout=timeout))
-                actions.append(f"memory {gib(live_cur)} -> {gib(want_cur)} (live)")
-            else:
-                notes.append(
-                    f"memory {gib(want_cur)} is above the running max memory {gib(live_max)}: "
-                    "takes effect at next boot"
-                )
-        elif live_cur != want_cur:
-            notes.append(f"running with {gib(live_cur)} of memory (balloon), configured {gib(want_cur)}")
-        if live_max != want_max:
-            notes.append(f"max memory {gib(live_max)} -> {gib(want_max)} takes effect at next boot")
-        live_vcpus, live_maxv = domain.vcpus, domain.max_vcpus
-        if live_vcpus != want_cpu:
-            if cfg_vcpus != want_cpu and live_vcpus < want_cpu <= live_maxv:
-                commands.append(virsh(uri, "setvcpus", name, want_cpu, "--live", timeout=timeout))
-                actions.append(f"vCPUs {live_vcpus} -> {want_cpu} (live)")
-            else:
-                notes.append(f"vCPUs {live_vcpus} -> {want_cpu} takes effect at next boot")
-        elif live_maxv != want_cpu:
-            notes.append(f"max vCPUs {live_maxv} -> {want_cpu} takes effect at next boot")
+        steps += [
+            _live_memory(name, domain, cfg_cur, want, uri, timeout),
+            _live_vcpus(name, domain, cfg_vcpus, want.vcpus, uri, timeout),
+        ]
+    return _joined(steps)
+
+
+def _joined(steps: list[Steps]) -> Steps:
+    """The commands, actions and notes of ``steps``, in step order."""
+    commands: list[StringCommand] = []
+    actions: list[str] = []
+    notes: list[str] = []
+    for more, more_actions, more_notes in steps:
+        commands += more
+        actions += more_actions
+        notes += more_notes
     return commands, actions, notes
+
+
+def _config_memory(name: str, have: Resources, want: Resources, uri: str, timeout: int) -> Steps:
+    """Max memory and memory of the persistent definition."""
+    cfg_max, cfg_cur = have.max_memory_kib, have.memory_kib
+    want_max, want_cur = want.max_memory_kib, want.memory_kib
+    setmax = (
+        [virsh(uri, "setmaxmem", name, want_max, "--config", timeout=timeout)] if cfg_max != want_max else []
+    )
+    setcur = (
+        [virsh(uri, "setmem", name, want_cur, "--config", timeout=timeout)] if cfg_cur != want_cur else []
+    )
+    # Lowering max below the current value would be refused, so shrink current first.
+    commands = setcur + setmax if want_max < cfg_cur else setmax + setcur
+    actions = [f"max memory {gib(cfg_max)} -> {gib(want_max)} (config)"] if setmax else []
+    actions += [f"memory {gib(cfg_cur)} -> {gib(want_cur)} (config)"] if setcur else []
+    return commands, actions, []
+
+
+def _config_vcpus(name: str, have: Resources, want: Resources, uri: str, timeout: int) -> Steps:
+    """vCPUs and max vCPUs of the persistent definition (both the vmspec's vCPUs)."""
+    cfg_vcpus, cfg_maxv, want_cpu = have.vcpus, have.max_vcpus, want.vcpus
+    if (cfg_vcpus, cfg_maxv) == (want_cpu, want_cpu):
+        return [], [], []
+    setmaxv = (
+        [virsh(uri, "setvcpus", name, want_cpu, "--maximum", "--config", timeout=timeout)]
+        if cfg_maxv != want_cpu
+        else []
+    )
+    setv = (
+        [virsh(uri, "setvcpus", name, want_cpu, "--config", timeout=timeout)] if cfg_vcpus != want_cpu else []
+    )
+    commands = setmaxv + setv if want_cpu > cfg_vcpus else setv + setmaxv
+    return commands, [f"vCPUs {cfg_vcpus} (max {cfg_maxv}) -> {want_cpu} (config)"], []
+
+
+def _live_memory(name: str, domain: Domain, cfg_cur: int, want: Resources, uri: str, timeout: int) -> Steps:
+    """Memory of the running domain, with the configured memory ``cfg_cur``; max memory waits for a boot."""
+    want_cur, want_max = want.memory_kib, want.max_memory_kib
+    live_cur, live_max = domain.memory_kib, domain.max_memory_kib
+    commands: list[StringCommand] = []
+    actions: list[str] = []
+    notes: list[str] = []
+    if cfg_cur != want_cur:
+        if want_cur <= live_max:
+            commands.append(virsh(uri, "setmem", name, want_cur, "--live", timeout=timeout))
+            actions.append(f"memory {gib(live_cur)} -> {gib(want_cur)} (live)")
+        else:
+            notes.append(
+                f"memory {gib(want_cur)} is above the running max memory {gib(live_max)}: "
+                "takes effect at next boot"
+            )
+    elif live_cur != want_cur:
+        notes.append(f"running with {gib(live_cur)} of memory (balloon), configured {gib(want_cur)}")
+    if live_max != want_max:
+        notes.append(f"max memory {gib(live_max)} -> {gib(want_max)} takes effect at next boot")
+    return commands, actions, notes
+
+
+def _live_vcpus(name: str, domain: Domain, cfg_vcpus: int, want_cpu: int, uri: str, timeout: int) -> Steps:
+    """vCPUs of the running domain, with the configured vCPUs ``cfg_vcpus``; max vCPUs wait for a boot."""
+    live_vcpus, live_maxv = domain.vcpus, domain.max_vcpus
+    if live_vcpus != want_cpu:
+        if cfg_vcpus != want_cpu and live_vcpus < want_cpu <= live_maxv:
+            command = virsh(uri, "setvcpus", name, want_cpu, "--live", timeout=timeout)
+            return [command], [f"vCPUs {live_vcpus} -> {want_cpu} (live)"], []
+        return [], [], [f"vCPUs {live_vcpus} -> {want_cpu} takes effect at next boot"]
+    if live_maxv != want_cpu:
+        return [], [], [f"max vCPUs {live_maxv} -> {want_cpu} takes effect at next boot"]
+    return [], [], []
 
 
 def disk_plan(
     spec: VmSpec, domain: Domain, host: HostState, uri: str, timeout: int = DEFAULT_TIMEOUT
-) -> tuple[list[StringCommand], list[str], list[str]]:
+) -> Steps:
     """Add missing data disks; never shrink or remove one (differences become notes).
 
     Returns commands, actions and notes; a disk file is removed again if its attach fails.
