@@ -63,44 +63,70 @@ def power_plan(
     """
     present = [n for n in names if n in domains]
     if running:
-        to_start = [n for n in present if not domains[n].active]
-        to_resume = [n for n in present if domains[n].state == "paused"]
-        if not to_start and not to_resume:
-            return None
-        plan = VmPlan(", ".join(to_start + to_resume))
-        plan.actions = [f"start {n}" for n in to_start] + [f"resume {n}" for n in to_resume]
-        steps = [("start", n) for n in to_start] + [("resume", n) for n in to_resume]
-        commands = [
-            start_command(uri, n, step_timeout)
-            if verb == "start"
-            else virsh(uri, verb, n, timeout=step_timeout)
-            for verb, n in steps
-        ]
-        if len(steps) == 1:
-            plan.command = commands[0]
-        else:
-            # One after another: side by side, the sandbox's libvirtds (one network namespace) race
-            # for tap names ("Unable to create tap device vnetN: Device or resource busy").
-            labels = [f"{verb} of {n}" for verb, n in steps]
-            plan.command = each_of(list(zip(labels, commands, strict=True)))
-        # A start may take two tries a second apart.
-        plan.limit = session_limit(len(steps) + len(to_start), step_timeout, len(to_start))
-        return plan
+        return start_plan(present, domains, uri, step_timeout)
     to_stop = [n for n in present if domains[n].active]
     if not to_stop:
         return None
-    plan = VmPlan(", ".join(to_stop))
     if force:
-        plan.actions = [f"destroy (power off) {n}" for n in to_stop]
-        plan.command = all_of([virsh(uri, "destroy", n, timeout=step_timeout) for n in to_stop])
-        plan.limit = session_limit(len(to_stop), step_timeout)
-        return plan
+        return destroy_plan(to_stop, uri, step_timeout)
+    return shutdown_plan(to_stop, uri, timeout, step_timeout)
+
+
+def start_plan(present: list[str], domains: dict[str, Domain], uri: str, step_timeout: int) -> VmPlan | None:
+    """Start the shut-off VMs and resume the paused ones, one after another; None when all run."""
+    to_start = [n for n in present if not domains[n].active]
+    to_resume = [n for n in present if domains[n].state == "paused"]
+    if not to_start and not to_resume:
+        return None
+    plan = VmPlan(", ".join(to_start + to_resume))
+    plan.actions = [f"start {n}" for n in to_start] + [f"resume {n}" for n in to_resume]
+    steps = [("start", n) for n in to_start] + [("resume", n) for n in to_resume]
+    plan.command = start_resume_command(steps, uri, step_timeout)
+    # A start may take two tries a second apart.
+    plan.limit = session_limit(len(steps) + len(to_start), step_timeout, len(to_start))
+    return plan
+
+
+def start_resume_command(steps: list[tuple[str, str]], uri: str, step_timeout: int) -> StringCommand:
+    """The (verb, VM) steps as one command: a lone step as it is, several one after another (``each_of``)."""
+    commands = [
+        start_command(uri, n, step_timeout) if verb == "start" else virsh(uri, verb, n, timeout=step_timeout)
+        for verb, n in steps
+    ]
+    if len(steps) == 1:
+        return commands[0]
+    # One after another: side by side, the sandbox's libvirtds (one network namespace) race
+    # for tap names ("Unable to create tap device vnetN: Device or resource busy").
+    labels = [f"{verb} of {n}" for verb, n in steps]
+    return each_of(list(zip(labels, commands, strict=True)))
+
+
+def destroy_plan(to_stop: list[str], uri: str, step_timeout: int) -> VmPlan:
+    """Power the running VMs off at once (``virsh destroy``), no shutdown first."""
+    plan = VmPlan(", ".join(to_stop))
+    plan.actions = [f"destroy (power off) {n}" for n in to_stop]
+    plan.command = all_of([virsh(uri, "destroy", n, timeout=step_timeout) for n in to_stop])
+    plan.limit = session_limit(len(to_stop), step_timeout)
+    return plan
+
+
+def shutdown_plan(to_stop: list[str], uri: str, timeout: int, step_timeout: int) -> VmPlan:
+    """Ask the running VMs to shut down, wait up to ``timeout`` seconds, destroy those still running."""
+    plan = VmPlan(", ".join(to_stop))
     plan.actions = [f"shut down {n} (destroy after {timeout}s)" for n in to_stop]
+    plan.command = shutdown_command(to_stop, uri, timeout, step_timeout)
+    # shutdown, a last domstate and destroy per VM, the wait, and one domstate per VM that overruns it
+    plan.limit = session_limit(4 * len(to_stop), step_timeout, int(timeout))
+    return plan
+
+
+def shutdown_command(to_stop: list[str], uri: str, timeout: int, step_timeout: int) -> StringCommand:
+    """Shutdown for each VM, one shared deadline, then destroy (bounded) each that is not shut off by it."""
     quoted: list[Any] = [q(n) for n in to_stop]
     # virsh() would quote "$n" literally, so the loop variable is expanded in plain shell text here.
     run = sh("timeout -k", str(KILL_AFTER), q(int(step_timeout)), "virsh -q -c", q(uri))
     state = sh('"$(', run, 'domstate -- "$n")"')
-    plan.command = sh(
+    return sh(
         "rc=0; for n in",
         *quoted,
         "; do",
@@ -126,6 +152,3 @@ def power_plan(
         q(int(step_timeout)),
         's" >&2; rc=1; }; fi; done; exit $rc',
     )
-    # shutdown, a last domstate and destroy per VM, the wait, and one domstate per VM that overruns it
-    plan.limit = session_limit(4 * len(to_stop), step_timeout, int(timeout))
-    return plan
