@@ -13,7 +13,7 @@ from __future__ import annotations
 import posixpath
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 # virDomainState, spelled as `virsh domstate` prints it.
@@ -59,6 +59,32 @@ def _int(value: Any) -> int:
     return int(value or 0)
 
 
+def _fields(cls: type, data: Mapping[str, Any], **given: Any) -> dict[str, Any]:
+    """The keyword arguments of dataclass ``cls`` read from plain data (``to_dict``'s shape), by each
+    field's declared type: ``int`` missing is 0, ``str | None`` missing is None, a ``str`` or ``bool``
+    missing takes the field's default, ``tuple[X, ...]`` holds ``X.from_dict`` items (or ``str``).
+    ``given``: fields the caller sets itself (a name that is a key of the plain data)."""
+    out = dict(given)
+    for spec in fields(cls):
+        if spec.name in out:
+            continue
+        value, kind = data.get(spec.name), spec.type
+        if kind == "int":
+            out[spec.name] = _int(value)
+        elif kind == "str | None":
+            out[spec.name] = _opt_str(value)
+        elif kind == "str":
+            out[spec.name] = str(value or spec.default)
+        elif kind == "bool":
+            out[spec.name] = bool(data.get(spec.name, spec.default))
+        elif isinstance(kind, str) and kind.startswith("tuple["):
+            item = globals()[kind[len("tuple[") : -len(", ...]")]] if kind != "tuple[str, ...]" else None
+            out[spec.name] = tuple(item.from_dict(v) if item else str(v) for v in value or ())
+        else:
+            raise TypeError(f"{cls.__name__}.{spec.name}: no plain reading of {kind}")
+    return out
+
+
 @dataclass(frozen=True)
 class Disk(_Plain):
     """A ``<disk>`` of a domain definition. ``backing``: the file right below ``path`` (the whole chain:
@@ -83,17 +109,7 @@ class Disk(_Plain):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Disk:
-        return cls(
-            target=_opt_str(data.get("target")),
-            device=str(data.get("device") or "disk"),
-            path=_opt_str(data.get("path")),
-            format=_opt_str(data.get("format")),
-            bus=_opt_str(data.get("bus")),
-            backing=_opt_str(data.get("backing")),
-            cache=_opt_str(data.get("cache")),
-            readonly=bool(data.get("readonly")),
-            shareable=bool(data.get("shareable")),
-        )
+        return cls(**_fields(cls, data))
 
 
 @dataclass(frozen=True)
@@ -106,7 +122,7 @@ class Interface(_Plain):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Interface:
-        return cls(**{key: _opt_str(data.get(key)) for key in ("mac", "type", "source", "model")})
+        return cls(**_fields(cls, data))
 
 
 @dataclass(frozen=True)
@@ -128,16 +144,7 @@ class Definition(_Plain):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Definition:
-        return cls(
-            memory_kib=_int(data.get("memory_kib")),
-            max_memory_kib=_int(data.get("max_memory_kib")),
-            vcpus=_int(data.get("vcpus")),
-            max_vcpus=_int(data.get("max_vcpus")),
-            disks=tuple(Disk.from_dict(d) for d in data.get("disks") or ()),
-            interfaces=tuple(Interface.from_dict(i) for i in data.get("interfaces") or ()),
-            cpu_mode=str(data.get("cpu_mode") or "none"),
-            scsi_models=tuple(str(m) for m in data.get("scsi_models") or ()),
-        )
+        return cls(**_fields(cls, data))
 
 
 @dataclass(frozen=True)
@@ -152,7 +159,7 @@ class SnapshotDisk(_Plain):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SnapshotDisk:
-        return cls(**{key: _opt_str(data.get(key)) for key in ("target", "snapshot", "path")})
+        return cls(**_fields(cls, data))
 
 
 @dataclass(frozen=True)
@@ -172,15 +179,7 @@ class DomainSnapshot(_Plain):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DomainSnapshot:
-        return cls(
-            name=_opt_str(data.get("name")),
-            parent=_opt_str(data.get("parent")),
-            state=_opt_str(data.get("state")),
-            created=_int(data.get("created")),
-            current=bool(data.get("current")),
-            disks=tuple(SnapshotDisk.from_dict(d) for d in data.get("disks") or ()),
-            domain_disks=tuple(Disk.from_dict(d) for d in data.get("domain_disks") or ()),
-        )
+        return cls(**_fields(cls, data))
 
 
 @dataclass(frozen=True)
@@ -346,18 +345,8 @@ class Pool(_Plain):
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any]) -> Pool:
-        return cls(
-            name=name,
-            uuid=_opt_str(data.get("uuid")),
-            state=str(data.get("state") or "inactive"),
-            autostart=bool(data.get("autostart")),
-            persistent=bool(data.get("persistent", True)),
-            type=_opt_str(data.get("type")),
-            path=_opt_str(data.get("path")),
-            capacity=_int(data.get("capacity")),
-            allocation=_int(data.get("allocation")),
-            available=_int(data.get("available")),
-        )
+        # A pool the data does not call running is taken as inactive (the field's default is for builders).
+        return cls(**_fields(cls, data, name=name, state=str(data.get("state") or "inactive")))
 
 
 @dataclass(frozen=True)
@@ -375,14 +364,7 @@ class Volume(_Plain):
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any]) -> Volume:
-        return cls(
-            name=name,
-            path=_opt_str(data.get("path")),
-            format=_opt_str(data.get("format")),
-            capacity=_int(data.get("capacity")),
-            allocation=_int(data.get("allocation")),
-            backing=_opt_str(data.get("backing")),
-        )
+        return cls(**_fields(cls, data, name=name))
 
 
 @dataclass(frozen=True)
@@ -406,22 +388,7 @@ class Capacity(_Plain):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Capacity:
-        return cls(
-            cpus=_int(data.get("cpus")),
-            memory_kib=_int(data.get("memory_kib")),
-            free_memory_kib=_int(data.get("free_memory_kib")),
-            **{
-                key: _opt_str(data.get(key))
-                for key in (
-                    "libvirt_version",
-                    "hypervisor_version",
-                    "host_uuid",
-                    "arch",
-                    "cpu_model",
-                    "cpu_vendor",
-                )
-            },
-        )
+        return cls(**_fields(cls, data))
 
 
 @dataclass(frozen=True)
