@@ -228,6 +228,12 @@ def in_server_namespace(net: DhcpNet, code: str, *args: str) -> subprocess.Compl
     )
 
 
+def remove_and_release(net: DhcpNet, mac: str, options: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """What delete does on the node dnsmasq runs on: remove ``mac``'s reservation and release its lease."""
+    request = {"entries": [{"mac": mac}], "present": False, "release_leases_on": SERVER_IP, **options}
+    return in_server_namespace(net, _APPLY_IN_NAMESPACE, json.dumps(request))
+
+
 def resolve(net: DhcpNet, name: str) -> list[str]:
     return in_server_namespace(net, _RESOLVE, SERVER_IP, name).stdout.split()
 
@@ -254,13 +260,7 @@ def test_removing_a_reservation_releases_its_lease(dhcp_net: DhcpNet) -> None:
     assert resolve(dhcp_net, "vm13") == [reserved]
 
     # What delete does: remove the reservation and release the lease, on the node dnsmasq runs on.
-    removed = in_server_namespace(
-        dhcp_net,
-        _APPLY_IN_NAMESPACE,
-        json.dumps(
-            {"entries": [{"mac": VM_MAC}], "present": False, "release_leases_on": SERVER_IP, **options}
-        ),
-    )
+    removed = remove_and_release(dhcp_net, VM_MAC, options)
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert f"released the DHCP lease of {VM_MAC} ({reserved})" in removed.stdout
 
@@ -279,13 +279,7 @@ def test_an_owned_reservation_removed_after_its_lease_leaves_dnsmasq_running(dhc
     assert apply_local(entries=[entry], dhcp_range=DHCP_RANGE, **options) is True
     assert "# kvmq-owner cluster-a" in dhcp_net.addn_hosts.read_text()
     assert dhcp_net.client_lease(VM_MAC) == {"offer": "10.10.97.13", "ack": "10.10.97.13"}
-    removed = in_server_namespace(
-        dhcp_net,
-        _APPLY_IN_NAMESPACE,
-        json.dumps(
-            {"entries": [{"mac": VM_MAC}], "present": False, "release_leases_on": SERVER_IP, **options}
-        ),
-    )
+    removed = remove_and_release(dhcp_net, VM_MAC, options)
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert eventually(lambda: VM_MAC not in dhcp_net.leases()), f"lease still there: {dhcp_net.leases()}"
     time.sleep(1)
